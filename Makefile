@@ -1,0 +1,68 @@
+# memdedup: memory deduplication for QEMU/KVM hosts, built into QEMU.
+#
+#   make          build qemu-system-x86_64 with memdedup (build/qemu-src/build)
+#   make run      the demo: two TCG guests deduplicated by memdedup
+#   make check    build, then every test (unit, qtest, integration)
+#   make bench    side-by-side benchmarks against stock QEMU + KSM
+#   make clean    remove the build tree (keeps the downloaded sources)
+
+SHELL := /bin/bash
+TOP := $(CURDIR)
+SRC := $(TOP)/build/qemu-src
+BLD := $(SRC)/build
+QEMU := $(BLD)/qemu-system-x86_64
+S := $(TOP)/scripts/memdedup
+
+export CCACHE_DIR ?= $(TOP)/build/ccache
+
+.PHONY: all build deps source run check check-unit check-qtest \
+        check-integration check-qemu bench guest clean distclean
+
+all: build
+
+deps:
+	@$(S)/install-deps.sh
+
+$(SRC)/.memdedup-unpacked: | deps
+	$(S)/fetch-qemu-source.sh $(SRC)
+
+source: $(SRC)/.memdedup-unpacked
+
+$(BLD)/build.ninja: $(SRC)/.memdedup-unpacked $(wildcard patches/qemu/*.patch) \
+                    scripts/memdedup/configure-qemu.sh
+	@if [ -f $(SRC)/.memdedup-patched ] && \
+	    [ -n "$$(find patches/qemu -newer $(SRC)/.memdedup-patched)" ]; then \
+	    echo "patches changed: re-extracting QEMU source"; \
+	    rm -rf $(SRC); $(S)/fetch-qemu-source.sh $(SRC); fi
+	$(S)/prepare-tree.sh $(SRC)
+	$(S)/configure-qemu.sh $(SRC)
+
+build: deps $(BLD)/build.ninja
+	@$(S)/prepare-tree.sh $(SRC)
+	ninja -C $(BLD) qemu-system-x86_64
+	@# Run from the build tree, QEMU looks for firmware under qemu-bundle:
+	@# point it at Debian's firmware packages.
+	@for d in usr/share/qemu usr/share/seabios usr/lib/ipxe/qemu; do \
+	    mkdir -p $(BLD)/qemu-bundle/$$(dirname $$d); \
+	    ln -sfn /$$d $(BLD)/qemu-bundle/$$d; done
+
+guest: deps
+	$(S)/make-guest.sh
+
+run: build guest
+	$(S)/demo.sh
+
+check: build guest
+	$(S)/check.sh
+
+check-unit check-qtest check-integration check-qemu: build guest
+	$(S)/check.sh $(patsubst check-%,%,$@)
+
+bench: build guest
+	$(S)/bench.sh
+
+clean:
+	rm -rf $(BLD)
+
+distclean:
+	rm -rf build

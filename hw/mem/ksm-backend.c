@@ -1,0 +1,274 @@
+/*
+ * memory-backend-ksm: guest RAM whose KSM registration belongs to memdedup
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * Anonymous private RAM, like memory-backend-ram, usable wherever a memdev
+ * is.  It never madvises its RAM MERGEABLE wholesale: it hands the RAM to
+ * the memdedup engine, which scans it and registers with KSM only the
+ * regions its dedup-policy selects.  The base type's "merge" property
+ * must therefore stay off.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/module.h"
+#include "qemu/units.h"
+#include "qapi/error.h"
+#include "qapi/visitor.h"
+#include "qom/object_interfaces.h"
+#include "sysemu/hostmem.h"
+#include "sysemu/memdedup.h"
+
+#define TYPE_MEMORY_BACKEND_KSM "memory-backend-ksm"
+
+OBJECT_DECLARE_SIMPLE_TYPE(HostMemoryBackendKsm, MEMORY_BACKEND_KSM)
+
+struct HostMemoryBackendKsm {
+    HostMemoryBackend parent_obj;
+
+    MemdedupParams params;      /* as set through the properties */
+    MemdedupBlock *block;       /* the engine's handle, once allocated */
+};
+
+static void ksm_backend_memory_alloc(HostMemoryBackend *backend, Error **errp)
+{
+    HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(backend);
+    g_autofree char *name = NULL;
+    const char *id;
+    Error *local_err = NULL;
+    uint32_t ram_flags;
+
+    if (!backend->size) {
+        error_setg(errp, "can't create backend with size 0");
+        return;
+    }
+    if (backend->merge) {
+        error_setg(errp, "memory-backend-ksm: property 'merge' must be off: "
+                   "use dedup-policy=all to register all memory with KSM");
+        return;
+    }
+    if (backend->share) {
+        error_setg(errp, "memory-backend-ksm: property 'share' must be off: "
+                   "KSM merges only private anonymous memory");
+        return;
+    }
+
+    name = host_memory_backend_get_name(backend);
+    ram_flags = backend->reserve ? 0 : RAM_NORESERVE;
+    memory_region_init_ram_flags_nomigrate(&backend->mr, OBJECT(backend),
+                                           name, backend->size, ram_flags,
+                                           &local_err);
+    if (local_err) {
+        error_propagate(errp, local_err);
+        return;
+    }
+
+    id = object_get_canonical_path_component(OBJECT(backend));
+    ksm->block = memdedup_block_add(id ? id : name,
+                                    memory_region_get_ram_ptr(&backend->mr),
+                                    backend->size, &ksm->params, errp);
+    if (!ksm->block) {
+        object_unparent(OBJECT(&backend->mr));
+    }
+}
+
+/* Push changed parameters to the engine once the RAM exists. */
+static bool ksm_backend_update(HostMemoryBackendKsm *ksm,
+                               const MemdedupParams *params, Error **errp)
+{
+    if (ksm->block && !memdedup_block_set_params(ksm->block, params, errp)) {
+        return false;
+    }
+    ksm->params = *params;
+    return true;
+}
+
+static int ksm_backend_get_policy(Object *obj, Error **errp)
+{
+    return MEMORY_BACKEND_KSM(obj)->params.policy;
+}
+
+static void ksm_backend_set_policy(Object *obj, int value, Error **errp)
+{
+    HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(obj);
+    MemdedupParams params = ksm->params;
+
+    params.policy = value;
+    ksm_backend_update(ksm, &params, errp);
+}
+
+static void ksm_backend_get_region_size(Object *obj, Visitor *v,
+                                        const char *name, void *opaque,
+                                        Error **errp)
+{
+    visit_type_size(v, name, &MEMORY_BACKEND_KSM(obj)->params.region_size,
+                    errp);
+}
+
+static void ksm_backend_set_region_size(Object *obj, Visitor *v,
+                                        const char *name, void *opaque,
+                                        Error **errp)
+{
+    HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(obj);
+    uint64_t value;
+
+    if (host_memory_backend_mr_inited(MEMORY_BACKEND(obj))) {
+        error_setg(errp, "cannot change property '%s' of %s after it is "
+                   "created", name, object_get_typename(obj));
+        return;
+    }
+    if (!visit_type_size(v, name, &value, errp)) {
+        return;
+    }
+    if (!is_power_of_2(value) || value < MEMDEDUP_REGION_SIZE_MIN ||
+        value > MEMDEDUP_REGION_SIZE_MAX ||
+        value < qemu_real_host_page_size()) {
+        error_setg(errp, "property '%s' of %s must be a power of two between "
+                   "64 KiB and 1 GiB, not %" PRIu64, name,
+                   object_get_typename(obj), value);
+        return;
+    }
+    ksm->params.region_size = value;
+}
+
+static void ksm_backend_get_threshold(Object *obj, Visitor *v,
+                                      const char *name, void *opaque,
+                                      Error **errp)
+{
+    visit_type_uint8(v, name,
+                     &MEMORY_BACKEND_KSM(obj)->params.duplicate_threshold,
+                     errp);
+}
+
+static void ksm_backend_set_threshold(Object *obj, Visitor *v,
+                                      const char *name, void *opaque,
+                                      Error **errp)
+{
+    HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(obj);
+    MemdedupParams params = ksm->params;
+    uint8_t value;
+
+    if (!visit_type_uint8(v, name, &value, errp)) {
+        return;
+    }
+    if (value < 1 || value > 100) {
+        error_setg(errp, "property '%s' of %s must be a percentage between "
+                   "1 and 100, not %u", name, object_get_typename(obj),
+                   value);
+        return;
+    }
+    params.duplicate_threshold = value;
+    ksm_backend_update(ksm, &params, errp);
+}
+
+static bool ksm_backend_get_manage_thp(Object *obj, Error **errp)
+{
+    return MEMORY_BACKEND_KSM(obj)->params.manage_thp;
+}
+
+static void ksm_backend_set_manage_thp(Object *obj, bool value, Error **errp)
+{
+    HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(obj);
+
+    if (host_memory_backend_mr_inited(MEMORY_BACKEND(obj))) {
+        error_setg(errp, "cannot change property 'manage-thp' of %s after "
+                   "it is created", object_get_typename(obj));
+        return;
+    }
+    ksm->params.manage_thp = value;
+}
+
+static bool ksm_backend_get_force_unmerge(Object *obj, Error **errp)
+{
+    return MEMORY_BACKEND_KSM(obj)->params.force_unmerge;
+}
+
+static void ksm_backend_set_force_unmerge(Object *obj, bool value,
+                                          Error **errp)
+{
+    HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(obj);
+    MemdedupParams params = ksm->params;
+
+    params.force_unmerge = value;
+    ksm_backend_update(ksm, &params, errp);
+}
+
+static void ksm_backend_instance_init(Object *obj)
+{
+    HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(obj);
+
+    /* The base type follows the machine's mem-merge; the engine decides. */
+    MEMORY_BACKEND(obj)->merge = false;
+    ksm->params.policy = MEMDEDUP_POLICY_TARGETED;
+    ksm->params.region_size = MEMDEDUP_REGION_SIZE_DEFAULT;
+    ksm->params.duplicate_threshold = MEMDEDUP_THRESHOLD_DEFAULT;
+    ksm->params.manage_thp = true;
+    ksm->params.force_unmerge = false;
+}
+
+static void ksm_backend_instance_finalize(Object *obj)
+{
+    HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(obj);
+
+    /* The RAM is already gone: the engine dropped it in ram_block_removed. */
+    memdedup_block_release(ksm->block);
+    ksm->block = NULL;
+}
+
+static void ksm_backend_class_init(ObjectClass *oc, void *data)
+{
+    HostMemoryBackendClass *bc = MEMORY_BACKEND_CLASS(oc);
+
+    bc->alloc = ksm_backend_memory_alloc;
+
+    object_class_property_add_enum(oc, "dedup-policy", "MemdedupPolicy",
+                                   &MemdedupPolicy_lookup,
+                                   ksm_backend_get_policy,
+                                   ksm_backend_set_policy);
+    object_class_property_set_description(oc, "dedup-policy",
+        "What to register with KSM: targeted (default), all, zero-only, "
+        "estimate or off");
+    object_class_property_add(oc, "region-size", "size",
+                              ksm_backend_get_region_size,
+                              ksm_backend_set_region_size, NULL, NULL);
+    object_class_property_set_description(oc, "region-size",
+        "Granularity of classification and registration, a power of two "
+        "between 64K and 1G (default 2M)");
+    object_class_property_add(oc, "duplicate-threshold", "uint8",
+                              ksm_backend_get_threshold,
+                              ksm_backend_set_threshold, NULL, NULL);
+    object_class_property_set_description(oc, "duplicate-threshold",
+        "Percentage of a region's resident pages that must be duplicate "
+        "or zero for it to be registered, 1-100 (default 10)");
+    object_class_property_add_bool(oc, "manage-thp",
+                                   ksm_backend_get_manage_thp,
+                                   ksm_backend_set_manage_thp);
+    object_class_property_set_description(oc, "manage-thp",
+        "Keep mergeable regions on small pages and give stable unique "
+        "regions transparent huge pages back (default on)");
+    object_class_property_add_bool(oc, "force-unmerge",
+                                   ksm_backend_get_force_unmerge,
+                                   ksm_backend_set_force_unmerge);
+    object_class_property_set_description(oc, "force-unmerge",
+        "Unregister merged memory even when the host's MemAvailable "
+        "cannot absorb the unmerged copies (default off)");
+}
+
+static const TypeInfo ksm_backend_info = {
+    .name = TYPE_MEMORY_BACKEND_KSM,
+    .parent = TYPE_MEMORY_BACKEND,
+    .instance_size = sizeof(HostMemoryBackendKsm),
+    .instance_init = ksm_backend_instance_init,
+    .instance_finalize = ksm_backend_instance_finalize,
+    .class_init = ksm_backend_class_init,
+};
+
+static void ksm_backend_register_types(void)
+{
+    type_register_static(&ksm_backend_info);
+}
+
+type_init(ksm_backend_register_types);

@@ -1,0 +1,1236 @@
+/*
+ * memdedup: the engine
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * One engine per process manages the RAM of every memory-backend-ksm.
+ * A scanner thread runs passes: it hashes every resident page of every
+ * managed block (scan.c), rebuilds the duplicate set (index.c), judges
+ * each region (policy.c) and madvises the regions that changed.  Between
+ * passes it refreshes the kernel's view (kernel.c) once a second.
+ *
+ * Lifetime and locking:
+ *  - Blocks join through memdedup_block_add (backend, BQL) and leave
+ *    through the RAMBlockNotifier's ram_block_removed hook (BQL), which
+ *    marks them removed before QEMU unmaps the RAM after an RCU grace
+ *    period.  The scanner touches guest memory (reads and madvise) only
+ *    inside an RCU read-side section in which it saw removed == false,
+ *    so it never touches RAM after its removal.
+ *  - Block metadata is reference counted: the engine's list, the backend
+ *    and a running pass each hold a reference; the last one frees it.
+ *  - MemdedupEngine.lock protects the block list, the settings and the
+ *    published statistics.  It is never held while hashing, reading
+ *    kernel files or calling madvise, so QMP never waits for a pass.
+ *  - Registration (madvise) happens only in the scanner thread, outside
+ *    the BQL.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/atomic.h"
+#include "qemu/error-report.h"
+#include "qemu/guest-random.h"
+#include "qemu/main-loop.h"
+#include "qemu/module.h"
+#include "qemu/rcu.h"
+#include "qemu/timer.h"
+#include "qemu/units.h"
+#include "qapi/error.h"
+#include "qapi/visitor.h"
+#include "qapi/qapi-events-memdedup.h"
+#include "qom/object_interfaces.h"
+#include "memdedup-internal.h"
+#include "trace.h"
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+/* Engine defaults when no memdedup object exists. */
+#define MEMDEDUP_SCAN_RATE_DEFAULT       (1 * GiB)   /* bytes/s */
+#define MEMDEDUP_SCAN_RATE_MIN           (1 * MiB)   /* bytes/s */
+#define MEMDEDUP_SCAN_THREADS_DEFAULT    1
+#define MEMDEDUP_SCAN_THREADS_MAX        8
+#define MEMDEDUP_RESCAN_INTERVAL_DEFAULT 10000       /* ms */
+#define MEMDEDUP_RESCAN_INTERVAL_MIN     100         /* ms */
+#define MEMDEDUP_RESCAN_INTERVAL_MAX     86400000    /* ms, one day */
+/* How often the kernel's merged counts are refreshed between passes. */
+#define MEMDEDUP_KERNEL_REFRESH_MS       1000
+/* Longest sleep of the rate limiter before it looks at quit again. */
+#define MEMDEDUP_THROTTLE_SLICE_US       100000
+
+static MemdedupEngine memdedup_engine;
+static bool memdedup_unmerge_warned;
+
+static void memdedup_engine_init(void)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+    static bool done;
+
+    if (done) {
+        return;
+    }
+    done = true;
+    qemu_mutex_init(&engine->lock);
+    qemu_cond_init(&engine->wakeup);
+    QTAILQ_INIT(&engine->blocks);
+    engine->scan_rate = MEMDEDUP_SCAN_RATE_DEFAULT;
+    engine->scan_threads = MEMDEDUP_SCAN_THREADS_DEFAULT;
+    engine->rescan_interval = MEMDEDUP_RESCAN_INTERVAL_DEFAULT;
+    engine->state = MEMDEDUP_STATE_DISABLED;
+    qemu_guest_getrandom_nofail(&engine->seed, sizeof(engine->seed));
+    engine->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    engine->kpageflags_fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
+}
+
+/* ------------------------------------------------------------------ */
+/* Block lifetime                                                      */
+/* ------------------------------------------------------------------ */
+
+static void memdedup_block_ref(MemdedupBlock *blk)
+{
+    qatomic_inc(&blk->refcount);
+}
+
+static void memdedup_block_unref(MemdedupBlock *blk)
+{
+    if (qatomic_fetch_dec(&blk->refcount) == 1) {
+        g_free(blk->fps);
+        g_free(blk->regions);
+        g_free(blk->id);
+        g_free(blk);
+    }
+}
+
+/* Take @blk off the engine's list.  Engine lock held. */
+static void memdedup_block_detach_locked(MemdedupBlock *blk)
+{
+    qatomic_store_release(&blk->removed, true);
+    QTAILQ_REMOVE(&memdedup_engine.blocks, blk, next);
+    trace_memdedup_block_removed(blk->id);
+    memdedup_block_unref(blk);
+}
+
+/* RAMBlockNotifier hook: BQL held, before the RAM is unmapped. */
+static void memdedup_ram_block_removed(RAMBlockNotifier *n, void *host,
+                                       size_t size, size_t max_size)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+    MemdedupBlock *blk, *next;
+
+    QEMU_LOCK_GUARD(&engine->lock);
+    QTAILQ_FOREACH_SAFE(blk, &engine->blocks, next, next) {
+        if (blk->host == host) {
+            memdedup_block_detach_locked(blk);
+        }
+    }
+}
+
+static void memdedup_ram_block_resized(RAMBlockNotifier *n, void *host,
+                                       size_t old_size, size_t new_size)
+{
+    /*
+     * memory-backend-ksm RAM is never resizable (only migration-resizable
+     * firmware blocks are, and the engine does not manage them).
+     */
+}
+
+static void *memdedup_thread(void *opaque);
+
+MemdedupBlock *memdedup_block_add(const char *id, void *host, uint64_t size,
+                                  const MemdedupParams *params, Error **errp)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+    MemdedupBlock *blk;
+
+    memdedup_engine_init();
+    if (memdedup_policy_registers(params->policy) &&
+        !memdedup_host_has_ksm()) {
+        error_setg(errp, "dedup-policy '%s' needs KSM, but the host has none "
+                   "(%s is missing); use dedup-policy=estimate or off",
+                   MemdedupPolicy_str(params->policy),
+                   memdedup_ksm_sysfs_dir());
+        return NULL;
+    }
+
+    blk = g_new0(MemdedupBlock, 1);
+    blk->id = g_strdup(id);
+    blk->host = host;
+    blk->size = size;
+    blk->page_size = qemu_real_host_page_size();
+    blk->nr_pages = DIV_ROUND_UP(size, blk->page_size);
+    blk->pages_per_region = params->region_size / blk->page_size;
+    blk->nr_regions = DIV_ROUND_UP(blk->nr_pages, blk->pages_per_region);
+    blk->fps = g_new0(uint32_t, blk->nr_pages);
+    blk->regions = g_new0(MemdedupRegion, blk->nr_regions);
+    blk->params = *params;
+    blk->params_changed = true;
+    blk->stats.kernel_merged_pages = -1;
+    blk->stats.kernel_merged_pages_exact = -1;
+    blk->refcount = 2;          /* the engine's list and the backend */
+
+    /*
+     * QEMU's ram_block_add() madvised the whole block MERGEABLE when the
+     * machine's mem-merge is on; registration belongs to the engine, so
+     * undo that.  Nothing can be merged yet, so this unmerges nothing.
+     * Until the engine has judged a region it stays on small pages, so
+     * that KSM can merge it quickly once registered.
+     */
+    if (memdedup_host_has_ksm()) {
+        madvise(host, size, MADV_UNMERGEABLE);
+    }
+    if (params->manage_thp) {
+        madvise(host, size, MADV_NOHUGEPAGE);
+    }
+
+    qemu_mutex_lock(&engine->lock);
+    if (!engine->notifier.ram_block_removed) {
+        engine->notifier.ram_block_removed = memdedup_ram_block_removed;
+        engine->notifier.ram_block_resized = memdedup_ram_block_resized;
+        ram_block_notifier_add(&engine->notifier);
+    }
+    QTAILQ_INSERT_TAIL(&engine->blocks, blk, next);
+    engine->params_dirty = true;
+    if (engine->state == MEMDEDUP_STATE_DISABLED) {
+        engine->state = MEMDEDUP_STATE_IDLE;
+    }
+    engine->scan_requested = true;
+    if (!engine->thread_started) {
+        engine->thread_started = true;
+        qemu_thread_create(&engine->thread, "memdedup", memdedup_thread,
+                           engine, QEMU_THREAD_DETACHED);
+    }
+    qemu_cond_signal(&engine->wakeup);
+    qemu_mutex_unlock(&engine->lock);
+
+    trace_memdedup_block_added(id, size, params->region_size);
+    return blk;
+}
+
+void memdedup_block_release(MemdedupBlock *blk)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+
+    if (!blk) {
+        return;
+    }
+    qemu_mutex_lock(&engine->lock);
+    if (!qatomic_read(&blk->removed)) {
+        memdedup_block_detach_locked(blk);
+    }
+    qemu_mutex_unlock(&engine->lock);
+    memdedup_block_unref(blk);
+}
+
+/* Bytes of @blk in [@start, @end) that the kernel reports merged. */
+static int64_t memdedup_merged_bytes(MemdedupBlock *blk, uint64_t start,
+                                     uint64_t end)
+{
+    g_autofree char *smaps = NULL;
+    uint64_t ksm_bytes, vmas, mergeable;
+
+    if (!g_file_get_contents("/proc/self/smaps", &smaps, NULL, NULL) ||
+        !memdedup_parse_smaps_ksm(smaps, start, end, &ksm_bytes, &vmas,
+                                  &mergeable)) {
+        return -1;
+    }
+    return ksm_bytes;
+}
+
+/*
+ * Would unregistering [@start, @end) of @blk fit in MemAvailable?  When
+ * the merged amount is unknown, the whole range is assumed merged.
+ */
+static bool memdedup_unmerge_check(MemdedupBlock *blk, uint64_t start,
+                                   uint64_t end, bool force,
+                                   uint64_t *merged, Error **errp)
+{
+    uint64_t available, total;
+    int64_t bytes = memdedup_merged_bytes(blk, start, end);
+
+    *merged = bytes < 0 ? end - start : bytes;
+    if (force || !*merged) {
+        return true;
+    }
+    if (!memdedup_read_meminfo(&available, &total)) {
+        return true;            /* nothing to judge by: do not block */
+    }
+    if (memdedup_unmerge_admissible(*merged, available, total)) {
+        return true;
+    }
+    error_setg(errp, "memory-backend-ksm '%s': unmerging %" PRIu64 " MiB "
+               "needs more than the host's MemAvailable (%" PRIu64 " MiB, "
+               "%d%% of MemTotal kept in reserve); set force-unmerge=on "
+               "to unmerge anyway", blk->id, *merged / MiB, available / MiB,
+               MEMDEDUP_UNMERGE_RESERVE_PERCENT);
+    return false;
+}
+
+bool memdedup_block_set_params(MemdedupBlock *blk, const MemdedupParams *params,
+                               Error **errp)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+    MemdedupParams old;
+    uint64_t merged;
+
+    qemu_mutex_lock(&engine->lock);
+    old = blk->params;
+    qemu_mutex_unlock(&engine->lock);
+
+    if (memdedup_policy_registers(params->policy) &&
+        !memdedup_host_has_ksm()) {
+        error_setg(errp, "dedup-policy '%s' needs KSM, but the host has none",
+                   MemdedupPolicy_str(params->policy));
+        return false;
+    }
+    /* Leaving a registering policy for one that registers nothing. */
+    if (memdedup_policy_registers(old.policy) &&
+        !memdedup_policy_registers(params->policy) &&
+        !qatomic_read(&blk->removed) &&
+        !memdedup_unmerge_check(blk, (uintptr_t)blk->host,
+                                (uintptr_t)blk->host + blk->size,
+                                params->force_unmerge, &merged, errp)) {
+        return false;
+    }
+
+    qemu_mutex_lock(&engine->lock);
+    blk->params = *params;
+    blk->params_changed = true;
+    engine->params_dirty = true;
+    qemu_cond_signal(&engine->wakeup);
+    qemu_mutex_unlock(&engine->lock);
+    trace_memdedup_block_params(blk->id, MemdedupPolicy_str(params->policy),
+                                params->duplicate_threshold);
+    return true;
+}
+
+bool memdedup_request_scan(Error **errp)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+
+    memdedup_engine_init();
+    QEMU_LOCK_GUARD(&engine->lock);
+    if (QTAILQ_EMPTY(&engine->blocks)) {
+        error_setg(errp, "no memory-backend-ksm exists");
+        return false;
+    }
+    if (engine->state == MEMDEDUP_STATE_PAUSED) {
+        error_setg(errp, "the memdedup engine is paused");
+        return false;
+    }
+    engine->scan_requested = true;
+    qemu_cond_signal(&engine->wakeup);
+    return true;
+}
+
+/* ------------------------------------------------------------------ */
+/* Registration                                                        */
+/* ------------------------------------------------------------------ */
+
+/*
+ * madvise regions [@first, @first + @count) of @blk.  Inside an RCU
+ * read-side section that saw the block alive, so the RAM stays mapped.
+ */
+static bool memdedup_advise(MemdedupBlock *blk, uint64_t first,
+                            uint64_t count, int advice)
+{
+    uint64_t region_size = blk->pages_per_region * blk->page_size;
+    uint64_t start = first * region_size;
+    uint64_t len = MIN(count * region_size, blk->size - start);
+    int ret;
+
+    WITH_RCU_READ_LOCK_GUARD() {
+        if (qatomic_load_acquire(&blk->removed)) {
+            return false;
+        }
+        ret = madvise(blk->host + start, len, advice);
+    }
+    trace_memdedup_advise(blk->id, start, len, advice, ret ? errno : 0);
+    return ret == 0;
+}
+
+/* Register one region at once, as soon as it qualifies (scanner). */
+static void memdedup_register_early(MemdedupBlock *blk,
+                                    const MemdedupParams *params,
+                                    uint64_t region)
+{
+    MemdedupRegion *r = &blk->regions[region];
+
+    if (r->registered || !memdedup_region_wanted(params, r)) {
+        return;
+    }
+    if (r->huge) {
+        memdedup_advise(blk, region, 1, MADV_NOHUGEPAGE);
+        r->huge = false;
+    }
+    r->registered = memdedup_advise(blk, region, 1, MADV_MERGEABLE);
+}
+
+/*
+ * Bring the registration of @blk in line with @params and the region
+ * summaries: register wanted regions, unregister unwanted ones (subject
+ * to admission control), give stable unique regions THP back.  Runs of
+ * equal decisions are advised with one call.  Scanner thread only.
+ */
+static void memdedup_apply_policy(MemdedupBlock *blk,
+                                  const MemdedupParams *params,
+                                  uint64_t *refusals)
+{
+    uint64_t n = blk->nr_regions, i, j;
+    g_autofree bool *wanted = g_new(bool, n);
+    g_autofree bool *thp = g_new0(bool, n);
+    uint64_t region_size = blk->pages_per_region * blk->page_size;
+
+    for (i = 0; i < n; i++) {
+        wanted[i] = memdedup_region_wanted(params, &blk->regions[i]);
+    }
+    memdedup_coalesce_ranges(wanted, n, MEMDEDUP_MAX_RANGES_DEFAULT);
+    for (i = 0; i < n; i++) {
+        uint64_t pages = MIN(blk->pages_per_region,
+                             blk->nr_pages - i * blk->pages_per_region);
+        thp[i] = !wanted[i] && pages == blk->pages_per_region &&
+                 memdedup_region_wants_thp(params, &blk->regions[i],
+                                           blk->pages_per_region);
+    }
+
+    /* Registration changes, in runs. */
+    for (i = 0; i < n; i = j) {
+        bool want = wanted[i];
+        bool change = want != blk->regions[i].registered;
+
+        for (j = i + 1; j < n && wanted[j] == want &&
+             (want != blk->regions[j].registered) == change; j++) {
+            /* extend the run */
+        }
+        if (!change) {
+            continue;
+        }
+        if (want) {
+            memdedup_advise(blk, i, j - i, MADV_NOHUGEPAGE);
+            if (memdedup_advise(blk, i, j - i, MADV_MERGEABLE)) {
+                for (uint64_t k = i; k < j; k++) {
+                    blk->regions[k].registered = true;
+                    blk->regions[k].huge = false;
+                }
+            }
+        } else {
+            uint64_t start = (uintptr_t)blk->host + i * region_size;
+            uint64_t end = MIN(start + (j - i) * region_size,
+                               (uintptr_t)blk->host + blk->size);
+            uint64_t merged;
+            Error *local_err = NULL;
+
+            if (!memdedup_unmerge_check(blk, start, end,
+                                        params->force_unmerge, &merged,
+                                        &local_err)) {
+                /* Reported once per process; counted every time. */
+                warn_report_once_cond(&memdedup_unmerge_warned, "%s",
+                                      error_get_pretty(local_err));
+                error_free(local_err);
+                (*refusals)++;
+                continue;
+            }
+            if (memdedup_advise(blk, i, j - i, MADV_UNMERGEABLE)) {
+                for (uint64_t k = i; k < j; k++) {
+                    blk->regions[k].registered = false;
+                }
+                trace_memdedup_unmerge(blk->id, start, end - start, merged);
+            }
+        }
+    }
+
+    /* Transparent huge pages back for stable unique regions, in runs. */
+    for (i = 0; i < n; i = j) {
+        for (j = i; j < n && thp[j] && !blk->regions[j].huge &&
+             !blk->regions[j].registered; j++) {
+            /* extend the run */
+        }
+        if (j == i) {
+            j = i + 1;
+            continue;
+        }
+        if (memdedup_advise(blk, i, j - i, MADV_HUGEPAGE)) {
+            /* Best effort: the kernel may lack MADV_COLLAPSE or memory. */
+            memdedup_advise(blk, i, j - i, MADV_COLLAPSE);
+            for (uint64_t k = i; k < j; k++) {
+                blk->regions[k].huge = true;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Passes                                                              */
+/* ------------------------------------------------------------------ */
+
+/* One block of a pass, with the parameters the pass uses for it. */
+typedef struct MemdedupPassBlock {
+    MemdedupBlock *blk;
+    MemdedupParams params;
+    bool apply_only;            /* params changed; no need to rescan */
+    uint64_t first_item;        /* index of its region 0 in the item space */
+} MemdedupPassBlock;
+
+typedef struct MemdedupPass {
+    MemdedupEngine *engine;
+    MemdedupPassBlock *blocks;
+    size_t nr_blocks;
+    uint64_t nr_items;          /* regions to scan, over all blocks */
+    uint64_t next_item;         /* atomic: next region to take */
+    uint64_t bytes_hashed;      /* atomic */
+    uint64_t scan_rate;         /* bytes per second */
+    int64_t start_ns;           /* QEMU_CLOCK_REALTIME */
+    uint64_t cpu_time;          /* atomic, ns */
+    uint64_t max_region_pages;
+} MemdedupPass;
+
+static uint64_t memdedup_thread_cpu_ns(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)) {
+        return 0;
+    }
+    return ts.tv_sec * NANOSECONDS_PER_SECOND + ts.tv_nsec;
+}
+
+static bool memdedup_quitting(MemdedupEngine *engine)
+{
+    return qatomic_read(&engine->quit);
+}
+
+/* Sleep as long as the pass is ahead of its byte budget. */
+static void memdedup_throttle(MemdedupPass *pass)
+{
+    for (;;) {
+        uint64_t bytes = qatomic_read(&pass->bytes_hashed);
+        int64_t due = pass->start_ns +
+                      (int64_t)(bytes * (double)NANOSECONDS_PER_SECOND /
+                                pass->scan_rate);
+        int64_t now = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+
+        if (now >= due || memdedup_quitting(pass->engine)) {
+            return;
+        }
+        g_usleep(MIN((due - now) / 1000, MEMDEDUP_THROTTLE_SLICE_US) + 1);
+    }
+}
+
+/* Hash regions until none is left.  Runs in every scanner thread. */
+static void memdedup_pass_work(MemdedupPass *pass)
+{
+    MemdedupScanBuffers buf;
+    uint64_t cpu_start = memdedup_thread_cpu_ns();
+    size_t b = 0;
+
+    memdedup_scan_buffers_init(&buf, pass->max_region_pages);
+    for (;;) {
+        uint64_t item = qatomic_fetch_inc(&pass->next_item);
+        MemdedupPassBlock *pb;
+        uint64_t region, hashed;
+
+        if (item >= pass->nr_items || memdedup_quitting(pass->engine)) {
+            break;
+        }
+        /* Items are handed out in order: find the block that owns it. */
+        while (b + 1 < pass->nr_blocks &&
+               pass->blocks[b + 1].first_item <= item) {
+            b++;
+        }
+        while (b > 0 && pass->blocks[b].first_item > item) {
+            b--;
+        }
+        pb = &pass->blocks[b];
+        region = item - pb->first_item;
+        if (memdedup_scan_region(pass->engine, pb->blk, region, &buf,
+                                 &hashed)) {
+            qatomic_add(&pass->bytes_hashed, hashed);
+            if (pb->params.policy == MEMDEDUP_POLICY_TARGETED ||
+                pb->params.policy == MEMDEDUP_POLICY_ZERO_ONLY) {
+                memdedup_register_early(pb->blk, &pb->params, region);
+            }
+        }
+        qatomic_add(&pass->engine->pass_pages_done,
+                    pb->blk->pages_per_region);
+        memdedup_throttle(pass);
+    }
+    memdedup_scan_buffers_free(&buf);
+    qatomic_add(&pass->cpu_time, memdedup_thread_cpu_ns() - cpu_start);
+}
+
+static void *memdedup_worker_thread(void *opaque)
+{
+    rcu_register_thread();
+    memdedup_pass_work(opaque);
+    rcu_unregister_thread();
+    return NULL;
+}
+
+/*
+ * End of the hashing phase: rebuild the dup set from every fingerprint
+ * and recount each region's duplicates against it.  Returns the number
+ * of bytes this metadata needs between passes.
+ */
+static void memdedup_pass_index(MemdedupPass *pass)
+{
+    MemdedupEngine *engine = pass->engine;
+    uint64_t total = 0, n = 0;
+    g_autofree uint32_t *all = NULL;
+    g_autofree uint32_t *tmp = NULL;
+    size_t b;
+
+    for (b = 0; b < pass->nr_blocks; b++) {
+        if (pass->blocks[b].params.policy != MEMDEDUP_POLICY_OFF) {
+            total += pass->blocks[b].blk->nr_pages;
+        }
+    }
+    all = g_new(uint32_t, MAX(total, 1));
+    tmp = g_new(uint32_t, MAX(total, 1));
+    for (b = 0; b < pass->nr_blocks; b++) {
+        MemdedupBlock *blk = pass->blocks[b].blk;
+        uint64_t p;
+
+        if (pass->blocks[b].params.policy == MEMDEDUP_POLICY_OFF) {
+            continue;
+        }
+        for (p = 0; p < blk->nr_pages; p++) {
+            if (blk->fps[p] > MEMDEDUP_FP_ZERO) {
+                all[n++] = blk->fps[p];
+            }
+        }
+    }
+    memdedup_fp_sort(all, tmp, n);
+    memdedup_dupset_build(&engine->dupset, all, n);
+}
+
+/* Recount one block's regions against the new dup set; returns stats. */
+static void memdedup_pass_summarize(MemdedupEngine *engine,
+                                    MemdedupPassBlock *pb,
+                                    unsigned long *first_seen,
+                                    MemdedupBlockStats *st)
+{
+    MemdedupBlock *blk = pb->blk;
+    uint64_t i, p;
+
+    memset(st, 0, sizeof(*st));
+    for (i = 0; i < blk->nr_regions; i++) {
+        MemdedupRegion *r = &blk->regions[i];
+        uint64_t first = i * blk->pages_per_region;
+        uint64_t last = MIN(first + blk->pages_per_region, blk->nr_pages);
+        uint32_t duplicate = 0;
+
+        if (pb->params.policy != MEMDEDUP_POLICY_OFF) {
+            for (p = first; p < last; p++) {
+                ssize_t idx;
+
+                if (blk->fps[p] <= MEMDEDUP_FP_ZERO) {
+                    continue;
+                }
+                idx = memdedup_dupset_find(&engine->dupset, blk->fps[p]);
+                if (idx < 0) {
+                    continue;
+                }
+                duplicate++;
+                /* Every copy but the first could be freed by merging. */
+                if (test_and_set_bit(idx, first_seen)) {
+                    st->estimated_saving += blk->page_size;
+                }
+            }
+            r->duplicate = duplicate;
+            r->unique = r->resident - r->zero - duplicate;
+            if (r->volatile_pages) {
+                r->stable_passes = 0;
+            } else if (r->stable_passes < UINT8_MAX) {
+                r->stable_passes++;
+            }
+        }
+        st->resident_pages += r->resident;
+        st->zero_pages += r->zero;
+        st->duplicate_pages += r->duplicate;
+        st->unique_pages += r->unique;
+        st->volatile_pages += r->volatile_pages;
+        st->candidate_regions += memdedup_region_wanted(&pb->params, r);
+    }
+    st->scanned_pages = pb->params.policy == MEMDEDUP_POLICY_OFF ? 0 :
+                        st->resident_pages;
+    st->estimated_saving += st->zero_pages * blk->page_size;
+}
+
+/* Registered bytes, ranges and huge regions of @blk, from its regions. */
+static void memdedup_count_registration(MemdedupBlock *blk,
+                                        MemdedupBlockStats *st)
+{
+    uint64_t region_size = blk->pages_per_region * blk->page_size;
+    uint64_t i;
+
+    st->registered_bytes = 0;
+    st->registered_ranges = 0;
+    st->huge_regions = 0;
+    for (i = 0; i < blk->nr_regions; i++) {
+        if (blk->regions[i].registered) {
+            st->registered_bytes += MIN(region_size,
+                                        blk->size - i * region_size);
+            if (i == 0 || !blk->regions[i - 1].registered) {
+                st->registered_ranges++;
+            }
+        }
+        st->huge_regions += blk->regions[i].huge;
+    }
+}
+
+/* Kernel-merged pages of every managed block, from one smaps read. */
+static void memdedup_refresh_kernel_view(MemdedupEngine *engine)
+{
+    g_autofree char *smaps = NULL;
+    MemdedupBlock *blk;
+    bool have_smaps;
+
+    have_smaps = g_file_get_contents("/proc/self/smaps", &smaps, NULL, NULL);
+
+    /* The list only changes under the lock, and parsing text is quick. */
+    QEMU_LOCK_GUARD(&engine->lock);
+    QTAILQ_FOREACH(blk, &engine->blocks, next) {
+        uint64_t start = (uintptr_t)blk->host, end = start + blk->size;
+        uint64_t ksm_bytes, vmas, mergeable;
+
+        blk->stats.kernel_merged_pages = -1;
+        if (have_smaps &&
+            memdedup_parse_smaps_ksm(smaps, start, end, &ksm_bytes, &vmas,
+                                     &mergeable)) {
+            blk->stats.kernel_merged_pages = ksm_bytes / blk->page_size;
+        }
+    }
+}
+
+/* Exact KSM page counts through kpageflags; scanner, lock not held. */
+static void memdedup_count_exact(MemdedupEngine *engine, MemdedupPass *pass,
+                                 int64_t *exact)
+{
+    size_t b;
+
+    for (b = 0; b < pass->nr_blocks; b++) {
+        MemdedupBlock *blk = pass->blocks[b].blk;
+
+        exact[b] = -1;
+        if (engine->pagemap_fd < 0 || engine->kpageflags_fd < 0) {
+            continue;
+        }
+        WITH_RCU_READ_LOCK_GUARD() {
+            if (!qatomic_load_acquire(&blk->removed)) {
+                exact[b] = memdedup_count_ksm_pages(engine->pagemap_fd,
+                                                    engine->kpageflags_fd,
+                                                    (uintptr_t)blk->host,
+                                                    blk->size);
+            }
+        }
+    }
+}
+
+static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
+{
+    MemdedupPass pass = { .engine = engine };
+    g_autofree unsigned long *first_seen = NULL;
+    g_autofree MemdedupBlockStats *stats = NULL;
+    g_autofree uint64_t *refusals = NULL;
+    g_autofree int64_t *exact = NULL;
+    g_autofree QemuThread *workers = NULL;
+    uint64_t scanned = 0, zero = 0, duplicate = 0, registered = 0;
+    uint64_t metadata = 0, pass_no, duration;
+    uint32_t nr_threads, t;
+    MemdedupBlock *blk;
+    size_t b;
+
+    /* Snapshot the blocks and their parameters. */
+    qemu_mutex_lock(&engine->lock);
+    QTAILQ_FOREACH(blk, &engine->blocks, next) {
+        pass.nr_blocks++;
+    }
+    pass.blocks = g_new0(MemdedupPassBlock, pass.nr_blocks);
+    b = 0;
+    QTAILQ_FOREACH(blk, &engine->blocks, next) {
+        MemdedupPassBlock *pb = &pass.blocks[b++];
+
+        memdedup_block_ref(blk);
+        pb->blk = blk;
+        pb->params = blk->params;
+        pb->apply_only = blk->params_changed;
+        blk->params_changed = false;
+        pb->first_item = pass.nr_items;
+        if (rescan && pb->params.policy != MEMDEDUP_POLICY_OFF) {
+            pass.nr_items += blk->nr_regions;
+        }
+        pass.max_region_pages = MAX(pass.max_region_pages,
+                                    blk->pages_per_region);
+    }
+    engine->params_dirty = false;
+    pass.scan_rate = engine->scan_rate;
+    nr_threads = engine->scan_threads;
+    if (rescan) {
+        engine->state = MEMDEDUP_STATE_SCANNING;
+        engine->scan_requested = false;
+    }
+    qemu_mutex_unlock(&engine->lock);
+
+    stats = g_new0(MemdedupBlockStats, pass.nr_blocks);
+    refusals = g_new0(uint64_t, pass.nr_blocks);
+    exact = g_new0(int64_t, pass.nr_blocks);
+
+    /* Policy changes apply at once, on the summaries already known. */
+    for (b = 0; b < pass.nr_blocks; b++) {
+        MemdedupPassBlock *pb = &pass.blocks[b];
+        if (pb->apply_only && !qatomic_read(&pb->blk->removed)) {
+            memdedup_apply_policy(pb->blk, &pb->params, &refusals[b]);
+        }
+    }
+
+    if (rescan) {
+        qatomic_set(&engine->pass_pages_done, 0);
+        qatomic_set(&engine->pass_pages_total, 0);
+        for (b = 0; b < pass.nr_blocks; b++) {
+            if (pass.blocks[b].params.policy != MEMDEDUP_POLICY_OFF) {
+                qatomic_add(&engine->pass_pages_total,
+                            pass.blocks[b].blk->nr_regions *
+                            pass.blocks[b].blk->pages_per_region);
+            }
+        }
+        pass.start_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+        trace_memdedup_pass_start(pass.nr_blocks, pass.nr_items, nr_threads);
+
+        /* Hash, with helper threads if configured. */
+        workers = g_new0(QemuThread, nr_threads);
+        for (t = 1; t < nr_threads; t++) {
+            qemu_thread_create(&workers[t], "memdedup-worker",
+                               memdedup_worker_thread, &pass,
+                               QEMU_THREAD_JOINABLE);
+        }
+        memdedup_pass_work(&pass);
+        for (t = 1; t < nr_threads; t++) {
+            qemu_thread_join(&workers[t]);
+        }
+
+        /* Index and summarize. */
+        memdedup_pass_index(&pass);
+        first_seen = bitmap_new(MAX(engine->dupset.len, 1));
+        for (b = 0; b < pass.nr_blocks; b++) {
+            memdedup_pass_summarize(engine, &pass.blocks[b], first_seen,
+                                    &stats[b]);
+        }
+    }
+
+    /* Register, unregister, THP. */
+    for (b = 0; b < pass.nr_blocks; b++) {
+        MemdedupPassBlock *pb = &pass.blocks[b];
+        if (!qatomic_read(&pb->blk->removed) && (rescan || pb->apply_only)) {
+            memdedup_apply_policy(pb->blk, &pb->params, &refusals[b]);
+        }
+        memdedup_count_registration(pb->blk, &stats[b]);
+        registered += stats[b].registered_bytes;
+        metadata += pb->blk->nr_pages * sizeof(uint32_t) +
+                    pb->blk->nr_regions * sizeof(MemdedupRegion);
+    }
+    metadata += engine->dupset.len * 2 * sizeof(uint32_t);
+    if (rescan) {
+        memdedup_count_exact(engine, &pass, exact);
+    }
+
+    /* Publish. */
+    duration = qemu_clock_get_ns(QEMU_CLOCK_REALTIME) - pass.start_ns;
+    qemu_mutex_lock(&engine->lock);
+    for (b = 0; b < pass.nr_blocks; b++) {
+        MemdedupBlock *blk = pass.blocks[b].blk;
+        MemdedupBlockStats *st = &blk->stats;
+
+        if (rescan) {
+            uint64_t merged = st->kernel_merged_pages;
+            uint64_t refused = st->unmerge_refusals;
+
+            *st = stats[b];
+            st->kernel_merged_pages = merged;
+            st->unmerge_refusals = refused;
+            st->kernel_merged_pages_exact = exact[b];
+            scanned += stats[b].scanned_pages;
+            zero += stats[b].zero_pages;
+            duplicate += stats[b].duplicate_pages;
+        } else {
+            st->registered_bytes = stats[b].registered_bytes;
+            st->registered_ranges = stats[b].registered_ranges;
+            st->huge_regions = stats[b].huge_regions;
+        }
+        st->unmerge_refusals += refusals[b];
+    }
+    engine->metadata_bytes = metadata;
+    engine->scanner_cpu_time += pass.cpu_time;
+    if (rescan) {
+        engine->passes_completed++;
+        engine->last_pass_duration = duration;
+        engine->state = QTAILQ_EMPTY(&engine->blocks) ?
+                        MEMDEDUP_STATE_DISABLED : MEMDEDUP_STATE_IDLE;
+    }
+    pass_no = engine->passes_completed;
+    qemu_mutex_unlock(&engine->lock);
+    qatomic_set(&engine->pass_pages_total, 0);
+
+    for (b = 0; b < pass.nr_blocks; b++) {
+        memdedup_block_unref(pass.blocks[b].blk);
+    }
+    g_free(pass.blocks);
+
+    memdedup_refresh_kernel_view(engine);
+    if (rescan) {
+        trace_memdedup_pass_done(pass_no, duration, scanned, zero, duplicate,
+                                 registered);
+        qapi_event_send_memdedup_pass_completed(pass_no, duration, scanned,
+                                                zero, duplicate, registered);
+    }
+}
+
+static void *memdedup_thread(void *opaque)
+{
+    MemdedupEngine *engine = opaque;
+    int64_t next_pass = 0, next_refresh = 0;
+
+    rcu_register_thread();
+    for (;;) {
+        bool rescan = false, apply = false;
+        int64_t now;
+
+        qemu_mutex_lock(&engine->lock);
+        for (;;) {
+            now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+            if (engine->quit) {
+                break;
+            }
+            rescan = engine->state != MEMDEDUP_STATE_PAUSED &&
+                     !QTAILQ_EMPTY(&engine->blocks) &&
+                     (engine->scan_requested || now >= next_pass);
+            apply = engine->params_dirty &&
+                    engine->state != MEMDEDUP_STATE_PAUSED;
+            if (rescan || apply || now >= next_refresh) {
+                break;
+            }
+            qemu_cond_timedwait(&engine->wakeup, &engine->lock,
+                                MIN(next_pass, next_refresh) - now);
+        }
+        qemu_mutex_unlock(&engine->lock);
+        if (qatomic_read(&engine->quit)) {
+            break;
+        }
+
+        if (rescan || apply) {
+            memdedup_run_pass(engine, rescan);
+            now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+            if (rescan) {
+                next_pass = now + qatomic_read(&engine->rescan_interval);
+            }
+        } else {
+            memdedup_refresh_kernel_view(engine);
+        }
+        next_refresh = now + MEMDEDUP_KERNEL_REFRESH_MS;
+    }
+    rcu_unregister_thread();
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Statistics for the monitor                                          */
+/* ------------------------------------------------------------------ */
+
+static MemdedupHostKsm *memdedup_query_host_ksm(void)
+{
+    MemdedupHostKsm *host = g_new0(MemdedupHostKsm, 1);
+    static const struct {
+        const char *name;
+        size_t has_off, val_off;
+    } knobs[] = {
+#define KNOB(file, field) \
+        { file, offsetof(MemdedupHostKsm, has_##field), \
+          offsetof(MemdedupHostKsm, field) }
+        KNOB("run", run),
+        KNOB("pages_to_scan", pages_to_scan),
+        KNOB("sleep_millisecs", sleep_millisecs),
+        KNOB("merge_across_nodes", merge_across_nodes),
+        KNOB("use_zero_pages", use_zero_pages),
+        KNOB("max_page_sharing", max_page_sharing),
+        KNOB("pages_shared", pages_shared),
+        KNOB("pages_sharing", pages_sharing),
+        KNOB("full_scans", full_scans),
+#undef KNOB
+    };
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(knobs); i++) {
+        uint64_t value;
+
+        if (memdedup_read_ksm_knob(knobs[i].name, &value)) {
+            *(bool *)((char *)host + knobs[i].has_off) = true;
+            *(uint64_t *)((char *)host + knobs[i].val_off) = value;
+        }
+    }
+    return host;
+}
+
+MemdedupInfo *memdedup_query(Error **errp)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+    MemdedupInfo *info = g_new0(MemdedupInfo, 1);
+    MemdedupBackendInfoList **tail = &info->backends;
+    MemdedupKsmStat ksm;
+    MemdedupBlock *blk;
+    uint64_t total, done;
+
+    memdedup_engine_init();
+    qemu_mutex_lock(&engine->lock);
+    info->state = engine->state;
+    info->passes_completed = engine->passes_completed;
+    info->last_pass_duration = engine->last_pass_duration;
+    info->scanner_cpu_time = engine->scanner_cpu_time;
+    info->metadata_bytes = engine->metadata_bytes;
+    info->scan_rate = engine->scan_rate;
+    info->rescan_interval = engine->rescan_interval;
+    total = qatomic_read(&engine->pass_pages_total);
+    done = qatomic_read(&engine->pass_pages_done);
+    info->pass_progress = (engine->state == MEMDEDUP_STATE_SCANNING && total) ?
+                          MIN(done * 100 / total, 100) : 0;
+    QTAILQ_FOREACH(blk, &engine->blocks, next) {
+        MemdedupBackendInfo *bi = g_new0(MemdedupBackendInfo, 1);
+        const MemdedupBlockStats *st = &blk->stats;
+
+        bi->id = g_strdup(blk->id);
+        bi->policy = blk->params.policy;
+        bi->size = blk->size;
+        bi->page_size = blk->page_size;
+        bi->region_size = blk->params.region_size;
+        bi->duplicate_threshold = blk->params.duplicate_threshold;
+        bi->resident_pages = st->resident_pages;
+        bi->scanned_pages = st->scanned_pages;
+        bi->zero_pages = st->zero_pages;
+        bi->duplicate_pages = st->duplicate_pages;
+        bi->unique_pages = st->unique_pages;
+        bi->volatile_pages = st->volatile_pages;
+        bi->candidate_regions = st->candidate_regions;
+        bi->registered_bytes = st->registered_bytes;
+        bi->registered_ranges = st->registered_ranges;
+        bi->huge_regions = st->huge_regions;
+        bi->has_kernel_merged_pages = st->kernel_merged_pages >= 0;
+        bi->kernel_merged_pages = MAX(st->kernel_merged_pages, 0);
+        bi->has_kernel_merged_pages_exact =
+            st->kernel_merged_pages_exact >= 0;
+        bi->kernel_merged_pages_exact = MAX(st->kernel_merged_pages_exact, 0);
+        bi->estimated_saving = st->estimated_saving;
+        bi->has_actual_saving = bi->has_kernel_merged_pages;
+        bi->actual_saving = bi->kernel_merged_pages * blk->page_size;
+        bi->unmerge_refusals = st->unmerge_refusals;
+        QAPI_LIST_APPEND(tail, bi);
+    }
+    qemu_mutex_unlock(&engine->lock);
+
+    if (memdedup_read_ksm_stat(&ksm)) {
+        info->process_ksm = g_new0(MemdedupProcessKsm, 1);
+        info->process_ksm->has_rmap_items = ksm.rmap_items >= 0;
+        info->process_ksm->rmap_items = MAX(ksm.rmap_items, 0);
+        info->process_ksm->has_zero_pages = ksm.zero_pages >= 0;
+        info->process_ksm->zero_pages = MAX(ksm.zero_pages, 0);
+        info->process_ksm->has_merging_pages = ksm.merging_pages >= 0;
+        info->process_ksm->merging_pages = MAX(ksm.merging_pages, 0);
+        info->process_ksm->has_process_profit = ksm.has_process_profit;
+        info->process_ksm->process_profit = ksm.process_profit;
+    }
+    if (memdedup_host_has_ksm()) {
+        info->host_ksm = memdedup_query_host_ksm();
+        if (info->host_ksm->has_run && info->host_ksm->run != 1) {
+            info->warning = g_strdup("ksmd is not running "
+                                     "(/sys/kernel/mm/ksm/run is not 1): "
+                                     "registered memory is not merged");
+        }
+    } else {
+        info->warning = g_strdup("the host has no KSM: the engine can only "
+                                 "estimate");
+    }
+    return info;
+}
+
+/* ------------------------------------------------------------------ */
+/* The memdedup object: engine-wide settings                           */
+/* ------------------------------------------------------------------ */
+
+OBJECT_DECLARE_SIMPLE_TYPE(MemdedupSettings, MEMDEDUP)
+
+struct MemdedupSettings {
+    Object parent_obj;
+    bool complete;              /* this object owns the engine settings */
+    uint64_t scan_rate;         /* bytes per second */
+    uint32_t scan_threads;
+    uint32_t rescan_interval;   /* milliseconds */
+};
+
+/* Push the object's settings to the engine; BQL held. */
+static void memdedup_settings_apply(MemdedupSettings *s)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+
+    if (!s->complete) {
+        return;
+    }
+    QEMU_LOCK_GUARD(&engine->lock);
+    engine->scan_rate = s->scan_rate;
+    engine->scan_threads = s->scan_threads;
+    qatomic_set(&engine->rescan_interval, s->rescan_interval);
+    qemu_cond_signal(&engine->wakeup);
+}
+
+static void memdedup_settings_get_scan_rate(Object *obj, Visitor *v,
+                                            const char *name, void *opaque,
+                                            Error **errp)
+{
+    visit_type_size(v, name, &MEMDEDUP(obj)->scan_rate, errp);
+}
+
+static void memdedup_settings_set_scan_rate(Object *obj, Visitor *v,
+                                            const char *name, void *opaque,
+                                            Error **errp)
+{
+    MemdedupSettings *s = MEMDEDUP(obj);
+    uint64_t value;
+
+    if (!visit_type_size(v, name, &value, errp)) {
+        return;
+    }
+    if (value < MEMDEDUP_SCAN_RATE_MIN) {
+        error_setg(errp, "property '%s' of %s must be at least %d MiB/s, "
+                   "not %" PRIu64, name, TYPE_MEMDEDUP,
+                   (int)(MEMDEDUP_SCAN_RATE_MIN / MiB), value);
+        return;
+    }
+    s->scan_rate = value;
+    memdedup_settings_apply(s);
+}
+
+static void memdedup_settings_get_u32(Object *obj, Visitor *v,
+                                      const char *name, void *opaque,
+                                      Error **errp)
+{
+    uint32_t *field = (uint32_t *)((char *)obj + (uintptr_t)opaque);
+
+    visit_type_uint32(v, name, field, errp);
+}
+
+static void memdedup_settings_set_u32(Object *obj, Visitor *v,
+                                      const char *name, void *opaque,
+                                      Error **errp)
+{
+    MemdedupSettings *s = MEMDEDUP(obj);
+    uint32_t *field = (uint32_t *)((char *)obj + (uintptr_t)opaque);
+    uint32_t value, min, max;
+
+    if (!visit_type_uint32(v, name, &value, errp)) {
+        return;
+    }
+    if (field == &s->scan_threads) {
+        min = 1;
+        max = MEMDEDUP_SCAN_THREADS_MAX;
+    } else {
+        min = MEMDEDUP_RESCAN_INTERVAL_MIN;
+        max = MEMDEDUP_RESCAN_INTERVAL_MAX;
+    }
+    if (value < min || value > max) {
+        error_setg(errp, "property '%s' of %s must be between %" PRIu32
+                   " and %" PRIu32 ", not %" PRIu32, name, TYPE_MEMDEDUP,
+                   min, max, value);
+        return;
+    }
+    *field = value;
+    memdedup_settings_apply(s);
+}
+
+static void memdedup_settings_complete(UserCreatable *uc, Error **errp)
+{
+    MemdedupSettings *s = MEMDEDUP(uc);
+    MemdedupEngine *engine = &memdedup_engine;
+
+    memdedup_engine_init();
+    qemu_mutex_lock(&engine->lock);
+    if (engine->settings_object) {
+        qemu_mutex_unlock(&engine->lock);
+        error_setg(errp, "only one %s object may exist", TYPE_MEMDEDUP);
+        return;
+    }
+    engine->settings_object = true;
+    qemu_mutex_unlock(&engine->lock);
+    s->complete = true;
+    memdedup_settings_apply(s);
+}
+
+static void memdedup_settings_init(Object *obj)
+{
+    MemdedupSettings *s = MEMDEDUP(obj);
+
+    s->scan_rate = MEMDEDUP_SCAN_RATE_DEFAULT;
+    s->scan_threads = MEMDEDUP_SCAN_THREADS_DEFAULT;
+    s->rescan_interval = MEMDEDUP_RESCAN_INTERVAL_DEFAULT;
+}
+
+static void memdedup_settings_finalize(Object *obj)
+{
+    MemdedupSettings *s = MEMDEDUP(obj);
+    MemdedupEngine *engine = &memdedup_engine;
+
+    if (!s->complete) {
+        return;
+    }
+    /* Back to the defaults. */
+    QEMU_LOCK_GUARD(&engine->lock);
+    engine->settings_object = false;
+    engine->scan_rate = MEMDEDUP_SCAN_RATE_DEFAULT;
+    engine->scan_threads = MEMDEDUP_SCAN_THREADS_DEFAULT;
+    qatomic_set(&engine->rescan_interval, MEMDEDUP_RESCAN_INTERVAL_DEFAULT);
+}
+
+static void memdedup_settings_class_init(ObjectClass *oc, void *data)
+{
+    UserCreatableClass *ucc = USER_CREATABLE_CLASS(oc);
+
+    ucc->complete = memdedup_settings_complete;
+
+    object_class_property_add(oc, "scan-rate", "size",
+                              memdedup_settings_get_scan_rate,
+                              memdedup_settings_set_scan_rate, NULL, NULL);
+    object_class_property_set_description(oc, "scan-rate",
+        "Scan budget in bytes of guest memory per second (default 1G)");
+    object_class_property_add(oc, "scan-threads", "uint32",
+                              memdedup_settings_get_u32,
+                              memdedup_settings_set_u32, NULL,
+                              (void *)offsetof(MemdedupSettings,
+                                               scan_threads));
+    object_class_property_set_description(oc, "scan-threads",
+        "Number of scanner threads, 1-8 (default 1)");
+    object_class_property_add(oc, "rescan-interval", "uint32",
+                              memdedup_settings_get_u32,
+                              memdedup_settings_set_u32, NULL,
+                              (void *)offsetof(MemdedupSettings,
+                                               rescan_interval));
+    object_class_property_set_description(oc, "rescan-interval",
+        "Milliseconds between the end of a scan pass and the next, "
+        "100-86400000 (default 10000)");
+}
+
+static const TypeInfo memdedup_settings_info = {
+    .name = TYPE_MEMDEDUP,
+    .parent = TYPE_OBJECT,
+    .instance_size = sizeof(MemdedupSettings),
+    .instance_init = memdedup_settings_init,
+    .instance_finalize = memdedup_settings_finalize,
+    .class_init = memdedup_settings_class_init,
+    .interfaces = (InterfaceInfo[]) {
+        { TYPE_USER_CREATABLE },
+        { }
+    },
+};
+
+static void memdedup_register_types(void)
+{
+    type_register_static(&memdedup_settings_info);
+}
+
+type_init(memdedup_register_types);

@@ -1,0 +1,217 @@
+/*
+ * memdedup: what the kernel says about KSM
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * Readers and parsers for the kernel files the engine reads back:
+ * /proc/self/ksm_stat (process counters), /sys/kernel/mm/ksm (host
+ * settings, read only: they belong to the host administrator),
+ * /proc/self/smaps (per-VMA "KSM:" merged kB; readable unprivileged, and
+ * every registered range is its own VMA), /proc/meminfo (admission
+ * control) and pagemap + kpageflags (exact per-page KSM counts when QEMU
+ * holds CAP_SYS_ADMIN).  Anything unreadable is reported as unavailable,
+ * never treated as fatal.  Parsers take text so the unit test feeds them.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/cutils.h"
+#include "sysemu/memdedup.h"
+
+#define MEMDEDUP_KSM_SYSFS "/sys/kernel/mm/ksm"
+
+const char *memdedup_ksm_sysfs_dir(void)
+{
+    /* Tests point this at a directory of their own to fake a host. */
+    const char *dir = g_getenv("QEMU_MEMDEDUP_KSM_SYSFS");
+
+    return dir ? dir : MEMDEDUP_KSM_SYSFS;
+}
+
+bool memdedup_host_has_ksm(void)
+{
+    g_autofree char *run = g_build_filename(memdedup_ksm_sysfs_dir(), "run",
+                                            NULL);
+
+    return access(run, R_OK) == 0;
+}
+
+bool memdedup_read_ksm_knob(const char *name, uint64_t *value)
+{
+    g_autofree char *path = g_build_filename(memdedup_ksm_sysfs_dir(), name,
+                                             NULL);
+    g_autofree char *text = NULL;
+
+    if (!g_file_get_contents(path, &text, NULL, NULL)) {
+        return false;
+    }
+    g_strstrip(text);
+    return qemu_strtou64(text, NULL, 10, value) == 0;
+}
+
+/* Parse "name value" lines; returns the value or -1 if @name is absent. */
+static bool memdedup_find_field(const char *text, const char *name,
+                                int64_t *value)
+{
+    size_t len = strlen(name);
+    const char *p = text;
+
+    while (p && *p) {
+        if (!strncmp(p, name, len) && (p[len] == ' ' || p[len] == ':' ||
+                                       p[len] == '\t')) {
+            const char *v = p + len;
+            while (*v == ' ' || *v == ':' || *v == '\t') {
+                v++;
+            }
+            return qemu_strtoi64(v, NULL, 10, value) == 0;
+        }
+        p = strchr(p, '\n');
+        p = p ? p + 1 : NULL;
+    }
+    return false;
+}
+
+bool memdedup_parse_ksm_stat(const char *text, MemdedupKsmStat *stat)
+{
+    bool any = false;
+
+    stat->rmap_items = stat->zero_pages = stat->merging_pages = -1;
+    stat->process_profit = 0;
+    stat->has_process_profit = false;
+
+    any |= memdedup_find_field(text, "ksm_rmap_items", &stat->rmap_items);
+    any |= memdedup_find_field(text, "ksm_zero_pages", &stat->zero_pages);
+    any |= memdedup_find_field(text, "ksm_merging_pages",
+                               &stat->merging_pages);
+    stat->has_process_profit = memdedup_find_field(text, "ksm_process_profit",
+                                                   &stat->process_profit);
+    return any || stat->has_process_profit;
+}
+
+bool memdedup_read_ksm_stat(MemdedupKsmStat *stat)
+{
+    g_autofree char *text = NULL;
+
+    if (!g_file_get_contents("/proc/self/ksm_stat", &text, NULL, NULL)) {
+        return false;
+    }
+    return memdedup_parse_ksm_stat(text, stat);
+}
+
+bool memdedup_parse_meminfo(const char *text, uint64_t *mem_available,
+                            uint64_t *mem_total)
+{
+    int64_t avail_kb, total_kb;
+
+    if (!memdedup_find_field(text, "MemAvailable", &avail_kb) ||
+        !memdedup_find_field(text, "MemTotal", &total_kb) ||
+        avail_kb < 0 || total_kb < 0) {
+        return false;
+    }
+    *mem_available = (uint64_t)avail_kb * KiB;
+    *mem_total = (uint64_t)total_kb * KiB;
+    return true;
+}
+
+bool memdedup_read_meminfo(uint64_t *mem_available, uint64_t *mem_total)
+{
+    g_autofree char *text = NULL;
+
+    if (!g_file_get_contents("/proc/meminfo", &text, NULL, NULL)) {
+        return false;
+    }
+    return memdedup_parse_meminfo(text, mem_available, mem_total);
+}
+
+bool memdedup_parse_smaps_ksm(const char *text, uint64_t start, uint64_t end,
+                              uint64_t *ksm_bytes, uint64_t *mergeable_vmas,
+                              uint64_t *mergeable_bytes)
+{
+    const char *line = text;
+    bool inside = false, seen_ksm = false;
+    uint64_t vma_start = 0, vma_end = 0;
+
+    *ksm_bytes = 0;
+    *mergeable_vmas = 0;
+    *mergeable_bytes = 0;
+
+    while (line && *line) {
+        const char *next = strchr(line, '\n');
+        unsigned long long s, e;
+        int64_t kb;
+
+        /* A VMA header: "start-end perms offset dev inode [path]". */
+        if (sscanf(line, "%llx-%llx ", &s, &e) == 2 && strchr(line, ' ') &&
+            strchr(line, '-') < strchr(line, ' ')) {
+            vma_start = s;
+            vma_end = e;
+            inside = vma_start >= start && vma_end <= end;
+        } else if (!strncmp(line, "KSM:", 4)) {
+            seen_ksm = true;
+            if (inside && memdedup_find_field(line, "KSM", &kb) && kb > 0) {
+                *ksm_bytes += (uint64_t)kb * KiB;
+            }
+        } else if (!strncmp(line, "VmFlags:", 8) && inside) {
+            /* Flags are two-letter words; "mg" is VM_MERGEABLE. */
+            const char *end_of_line = next ? next : line + strlen(line);
+            const char *p;
+            for (p = line + 8; p + 2 <= end_of_line; p++) {
+                if (p[0] == 'm' && p[1] == 'g' && p[-1] == ' ' &&
+                    (p + 2 == end_of_line || p[2] == ' ')) {
+                    (*mergeable_vmas)++;
+                    *mergeable_bytes += vma_end - vma_start;
+                    break;
+                }
+            }
+        }
+        line = next ? next + 1 : NULL;
+    }
+    return seen_ksm;
+}
+
+int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
+                                 uintptr_t start, size_t len)
+{
+    const size_t batch = 4096;
+    size_t page_size = qemu_real_host_page_size();
+    size_t pages = len / page_size, done = 0;
+    g_autofree uint64_t *entries = g_new(uint64_t, batch);
+    int64_t ksm_pages = 0;
+    bool saw_pfn = false, saw_present = false;
+
+    while (done < pages) {
+        size_t n = MIN(batch, pages - done), i;
+        off_t off = (off_t)((start / page_size) + done) * sizeof(uint64_t);
+
+        if (pread(pagemap_fd, entries, n * sizeof(uint64_t), off) !=
+            (ssize_t)(n * sizeof(uint64_t))) {
+            return -1;
+        }
+        for (i = 0; i < n; i++) {
+            uint64_t pfn = entries[i] & MEMDEDUP_PM_PFN_MASK;
+            uint64_t flags;
+
+            if (!(entries[i] & MEMDEDUP_PM_PRESENT)) {
+                continue;
+            }
+            saw_present = true;
+            if (!pfn) {
+                continue;
+            }
+            saw_pfn = true;
+            if (pread(kpageflags_fd, &flags, sizeof(flags),
+                      (off_t)(pfn * sizeof(uint64_t))) != sizeof(flags)) {
+                return -1;
+            }
+            ksm_pages += (flags >> MEMDEDUP_KPF_KSM) & 1;
+        }
+        done += n;
+    }
+    /* Unprivileged readers see present pages with PFN 0. */
+    if (saw_present && !saw_pfn) {
+        return -1;
+    }
+    return ksm_pages;
+}

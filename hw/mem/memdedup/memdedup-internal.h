@@ -1,0 +1,119 @@
+/*
+ * memdedup: engine internals shared by the engine's files
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ */
+
+#ifndef HW_MEM_MEMDEDUP_INTERNAL_H
+#define HW_MEM_MEMDEDUP_INTERNAL_H
+
+#include "qemu/thread.h"
+#include "qemu/queue.h"
+#include "exec/ramlist.h"
+#include "sysemu/memdedup.h"
+
+/* Published per-block statistics; copied under MemdedupEngine.lock. */
+typedef struct MemdedupBlockStats {
+    uint64_t resident_pages;
+    uint64_t scanned_pages;
+    uint64_t zero_pages;
+    uint64_t duplicate_pages;
+    uint64_t unique_pages;
+    uint64_t volatile_pages;
+    uint64_t candidate_regions;
+    uint64_t registered_bytes;
+    uint64_t registered_ranges;
+    uint64_t huge_regions;
+    uint64_t unmerge_refusals;
+    int64_t kernel_merged_pages;        /* -1: unavailable */
+    int64_t kernel_merged_pages_exact;  /* -1: unavailable */
+    uint64_t estimated_saving;          /* bytes */
+} MemdedupBlockStats;
+
+struct MemdedupBlock {
+    /* Constant after memdedup_block_add. */
+    char *id;                   /* backend object id */
+    uint8_t *host;              /* start of the guest RAM */
+    uint64_t size;              /* bytes */
+    uint64_t page_size;         /* bytes; the host page size */
+    uint64_t nr_pages;
+    uint64_t pages_per_region;
+    uint64_t nr_regions;
+
+    /* Atomic. */
+    int refcount;               /* engine list, backend, running pass */
+    bool removed;               /* RAM unmapped or going: never touch it */
+
+    /* Under MemdedupEngine.lock. */
+    MemdedupParams params;      /* as set by the backend */
+    bool params_changed;        /* scanner has not applied params yet */
+    MemdedupBlockStats stats;   /* as of the last pass / kernel refresh */
+    QTAILQ_ENTRY(MemdedupBlock) next;
+
+    /*
+     * Scanner-owned: only scanner threads touch these, each region by one
+     * thread at a time; freed with the block.
+     */
+    uint32_t *fps;              /* nr_pages fingerprints */
+    MemdedupRegion *regions;    /* nr_regions summaries */
+};
+
+typedef struct MemdedupEngine {
+    QemuMutex lock;             /* protects the fields marked below */
+    QemuCond wakeup;            /* scanner waits here; signalled on change */
+
+    /* Under lock. */
+    QTAILQ_HEAD(, MemdedupBlock) blocks;
+    bool thread_started;
+    bool quit;
+    bool scan_requested;
+    bool params_dirty;          /* some block has params_changed */
+    uint64_t scan_rate;         /* bytes per second */
+    uint32_t scan_threads;      /* 1-8 */
+    uint32_t rescan_interval;   /* milliseconds */
+    bool settings_object;       /* a memdedup object exists */
+    MemdedupState state;
+    uint64_t passes_completed;
+    uint64_t last_pass_duration;   /* ns */
+    uint64_t metadata_bytes;
+    uint64_t scanner_cpu_time;     /* ns, all scanner threads */
+
+    /* Atomic: progress of the running pass. */
+    uint64_t pass_pages_total;
+    uint64_t pass_pages_done;
+
+    /* Constant after init. */
+    uint64_t seed;              /* per-process fingerprint seed */
+    int pagemap_fd;             /* /proc/self/pagemap or -1 */
+    int kpageflags_fd;          /* /proc/kpageflags or -1 */
+    QemuThread thread;
+    RAMBlockNotifier notifier;
+
+    /*
+     * Scanner-owned.  Read-only while worker threads hash, rebuilt by
+     * the main scanner thread between hashing phases.
+     */
+    MemdedupDupSet dupset;
+} MemdedupEngine;
+
+typedef struct MemdedupScanBuffers {
+    uint64_t *entries;          /* pagemap entries of one region */
+    bool *present;              /* residency of each page of one region */
+} MemdedupScanBuffers;
+
+void memdedup_scan_buffers_init(MemdedupScanBuffers *buf, uint64_t pages);
+void memdedup_scan_buffers_free(MemdedupScanBuffers *buf);
+
+/*
+ * memdedup_scan_region: hash region @region of @blk, updating its page
+ * fingerprints and summary.  Scanner threads only, each region by one
+ * thread.  Returns false (nothing read) if the block was removed.
+ */
+bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
+                          uint64_t region, MemdedupScanBuffers *buf,
+                          uint64_t *bytes_hashed);
+
+#endif

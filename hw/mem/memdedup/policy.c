@@ -1,0 +1,153 @@
+/*
+ * memdedup: which regions to register with KSM
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * Pure decisions over region summaries; the engine applies them with
+ * madvise.  Three rules:
+ *  - a region is registered when the share of its resident pages that
+ *    are duplicate or zero reaches the backend's threshold (targeted), or
+ *    that are zero (zero-only); real guest memory is bimodal at 2 MiB, so
+ *    a low threshold covers nearly every duplicate while skipping unique
+ *    memory;
+ *  - registered runs are coalesced so that a backend never has more than
+ *    a bounded number of VMAs (every madvise boundary splits one, and
+ *    vm.max_map_count is 65530 by default);
+ *  - unmerging may be refused: it turns every merged page back into a
+ *    private copy, so it must fit in the host's MemAvailable.
+ */
+
+#include "qemu/osdep.h"
+#include "sysemu/memdedup.h"
+
+bool memdedup_policy_registers(MemdedupPolicy policy)
+{
+    switch (policy) {
+    case MEMDEDUP_POLICY_TARGETED:
+    case MEMDEDUP_POLICY_ALL:
+    case MEMDEDUP_POLICY_ZERO_ONLY:
+        return true;
+    default:
+        return false;
+    }
+}
+
+bool memdedup_region_wanted(const MemdedupParams *params,
+                            const MemdedupRegion *r)
+{
+    uint64_t candidates;
+
+    switch (params->policy) {
+    case MEMDEDUP_POLICY_ALL:
+        return true;
+    case MEMDEDUP_POLICY_TARGETED:
+        candidates = (uint64_t)r->zero + r->duplicate;
+        break;
+    case MEMDEDUP_POLICY_ZERO_ONLY:
+        candidates = r->zero;
+        break;
+    default:
+        return false;
+    }
+    if (!r->resident || !candidates) {
+        return false;
+    }
+    return candidates * 100 >= (uint64_t)params->duplicate_threshold *
+                               r->resident;
+}
+
+bool memdedup_region_wants_thp(const MemdedupParams *params,
+                               const MemdedupRegion *r,
+                               uint64_t pages_per_region)
+{
+    if (!params->manage_thp || params->policy == MEMDEDUP_POLICY_ALL ||
+        params->policy == MEMDEDUP_POLICY_OFF) {
+        return false;
+    }
+    /*
+     * Collapsing fills the holes of a partly resident range, which would
+     * grow RSS: only fully resident, stable, unique regions qualify.
+     */
+    return r->resident == pages_per_region &&
+           r->stable_passes >= MEMDEDUP_THP_STABLE_PASSES &&
+           (uint64_t)r->unique * 100 >=
+               (uint64_t)MEMDEDUP_THP_UNIQUE_PERCENT * pages_per_region;
+}
+
+size_t memdedup_count_runs(const bool *flags, size_t n)
+{
+    size_t i, runs = 0;
+
+    for (i = 0; i < n; i++) {
+        if (flags[i] && (i == 0 || !flags[i - 1])) {
+            runs++;
+        }
+    }
+    return runs;
+}
+
+typedef struct MemdedupGap {
+    size_t start;               /* first region of the gap */
+    size_t len;                 /* regions in the gap */
+} MemdedupGap;
+
+static int memdedup_gap_cmp(const void *a, const void *b)
+{
+    const MemdedupGap *ga = a, *gb = b;
+
+    if (ga->len != gb->len) {
+        return ga->len < gb->len ? -1 : 1;
+    }
+    return ga->start < gb->start ? -1 : ga->start > gb->start;
+}
+
+size_t memdedup_coalesce_ranges(bool *wanted, size_t n, size_t max_ranges)
+{
+    size_t runs = memdedup_count_runs(wanted, n);
+    g_autofree MemdedupGap *gaps = NULL;
+    size_t ngaps = 0, i, fill;
+
+    if (runs <= max_ranges || runs < 2) {
+        return runs;
+    }
+    max_ranges = MAX(max_ranges, 1);
+
+    /* Gaps lie strictly between two wanted runs. */
+    gaps = g_new(MemdedupGap, runs - 1);
+    for (i = 1; i < n; i++) {
+        if (!wanted[i] && wanted[i - 1]) {
+            size_t j = i;
+            while (j < n && !wanted[j]) {
+                j++;
+            }
+            if (j < n) {
+                gaps[ngaps].start = i;
+                gaps[ngaps].len = j - i;
+                ngaps++;
+            }
+            i = j;
+        }
+    }
+    qsort(gaps, ngaps, sizeof(*gaps), memdedup_gap_cmp);
+
+    /* Each filled gap joins two runs into one. */
+    fill = runs - max_ranges;
+    for (i = 0; i < fill && i < ngaps; i++) {
+        memset(&wanted[gaps[i].start], true, gaps[i].len);
+    }
+    return runs - MIN(fill, ngaps);
+}
+
+bool memdedup_unmerge_admissible(uint64_t merged_bytes,
+                                 uint64_t mem_available, uint64_t mem_total)
+{
+    uint64_t reserve = mem_total / 100 * MEMDEDUP_UNMERGE_RESERVE_PERCENT;
+
+    if (!merged_bytes) {
+        return true;
+    }
+    return mem_available > reserve && merged_bytes <= mem_available - reserve;
+}

@@ -1,0 +1,126 @@
+/*
+ * memdedup: hashing one region of guest RAM
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * Scanning must not change guest memory residency: pages that are not
+ * present (never touched, discarded or swapped out) are skipped, learned
+ * from /proc/self/pagemap (or mincore(2) where pagemap is unreadable),
+ * so reading guest RAM never faults pages in and RSS does not grow.
+ * The scanner only reads guest memory.  A page the guest writes while it
+ * is hashed yields a torn fingerprint; that is harmless (see index.c).
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/rcu.h"
+#include "qemu/atomic.h"
+#include "memdedup-internal.h"
+
+/*
+ * Fill @present with one flag per page of [@addr, @addr + @pages pages).
+ * Returns false if residency cannot be learned at all.
+ */
+static bool memdedup_read_residency(MemdedupEngine *engine, uint8_t *addr,
+                                    size_t pages, uint64_t page_size,
+                                    uint64_t *entries, bool *present)
+{
+    size_t i;
+
+    if (engine->pagemap_fd >= 0) {
+        off_t off = (off_t)((uintptr_t)addr / page_size) * sizeof(uint64_t);
+        ssize_t len = pages * sizeof(uint64_t);
+
+        if (pread(engine->pagemap_fd, entries, len, off) == len) {
+            for (i = 0; i < pages; i++) {
+                present[i] = (entries[i] & MEMDEDUP_PM_PRESENT) &&
+                             !(entries[i] & MEMDEDUP_PM_SWAPPED);
+            }
+            return true;
+        }
+    }
+    /* mincore reports one byte per page; bit 0 is "resident". */
+    if (mincore(addr, pages * page_size, (unsigned char *)entries) == 0) {
+        const unsigned char *vec = (const unsigned char *)entries;
+        for (i = 0; i < pages; i++) {
+            present[i] = vec[i] & 1;
+        }
+        return true;
+    }
+    return false;
+}
+
+bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
+                          uint64_t region, MemdedupScanBuffers *buf,
+                          uint64_t *bytes_hashed)
+{
+    uint64_t first = region * blk->pages_per_region;
+    uint64_t pages = MIN(blk->pages_per_region, blk->nr_pages - first);
+    MemdedupRegion *r = &blk->regions[region];
+    uint32_t resident = 0, zero = 0, changed = 0, duplicate = 0;
+    uint64_t i;
+
+    *bytes_hashed = 0;
+
+    /*
+     * Guest memory is only touched inside the RCU read side, and only if
+     * the block was not removed: ram_block_removed sets @removed before
+     * QEMU queues the unmap through call_rcu, so the mapping outlives
+     * every reader that saw removed == false.
+     */
+    WITH_RCU_READ_LOCK_GUARD() {
+        uint8_t *base;
+
+        if (qatomic_load_acquire(&blk->removed)) {
+            return false;
+        }
+        base = blk->host + first * blk->page_size;
+        if (!memdedup_read_residency(engine, base, pages, blk->page_size,
+                                     buf->entries, buf->present)) {
+            return false;
+        }
+        for (i = 0; i < pages; i++) {
+            uint32_t old = blk->fps[first + i], fp;
+
+            if (!buf->present[i]) {
+                blk->fps[first + i] = MEMDEDUP_FP_ABSENT;
+                continue;
+            }
+            fp = memdedup_page_classify(base + i * blk->page_size,
+                                        blk->page_size, engine->seed);
+            blk->fps[first + i] = fp;
+            resident++;
+            *bytes_hashed += blk->page_size;
+            if (fp == MEMDEDUP_FP_ZERO) {
+                zero++;
+            } else if (memdedup_dupset_find(&engine->dupset, fp) >= 0) {
+                duplicate++;
+            }
+            if (old != MEMDEDUP_FP_ABSENT && old != fp) {
+                changed++;
+            }
+        }
+    }
+
+    r->resident = resident;
+    r->zero = zero;
+    /* Tentative until the pass ends: judged against the last dup set. */
+    r->duplicate = duplicate;
+    r->unique = resident - zero - duplicate;
+    r->volatile_pages = changed;
+    return true;
+}
+
+void memdedup_scan_buffers_init(MemdedupScanBuffers *buf, uint64_t pages)
+{
+    buf->entries = g_new(uint64_t, pages);
+    buf->present = g_new(bool, pages);
+}
+
+void memdedup_scan_buffers_free(MemdedupScanBuffers *buf)
+{
+    g_free(buf->entries);
+    g_free(buf->present);
+}

@@ -1,0 +1,252 @@
+/*
+ * memdedup: content-targeted KSM registration for guest RAM
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * The engine hashes the pages of every memory-backend-ksm, finds the
+ * duplicate and zero pages, and registers with KSM (madvise
+ * MADV_MERGEABLE) only the regions worth merging.  The kernel still does
+ * the merging, under write protection and with a full page compare, so
+ * the engine's hashes are hints: a collision or a torn read of a page the
+ * guest is writing costs at most a wasted KSM scan.
+ *
+ * This header has two parts:
+ *  - the pure core (fingerprints, the duplicate index, region policy,
+ *    kernel-file parsers), free of softmmu state so that the unit test
+ *    links it alone;
+ *  - the engine API used by memory-backend-ksm and the monitor.
+ */
+
+#ifndef SYSEMU_MEMDEDUP_H
+#define SYSEMU_MEMDEDUP_H
+
+#include "qemu/units.h"
+#include "qapi/qapi-types-memdedup.h"
+
+/* ------------------------------------------------------------------ */
+/* Page fingerprints                                                   */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The engine keeps one 32-bit fingerprint per guest page between passes
+ * (the only per-page metadata: 4 bytes, within the 8 bytes per page the
+ * design allows).  Two values are reserved.
+ */
+#define MEMDEDUP_FP_ABSENT 0u   /* not resident, never scanned or swapped */
+#define MEMDEDUP_FP_ZERO   1u   /* resident and all zero */
+
+/*
+ * memdedup_page_fingerprint: fingerprint one page of @size bytes.
+ * @seed is the per-process random seed, so a guest cannot craft
+ * colliding pages.  Never returns a reserved value; a zero page is not
+ * special-cased here (see memdedup_page_classify).
+ * Thread-safe; reads @page once and never writes it.
+ */
+uint32_t memdedup_page_fingerprint(const void *page, size_t size,
+                                   uint64_t seed);
+
+/*
+ * memdedup_page_classify: MEMDEDUP_FP_ZERO for a zero page, otherwise the
+ * page's fingerprint.
+ */
+uint32_t memdedup_page_classify(const void *page, size_t size, uint64_t seed);
+
+/* ------------------------------------------------------------------ */
+/* Duplicate index                                                     */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The set of fingerprints that occurred more than once in the last pass,
+ * over all managed blocks: a sorted array, rebuilt at the end of every
+ * pass from a transient sorted copy of all fingerprints.  Between passes
+ * it lets a freshly hashed region be judged at once (early registration).
+ */
+typedef struct MemdedupDupSet {
+    uint32_t *fps;              /* sorted, distinct duplicated fingerprints */
+    uint32_t *counts;           /* occurrences of each, same index as fps */
+    size_t len;                 /* entries in fps/counts */
+} MemdedupDupSet;
+
+/* Sort @n fingerprints in place (LSD radix sort, O(n)); @tmp holds @n. */
+void memdedup_fp_sort(uint32_t *fps, uint32_t *tmp, size_t n);
+
+/*
+ * memdedup_dupset_build: replace @set with the fingerprints that occur at
+ * least twice in the sorted array @sorted of @n entries.  Reserved values
+ * must not be present in @sorted.
+ */
+void memdedup_dupset_build(MemdedupDupSet *set, const uint32_t *sorted,
+                           size_t n);
+
+/* Index of @fp in @set, or -1 if it is not a duplicate. */
+ssize_t memdedup_dupset_find(const MemdedupDupSet *set, uint32_t fp);
+
+void memdedup_dupset_clear(MemdedupDupSet *set);
+
+/* ------------------------------------------------------------------ */
+/* Regions and policy                                                  */
+/* ------------------------------------------------------------------ */
+
+/* What one region held in the last pass; counts are in pages. */
+typedef struct MemdedupRegion {
+    uint32_t resident;          /* pages present in host memory */
+    uint32_t zero;              /* resident zero pages */
+    uint32_t duplicate;         /* resident non-zero pages in the dup set */
+    uint32_t unique;            /* resident non-zero pages seen once */
+    uint32_t volatile_pages;    /* pages whose content changed this pass */
+    uint8_t stable_passes;      /* consecutive passes with no change */
+    bool registered;            /* currently madvised MERGEABLE */
+    bool huge;                  /* handed back to THP (MADV_HUGEPAGE) */
+} MemdedupRegion;
+
+/* The policy knobs of one backend, copied by the scanner per pass. */
+typedef struct MemdedupParams {
+    MemdedupPolicy policy;
+    uint64_t region_size;       /* bytes, power of two */
+    uint8_t duplicate_threshold; /* percent of resident pages, 1-100 */
+    bool manage_thp;            /* small pages for candidates, THP for the rest */
+    bool force_unmerge;         /* skip admission control on unmerge */
+} MemdedupParams;
+
+/* Region granularity limits and defaults (see docs/system/memdedup.rst). */
+#define MEMDEDUP_REGION_SIZE_MIN     (64 * KiB)
+#define MEMDEDUP_REGION_SIZE_MAX     (1 * GiB)
+#define MEMDEDUP_REGION_SIZE_DEFAULT (2 * MiB)  /* THP size; regions measured bimodal */
+#define MEMDEDUP_THRESHOLD_DEFAULT   10         /* percent; covers 99.9% of dups */
+/* A region is "unique" enough for THP when this share is unique, percent. */
+#define MEMDEDUP_THP_UNIQUE_PERCENT  95
+/* ... and unchanged for this many passes. */
+#define MEMDEDUP_THP_STABLE_PASSES   2
+/* Registered ranges (VMAs) allowed per backend before gaps are filled. */
+#define MEMDEDUP_MAX_RANGES_DEFAULT  1024
+
+/* Does @params' policy register memory with KSM at all? */
+bool memdedup_policy_registers(MemdedupPolicy policy);
+
+/* Does the policy want region @r registered? */
+bool memdedup_region_wanted(const MemdedupParams *params,
+                            const MemdedupRegion *r);
+
+/* Should region @r (not wanted) get transparent huge pages back? */
+bool memdedup_region_wants_thp(const MemdedupParams *params,
+                               const MemdedupRegion *r,
+                               uint64_t pages_per_region);
+
+/*
+ * memdedup_coalesce_ranges: given the wanted flags of @n regions, fill the
+ * smallest gaps between wanted runs until at most @max_ranges runs
+ * remain.  Returns the number of runs.  Filling a gap registers regions
+ * that were not wanted; that only costs KSM scanning, never correctness.
+ */
+size_t memdedup_coalesce_ranges(bool *wanted, size_t n, size_t max_ranges);
+
+/* Number of runs of true in @flags. */
+size_t memdedup_count_runs(const bool *flags, size_t n);
+
+/*
+ * memdedup_unmerge_admissible: may @merged_bytes of KSM-merged memory be
+ * unmerged (each merged page becomes a private copy again) given the
+ * host's @mem_available and @mem_total, in bytes?  A reserve of
+ * MEMDEDUP_UNMERGE_RESERVE_PERCENT of @mem_total is kept free.
+ */
+#define MEMDEDUP_UNMERGE_RESERVE_PERCENT 5
+bool memdedup_unmerge_admissible(uint64_t merged_bytes,
+                                 uint64_t mem_available, uint64_t mem_total);
+
+/* ------------------------------------------------------------------ */
+/* Kernel views (parsers take text so that tests can feed them)        */
+/* ------------------------------------------------------------------ */
+
+/* /proc/self/ksm_stat; a field is -1 when absent. */
+typedef struct MemdedupKsmStat {
+    int64_t rmap_items;
+    int64_t zero_pages;
+    int64_t merging_pages;
+    int64_t process_profit;     /* bytes, may be negative */
+    bool has_process_profit;
+} MemdedupKsmStat;
+
+bool memdedup_parse_ksm_stat(const char *text, MemdedupKsmStat *stat);
+bool memdedup_read_ksm_stat(MemdedupKsmStat *stat);
+
+/* /sys/kernel/mm/ksm/<name> as an unsigned number; false if unreadable. */
+bool memdedup_read_ksm_knob(const char *name, uint64_t *value);
+
+/* Directory of the host's KSM sysfs files (tests may redirect it). */
+const char *memdedup_ksm_sysfs_dir(void);
+
+/* Does the host have KSM at all? */
+bool memdedup_host_has_ksm(void);
+
+/*
+ * memdedup_parse_smaps_ksm: sum the "KSM:" lines (kB) of the VMAs in
+ * /proc/self/smaps text @text that lie inside [@start, @end), and count
+ * those VMAs that carry the "mg" (mergeable) VmFlag.  Returns false if
+ * the text has no KSM lines at all (kernel too old).
+ */
+bool memdedup_parse_smaps_ksm(const char *text, uint64_t start, uint64_t end,
+                              uint64_t *ksm_bytes, uint64_t *mergeable_vmas,
+                              uint64_t *mergeable_bytes);
+
+/* MemAvailable and MemTotal from /proc/meminfo text, in bytes. */
+bool memdedup_parse_meminfo(const char *text, uint64_t *mem_available,
+                            uint64_t *mem_total);
+bool memdedup_read_meminfo(uint64_t *mem_available, uint64_t *mem_total);
+
+/* pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst) */
+#define MEMDEDUP_PM_PRESENT   (1ULL << 63)
+#define MEMDEDUP_PM_SWAPPED   (1ULL << 62)
+#define MEMDEDUP_PM_PFN_MASK  ((1ULL << 55) - 1)
+#define MEMDEDUP_KPF_KSM      21
+
+/*
+ * memdedup_count_ksm_pages: count the pages of [@start, @start + @len)
+ * that /proc/kpageflags marks KPF_KSM, reading /proc/self/pagemap through
+ * @pagemap_fd and /proc/kpageflags through @kpageflags_fd.  Returns -1 if
+ * PFNs are hidden (no CAP_SYS_ADMIN) or a read fails.
+ */
+int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
+                                 uintptr_t start, size_t len);
+
+/* ------------------------------------------------------------------ */
+/* Engine API (softmmu only)                                           */
+/* ------------------------------------------------------------------ */
+
+#define TYPE_MEMDEDUP "memdedup"
+
+typedef struct MemdedupBlock MemdedupBlock;
+
+/*
+ * memdedup_block_add: put @size bytes of guest RAM at @host, owned by the
+ * backend with object id @id, under the engine.  Called by the backend
+ * with the BQL held once its RAM is allocated.  Fails (with @errp set)
+ * when @params needs KSM and the host has none.
+ */
+MemdedupBlock *memdedup_block_add(const char *id, void *host, uint64_t size,
+                                  const MemdedupParams *params, Error **errp);
+
+/*
+ * memdedup_block_release: the backend drops its handle.  If the RAM is
+ * still mapped, the engine stops managing it first.  BQL held.
+ */
+void memdedup_block_release(MemdedupBlock *blk);
+
+/*
+ * memdedup_block_set_policy: switch a block's policy at runtime.  A
+ * switch that unregisters merged memory is refused with @errp when the
+ * host lacks the MemAvailable to unmerge it, unless @params allows
+ * forcing.  The scanner applies the change promptly.  BQL held.
+ */
+bool memdedup_block_set_params(MemdedupBlock *blk, const MemdedupParams *params,
+                               Error **errp);
+
+/* Start a pass now (memdedup-scan). */
+bool memdedup_request_scan(Error **errp);
+
+/* Fill a QMP reply; never waits for a running pass. */
+MemdedupInfo *memdedup_query(Error **errp);
+
+#endif /* SYSEMU_MEMDEDUP_H */

@@ -1,0 +1,9 @@
+#!/bin/sh
+# make run: boot two TCG guests on memory-backend-ksm and watch memdedup
+# and ksmd deduplicate them.  Options go to demo.py (--duration, --guests,
+# --mem, ...; see --help).  Run as root to let the demo enable ksmd.
+set -eu
+
+top=$(cd "$(dirname "$0")/../.." && pwd)
+"$top/scripts/memdedup/make-guest.sh"      # no-op when the guest is built
+exec python3 "$top/scripts/memdedup/demo.py" "$@"

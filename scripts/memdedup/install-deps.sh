@@ -1,0 +1,27 @@
+#!/bin/sh
+# Install the Debian packages memdedup needs to build, test and demo,
+# but only those that are missing.  Runs apt-get as root.
+set -eu
+
+pkgs="build-essential ccache ninja-build meson pkg-config python3 python3-venv
+flex bison libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev libslirp-dev
+libxxhash-dev libnuma-dev libcap-ng-dev libattr1-dev
+seabios qemu-system-data ipxe-qemu dpkg-dev cpio gzip xz-utils"
+
+missing=""
+for p in $pkgs; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing packages:$missing (run as root to install)" >&2
+    exit 1
+fi
+echo "install-deps: installing$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq || true
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing
