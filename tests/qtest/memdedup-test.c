@@ -1,1 +1,594 @@
-int main(void) { return 0; }
+/*
+ * qtest for memory-backend-ksm and the memdedup engine
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * Guest RAM gets known content through qtest writes (zero, 4-way
+ * duplicated and random regions); the engine's counts must match it
+ * exactly, and the ranges it registers with KSM must be exactly the
+ * qualifying regions, as the kernel's /proc/PID/smaps "mg" flags show.
+ * ksmd is not needed here: registration is visible without merging.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/units.h"
+#include "libqtest.h"
+#include "qapi/qmp/qdict.h"
+#include "qapi/qmp/qlist.h"
+
+#define PAGE        4096
+#define REGION      (2 * MiB)
+#define RAM_SIZE    (64 * MiB)
+#define PAGES_PER_REGION (REGION / PAGE)
+
+/* Layout of the known content, in 2 MiB regions of guest RAM. */
+#define ZERO_FIRST      1       /* regions 1-4: zero */
+#define DUP_FIRST       5       /* regions 5-8: one 2 MiB block, 4 times */
+#define UNIQUE_FIRST    9       /* regions 9-12: random */
+#define SPARSE_REGION   13      /* 5% duplicate pages: below threshold */
+#define DENSE_REGION    14      /* 20% duplicate pages: above threshold */
+#define SPARSE_DUPS     26
+#define DENSE_DUPS      103
+
+typedef struct TestMachine {
+    QTestState *qts;
+    char *pidfile;
+    pid_t pid;
+} TestMachine;
+
+static void machine_start(TestMachine *m, const char *backend_opts,
+                          const char *extra)
+{
+    g_autofree char *pid_text = NULL;
+    int fd;
+
+    fd = g_file_open_tmp("memdedup-test-XXXXXX.pid", &m->pidfile, NULL);
+    g_assert(fd >= 0);
+    close(fd);
+    unlink(m->pidfile);
+    m->qts = qtest_initf("-machine pc,memory-backend=m0,mem-merge=off "
+                         "-m %lluM -pidfile %s "
+                         "-object memdedup,id=engine,rescan-interval=3600000 "
+                         "-object memory-backend-ksm,id=m0,size=%llu%s %s",
+                         (unsigned long long)(RAM_SIZE / MiB), m->pidfile,
+                         (unsigned long long)RAM_SIZE,
+                         backend_opts, extra ? extra : "");
+    g_assert(g_file_get_contents(m->pidfile, &pid_text, NULL, NULL));
+    m->pid = atoi(pid_text);
+    g_assert_cmpint(m->pid, >, 0);
+}
+
+static void machine_stop(TestMachine *m)
+{
+    qtest_quit(m->qts);
+    unlink(m->pidfile);
+    g_free(m->pidfile);
+}
+
+static QDict *query_backend(QTestState *qts, QDict **info_out)
+{
+    QDict *resp = qtest_qmp(qts, "{ 'execute': 'query-memdedup' }");
+    QDict *info = qdict_get_qdict(resp, "return");
+    QList *backends;
+    QDict *backend;
+
+    g_assert(info);
+    backends = qdict_get_qlist(info, "backends");
+    g_assert_cmpint(qlist_size(backends), ==, 1);
+    backend = qobject_to(QDict, qlist_peek(backends));
+    qobject_ref(backend);
+    if (info_out) {
+        *info_out = info;
+        qobject_ref(info);
+    }
+    qobject_unref(resp);
+    return backend;
+}
+
+static uint64_t passes_completed(QTestState *qts, bool *scanning)
+{
+    QDict *resp = qtest_qmp(qts, "{ 'execute': 'query-memdedup' }");
+    QDict *info = qdict_get_qdict(resp, "return");
+    uint64_t passes = qdict_get_int(info, "passes-completed");
+
+    *scanning = !strcmp(qdict_get_str(info, "state"), "scanning");
+    qobject_unref(resp);
+    return passes;
+}
+
+/*
+ * Run a full pass that starts after everything written so far: a pass
+ * already running may have missed it, so then wait for the next one.
+ */
+static void run_pass(QTestState *qts)
+{
+    bool scanning;
+    uint64_t target = passes_completed(qts, &scanning) + (scanning ? 2 : 1);
+    bool dummy;
+    int i;
+
+    qtest_qmp_assert_success(qts, "{ 'execute': 'memdedup-scan' }");
+    for (i = 0; i < 3000; i++) {
+        if (passes_completed(qts, &dummy) >= target) {
+            return;
+        }
+        g_usleep(10 * 1000);
+    }
+    g_assert_not_reached();
+}
+
+/* Wait for a policy change to be applied (no rescan needed). */
+static void wait_registered(QTestState *qts, uint64_t bytes)
+{
+    int i;
+
+    for (i = 0; i < 3000; i++) {
+        QDict *b = query_backend(qts, NULL);
+        uint64_t registered = qdict_get_int(b, "registered-bytes");
+
+        qobject_unref(b);
+        if (registered == bytes) {
+            return;
+        }
+        g_usleep(10 * 1000);
+    }
+    g_assert_not_reached();
+}
+
+static void fill_pattern(uint8_t *buf, size_t len, GRand *rand)
+{
+    size_t i;
+
+    for (i = 0; i < len; i += 4) {
+        uint32_t v = g_rand_int(rand);
+        memcpy(buf + i, &v, 4);
+    }
+}
+
+/* Write the known content; see the layout above. */
+static void write_content(QTestState *qts)
+{
+    g_autoptr(GRand) rand = g_rand_new_with_seed(20261122);
+    g_autofree uint8_t *dup = g_malloc(REGION);
+    g_autofree uint8_t *buf = g_malloc(REGION);
+    int r, p;
+
+    qtest_memset(qts, ZERO_FIRST * REGION, 0, 4 * REGION);
+
+    fill_pattern(dup, REGION, rand);
+    for (r = DUP_FIRST; r < DUP_FIRST + 4; r++) {
+        qtest_bufwrite(qts, r * REGION, dup, REGION);
+    }
+    for (r = UNIQUE_FIRST; r < UNIQUE_FIRST + 4; r++) {
+        fill_pattern(buf, REGION, rand);
+        qtest_bufwrite(qts, r * REGION, buf, REGION);
+    }
+
+    /* Regions whose first pages copy pages of the duplicated block. */
+    fill_pattern(buf, REGION, rand);
+    for (p = 0; p < SPARSE_DUPS; p++) {
+        memcpy(buf + p * PAGE, dup + p * PAGE, PAGE);
+    }
+    qtest_bufwrite(qts, SPARSE_REGION * REGION, buf, REGION);
+    fill_pattern(buf, REGION, rand);
+    for (p = 0; p < DENSE_DUPS; p++) {
+        memcpy(buf + p * PAGE, dup + p * PAGE, PAGE);
+    }
+    qtest_bufwrite(qts, DENSE_REGION * REGION, buf, REGION);
+}
+
+/*
+ * Sum the sizes of QEMU's VMAs that carry the "mg" (VM_MERGEABLE) flag,
+ * and count them.  mem-merge=off keeps QEMU's other RAM blocks out.
+ */
+static uint64_t smaps_mergeable(pid_t pid, uint64_t *vmas)
+{
+    g_autofree char *path = g_strdup_printf("/proc/%d/smaps", pid);
+    g_autofree char *text = NULL;
+    g_auto(GStrv) lines = NULL;
+    uint64_t start = 0, end = 0, bytes = 0;
+    int i;
+
+    g_assert(g_file_get_contents(path, &text, NULL, NULL));
+    lines = g_strsplit(text, "\n", -1);
+    *vmas = 0;
+    for (i = 0; lines[i]; i++) {
+        unsigned long long s, e;
+
+        if (sscanf(lines[i], "%llx-%llx ", &s, &e) == 2 &&
+            strchr(lines[i], '-') < strchr(lines[i], ' ')) {
+            start = s;
+            end = e;
+        } else if (g_str_has_prefix(lines[i], "VmFlags:")) {
+            g_auto(GStrv) flags = g_strsplit(lines[i] + 8, " ", -1);
+            int f;
+
+            for (f = 0; flags[f]; f++) {
+                if (!strcmp(flags[f], "mg")) {
+                    bytes += end - start;
+                    (*vmas)++;
+                    break;
+                }
+            }
+        }
+    }
+    return bytes;
+}
+
+static bool host_has_ksm(void)
+{
+    return access("/sys/kernel/mm/ksm/run", R_OK) == 0;
+}
+
+/* Exact counts, and registration of exactly the qualifying regions. */
+static void test_counts(void)
+{
+    TestMachine m;
+    QDict *b;
+    uint64_t vmas, mg;
+
+    if (!host_has_ksm()) {
+        g_test_skip("the host has no KSM");
+        return;
+    }
+    machine_start(&m, "", NULL);
+    write_content(m.qts);
+    run_pass(m.qts);
+
+    b = query_backend(m.qts, NULL);
+    g_assert_cmpstr(qdict_get_str(b, "policy"), ==, "targeted");
+    g_assert_cmpint(qdict_get_int(b, "size"), ==, RAM_SIZE);
+    g_assert_cmpint(qdict_get_int(b, "region-size"), ==, REGION);
+    g_assert_cmpint(qdict_get_int(b, "zero-pages"), ==, 4 * PAGES_PER_REGION);
+    g_assert_cmpint(qdict_get_int(b, "duplicate-pages"), ==,
+                    4 * PAGES_PER_REGION + SPARSE_DUPS + DENSE_DUPS);
+    g_assert_cmpint(qdict_get_int(b, "unique-pages"), ==,
+                    4 * PAGES_PER_REGION + 2 * PAGES_PER_REGION -
+                    SPARSE_DUPS - DENSE_DUPS);
+    g_assert_cmpint(qdict_get_int(b, "resident-pages"), ==,
+                    14 * PAGES_PER_REGION);
+    g_assert_cmpint(qdict_get_int(b, "scanned-pages"), ==,
+                    14 * PAGES_PER_REGION);
+    /* Zero regions, the 4 duplicated ones and the dense one. */
+    g_assert_cmpint(qdict_get_int(b, "candidate-regions"), ==, 9);
+    g_assert_cmpint(qdict_get_int(b, "registered-bytes"), ==, 9 * REGION);
+    g_assert_cmpint(qdict_get_int(b, "registered-ranges"), ==, 2);
+    /*
+     * Merging would free all zero pages, 3 of 4 copies of the block, and
+     * the pages of regions 13 and 14 that copy it.
+     */
+    g_assert_cmpint(qdict_get_int(b, "estimated-saving"), ==,
+                    (4 * PAGES_PER_REGION + 3 * PAGES_PER_REGION +
+                     SPARSE_DUPS + DENSE_DUPS) * PAGE);
+    qobject_unref(b);
+
+    /* The kernel agrees on what is registered. */
+    mg = smaps_mergeable(m.pid, &vmas);
+    g_assert_cmpint(mg, ==, 9 * REGION);
+    g_assert_cmpint(vmas, ==, 2);
+
+    /* A second pass sees nothing change. */
+    run_pass(m.qts);
+    b = query_backend(m.qts, NULL);
+    g_assert_cmpint(qdict_get_int(b, "volatile-pages"), ==, 0);
+    g_assert_cmpint(qdict_get_int(b, "registered-bytes"), ==, 9 * REGION);
+    qobject_unref(b);
+
+    /* Rewrite one duplicated region with unique data: it is dropped. */
+    {
+        g_autoptr(GRand) rand = g_rand_new_with_seed(7);
+        g_autofree uint8_t *buf = g_malloc(REGION);
+
+        fill_pattern(buf, REGION, rand);
+        qtest_bufwrite(m.qts, (DUP_FIRST + 3) * REGION, buf, REGION);
+    }
+    run_pass(m.qts);
+    b = query_backend(m.qts, NULL);
+    g_assert_cmpint(qdict_get_int(b, "volatile-pages"), ==, PAGES_PER_REGION);
+    g_assert_cmpint(qdict_get_int(b, "duplicate-pages"), ==,
+                    3 * PAGES_PER_REGION + SPARSE_DUPS + DENSE_DUPS);
+    g_assert_cmpint(qdict_get_int(b, "registered-bytes"), ==, 8 * REGION);
+    qobject_unref(b);
+    mg = smaps_mergeable(m.pid, &vmas);
+    g_assert_cmpint(mg, ==, 8 * REGION);
+
+    machine_stop(&m);
+}
+
+/* dedup-policy changes at runtime, as qom-set does them. */
+static void test_policy_runtime(void)
+{
+    TestMachine m;
+    uint64_t vmas;
+
+    if (!host_has_ksm()) {
+        g_test_skip("the host has no KSM");
+        return;
+    }
+    machine_start(&m, "", NULL);
+    write_content(m.qts);
+    run_pass(m.qts);
+    wait_registered(m.qts, 9 * REGION);
+
+    qtest_qmp_assert_success(m.qts, "{ 'execute': 'qom-set', 'arguments': "
+                             "{ 'path': '/objects/m0', "
+                             "'property': 'dedup-policy', "
+                             "'value': 'all' } }");
+    wait_registered(m.qts, RAM_SIZE);
+    g_assert_cmpint(smaps_mergeable(m.pid, &vmas), ==, RAM_SIZE);
+    g_assert_cmpint(vmas, ==, 1);
+
+    qtest_qmp_assert_success(m.qts, "{ 'execute': 'qom-set', 'arguments': "
+                             "{ 'path': '/objects/m0', "
+                             "'property': 'dedup-policy', "
+                             "'value': 'zero-only' } }");
+    wait_registered(m.qts, 4 * REGION);
+    g_assert_cmpint(smaps_mergeable(m.pid, &vmas), ==, 4 * REGION);
+
+    qtest_qmp_assert_success(m.qts, "{ 'execute': 'qom-set', 'arguments': "
+                             "{ 'path': '/objects/m0', "
+                             "'property': 'dedup-policy', "
+                             "'value': 'estimate' } }");
+    wait_registered(m.qts, 0);
+    g_assert_cmpint(smaps_mergeable(m.pid, &vmas), ==, 0);
+
+    /* estimate still scans and counts. */
+    run_pass(m.qts);
+    {
+        QDict *b = query_backend(m.qts, NULL);
+        g_assert_cmpstr(qdict_get_str(b, "policy"), ==, "estimate");
+        g_assert_cmpint(qdict_get_int(b, "zero-pages"), ==,
+                        4 * PAGES_PER_REGION);
+        g_assert_cmpint(qdict_get_int(b, "candidate-regions"), ==, 0);
+        g_assert_cmpint(qdict_get_int(b, "registered-bytes"), ==, 0);
+        qobject_unref(b);
+    }
+
+    /* Lower the threshold: the 5% region qualifies too. */
+    qtest_qmp_assert_success(m.qts, "{ 'execute': 'qom-set', 'arguments': "
+                             "{ 'path': '/objects/m0', "
+                             "'property': 'duplicate-threshold', "
+                             "'value': 5 } }");
+    qtest_qmp_assert_success(m.qts, "{ 'execute': 'qom-set', 'arguments': "
+                             "{ 'path': '/objects/m0', "
+                             "'property': 'dedup-policy', "
+                             "'value': 'targeted' } }");
+    wait_registered(m.qts, 10 * REGION);
+    g_assert_cmpint(smaps_mergeable(m.pid, &vmas), ==, 10 * REGION);
+    g_assert_cmpint(vmas, ==, 2);
+
+    /* off: nothing registered, nothing scanned. */
+    qtest_qmp_assert_success(m.qts, "{ 'execute': 'qom-set', 'arguments': "
+                             "{ 'path': '/objects/m0', "
+                             "'property': 'dedup-policy', "
+                             "'value': 'off' } }");
+    wait_registered(m.qts, 0);
+    run_pass(m.qts);
+    {
+        QDict *b = query_backend(m.qts, NULL);
+        g_assert_cmpint(qdict_get_int(b, "scanned-pages"), ==, 0);
+        qobject_unref(b);
+    }
+    machine_stop(&m);
+}
+
+/* Guest memory is never written by the engine. */
+static void test_content_preserved(void)
+{
+    TestMachine m;
+    g_autoptr(GRand) rand = g_rand_new_with_seed(99);
+    g_autofree uint8_t *want = g_malloc(8 * REGION);
+    g_autofree uint8_t *got = g_malloc(8 * REGION);
+    int i;
+
+    machine_start(&m, ",dedup-policy=estimate", NULL);
+    fill_pattern(want, 8 * REGION, rand);
+    /* Half the pages zero, some duplicated. */
+    memset(want, 0, 2 * REGION);
+    memcpy(want + 4 * REGION, want + 2 * REGION, REGION);
+    qtest_bufwrite(m.qts, REGION, want, 8 * REGION);
+    for (i = 0; i < 3; i++) {
+        run_pass(m.qts);
+    }
+    qtest_bufread(m.qts, REGION, got, 8 * REGION);
+    g_assert(memcmp(want, got, 8 * REGION) == 0);
+    machine_stop(&m);
+}
+
+static void expect_error(QTestState *qts, const char *cmd, const char *text)
+{
+    QDict *resp, *error;
+
+    qtest_qmp_send_raw(qts, "%s", cmd);
+    resp = qtest_qmp_receive(qts);
+    error = qdict_get_qdict(resp, "error");
+
+    g_assert(error);
+    if (text) {
+        const char *desc = qdict_get_str(error, "desc");
+        if (!strstr(desc, text)) {
+            g_error("error '%s' does not mention '%s'", desc, text);
+        }
+    }
+    qobject_unref(resp);
+}
+
+/* Every bad value is refused with a clear error, never a crash. */
+static void test_bad_input(void)
+{
+    QTestState *qts = qtest_init("-machine none");
+    static const struct {
+        const char *props;
+        const char *text;
+    } bad_backends[] = {
+        { "'dedup-policy': 'bogus'", "bogus" },
+        { "'region-size': 3145728", "region-size" },
+        { "'region-size': 32768", "region-size" },
+        { "'region-size': 2147483648", "region-size" },
+        { "'duplicate-threshold': 0", "duplicate-threshold" },
+        { "'duplicate-threshold': 101", "duplicate-threshold" },
+        { "'duplicate-threshold': 300", "duplicate-threshold" },
+        { "'merge': true", "merge" },
+        { "'share': true", "share" },
+    };
+    static const struct {
+        const char *props;
+        const char *text;
+    } bad_engines[] = {
+        { "'scan-rate': 0", "scan-rate" },
+        { "'scan-threads': 0", "scan-threads" },
+        { "'scan-threads': 9", "scan-threads" },
+        { "'rescan-interval': 10", "rescan-interval" },
+    };
+    size_t i;
+
+    /* No backend yet. */
+    expect_error(qts, "{ 'execute': 'memdedup-scan' }", "memory-backend-ksm");
+
+    for (i = 0; i < ARRAY_SIZE(bad_backends); i++) {
+        g_autofree char *cmd = g_strdup_printf(
+            "{ 'execute': 'object-add', 'arguments': { "
+            "'qom-type': 'memory-backend-ksm', 'id': 'bad%zu', "
+            "'size': 16777216, %s } }", i, bad_backends[i].props);
+        expect_error(qts, cmd, bad_backends[i].text);
+    }
+    expect_error(qts, "{ 'execute': 'object-add', 'arguments': { "
+                 "'qom-type': 'memory-backend-ksm', 'id': 'zero', "
+                 "'size': 0 } }", "'size'");
+    for (i = 0; i < ARRAY_SIZE(bad_engines); i++) {
+        g_autofree char *cmd = g_strdup_printf(
+            "{ 'execute': 'object-add', 'arguments': { "
+            "'qom-type': 'memdedup', 'id': 'badengine%zu', %s } }",
+            i, bad_engines[i].props);
+        expect_error(qts, cmd, bad_engines[i].text);
+    }
+    expect_error(qts, "{ 'execute': 'query-memdedup', "
+                 "'arguments': { 'bogus': 1 } }", "bogus");
+
+    /* One engine object only. */
+    qtest_qmp_assert_success(qts, "{ 'execute': 'object-add', 'arguments': {"
+                             " 'qom-type': 'memdedup', 'id': 'e1',"
+                             " 'scan-rate': 268435456 } }");
+    expect_error(qts, "{ 'execute': 'object-add', 'arguments': {"
+                 " 'qom-type': 'memdedup', 'id': 'e2' } }", "only one");
+    /* Runtime changes of the engine's settings are validated too. */
+    qtest_qmp_assert_success(qts, "{ 'execute': 'qom-set', 'arguments': {"
+                             " 'path': '/objects/e1',"
+                             " 'property': 'scan-threads', 'value': 2 } }");
+    expect_error(qts, "{ 'execute': 'qom-set', 'arguments': {"
+                 " 'path': '/objects/e1',"
+                 " 'property': 'scan-threads', 'value': 100 } }",
+                 "scan-threads");
+
+    /* A good backend; then properties that are fixed after creation. */
+    qtest_qmp_assert_success(qts, "{ 'execute': 'object-add', 'arguments': {"
+                             " 'qom-type': 'memory-backend-ksm',"
+                             " 'id': 'good', 'size': 16777216,"
+                             " 'dedup-policy': 'estimate' } }");
+    expect_error(qts, "{ 'execute': 'qom-set', 'arguments': {"
+                 " 'path': '/objects/good',"
+                 " 'property': 'region-size', 'value': 4194304 } }",
+                 "region-size");
+    expect_error(qts, "{ 'execute': 'qom-set', 'arguments': {"
+                 " 'path': '/objects/good',"
+                 " 'property': 'manage-thp', 'value': false } }",
+                 "manage-thp");
+    expect_error(qts, "{ 'execute': 'qom-set', 'arguments': {"
+                 " 'path': '/objects/good',"
+                 " 'property': 'dedup-policy', 'value': 'nope' } }",
+                 "nope");
+    expect_error(qts, "{ 'execute': 'qom-set', 'arguments': {"
+                 " 'path': '/objects/good',"
+                 " 'property': 'duplicate-threshold', 'value': 0 } }",
+                 "duplicate-threshold");
+    qtest_qmp_assert_success(qts, "{ 'execute': 'memdedup-scan' }");
+    qtest_qmp_assert_success(qts, "{ 'execute': 'object-del',"
+                             " 'arguments': { 'id': 'good' } }");
+    qtest_qmp_assert_success(qts, "{ 'execute': 'object-del',"
+                             " 'arguments': { 'id': 'e1' } }");
+    qtest_quit(qts);
+}
+
+/* A host without KSM: registering policies fail, estimate works. */
+static void test_no_ksm(void)
+{
+    g_autofree char *dir = g_dir_make_tmp("memdedup-noksm-XXXXXX", NULL);
+    g_autofree char *sysfs = g_build_filename(dir, "absent", NULL);
+    QTestState *qts;
+    QDict *resp, *info;
+
+    g_setenv("QEMU_MEMDEDUP_KSM_SYSFS", sysfs, true);
+    qts = qtest_init("-machine none");
+    g_unsetenv("QEMU_MEMDEDUP_KSM_SYSFS");
+
+    expect_error(qts, "{ 'execute': 'object-add', 'arguments': {"
+                 " 'qom-type': 'memory-backend-ksm', 'id': 'm1',"
+                 " 'size': 16777216 } }", "needs KSM");
+    qtest_qmp_assert_success(qts, "{ 'execute': 'object-add', 'arguments': {"
+                             " 'qom-type': 'memory-backend-ksm', 'id': 'm2',"
+                             " 'size': 16777216,"
+                             " 'dedup-policy': 'estimate' } }");
+    expect_error(qts, "{ 'execute': 'qom-set', 'arguments': {"
+                 " 'path': '/objects/m2',"
+                 " 'property': 'dedup-policy', 'value': 'targeted' } }",
+                 "needs KSM");
+    resp = qtest_qmp(qts, "{ 'execute': 'query-memdedup' }");
+    info = qdict_get_qdict(resp, "return");
+    g_assert(!qdict_haskey(info, "host-ksm"));
+    g_assert(strstr(qdict_get_str(info, "warning"), "no KSM"));
+    qobject_unref(resp);
+    qtest_quit(qts);
+    rmdir(dir);
+}
+
+/* HMP shows the same numbers; pc-dimm backends work too. */
+static void test_hmp_and_dimm(void)
+{
+    QTestState *qts;
+    g_autofree char *out = NULL;
+    QDict *resp, *info;
+    QList *backends;
+
+    if (!host_has_ksm()) {
+        g_test_skip("the host has no KSM");
+        return;
+    }
+    qts = qtest_init("-machine pc -m 128M,slots=2,maxmem=1G "
+                     "-object memory-backend-ksm,id=d0,size=64M "
+                     "-device pc-dimm,id=dimm0,memdev=d0");
+    qtest_memset(qts, 4 * GiB, 0, 4 * MiB);
+    run_pass(qts);
+    resp = qtest_qmp(qts, "{ 'execute': 'query-memdedup' }");
+    info = qdict_get_qdict(resp, "return");
+    backends = qdict_get_qlist(info, "backends");
+    g_assert_cmpint(qlist_size(backends), ==, 1);
+    g_assert_cmpint(qdict_get_int(qobject_to(QDict, qlist_peek(backends)),
+                                  "zero-pages"), ==, 4 * MiB / PAGE);
+    qobject_unref(resp);
+
+    out = qtest_hmp(qts, "info memdedup");
+    g_assert(strstr(out, "d0"));
+    g_assert(strstr(out, "targeted"));
+    g_assert(strstr(out, "host KSM: run"));
+    g_free(out);
+    out = qtest_hmp(qts, "memdedup_scan");
+    g_assert_cmpstr(out, ==, "");
+    qtest_quit(qts);
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+
+    qtest_add_func("/memdedup/counts", test_counts);
+    qtest_add_func("/memdedup/policy-runtime", test_policy_runtime);
+    qtest_add_func("/memdedup/content-preserved", test_content_preserved);
+    qtest_add_func("/memdedup/bad-input", test_bad_input);
+    qtest_add_func("/memdedup/no-ksm", test_no_ksm);
+    qtest_add_func("/memdedup/hmp-and-dimm", test_hmp_and_dimm);
+
+    return g_test_run();
+}

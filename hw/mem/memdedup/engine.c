@@ -1027,6 +1027,7 @@ MemdedupInfo *memdedup_query(Error **errp)
     qemu_mutex_unlock(&engine->lock);
 
     if (memdedup_read_ksm_stat(&ksm)) {
+        info->has_process_ksm = true;
         info->process_ksm = g_new0(MemdedupProcessKsm, 1);
         info->process_ksm->has_rmap_items = ksm.rmap_items >= 0;
         info->process_ksm->rmap_items = MAX(ksm.rmap_items, 0);
@@ -1038,13 +1039,16 @@ MemdedupInfo *memdedup_query(Error **errp)
         info->process_ksm->process_profit = ksm.process_profit;
     }
     if (memdedup_host_has_ksm()) {
+        info->has_host_ksm = true;
         info->host_ksm = memdedup_query_host_ksm();
         if (info->host_ksm->has_run && info->host_ksm->run != 1) {
+            info->has_warning = true;
             info->warning = g_strdup("ksmd is not running "
                                      "(/sys/kernel/mm/ksm/run is not 1): "
                                      "registered memory is not merged");
         }
     } else {
+        info->has_warning = true;
         info->warning = g_strdup("the host has no KSM: the engine can only "
                                  "estimate");
     }

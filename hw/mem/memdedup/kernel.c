@@ -51,7 +51,7 @@ bool memdedup_read_ksm_knob(const char *name, uint64_t *value)
     return qemu_strtou64(text, NULL, 10, value) == 0;
 }
 
-/* Parse "name value" lines; returns the value or -1 if @name is absent. */
+/* Find the line "@name value" (or "@name: value"); false if absent. */
 static bool memdedup_find_field(const char *text, const char *name,
                                 int64_t *value)
 {
@@ -62,10 +62,12 @@ static bool memdedup_find_field(const char *text, const char *name,
         if (!strncmp(p, name, len) && (p[len] == ' ' || p[len] == ':' ||
                                        p[len] == '\t')) {
             const char *v = p + len;
+            const char *end;
             while (*v == ' ' || *v == ':' || *v == '\t') {
                 v++;
             }
-            return qemu_strtoi64(v, NULL, 10, value) == 0;
+            /* Trailing text ("kB", the next line) is fine: pass @end. */
+            return qemu_strtoi64(v, &end, 10, value) == 0 && end != v;
         }
         p = strchr(p, '\n');
         p = p ? p + 1 : NULL;
