@@ -1,0 +1,184 @@
+"""Shared pieces of the memdedup integration tests.
+
+QTest      the text protocol of QEMU's qtest accelerator (-accel qtest):
+           write and read guest memory from the test
+run_tests  runs test functions, prints one line per test and the closing
+           line "integration: N passed, N failed, N skipped"
+Skip       raise it to skip a test (host lacks a feature)
+"""
+
+import base64
+import os
+import socket
+import sys
+import tempfile
+import time
+import traceback
+
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(TOP, "scripts", "memdedup"))
+
+import qmp  # noqa: E402  (scripts/memdedup/qmp.py)
+
+QEMU = os.environ.get("MEMDEDUP_QEMU",
+                      os.path.join(TOP, "build", "qemu-src", "build",
+                                   "qemu-system-x86_64"))
+GUEST = os.path.join(TOP, "build", "guest")
+PAGE = 4096
+MiB = 1 << 20
+
+
+class Skip(Exception):
+    """The host cannot run this test."""
+
+
+class QTest:
+    """Client of QEMU's qtest protocol over a unix socket we listen on."""
+
+    def __init__(self, path):
+        self.path = path
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(1)
+        self.listener.settimeout(30)
+        self.sock = None
+        self.buf = b""
+
+    def accept(self):
+        self.sock, _ = self.listener.accept()
+        self.sock.settimeout(120)
+        return self
+
+    def _line(self):
+        while b"\n" not in self.buf:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise EOFError("qtest connection closed")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()
+
+    def command(self, text):
+        self.sock.sendall(text.encode() + b"\n")
+        while True:
+            line = self._line()
+            if line.startswith("IRQ"):
+                continue
+            if not line.startswith("OK"):
+                raise RuntimeError("qtest: %s -> %s" % (text[:40], line))
+            return line[3:]
+
+    def write(self, addr, data):
+        for off in range(0, len(data), 4 * MiB):
+            chunk = data[off:off + 4 * MiB]
+            self.command("b64write 0x%x 0x%x %s" % (
+                addr + off, len(chunk), base64.b64encode(chunk).decode()))
+
+    def memset(self, addr, size, value):
+        self.command("memset 0x%x 0x%x 0x%02x" % (addr, size, value))
+
+    def read(self, addr, size):
+        out = bytearray()
+        for off in range(0, size, 4 * MiB):
+            n = min(4 * MiB, size - off)
+            out += base64.b64decode(self.command(
+                "b64read 0x%x 0x%x" % (addr + off, n)))
+        return bytes(out)
+
+    def close(self):
+        for s in (self.sock, self.listener):
+            if s:
+                s.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def start_qtest_vm(workdir, name, extra_args):
+    """QEMU under -accel qtest with a QMP socket; returns (vm, qtest)."""
+    qt = QTest(os.path.join(workdir, name + ".qtest"))
+    vm = qmp.Qemu(QEMU, ["-accel", "qtest", "-qtest", "unix:" + qt.path,
+                         "-nodefaults"] + extra_args, workdir, name)
+    try:
+        # QEMU connects to our listening socket while it starts.
+        vm.start()
+        qt.accept()
+    except BaseException:
+        vm.stop()
+        qt.close()
+        raise
+    return vm, qt
+
+
+def backend(vm, backend_id):
+    for b in vm.qmp.cmd("query-memdedup")["backends"]:
+        if b["id"] == backend_id:
+            return b
+    raise KeyError(backend_id)
+
+
+def run_pass(vm):
+    """Complete one pass that starts after everything done so far."""
+    info = vm.qmp.cmd("query-memdedup")
+    target = info["passes-completed"] + (2 if info["state"] == "scanning"
+                                         else 1)
+    vm.qmp.cmd("memdedup-scan")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if vm.qmp.cmd("query-memdedup")["passes-completed"] >= target:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no memdedup pass completed in 120 s")
+
+
+def rss_bytes(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def mergeable_vmas(pid):
+    """[(start, end)] of QEMU's VMAs with the 'mg' (VM_MERGEABLE) flag."""
+    out, start, end = [], 0, 0
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            head = line.split(" ", 1)[0]
+            if "-" in head and ":" not in head:
+                s, e = head.split("-")
+                start, end = int(s, 16), int(e, 16)
+            elif line.startswith("VmFlags:") and " mg" in line:
+                out.append((start, end))
+    return out
+
+
+def check(cond, message):
+    if not cond:
+        raise AssertionError(message)
+
+
+def run_tests(tests):
+    """Run (name, fn(workdir)) pairs; return the process exit code."""
+    passed = failed = skipped = 0
+    for name, fn in tests:
+        t0 = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="memdedup-") as workdir:
+            try:
+                fn(workdir)
+            except Skip as e:
+                skipped += 1
+                print("SKIP %s: %s" % (name, e), flush=True)
+                continue
+            except BaseException as e:  # noqa: B902  report, then go on
+                failed += 1
+                print("FAIL %s (%.1f s): %s" % (name, time.monotonic() - t0,
+                                                e), flush=True)
+                traceback.print_exc()
+                if isinstance(e, KeyboardInterrupt):
+                    break
+                continue
+        passed += 1
+        print("PASS %s (%.1f s)" % (name, time.monotonic() - t0), flush=True)
+    print("integration: %d passed, %d failed, %d skipped"
+          % (passed, failed, skipped), flush=True)
+    return 1 if failed else 0
