@@ -67,12 +67,10 @@ static void ksm_backend_memory_alloc(HostMemoryBackend *backend, Error **errp)
     }
 
     id = object_get_canonical_path_component(OBJECT(backend));
+    /* On failure the RAM goes with the backend, when it is finalized. */
     ksm->block = memdedup_block_add(id ? id : name,
                                     memory_region_get_ram_ptr(&backend->mr),
                                     backend->size, &ksm->params, errp);
-    if (!ksm->block) {
-        object_unparent(OBJECT(&backend->mr));
-    }
 }
 
 /* Push changed parameters to the engine once the RAM exists. */
