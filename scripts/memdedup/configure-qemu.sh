@@ -17,7 +17,7 @@ cd "$src/build"
     --cc="ccache gcc" --cxx="ccache g++" \
     --target-list=x86_64-softmmu \
     --enable-kvm --enable-tcg --enable-numa --enable-slirp \
-    --disable-docs --disable-tools --disable-guest-agent \
+    --enable-docs --disable-tools --disable-guest-agent \
     --disable-user --disable-linux-user --disable-bsd-user \
     --disable-gtk --disable-sdl --disable-vnc --disable-opengl \
     --disable-spice --disable-xen --disable-curses --disable-alsa \
