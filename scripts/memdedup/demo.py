@@ -233,15 +233,18 @@ def main():
                      mib(s.get("saved"))))
         saved = [s.get("saved") for s in rows]
         if rows and all(v is not None for v in saved):
-            print("  total saved: %s MiB of %d MiB guest RAM"
+            print("  guests' memory merged by the kernel: %s MiB of %d MiB"
                   % (mib(sum(saved)), a.mem * len(vms)))
+        sharing = ksm_read("pages_sharing")
+        if sharing is not None:
+            # Pages sharing a KSM page with another: what the host saved
+            # (a page merged in two guests counts once here, twice above).
+            d = sharing - (sharing0 or 0)
+            print("  host pages_sharing: %d (%+d, %s MiB saved host-wide)"
+                  % (sharing, d, mib(d * os.sysconf("SC_PAGE_SIZE"))))
         cpu = cpu_seconds(kpid)
         if cpu is not None and cpu0 is not None:
             print("  ksmd CPU time during the demo: %.2f s" % (cpu - cpu0))
-        sharing = ksm_read("pages_sharing")
-        if sharing is not None:
-            print("  host pages_sharing: %d (%+d)"
-                  % (sharing, sharing - (sharing0 or 0)))
     return 0
 
 

@@ -9,6 +9,7 @@ shielded a context manager that ignores SIGINT/SIGTERM/SIGHUP, so that
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -241,7 +242,8 @@ class KsmKnobs:
 
     ksmd forgets the KSM pages of exited processes only while it runs, so
     before stopping it again, restore() gives it up to `settle` seconds
-    to drop them: exit KsmKnobs after the processes it served.
+    to drop them: exit KsmKnobs after the processes it served.  Users are
+    serialized by a lock file: a second one waits in __enter__.
     """
 
     KNOBS = ("pages_to_scan", "sleep_millisecs", "use_zero_pages",
@@ -259,6 +261,7 @@ class KsmKnobs:
         self.reason = None
         self.errors = []
         self._old_handlers = {}
+        self._lockfd = None
 
     def _write(self, name, value):
         if ksm_read(name) == value:
@@ -279,14 +282,16 @@ class KsmKnobs:
             return self
         self._old_handlers = {s: signal.signal(s, _raise_exit)
                               for s in _SIGNALS}
-        for k in self.KNOBS:
-            v = ksm_read(k)
-            if v is not None and os.access(os.path.join(KSM_DIR, k), os.W_OK):
-                self.saved[k] = v
-        self.baseline = {k: ksm_read(k) or 0
-                         for k in ("pages_shared", "pages_sharing")}
-        self.active = True
         try:
+            self._lock()
+            for k in self.KNOBS:
+                v = ksm_read(k)
+                if v is not None and os.access(os.path.join(KSM_DIR, k),
+                                               os.W_OK):
+                    self.saved[k] = v
+            self.baseline = {k: ksm_read(k) or 0
+                             for k in ("pages_shared", "pages_sharing")}
+            self.active = True
             for k in self.KNOBS:          # everything else first, run last
                 if k in self.want and k in self.saved:
                     self._write(k, self.want[k])
@@ -294,6 +299,28 @@ class KsmKnobs:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _lock(self):
+        """One KsmKnobs user at a time on this host (demo, tests, bench):
+        otherwise each would restore what another had set."""
+        d = "/run/lock" if os.path.isdir("/run/lock") else "/tmp"
+        self._lockfd = os.open(os.path.join(d, "memdedup-ksm.lock"),
+                               os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._lockfd, 32, 0).decode(errors="replace")
+            print("KsmKnobs: waiting for another user of the KSM knobs "
+                  "(pid %s)" % (holder.strip() or "?"), file=sys.stderr,
+                  flush=True)
+            fcntl.flock(self._lockfd, fcntl.LOCK_EX)
+        os.ftruncate(self._lockfd, 0)
+        os.pwrite(self._lockfd, b"%d\n" % os.getpid(), 0)
+
+    def _unlock(self):
+        if self._lockfd is not None:
+            os.close(self._lockfd)        # releases the flock
+            self._lockfd = None
 
     def restore(self):
         if not self.active:
@@ -323,6 +350,7 @@ class KsmKnobs:
 
     def __exit__(self, *exc):
         self.restore()
+        self._unlock()
         for s, h in self._old_handlers.items():
             signal.signal(s, h)
         self._old_handlers = {}
