@@ -107,15 +107,17 @@ typedef struct MemdedupParams {
     MemdedupPolicy policy;
     uint64_t region_size;       /* bytes, power of two */
     uint8_t duplicate_threshold; /* percent of resident pages, 1-100 */
-    bool manage_thp;            /* small pages for candidates, THP for the rest */
+    bool manage_thp;            /* candidates on small pages, THP for rest */
     bool force_unmerge;         /* skip admission control on unmerge */
 } MemdedupParams;
 
 /* Region granularity limits and defaults (see docs/system/memdedup.rst). */
 #define MEMDEDUP_REGION_SIZE_MIN     (64 * KiB)
 #define MEMDEDUP_REGION_SIZE_MAX     (1 * GiB)
-#define MEMDEDUP_REGION_SIZE_DEFAULT (2 * MiB)  /* THP size; regions measured bimodal */
-#define MEMDEDUP_THRESHOLD_DEFAULT   10         /* percent; covers 99.9% of dups */
+/* The THP size; real guest memory was measured bimodal at 2 MiB. */
+#define MEMDEDUP_REGION_SIZE_DEFAULT (2 * MiB)
+/* Percent; registered 99.9% of duplicates, skipped 25% of non-zero RAM. */
+#define MEMDEDUP_THRESHOLD_DEFAULT   10
 /* A region is "unique" enough for THP when this share is unique, percent. */
 #define MEMDEDUP_THP_UNIQUE_PERCENT  95
 /* ... and unchanged for this many passes. */

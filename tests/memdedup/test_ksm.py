@@ -56,6 +56,11 @@ def test_kernel_merges_registered(workdir):
     with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10) as ksm:
         if not ksm.active:
             raise Skip(ksm.reason)
+        # The engine reads MemAvailable from this file, so that the test
+        # can make the host look short of memory.
+        meminfo = os.path.join(workdir, "meminfo")
+        write_meminfo(meminfo, None)
+        os.environ["QEMU_MEMDEDUP_MEMINFO"] = meminfo
         # mem-merge=off keeps QEMU's firmware blocks out of the count.
         vm, qt = start_qtest_vm(workdir, "ksm", [
             "-machine", "pc,memory-backend=m0,mem-merge=off",
@@ -107,9 +112,99 @@ def test_kernel_merges_registered(workdir):
             b = backend(vm, "m0")
             check(b["registered-bytes"] == want, "registration drifted")
             check(digest(qt) == before, "guest memory changed")
+
+            check_admission(vm, meminfo, want)
+            check(digest(qt) == before, "guest memory changed by unmerging")
         finally:
+            os.environ.pop("QEMU_MEMDEDUP_MEMINFO", None)
             vm.stop()
             qt.close()
+
+
+def write_meminfo(path, available_kb):
+    """The host's /proc/meminfo, with MemAvailable replaced if given."""
+    with open("/proc/meminfo") as f:
+        lines = f.readlines()
+    with open(path + ".tmp", "w") as f:
+        for line in lines:
+            if available_kb is not None and line.startswith("MemAvailable:"):
+                line = "MemAvailable: %d kB\n" % available_kb
+            f.write(line)
+    os.replace(path + ".tmp", path)
+
+
+def wait_for(what, cond, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def qom_set(vm, prop, value):
+    vm.qmp.cmd("qom-set", path="/objects/m0", property=prop, value=value)
+
+
+def check_admission(vm, meminfo, registered):
+    """Unmerging must fit in MemAvailable unless forced."""
+    write_meminfo(meminfo, 1024)       # 1 MiB available: nothing fits
+    try:
+        qom_set(vm, "dedup-policy", "off")
+        raise AssertionError("policy off accepted with no memory to unmerge")
+    except qmp.QMPError as e:
+        check("force-unmerge" in str(e), "unclear refusal: %s" % e)
+    check(backend(vm, "m0")["policy"] == "targeted", "policy changed anyway")
+
+    # zero-only drops the merged duplicate regions: refused and counted,
+    # they stay registered.
+    qom_set(vm, "dedup-policy", "zero-only")
+    b = wait_for("an unmerge refusal",
+                 lambda: (lambda b: b if b["unmerge-refusals"] >= 1 else None)(
+                     backend(vm, "m0")))
+    check(b["registered-bytes"] == registered,
+          "registered %d after a refusal" % b["registered-bytes"])
+
+    # Forced: the duplicate regions go, the zero regions stay.
+    qom_set(vm, "force-unmerge", True)
+    wait_for("unregistration of the duplicate regions",
+             lambda: backend(vm, "m0")["registered-bytes"] == ZERO[1])
+    qom_set(vm, "dedup-policy", "off")
+    wait_for("unregistration of everything",
+             lambda: backend(vm, "m0")["registered-bytes"] == 0)
+    wait_for("the kernel to report nothing merged",
+             lambda: backend(vm, "m0").get("kernel-merged-pages") == 0)
+    write_meminfo(meminfo, None)
+
+
+def test_scan_rate_is_honoured(workdir):
+    # 64 MiB resident at 16 MiB/s: a pass takes about 4 s.
+    vm, qt = start_qtest_vm(workdir, "rate", [
+        "-machine", "pc,memory-backend=m0", "-m", "256M",
+        "-object", "memdedup,id=engine,rescan-interval=3600000,"
+                   "scan-rate=16M",
+        "-object", "memory-backend-ksm,id=m0,size=256M,dedup-policy=estimate"])
+    try:
+        qt.write(32 * MiB, random.Random(3).randbytes(64 * MiB))
+        run_pass(vm)
+        info = vm.qmp.cmd("query-memdedup")
+        check(backend(vm, "m0")["scanned-pages"] == 64 * MiB // PAGE,
+              "scanned %d" % backend(vm, "m0")["scanned-pages"])
+        check(info["last-pass-duration"] >= 3.5e9,
+              "pass took %d ns at 16 MiB/s" % info["last-pass-duration"])
+        check(info["scanner-cpu-time"] > 0, "no scanner CPU time")
+        # Raising the budget at runtime takes effect for the next pass.
+        vm.qmp.cmd("qom-set", path="/objects/engine", property="scan-rate",
+                   value=1 << 30)
+        run_pass(vm)
+        info = vm.qmp.cmd("query-memdedup")
+        check(info["scan-rate"] == 1 << 30, "scan-rate %d" % info["scan-rate"])
+        check(info["last-pass-duration"] < 3e9,
+              "pass took %d ns at 1 GiB/s" % info["last-pass-duration"])
+    finally:
+        vm.stop()
+        qt.close()
 
 
 def test_scan_does_not_grow_rss(workdir):
@@ -149,4 +244,5 @@ if __name__ == "__main__":
     sys.exit(run_tests([
         ("ksm/kernel-merges-registered", test_kernel_merges_registered),
         ("ksm/scan-does-not-grow-rss", test_scan_does_not_grow_rss),
+        ("ksm/scan-rate-is-honoured", test_scan_rate_is_honoured),
     ]))

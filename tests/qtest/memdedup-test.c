@@ -39,8 +39,8 @@ typedef struct TestMachine {
     pid_t pid;
 } TestMachine;
 
-static void machine_start(TestMachine *m, const char *backend_opts,
-                          const char *extra)
+static void machine_start_threads(TestMachine *m, const char *backend_opts,
+                                  const char *extra, int threads)
 {
     g_autofree char *pid_text = NULL;
     int fd;
@@ -51,14 +51,21 @@ static void machine_start(TestMachine *m, const char *backend_opts,
     unlink(m->pidfile);
     m->qts = qtest_initf("-machine pc,memory-backend=m0,mem-merge=off "
                          "-m %lluM -pidfile %s "
-                         "-object memdedup,id=engine,rescan-interval=3600000 "
+                         "-object memdedup,id=engine,rescan-interval=3600000,"
+                         "scan-threads=%d "
                          "-object memory-backend-ksm,id=m0,size=%llu%s %s",
                          (unsigned long long)(RAM_SIZE / MiB), m->pidfile,
-                         (unsigned long long)RAM_SIZE,
+                         threads, (unsigned long long)RAM_SIZE,
                          backend_opts, extra ? extra : "");
     g_assert(g_file_get_contents(m->pidfile, &pid_text, NULL, NULL));
     m->pid = atoi(pid_text);
     g_assert_cmpint(m->pid, >, 0);
+}
+
+static void machine_start(TestMachine *m, const char *backend_opts,
+                          const char *extra)
+{
+    machine_start_threads(m, backend_opts, extra, 1);
 }
 
 static void machine_stop(TestMachine *m)
@@ -224,7 +231,7 @@ static bool host_has_ksm(void)
 }
 
 /* Exact counts, and registration of exactly the qualifying regions. */
-static void test_counts(void)
+static void test_counts_threads(int threads)
 {
     TestMachine m;
     QDict *b;
@@ -234,7 +241,7 @@ static void test_counts(void)
         g_test_skip("the host has no KSM");
         return;
     }
-    machine_start(&m, "", NULL);
+    machine_start_threads(&m, "", NULL, threads);
     write_content(m.qts);
     run_pass(m.qts);
 
@@ -296,6 +303,17 @@ static void test_counts(void)
     g_assert_cmpint(mg, ==, 8 * REGION);
 
     machine_stop(&m);
+}
+
+static void test_counts(void)
+{
+    test_counts_threads(1);
+}
+
+/* Several scanner threads share a pass: the same exact counts. */
+static void test_counts_three_threads(void)
+{
+    test_counts_threads(3);
 }
 
 /* dedup-policy changes at runtime, as qom-set does them. */
@@ -447,6 +465,8 @@ static void test_bad_input(void)
 
     /* No backend yet. */
     expect_error(qts, "{ 'execute': 'memdedup-scan' }", "memory-backend-ksm");
+    expect_error(qts, "{ 'execute': 'memdedup-scan', "
+                 "'arguments': { 'now': true } }", "now");
 
     for (i = 0; i < ARRAY_SIZE(bad_backends); i++) {
         g_autofree char *cmd = g_strdup_printf(
@@ -561,6 +581,13 @@ static void test_hmp_and_dimm(void)
                      "-device pc-dimm,id=dimm0,memdev=d0");
     qtest_memset(qts, 4 * GiB, 0, 4 * MiB);
     run_pass(qts);
+    /* Every pass announces itself. */
+    resp = qtest_qmp_eventwait_ref(qts, "MEMDEDUP_PASS_COMPLETED");
+    info = qdict_get_qdict(resp, "data");
+    g_assert_cmpint(qdict_get_int(info, "pass"), >=, 1);
+    g_assert(qdict_haskey(info, "duration"));
+    g_assert(qdict_haskey(info, "registered-bytes"));
+    qobject_unref(resp);
     resp = qtest_qmp(qts, "{ 'execute': 'query-memdedup' }");
     info = qdict_get_qdict(resp, "return");
     backends = qdict_get_qlist(info, "backends");
@@ -584,6 +611,8 @@ int main(int argc, char **argv)
     g_test_init(&argc, &argv, NULL);
 
     qtest_add_func("/memdedup/counts", test_counts);
+    qtest_add_func("/memdedup/counts-three-threads",
+                   test_counts_three_threads);
     qtest_add_func("/memdedup/policy-runtime", test_policy_runtime);
     qtest_add_func("/memdedup/content-preserved", test_content_preserved);
     qtest_add_func("/memdedup/bad-input", test_bad_input);

@@ -311,15 +311,15 @@ static void test_parse_meminfo(void)
 static void test_parse_smaps(void)
 {
     const char *smaps =
-        "7f0000000000-7f0000200000 rw-p 00000000 00:00 0 \n"
+        "7f0000000000-7f0000200000 rw-p 00000000 00:00 0\n"
         "Size:               2048 kB\n"
         "KSM:                1024 kB\n"
-        "VmFlags: rd wr mr mw me ac sd mg \n"
-        "7f0000200000-7f0000600000 rw-p 00000000 00:00 0 \n"
+        "VmFlags: rd wr mr mw me ac sd mg\n"
+        "7f0000200000-7f0000600000 rw-p 00000000 00:00 0\n"
         "Size:               4096 kB\n"
         "KSM:                   0 kB\n"
-        "VmFlags: rd wr mr mw me ac sd nh \n"
-        "7f0000600000-7f0000800000 rw-p 00000000 00:00 0 \n"
+        "VmFlags: rd wr mr mw me ac sd nh\n"
+        "7f0000600000-7f0000800000 rw-p 00000000 00:00 0\n"
         "Size:               2048 kB\n"
         "KSM:                  40 kB\n"
         "VmFlags: rd wr mg mr mw me ac sd\n"
@@ -345,7 +345,7 @@ static void test_parse_smaps(void)
 
     /* A kernel without KSM lines. */
     g_assert_false(memdedup_parse_smaps_ksm(
-        "7f0000000000-7f0000200000 rw-p 00000000 00:00 0 \n"
+        "7f0000000000-7f0000200000 rw-p 00000000 00:00 0\n"
         "VmFlags: rd wr mg\n", 0, UINT64_MAX, &ksm, &vmas, &bytes));
     g_assert_cmpuint(vmas, ==, 1);
 }

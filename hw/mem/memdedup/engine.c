@@ -224,15 +224,22 @@ void memdedup_block_release(MemdedupBlock *blk)
     memdedup_block_unref(blk);
 }
 
-/* Bytes of @blk in [@start, @end) that the kernel reports merged. */
-static int64_t memdedup_merged_bytes(MemdedupBlock *blk, uint64_t start,
+/*
+ * Bytes in [@start, @end) that the kernel reports merged, from the text
+ * of /proc/self/smaps; -1 if unknown.  @smaps is read on first use and
+ * kept for the caller's later calls (the caller frees it).
+ */
+static int64_t memdedup_merged_bytes(char **smaps, uint64_t start,
                                      uint64_t end)
 {
-    g_autofree char *smaps = NULL;
     uint64_t ksm_bytes, vmas, mergeable;
 
-    if (!g_file_get_contents("/proc/self/smaps", &smaps, NULL, NULL) ||
-        !memdedup_parse_smaps_ksm(smaps, start, end, &ksm_bytes, &vmas,
+    if (!*smaps &&
+        !g_file_get_contents("/proc/self/smaps", smaps, NULL, NULL)) {
+        *smaps = NULL;
+        return -1;
+    }
+    if (!memdedup_parse_smaps_ksm(*smaps, start, end, &ksm_bytes, &vmas,
                                   &mergeable)) {
         return -1;
     }
@@ -242,13 +249,14 @@ static int64_t memdedup_merged_bytes(MemdedupBlock *blk, uint64_t start,
 /*
  * Would unregistering [@start, @end) of @blk fit in MemAvailable?  When
  * the merged amount is unknown, the whole range is assumed merged.
+ * @smaps as for memdedup_merged_bytes.
  */
 static bool memdedup_unmerge_check(MemdedupBlock *blk, uint64_t start,
-                                   uint64_t end, bool force,
+                                   uint64_t end, bool force, char **smaps,
                                    uint64_t *merged, Error **errp)
 {
     uint64_t available, total;
-    int64_t bytes = memdedup_merged_bytes(blk, start, end);
+    int64_t bytes = memdedup_merged_bytes(smaps, start, end);
 
     *merged = bytes < 0 ? end - start : bytes;
     if (force || !*merged) {
@@ -260,11 +268,11 @@ static bool memdedup_unmerge_check(MemdedupBlock *blk, uint64_t start,
     if (memdedup_unmerge_admissible(*merged, available, total)) {
         return true;
     }
-    error_setg(errp, "memory-backend-ksm '%s': unmerging %" PRIu64 " MiB "
-               "needs more than the host's MemAvailable (%" PRIu64 " MiB, "
-               "%d%% of MemTotal kept in reserve); set force-unmerge=on "
-               "to unmerge anyway", blk->id, *merged / MiB, available / MiB,
-               MEMDEDUP_UNMERGE_RESERVE_PERCENT);
+    error_setg(errp, "memory-backend-ksm '%s': unmerging %.1f MiB needs "
+               "more than the host's MemAvailable (%.1f MiB, with %d%% of "
+               "MemTotal kept in reserve); set force-unmerge=on to unmerge "
+               "anyway", blk->id, (double)*merged / MiB,
+               (double)available / MiB, MEMDEDUP_UNMERGE_RESERVE_PERCENT);
     return false;
 }
 
@@ -273,6 +281,7 @@ bool memdedup_block_set_params(MemdedupBlock *blk, const MemdedupParams *params,
 {
     MemdedupEngine *engine = &memdedup_engine;
     MemdedupParams old;
+    g_autofree char *smaps = NULL;
     uint64_t merged;
 
     qemu_mutex_lock(&engine->lock);
@@ -291,7 +300,8 @@ bool memdedup_block_set_params(MemdedupBlock *blk, const MemdedupParams *params,
         !qatomic_read(&blk->removed) &&
         !memdedup_unmerge_check(blk, (uintptr_t)blk->host,
                                 (uintptr_t)blk->host + blk->size,
-                                params->force_unmerge, &merged, errp)) {
+                                params->force_unmerge, &smaps, &merged,
+                                errp)) {
         return false;
     }
 
@@ -381,6 +391,7 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
     uint64_t n = blk->nr_regions, i, j;
     g_autofree bool *wanted = g_new(bool, n);
     g_autofree bool *thp = g_new0(bool, n);
+    g_autofree char *smaps = NULL;  /* read once, if anything unmerges */
     uint64_t region_size = blk->pages_per_region * blk->page_size;
 
     for (i = 0; i < n; i++) {
@@ -423,8 +434,8 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
             Error *local_err = NULL;
 
             if (!memdedup_unmerge_check(blk, start, end,
-                                        params->force_unmerge, &merged,
-                                        &local_err)) {
+                                        params->force_unmerge, &smaps,
+                                        &merged, &local_err)) {
                 /* Reported once per process; counted every time. */
                 warn_report_once_cond(&memdedup_unmerge_warned, "%s",
                                       error_get_pretty(local_err));
