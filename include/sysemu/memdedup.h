@@ -98,6 +98,7 @@ typedef struct MemdedupRegion {
     uint32_t unique;            /* resident non-zero pages seen once */
     uint32_t volatile_pages;    /* pages whose content changed this pass */
     uint8_t stable_passes;      /* consecutive passes with no change */
+    bool seen_resident;         /* had resident pages in some pass */
     bool registered;            /* currently madvised MERGEABLE */
     bool huge;                  /* handed back to THP (MADV_HUGEPAGE) */
 } MemdedupRegion;

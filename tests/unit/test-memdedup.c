@@ -154,6 +154,17 @@ static void test_region_wanted(void)
     r = (MemdedupRegion) { 0 };
     g_assert_false(memdedup_region_wanted(&targeted, &r));
     g_assert_true(memdedup_region_wanted(&all, &r));
+    /* Registered (say by 'all') but never resident: let it go. */
+    r.registered = true;
+    g_assert_false(memdedup_region_wanted(&targeted, &r));
+    /*
+     * A registered region whose pages all went (swapped, or merged into
+     * the zero page) stays registered: no unmerge churn.
+     */
+    r.seen_resident = true;
+    g_assert_true(memdedup_region_wanted(&targeted, &r));
+    g_assert_true(memdedup_region_wanted(&zero_only, &r));
+    g_assert_false(memdedup_region_wanted(&estimate, &r));
 
     /* Threshold 100: every resident page must be a candidate. */
     targeted.duplicate_threshold = 100;

@@ -58,10 +58,12 @@
 #define MEMDEDUP_RESCAN_INTERVAL_MAX     86400000    /* ms, one day */
 /* How often the kernel's merged counts are refreshed between passes. */
 #define MEMDEDUP_KERNEL_REFRESH_MS       1000
+/* How often a migration destination looks for the end of the incoming. */
+#define MEMDEDUP_INCOMING_POLL_US        100000
 /* Longest sleep of the rate limiter before it looks at quit again. */
 #define MEMDEDUP_THROTTLE_SLICE_US       100000
 
-static MemdedupEngine memdedup_engine;
+MemdedupEngine memdedup_engine;
 static bool memdedup_unmerge_warned;
 
 static void memdedup_engine_init(void)
@@ -83,6 +85,44 @@ static void memdedup_engine_init(void)
     qemu_guest_getrandom_nofail(&engine->seed, sizeof(engine->seed));
     engine->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     engine->kpageflags_fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
+    memdedup_learn_zero_pfns(engine);
+    memdedup_migration_init(engine);
+}
+
+void memdedup_engine_pause(MemdedupEngine *engine, const char *reason,
+                           bool incoming)
+{
+    qemu_mutex_lock(&engine->lock);
+    g_free(engine->paused_reason);
+    engine->paused_reason = g_strdup(reason);
+    engine->incoming = incoming;
+    qatomic_set(&engine->paused, true);
+    qemu_cond_signal(&engine->wakeup);
+    qemu_mutex_unlock(&engine->lock);
+    trace_memdedup_pause(reason);
+    qapi_event_send_memdedup_state_changed(MEMDEDUP_STATE_PAUSED, reason);
+}
+
+void memdedup_engine_resume(MemdedupEngine *engine, const char *reason)
+{
+    MemdedupState state;
+
+    qemu_mutex_lock(&engine->lock);
+    if (!engine->paused) {
+        qemu_mutex_unlock(&engine->lock);
+        return;
+    }
+    g_free(engine->paused_reason);
+    engine->paused_reason = NULL;
+    engine->incoming = false;
+    qatomic_set(&engine->paused, false);
+    engine->scan_requested = true;
+    engine->params_dirty = true;
+    state = engine->state;
+    qemu_cond_signal(&engine->wakeup);
+    qemu_mutex_unlock(&engine->lock);
+    trace_memdedup_resume(reason);
+    qapi_event_send_memdedup_state_changed(state, reason);
 }
 
 /* ------------------------------------------------------------------ */
@@ -99,6 +139,7 @@ static void memdedup_block_unref(MemdedupBlock *blk)
     if (qatomic_fetch_dec(&blk->refcount) == 1) {
         g_free(blk->fps);
         g_free(blk->regions);
+        g_free(blk->hints);
         g_free(blk->id);
         g_free(blk);
     }
@@ -124,6 +165,9 @@ static void memdedup_ram_block_removed(RAMBlockNotifier *n, void *host,
     QTAILQ_FOREACH_SAFE(blk, &engine->blocks, next, next) {
         if (blk->host == host) {
             memdedup_block_detach_locked(blk);
+            /* The next pass rebuilds the index without it. */
+            engine->scan_requested = true;
+            qemu_cond_signal(&engine->wakeup);
         }
     }
 }
@@ -326,8 +370,9 @@ bool memdedup_request_scan(Error **errp)
         error_setg(errp, "no memory-backend-ksm exists");
         return false;
     }
-    if (engine->state == MEMDEDUP_STATE_PAUSED) {
-        error_setg(errp, "the memdedup engine is paused");
+    if (engine->paused) {
+        error_setg(errp, "the memdedup engine is paused (%s)",
+                   engine->paused_reason);
         return false;
     }
     engine->scan_requested = true;
@@ -352,7 +397,8 @@ static bool memdedup_advise(MemdedupBlock *blk, uint64_t first,
     int ret;
 
     WITH_RCU_READ_LOCK_GUARD() {
-        if (qatomic_load_acquire(&blk->removed)) {
+        if (qatomic_load_acquire(&blk->removed) ||
+            qatomic_read(&memdedup_engine.paused)) {
             return false;
         }
         ret = madvise(blk->host + start, len, advice);
@@ -507,9 +553,10 @@ static uint64_t memdedup_thread_cpu_ns(void)
     return ts.tv_sec * NANOSECONDS_PER_SECOND + ts.tv_nsec;
 }
 
+/* Should scanner threads stop hashing? */
 static bool memdedup_quitting(MemdedupEngine *engine)
 {
-    return qatomic_read(&engine->quit);
+    return qatomic_read(&engine->quit) || qatomic_read(&engine->paused);
 }
 
 /* Sleep as long as the pass is ahead of its byte budget. */
@@ -603,8 +650,9 @@ static void memdedup_pass_index(MemdedupPass *pass)
         MemdedupBlock *blk = pass->blocks[b].blk;
         uint64_t p;
 
-        if (pass->blocks[b].params.policy == MEMDEDUP_POLICY_OFF) {
-            continue;
+        if (pass->blocks[b].params.policy == MEMDEDUP_POLICY_OFF ||
+            qatomic_read(&blk->removed)) {
+            continue;           /* a removed block leaves the index */
         }
         for (p = 0; p < blk->nr_pages; p++) {
             if (blk->fps[p] > MEMDEDUP_FP_ZERO) {
@@ -739,6 +787,31 @@ static void memdedup_count_exact(MemdedupEngine *engine, MemdedupPass *pass,
     }
 }
 
+/*
+ * Register the regions the migration source had registered, before the
+ * first pass has judged them.  Scanner thread; @hints is owned here.
+ */
+static uint64_t memdedup_apply_hints(MemdedupBlock *blk,
+                                     unsigned long *hints)
+{
+    uint64_t first, last, hinted = 0;
+
+    first = find_first_bit(hints, blk->nr_regions);
+    while (first < blk->nr_regions) {
+        last = find_next_zero_bit(hints, blk->nr_regions, first);
+        memdedup_advise(blk, first, last - first, MADV_NOHUGEPAGE);
+        if (memdedup_advise(blk, first, last - first, MADV_MERGEABLE)) {
+            for (uint64_t i = first; i < last; i++) {
+                blk->regions[i].registered = true;
+                blk->regions[i].huge = false;
+            }
+            hinted += last - first;
+        }
+        first = find_next_bit(hints, blk->nr_regions, last);
+    }
+    return hinted;
+}
+
 static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
 {
     MemdedupPass pass = { .engine = engine };
@@ -750,6 +823,8 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     uint64_t scanned = 0, zero = 0, duplicate = 0, registered = 0;
     uint64_t metadata = 0, pass_no, duration;
     uint32_t nr_threads, t;
+    g_autofree unsigned long **hints = NULL;
+    g_autofree uint64_t *hinted = NULL;
     MemdedupBlock *blk;
     size_t b;
 
@@ -759,10 +834,14 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         pass.nr_blocks++;
     }
     pass.blocks = g_new0(MemdedupPassBlock, pass.nr_blocks);
+    hints = g_new0(unsigned long *, pass.nr_blocks);
+    hinted = g_new0(uint64_t, pass.nr_blocks);
     b = 0;
     QTAILQ_FOREACH(blk, &engine->blocks, next) {
-        MemdedupPassBlock *pb = &pass.blocks[b++];
+        MemdedupPassBlock *pb = &pass.blocks[b];
 
+        hints[b++] = blk->hints;
+        blk->hints = NULL;
         memdedup_block_ref(blk);
         pb->blk = blk;
         pb->params = blk->params;
@@ -788,13 +867,38 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     refusals = g_new0(uint64_t, pass.nr_blocks);
     exact = g_new0(int64_t, pass.nr_blocks);
 
-    /* Policy changes apply at once, on the summaries already known. */
+    /*
+     * Migration hints first: the source's registration, at once.  Then
+     * policy changes, on the summaries already known.
+     */
     for (b = 0; b < pass.nr_blocks; b++) {
         MemdedupPassBlock *pb = &pass.blocks[b];
-        if (pb->apply_only && !qatomic_read(&pb->blk->removed)) {
+
+        if (hints[b]) {
+            if (memdedup_policy_registers(pb->params.policy)) {
+                hinted[b] = memdedup_apply_hints(pb->blk, hints[b]);
+            }
+            g_free(hints[b]);
+        }
+        if (pb->apply_only && !hints[b] &&
+            !qatomic_read(&pb->blk->removed)) {
             memdedup_apply_policy(pb->blk, &pb->params, &refusals[b]);
         }
     }
+    /* Show that registration now, not at the end of a long pass. */
+    qemu_mutex_lock(&engine->lock);
+    for (b = 0; b < pass.nr_blocks; b++) {
+        MemdedupBlockStats *st = &pass.blocks[b].blk->stats;
+
+        memdedup_count_registration(pass.blocks[b].blk, &stats[b]);
+        st->registered_bytes = stats[b].registered_bytes;
+        st->registered_ranges = stats[b].registered_ranges;
+        st->huge_regions = stats[b].huge_regions;
+        st->hinted_regions += hinted[b];
+        st->unmerge_refusals += refusals[b];
+        refusals[b] = 0;
+    }
+    qemu_mutex_unlock(&engine->lock);
 
     if (rescan) {
         qatomic_set(&engine->pass_pages_done, 0);
@@ -819,6 +923,22 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         memdedup_pass_work(&pass);
         for (t = 1; t < nr_threads; t++) {
             qemu_thread_join(&workers[t]);
+        }
+
+        /* Paused (migration) mid-pass: drop the pass, touch nothing more. */
+        if (qatomic_read(&engine->paused)) {
+            qemu_mutex_lock(&engine->lock);
+            engine->scanner_cpu_time += pass.cpu_time;
+            engine->state = MEMDEDUP_STATE_IDLE;
+            engine->scan_requested = true;
+            qemu_mutex_unlock(&engine->lock);
+            qatomic_set(&engine->pass_pages_total, 0);
+            for (b = 0; b < pass.nr_blocks; b++) {
+                memdedup_block_unref(pass.blocks[b].blk);
+            }
+            g_free(pass.blocks);
+            trace_memdedup_pass_aborted();
+            return;
         }
 
         /* Index and summarize. */
@@ -856,10 +976,12 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         if (rescan) {
             uint64_t merged = st->kernel_merged_pages;
             uint64_t refused = st->unmerge_refusals;
+            uint64_t hinted_before = st->hinted_regions;
 
             *st = stats[b];
             st->kernel_merged_pages = merged;
             st->unmerge_refusals = refused;
+            st->hinted_regions = hinted_before;
             st->kernel_merged_pages_exact = exact[b];
             scanned += stats[b].scanned_pages;
             zero += stats[b].zero_pages;
@@ -904,7 +1026,7 @@ static void *memdedup_thread(void *opaque)
 
     rcu_register_thread();
     for (;;) {
-        bool rescan = false, apply = false;
+        bool rescan = false, apply = false, incoming;
         int64_t now;
 
         qemu_mutex_lock(&engine->lock);
@@ -913,20 +1035,32 @@ static void *memdedup_thread(void *opaque)
             if (engine->quit) {
                 break;
             }
-            rescan = engine->state != MEMDEDUP_STATE_PAUSED &&
-                     !QTAILQ_EMPTY(&engine->blocks) &&
+            rescan = !engine->paused && !QTAILQ_EMPTY(&engine->blocks) &&
                      (engine->scan_requested || now >= next_pass);
-            apply = engine->params_dirty &&
-                    engine->state != MEMDEDUP_STATE_PAUSED;
-            if (rescan || apply || now >= next_refresh) {
+            apply = engine->params_dirty && !engine->paused;
+            if (rescan || apply || now >= next_refresh ||
+                (engine->paused && engine->incoming)) {
                 break;
             }
             qemu_cond_timedwait(&engine->wakeup, &engine->lock,
                                 MIN(next_pass, next_refresh) - now);
         }
+        incoming = engine->paused && engine->incoming;
         qemu_mutex_unlock(&engine->lock);
         if (qatomic_read(&engine->quit)) {
             break;
+        }
+        if (incoming) {
+            /*
+             * Destination of a migration: no reading of RAM that has not
+             * arrived (postcopy) until the incoming side completes.
+             */
+            if (memdedup_migration_incoming_done()) {
+                memdedup_engine_resume(engine, "incoming migration completed");
+            } else {
+                g_usleep(MEMDEDUP_INCOMING_POLL_US);
+            }
+            continue;
         }
 
         if (rescan || apply) {
@@ -993,7 +1127,11 @@ MemdedupInfo *memdedup_query(Error **errp)
 
     memdedup_engine_init();
     qemu_mutex_lock(&engine->lock);
-    info->state = engine->state;
+    info->state = engine->paused ? MEMDEDUP_STATE_PAUSED : engine->state;
+    if (engine->paused) {
+        info->has_paused_reason = true;
+        info->paused_reason = g_strdup(engine->paused_reason);
+    }
     info->passes_completed = engine->passes_completed;
     info->last_pass_duration = engine->last_pass_duration;
     info->scanner_cpu_time = engine->scanner_cpu_time;
@@ -1033,6 +1171,7 @@ MemdedupInfo *memdedup_query(Error **errp)
         bi->has_actual_saving = bi->has_kernel_merged_pages;
         bi->actual_saving = bi->kernel_merged_pages * blk->page_size;
         bi->unmerge_refusals = st->unmerge_refusals;
+        bi->hinted_regions = st->hinted_regions;
         QAPI_LIST_APPEND(tail, bi);
     }
     qemu_mutex_unlock(&engine->lock);
@@ -1078,6 +1217,7 @@ struct MemdedupSettings {
     uint64_t scan_rate;         /* bytes per second */
     uint32_t scan_threads;
     uint32_t rescan_interval;   /* milliseconds */
+    bool migrate_hints;         /* send registered regions when migrating */
 };
 
 /* Push the object's settings to the engine; BQL held. */
@@ -1091,8 +1231,23 @@ static void memdedup_settings_apply(MemdedupSettings *s)
     QEMU_LOCK_GUARD(&engine->lock);
     engine->scan_rate = s->scan_rate;
     engine->scan_threads = s->scan_threads;
+    engine->send_hints = s->migrate_hints;
     qatomic_set(&engine->rescan_interval, s->rescan_interval);
     qemu_cond_signal(&engine->wakeup);
+}
+
+static bool memdedup_settings_get_migrate_hints(Object *obj, Error **errp)
+{
+    return MEMDEDUP(obj)->migrate_hints;
+}
+
+static void memdedup_settings_set_migrate_hints(Object *obj, bool value,
+                                                Error **errp)
+{
+    MemdedupSettings *s = MEMDEDUP(obj);
+
+    s->migrate_hints = value;
+    memdedup_settings_apply(s);
 }
 
 static void memdedup_settings_get_scan_rate(Object *obj, Visitor *v,
@@ -1197,6 +1352,7 @@ static void memdedup_settings_finalize(Object *obj)
     /* Back to the defaults. */
     QEMU_LOCK_GUARD(&engine->lock);
     engine->settings_object = false;
+    engine->send_hints = false;
     engine->scan_rate = MEMDEDUP_SCAN_RATE_DEFAULT;
     engine->scan_threads = MEMDEDUP_SCAN_THREADS_DEFAULT;
     qatomic_set(&engine->rescan_interval, MEMDEDUP_RESCAN_INTERVAL_DEFAULT);
@@ -1228,6 +1384,12 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
     object_class_property_set_description(oc, "rescan-interval",
         "Milliseconds between the end of a scan pass and the next, "
         "100-86400000 (default 10000)");
+    object_class_property_add_bool(oc, "migrate-hints",
+                                   memdedup_settings_get_migrate_hints,
+                                   memdedup_settings_set_migrate_hints);
+    object_class_property_set_description(oc, "migrate-hints",
+        "Send the registered regions in the migration stream; the "
+        "destination must run memdedup too (default off)");
 }
 
 static const TypeInfo memdedup_settings_info = {

@@ -28,6 +28,7 @@ typedef struct MemdedupBlockStats {
     uint64_t registered_ranges;
     uint64_t huge_regions;
     uint64_t unmerge_refusals;
+    uint64_t hinted_regions;            /* registered from migration hints */
     int64_t kernel_merged_pages;        /* -1: unavailable */
     int64_t kernel_merged_pages_exact;  /* -1: unavailable */
     uint64_t estimated_saving;          /* bytes */
@@ -51,6 +52,7 @@ struct MemdedupBlock {
     MemdedupParams params;      /* as set by the backend */
     bool params_changed;        /* scanner has not applied params yet */
     MemdedupBlockStats stats;   /* as of the last pass / kernel refresh */
+    unsigned long *hints;       /* regions to register on incoming end */
     QTAILQ_ENTRY(MemdedupBlock) next;
 
     /*
@@ -75,11 +77,17 @@ typedef struct MemdedupEngine {
     uint32_t scan_threads;      /* 1-8 */
     uint32_t rescan_interval;   /* milliseconds */
     bool settings_object;       /* a memdedup object exists */
-    MemdedupState state;
+    bool send_hints;            /* migrate-hints: send regions to the dest */
+    char *paused_reason;        /* why paused, or NULL */
+    bool incoming;              /* paused until the incoming migration ends */
+    MemdedupState state;        /* idle, scanning or disabled */
     uint64_t passes_completed;
     uint64_t last_pass_duration;   /* ns */
     uint64_t metadata_bytes;
     uint64_t scanner_cpu_time;     /* ns, all scanner threads */
+
+    /* Atomic; written under lock.  Scanning and madvise stop when set. */
+    bool paused;
 
     /* Atomic: progress of the running pass. */
     uint64_t pass_pages_total;
@@ -89,8 +97,11 @@ typedef struct MemdedupEngine {
     uint64_t seed;              /* per-process fingerprint seed */
     int pagemap_fd;             /* /proc/self/pagemap or -1 */
     int kpageflags_fd;          /* /proc/kpageflags or -1 */
+    uint64_t zero_pfn;          /* the shared zero page, 0 if unknown */
+    uint64_t huge_zero_pfn;     /* first PFN of the huge zero page, or 0 */
     QemuThread thread;
     RAMBlockNotifier notifier;
+    Notifier migration_notifier;
 
     /*
      * Scanner-owned.  Read-only while worker threads hash, rebuilt by
@@ -104,6 +115,9 @@ typedef struct MemdedupScanBuffers {
     bool *present;              /* residency of each page of one region */
 } MemdedupScanBuffers;
 
+/* Learn the zero pages' PFNs, when pagemap shows PFNs.  Once, at init. */
+void memdedup_learn_zero_pfns(MemdedupEngine *engine);
+
 void memdedup_scan_buffers_init(MemdedupScanBuffers *buf, uint64_t pages);
 void memdedup_scan_buffers_free(MemdedupScanBuffers *buf);
 
@@ -115,5 +129,25 @@ void memdedup_scan_buffers_free(MemdedupScanBuffers *buf);
 bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
                           uint64_t region, MemdedupScanBuffers *buf,
                           uint64_t *bytes_hashed);
+
+/* The engine singleton (engine.c). */
+extern MemdedupEngine memdedup_engine;
+
+/*
+ * memdedup_engine_pause / memdedup_engine_resume: stop and restart
+ * scanning and registration, saying why (reported over QMP and in a
+ * MEMDEDUP_STATE_CHANGED event).  A running pass stops at the next
+ * region.  Any thread; takes the engine lock.  @incoming: stay paused
+ * until the incoming migration completes.
+ */
+void memdedup_engine_pause(MemdedupEngine *engine, const char *reason,
+                           bool incoming);
+void memdedup_engine_resume(MemdedupEngine *engine, const char *reason);
+
+/* migration.c: hook the engine into migration.  BQL held, once. */
+void memdedup_migration_init(MemdedupEngine *engine);
+
+/* Has the incoming migration completed?  Any thread. */
+bool memdedup_migration_incoming_done(void);
 
 #endif

@@ -52,7 +52,16 @@ bool memdedup_region_wanted(const MemdedupParams *params,
     default:
         return false;
     }
-    if (!r->resident || !candidates) {
+    /*
+     * Nothing resident now, but there was (swapped out, or merged into
+     * the zero page by KSM's use_zero_pages): no evidence either way, so
+     * keep the region as it is; unregistering it would make the kernel
+     * unmerge what it merged.  Never resident: nothing to register.
+     */
+    if (!r->resident) {
+        return r->seen_resident && r->registered;
+    }
+    if (!candidates) {
         return false;
     }
     return candidates * 100 >= (uint64_t)params->duplicate_threshold *

@@ -20,6 +20,60 @@
 #include "memdedup-internal.h"
 
 /*
+ * PFN of the kernel's shared zero page, and the first PFN of its huge
+ * zero page, as this process sees them through pagemap; 0 if unknown
+ * (PFNs are hidden without CAP_SYS_ADMIN).  Pages the guest only read
+ * while empty map these: they cost no memory and are not resident.
+ */
+static uint64_t memdedup_pfn_of(int pagemap_fd, const volatile uint8_t *addr)
+{
+    uint64_t entry;
+    off_t off = (off_t)((uintptr_t)addr / qemu_real_host_page_size()) *
+                sizeof(entry);
+
+    (void)*addr;                /* a read fault maps the zero page */
+    if (pread(pagemap_fd, &entry, sizeof(entry), off) != sizeof(entry) ||
+        !(entry & MEMDEDUP_PM_PRESENT)) {
+        return 0;
+    }
+    return entry & MEMDEDUP_PM_PFN_MASK;
+}
+
+void memdedup_learn_zero_pfns(MemdedupEngine *engine)
+{
+    const size_t huge = 2 * MiB;
+    uint8_t *area;
+
+    if (engine->pagemap_fd < 0) {
+        return;
+    }
+    area = mmap(NULL, 2 * huge, PROT_READ,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (area == MAP_FAILED) {
+        return;
+    }
+    engine->zero_pfn = memdedup_pfn_of(engine->pagemap_fd, area);
+    if (engine->zero_pfn) {
+        uint8_t *aligned = QEMU_ALIGN_PTR_UP(area, huge);
+        uint64_t pfn;
+
+        madvise(aligned, huge, MADV_HUGEPAGE);
+        pfn = memdedup_pfn_of(engine->pagemap_fd, aligned);
+        if (pfn && pfn != engine->zero_pfn) {
+            engine->huge_zero_pfn = pfn & ~(uint64_t)(huge / 4096 - 1);
+        }
+    }
+    munmap(area, 2 * huge);
+}
+
+static bool memdedup_is_zero_pfn(MemdedupEngine *engine, uint64_t pfn)
+{
+    return pfn && (pfn == engine->zero_pfn ||
+                   (engine->huge_zero_pfn &&
+                    pfn - engine->huge_zero_pfn < 2 * MiB / 4096));
+}
+
+/*
  * Fill @present with one flag per page of [@addr, @addr + @pages pages).
  * Returns false if residency cannot be learned at all.
  */
@@ -36,7 +90,9 @@ static bool memdedup_read_residency(MemdedupEngine *engine, uint8_t *addr,
         if (pread(engine->pagemap_fd, entries, len, off) == len) {
             for (i = 0; i < pages; i++) {
                 present[i] = (entries[i] & MEMDEDUP_PM_PRESENT) &&
-                             !(entries[i] & MEMDEDUP_PM_SWAPPED);
+                             !(entries[i] & MEMDEDUP_PM_SWAPPED) &&
+                             !memdedup_is_zero_pfn(engine, entries[i] &
+                                                   MEMDEDUP_PM_PFN_MASK);
             }
             return true;
         }
@@ -105,6 +161,7 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
     }
 
     r->resident = resident;
+    r->seen_resident |= resident > 0;
     r->zero = zero;
     /* Tentative until the pass ends: judged against the last dup set. */
     r->duplicate = duplicate;

@@ -1,0 +1,297 @@
+/*
+ * memdedup: live migration
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * The scanner competes with the migration thread for memory bandwidth,
+ * and on a destination it must not read RAM that has not arrived.  So:
+ *  - source: a migration state notifier pauses scanning and registration
+ *    when a migration is set up; they resume if it fails or is
+ *    cancelled, and stay paused once it completed (the source is done);
+ *  - destination (-incoming): the engine starts paused and resumes, with
+ *    a pass at once, only when the incoming migration has completed
+ *    (after postcopy too);
+ *  - hints (memdedup object, migrate-hints=on): the source sends, as a
+ *    device-state section, which regions of each memory-backend-ksm it
+ *    had registered, one bit per region; the destination registers them
+ *    as soon as the incoming migration completes, before its own first
+ *    pass.  A destination without memdedup has no handler for the
+ *    section and fails the migration cleanly (the source resumes); hints
+ *    for a backend the destination lacks, or whose size or region size
+ *    differs, are ignored with a warning.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/bitmap.h"
+#include "qemu/bswap.h"
+#include "qemu/error-report.h"
+#include "migration/misc.h"
+#include "migration/migration.h"
+#include "migration/vmstate.h"
+#include "sysemu/runstate.h"
+#include "memdedup-internal.h"
+#include "trace.h"
+
+#define MEMDEDUP_HINTS_MAGIC 0x4d444831u   /* "MDH1" */
+
+/* The hints section's payload; built in pre_save, parsed in post_load. */
+typedef struct MemdedupHints {
+    uint32_t len;               /* bytes in buf */
+    uint8_t *buf;
+} MemdedupHints;
+
+static MemdedupHints memdedup_hints;
+
+static void memdedup_migration_notify(Notifier *notifier, void *data)
+{
+    MigrationState *s = data;
+    MemdedupEngine *engine = container_of(notifier, MemdedupEngine,
+                                          migration_notifier);
+
+    if (migration_in_setup(s)) {
+        memdedup_engine_pause(engine, "outgoing migration", false);
+    } else if (migration_has_failed(s)) {
+        memdedup_engine_resume(engine,
+                               "outgoing migration failed or cancelled");
+    } else if (migration_has_finished(s)) {
+        memdedup_engine_pause(engine, "outgoing migration completed", false);
+    }
+}
+
+bool memdedup_migration_incoming_done(void)
+{
+    MigrationIncomingState *mis = migration_incoming_get_current();
+
+    return qatomic_read(&mis->state) == MIGRATION_STATUS_COMPLETED;
+}
+
+/*
+ * The section's opaque is the payload (memdedup_hints); the engine is
+ * the singleton.
+ */
+static bool memdedup_hints_needed(void *opaque)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+    QEMU_LOCK_GUARD(&engine->lock);
+
+    return engine->send_hints;
+}
+
+static void memdedup_put_u32(GByteArray *out, uint32_t v)
+{
+    v = cpu_to_be32(v);
+    g_byte_array_append(out, (uint8_t *)&v, sizeof(v));
+}
+
+static void memdedup_put_u64(GByteArray *out, uint64_t v)
+{
+    v = cpu_to_be64(v);
+    g_byte_array_append(out, (uint8_t *)&v, sizeof(v));
+}
+
+/*
+ * Source, BQL held, migration thread: one record per block, each
+ * "id length, id, size, region size, region count, bitmap".  The scanner
+ * is paused; a region it flipped a moment ago only costs a hint.
+ */
+static int memdedup_hints_pre_save(void *opaque)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+    GByteArray *out = g_byte_array_new();
+    MemdedupBlock *blk;
+    uint32_t count = 0;
+
+    QEMU_LOCK_GUARD(&engine->lock);
+    QTAILQ_FOREACH(blk, &engine->blocks, next) {
+        count++;
+    }
+    memdedup_put_u32(out, MEMDEDUP_HINTS_MAGIC);
+    memdedup_put_u32(out, count);
+    QTAILQ_FOREACH(blk, &engine->blocks, next) {
+        uint64_t i, nbytes = DIV_ROUND_UP(blk->nr_regions, 8);
+        g_autofree uint8_t *bytes = g_malloc0(nbytes);
+        uint32_t id_len = strlen(blk->id);
+
+        for (i = 0; i < blk->nr_regions; i++) {
+            if (blk->regions[i].registered) {
+                bytes[i / 8] |= 1 << (i % 8);
+            }
+        }
+        memdedup_put_u32(out, id_len);
+        g_byte_array_append(out, (uint8_t *)blk->id, id_len);
+        memdedup_put_u64(out, blk->size);
+        memdedup_put_u64(out, blk->pages_per_region * blk->page_size);
+        memdedup_put_u64(out, blk->nr_regions);
+        g_byte_array_append(out, bytes, nbytes);
+    }
+    g_free(memdedup_hints.buf);
+    memdedup_hints.len = out->len;
+    memdedup_hints.buf = g_byte_array_free(out, false);
+    trace_memdedup_hints_saved(count, memdedup_hints.len);
+    return 0;
+}
+
+static int memdedup_hints_post_save(void *opaque)
+{
+    g_free(memdedup_hints.buf);
+    memdedup_hints.buf = NULL;
+    memdedup_hints.len = 0;
+    return 0;
+}
+
+/* A bounds-checked reader over the received payload. */
+typedef struct MemdedupReader {
+    const uint8_t *p;
+    size_t left;
+} MemdedupReader;
+
+static bool memdedup_get(MemdedupReader *r, void *dst, size_t n)
+{
+    if (r->left < n) {
+        return false;
+    }
+    memcpy(dst, r->p, n);
+    r->p += n;
+    r->left -= n;
+    return true;
+}
+
+static bool memdedup_get_u32(MemdedupReader *r, uint32_t *v)
+{
+    if (!memdedup_get(r, v, sizeof(*v))) {
+        return false;
+    }
+    *v = be32_to_cpu(*v);
+    return true;
+}
+
+static bool memdedup_get_u64(MemdedupReader *r, uint64_t *v)
+{
+    if (!memdedup_get(r, v, sizeof(*v))) {
+        return false;
+    }
+    *v = be64_to_cpu(*v);
+    return true;
+}
+
+static MemdedupBlock *memdedup_find_block_locked(MemdedupEngine *engine,
+                                                 const char *id)
+{
+    MemdedupBlock *blk;
+
+    QTAILQ_FOREACH(blk, &engine->blocks, next) {
+        if (!strcmp(blk->id, id)) {
+            return blk;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * Destination, BQL held, while device state loads.  A malformed payload
+ * fails the migration; a mismatch only drops that block's hints.
+ */
+static int memdedup_hints_post_load(void *opaque, int version_id)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+    MemdedupReader r = { memdedup_hints.buf, memdedup_hints.len };
+    uint32_t magic, count, i;
+    int ret = 0;
+
+    if (!memdedup_get_u32(&r, &magic) || magic != MEMDEDUP_HINTS_MAGIC ||
+        !memdedup_get_u32(&r, &count)) {
+        error_report("memdedup: malformed migration hints");
+        ret = -EINVAL;
+        goto out;
+    }
+    for (i = 0; i < count; i++) {
+        g_autofree char *id = NULL;
+        g_autofree uint8_t *bytes = NULL;
+        uint64_t size, region_size, nr_regions, nbytes, k;
+        uint32_t id_len;
+        MemdedupBlock *blk;
+
+        if (!memdedup_get_u32(&r, &id_len) || id_len > 4096) {
+            ret = -EINVAL;
+            break;
+        }
+        id = g_malloc0(id_len + 1);
+        if (!memdedup_get(&r, id, id_len) ||
+            !memdedup_get_u64(&r, &size) ||
+            !memdedup_get_u64(&r, &region_size) ||
+            !memdedup_get_u64(&r, &nr_regions) ||
+            nr_regions > r.left * 8) {
+            ret = -EINVAL;
+            break;
+        }
+        nbytes = DIV_ROUND_UP(nr_regions, 8);
+        bytes = g_malloc(nbytes);
+        if (!memdedup_get(&r, bytes, nbytes)) {
+            ret = -EINVAL;
+            break;
+        }
+
+        QEMU_LOCK_GUARD(&engine->lock);
+        blk = memdedup_find_block_locked(engine, id);
+        if (!blk) {
+            warn_report("memdedup: ignoring migration hints for '%s': no "
+                        "memory-backend-ksm with that id here", id);
+            continue;
+        }
+        if (blk->size != size || blk->nr_regions != nr_regions ||
+            blk->pages_per_region * blk->page_size != region_size) {
+            warn_report("memdedup: ignoring migration hints for '%s': the "
+                        "source had size %" PRIu64 " and region-size %"
+                        PRIu64 ", this backend has %" PRIu64 " and %" PRIu64,
+                        id, size, region_size, blk->size,
+                        blk->pages_per_region * blk->page_size);
+            continue;
+        }
+        g_free(blk->hints);
+        blk->hints = bitmap_new(nr_regions);
+        for (k = 0; k < nr_regions; k++) {
+            if (bytes[k / 8] & (1 << (k % 8))) {
+                set_bit(k, blk->hints);
+            }
+        }
+        trace_memdedup_hints_loaded(id, bitmap_count_one(blk->hints,
+                                                         nr_regions));
+    }
+    if (ret) {
+        error_report("memdedup: malformed migration hints");
+    }
+out:
+    g_free(memdedup_hints.buf);
+    memdedup_hints.buf = NULL;
+    memdedup_hints.len = 0;
+    return ret;
+}
+
+static const VMStateDescription vmstate_memdedup_hints = {
+    .name = "memdedup-hints",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .needed = memdedup_hints_needed,
+    .pre_save = memdedup_hints_pre_save,
+    .post_save = memdedup_hints_post_save,
+    .post_load = memdedup_hints_post_load,
+    .fields = (VMStateField[]) {
+        VMSTATE_UINT32(len, MemdedupHints),
+        VMSTATE_VBUFFER_ALLOC_UINT32(buf, MemdedupHints, 1, NULL, len),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
+void memdedup_migration_init(MemdedupEngine *engine)
+{
+    engine->migration_notifier.notify = memdedup_migration_notify;
+    add_migration_state_change_notifier(&engine->migration_notifier);
+    vmstate_register(NULL, 0, &vmstate_memdedup_hints, &memdedup_hints);
+
+    if (runstate_check(RUN_STATE_INMIGRATE)) {
+        memdedup_engine_pause(engine, "incoming migration", true);
+    }
+}

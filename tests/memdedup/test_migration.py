@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""Live migration: the engine pauses on the source while a migration runs
+and resumes if it fails or is cancelled; a destination scans nothing until
+the incoming migration completes, then registers at once; optional hints
+carry the source's registration.  Two QEMUs under -accel qtest, guest
+memory written through qtest, migration over a unix socket.
+"""
+
+import hashlib
+import os
+import random
+import signal
+import sys
+import time
+
+from harness import (MiB, PAGE, Skip, backend, check, qmp, run_pass,
+                     run_tests, start_qtest_vm)
+
+SIZE = 256 * MiB
+ZERO = (16 * MiB, 32 * MiB)
+DUP_BLOCK, DUP_AT = 16 * MiB, 64 * MiB
+UNIQUE = (160 * MiB, 64 * MiB)
+REGISTERED = ZERO[1] + 4 * DUP_BLOCK
+# Migration does not write zero pages on the destination: they are never
+# allocated there, so only the duplicated block's regions qualify.
+DST_REGISTERED = 4 * DUP_BLOCK
+
+
+def vm_args(backend_opts="", engine_opts="", incoming=None,
+            backend_type="memory-backend-ksm"):
+    args = ["-machine", "pc,memory-backend=m0,mem-merge=off",
+            "-m", "%dM" % (SIZE // MiB)]
+    if backend_type == "memory-backend-ksm":
+        args += ["-object", "memdedup,id=engine,rescan-interval=3600000" +
+                 engine_opts]
+    args += ["-object", "%s,id=m0,size=%dM%s" % (backend_type, SIZE // MiB,
+                                                  backend_opts)]
+    if incoming:
+        args += ["-incoming", "unix:" + incoming]
+    return args
+
+
+def fill(qt):
+    rnd = random.Random(11)
+    dup = rnd.randbytes(DUP_BLOCK)
+    qt.memset(ZERO[0], ZERO[1], 0)
+    for i in range(4):
+        qt.write(DUP_AT + i * DUP_BLOCK, dup)
+    qt.write(UNIQUE[0], rnd.randbytes(UNIQUE[1]))
+
+
+def digest(qt):
+    h = hashlib.sha256()
+    for addr, size in (ZERO, (DUP_AT, 4 * DUP_BLOCK), UNIQUE):
+        h.update(qt.read(addr, size))
+    return h.hexdigest()
+
+
+class Pair:
+    """A source filled with content and a destination waiting for it."""
+
+    def __init__(self, workdir, src_engine="", dst_backend="",
+                 dst_engine="", dst_type="memory-backend-ksm"):
+        self.sock = os.path.join(workdir, "migrate.sock")
+        self.src = self.dst = self.src_qt = self.dst_qt = None
+        self.src, self.src_qt = start_qtest_vm(
+            workdir, "src", vm_args(engine_opts=src_engine))
+        fill(self.src_qt)
+        run_pass(self.src)
+        self.dst, self.dst_qt = start_qtest_vm(
+            workdir, "dst", vm_args(dst_backend, dst_engine, self.sock,
+                                    dst_type))
+
+    def migrate(self, bandwidth=None, postcopy=False, return_path=False):
+        if return_path:
+            for vm in (self.src, self.dst):
+                vm.qmp.cmd("migrate-set-capabilities", capabilities=[
+                    {"capability": "return-path", "state": True}])
+        if bandwidth:
+            self.src.qmp.cmd("migrate-set-parameters",
+                             **{"max-bandwidth": bandwidth})
+        if postcopy:
+            for vm in (self.src, self.dst):
+                vm.qmp.cmd("migrate-set-capabilities", capabilities=[
+                    {"capability": "postcopy-ram", "state": True}])
+        self.src.qmp.cmd("migrate", uri="unix:" + self.sock)
+
+    def status(self):
+        return self.src.qmp.cmd("query-migrate").get("status")
+
+    def wait(self, timeout=120, during=None):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st in ("completed", "failed", "cancelled"):
+                return st
+            if during:
+                during(st)
+            time.sleep(0.05)
+        raise AssertionError("migration did not end in %d s" % timeout)
+
+    def close(self):
+        for vm, qt in ((self.dst, self.dst_qt), (self.src, self.src_qt)):
+            if vm:
+                vm.stop()
+            if qt:
+                qt.close()
+
+
+def engine(vm):
+    return vm.qmp.cmd("query-memdedup")
+
+
+def events(vm, name):
+    return [e for e in vm.qmp.events if e.get("event") == name]
+
+
+def wait_for(what, cond, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def test_precopy(workdir):
+    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10) as ksm:
+        p = Pair(workdir)
+        try:
+            src_merged = 0
+            if ksm.active:
+                src_merged = wait_for("merging on the source", lambda: (
+                    lambda m: m if m >= 0.9 * REGISTERED // PAGE else 0)(
+                        backend(p.src, "m0").get("kernel-merged-pages", 0)),
+                    60)
+            d = engine(p.dst)
+            check(d["state"] == "paused" and
+                  d["paused-reason"] == "incoming migration",
+                  "destination before migration: %s" % d["state"])
+            check(d["passes-completed"] == 0, "destination scanned early")
+            before = digest(p.src_qt)
+
+            seen = {"src-paused": False}
+
+            def during(st):
+                if st == "active":
+                    e = engine(p.src)
+                    if e["state"] == "paused" and \
+                       e["paused-reason"] == "outgoing migration":
+                        seen["src-paused"] = True
+                    check(engine(p.dst)["passes-completed"] == 0,
+                          "destination scanned during the migration")
+            p.migrate(bandwidth=48 * MiB)
+            check(p.wait(during=during) == "completed", "migration failed")
+            check(seen["src-paused"], "source never seen paused")
+            check(any(e["data"]["state"] == "paused" for e in
+                      events(p.src, "MEMDEDUP_STATE_CHANGED")),
+                  "no MEMDEDUP_STATE_CHANGED paused event on the source")
+            check(engine(p.src)["state"] == "paused", "source resumed")
+
+            # The destination registers as soon as it is complete.
+            wait_for("registration on the destination", lambda:
+                     backend(p.dst, "m0")["registered-bytes"] ==
+                     DST_REGISTERED)
+            check(engine(p.dst)["passes-completed"] >= 1, "no pass")
+            check(digest(p.dst_qt) == before, "guest memory differs")
+            if ksm.active:
+                # The source's merged zero pages were never allocated on
+                # the destination: compare the rest.
+                goal = 0.9 * (src_merged - ZERO[1] // PAGE)
+                merged = wait_for("merging on the destination", lambda: (
+                    lambda m: m if m >= goal else 0)(
+                        backend(p.dst, "m0").get("kernel-merged-pages", 0)),
+                    60)
+                print("  source merged %d, destination %d pages"
+                      % (src_merged, merged))
+        finally:
+            p.close()
+
+
+def test_postcopy(workdir):
+    if not os.path.exists("/proc/sys/vm/unprivileged_userfaultfd") and \
+       os.geteuid() != 0:
+        raise Skip("userfaultfd not available")
+    p = Pair(workdir)
+    try:
+        before = digest(p.src_qt)
+        p.migrate(bandwidth=32 * MiB, postcopy=True)
+        time.sleep(0.5)
+        p.src.qmp.cmd("migrate-start-postcopy")
+        observed = {"postcopy": False}
+
+        def during(st):
+            if st.startswith("postcopy"):
+                observed["postcopy"] = True
+                check(engine(p.dst)["passes-completed"] == 0,
+                      "destination scanned during postcopy")
+        check(p.wait(during=during) == "completed", "postcopy failed")
+        check(observed["postcopy"], "never saw postcopy-active")
+        wait_for("registration after postcopy", lambda:
+                 backend(p.dst, "m0")["registered-bytes"] == DST_REGISTERED)
+        check(digest(p.dst_qt) == before, "guest memory differs")
+    finally:
+        p.close()
+
+
+def test_cancel_resumes(workdir):
+    p = Pair(workdir)
+    try:
+        p.migrate(bandwidth=4 * MiB)
+        wait_for("the source to pause",
+                 lambda: engine(p.src)["state"] == "paused")
+        p.src.qmp.cmd("migrate_cancel")
+        check(p.wait() == "cancelled", "not cancelled")
+        wait_for("the source to resume",
+                 lambda: engine(p.src)["state"] != "paused")
+        check(any(e["data"]["state"] != "paused" and "cancel" in
+                  e["data"]["reason"] for e in
+                  events(p.src, "MEMDEDUP_STATE_CHANGED")), "no resume event")
+        passes = engine(p.src)["passes-completed"]
+        run_pass(p.src)
+        check(engine(p.src)["passes-completed"] > passes, "no pass after")
+        check(backend(p.src, "m0")["registered-bytes"] == REGISTERED,
+              "registration lost")
+    finally:
+        p.close()
+
+
+def test_failed_resumes(workdir):
+    p = Pair(workdir)
+    try:
+        p.migrate(bandwidth=4 * MiB)
+        wait_for("the source to pause",
+                 lambda: engine(p.src)["state"] == "paused")
+        os.kill(p.dst.pid, signal.SIGKILL)
+        check(p.wait() == "failed", "migration did not fail")
+        wait_for("the source to resume",
+                 lambda: engine(p.src)["state"] != "paused")
+        run_pass(p.src)
+        check(backend(p.src, "m0")["registered-bytes"] == REGISTERED,
+              "registration lost")
+    finally:
+        p.close()
+
+
+def hinted_migration(workdir, hints, dst_backend=""):
+    """Migrate to a destination whose first pass is slow (1 MiB/s);
+    return its backend info 3 s after completion, and its stderr."""
+    p = Pair(workdir, src_engine=",migrate-hints=on" if hints else "",
+             dst_backend=dst_backend, dst_engine=",scan-rate=1M")
+    try:
+        p.migrate()
+        check(p.wait() == "completed", "migration failed")
+        time.sleep(3)
+        return backend(p.dst, "m0"), p.dst.stderr()
+    finally:
+        p.close()
+
+
+def test_hints(workdir):
+    b, _ = hinted_migration(os.path.join(workdir), hints=True)
+    check(b["registered-bytes"] == REGISTERED,
+          "with hints: registered %d" % b["registered-bytes"])
+    check(b["hinted-regions"] == REGISTERED // (2 * MiB),
+          "hinted regions %d" % b["hinted-regions"])
+    b, _ = hinted_migration(workdir, hints=False)
+    check(b["registered-bytes"] < REGISTERED // 2,
+          "without hints, registered %d before the first pass"
+          % b["registered-bytes"])
+    check(b["hinted-regions"] == 0, "hints without hints")
+
+
+def test_hints_mismatch(workdir):
+    b, err = hinted_migration(workdir, hints=True,
+                              dst_backend=",region-size=4M")
+    check(b["hinted-regions"] == 0, "mismatched hints applied")
+    check("ignoring migration hints for 'm0'" in err,
+          "no warning:\n" + err)
+
+
+def test_hints_need_memdedup_destination(workdir):
+    # Without hints a destination without memdedup works ...
+    p = Pair(workdir, dst_type="memory-backend-ram")
+    try:
+        p.migrate()
+        check(p.wait() == "completed", "plain migration failed")
+    finally:
+        p.close()
+    # ... with hints it fails cleanly: the destination rejects the
+    # unknown section, and with the return path the source learns it and
+    # carries on.
+    p = Pair(workdir, src_engine=",migrate-hints=on",
+             dst_type="memory-backend-ram")
+    try:
+        p.migrate(return_path=True)
+        check(p.wait() == "failed", "migration with hints did not fail")
+        check("memdedup-hints" in p.dst.stderr(),
+              "destination did not name the section:\n" + p.dst.stderr())
+        wait_for("the source to resume",
+                 lambda: engine(p.src)["state"] != "paused")
+        run_pass(p.src)
+        check(backend(p.src, "m0")["registered-bytes"] == REGISTERED,
+              "registration lost")
+    finally:
+        p.close()
+
+
+if __name__ == "__main__":
+    sys.exit(run_tests([
+        ("migration/precopy", test_precopy),
+        ("migration/postcopy", test_postcopy),
+        ("migration/cancel-resumes", test_cancel_resumes),
+        ("migration/failed-resumes", test_failed_resumes),
+        ("migration/hints", test_hints),
+        ("migration/hints-mismatch", test_hints_mismatch),
+        ("migration/hints-need-memdedup-destination",
+         test_hints_need_memdedup_destination),
+    ]))
