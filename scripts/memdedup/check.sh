@@ -10,9 +10,11 @@ suites=${*:-unit qtest qemu integration}
 passed=0 failed=0 skipped=0
 export PATH=/usr/bin:/bin:$PATH
 
-# QEMU's own suites that our change touches (QMP schema, HMP, QOM types).
+# QEMU's own suites that our change touches (QMP schema, HMP, QOM types,
+# migration notifiers and the memdedup-hints section).
 qemu_tests="qtest-x86_64/qmp-cmd-test qtest-x86_64/test-hmp
-qtest-x86_64/qom-test qtest-x86_64/device-introspect-test"
+qtest-x86_64/qom-test qtest-x86_64/device-introspect-test
+qtest-x86_64/migration-test"
 
 # Add a meson test run's counts (from its testlog) to the totals.
 count_meson() {

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""After a live migration, how soon does the destination get back the
+source's KSM saving?  memdedup (with and without migrate-hints) against
+stock QEMU (memory-backend-ram, merge=on), same host, same ksmd settings,
+one run.
+
+A source VM (-accel qtest, 1 GiB: 10 % zero, 20 % duplicated in the VM,
+the rest unique) is merged by ksmd, migrated over a unix socket to a
+fresh destination, and the destination's merged pages (smaps KSM lines)
+are sampled until they reach 90 % of the source's non-zero merged pages
+(pages sent as zero are never allocated on the destination).
+
+    bench/migration.py [--seconds N] [--pages-to-scan N]
+"""
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "tests", "memdedup"))
+from harness import MiB, PAGE, qmp, run_pass, start_qtest_vm  # noqa: E402
+
+SIZE = 1024 * MiB
+ZERO = (0, 100 * MiB)
+DUP = (100 * MiB, 100 * MiB)       # a 100 MiB block written twice
+UNIQUE = (300 * MiB, 700 * MiB)
+
+
+def merged_pages(pid):
+    total = 0
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            if line.startswith("KSM:"):
+                total += int(line.split()[1]) * 1024 // PAGE
+    return total
+
+
+def args_for(config, incoming=None):
+    if config == "stock":
+        obj = "memory-backend-ram,id=m0,size=1G,merge=on"
+        args = ["-object", obj]
+    else:
+        hints = ",migrate-hints=on" if config == "memdedup+hints" else ""
+        args = ["-object", "memdedup,id=engine" + hints,
+                "-object", "memory-backend-ksm,id=m0,size=1G"]
+    args = ["-machine", "pc,memory-backend=m0", "-m", "1G"] + args
+    if incoming:
+        args += ["-incoming", "unix:" + incoming]
+    return args
+
+
+def fill(qt):
+    rnd = random.Random(5)
+    qt.memset(ZERO[0] + 2 * MiB, ZERO[1] - 2 * MiB, 0)
+    block = rnd.randbytes(DUP[1] // 2)
+    qt.write(DUP[0], block)
+    qt.write(DUP[0] + DUP[1] // 2, block)
+    for off in range(0, UNIQUE[1], 64 * MiB):
+        qt.write(UNIQUE[0] + off, os.urandom(min(64 * MiB, UNIQUE[1] - off)))
+
+
+def wait_merged(pid, goal, limit):
+    t0 = time.monotonic()
+    merged = 0
+    while time.monotonic() - t0 < limit:
+        merged = merged_pages(pid)
+        if merged >= goal:
+            return time.monotonic() - t0, merged
+        time.sleep(0.25)
+    return None, merged
+
+
+def run(config, limit):
+    with tempfile.TemporaryDirectory(prefix="memdedup-bench-") as d:
+        sock = os.path.join(d, "mig.sock")
+        src = dst = sqt = dqt = None
+        try:
+            src, sqt = start_qtest_vm(d, "src", args_for(config))
+            fill(sqt)
+            if config != "stock":
+                run_pass(src)
+            # The source converges first: everything it can merge.
+            goal = (DUP[1] // 2 + (ZERO[1] - 2 * MiB)) // PAGE * 0.9
+            t_src, src_merged = wait_merged(src.pid, goal, limit)
+            dst, dqt = start_qtest_vm(d, "dst", args_for(config, sock))
+            src.qmp.cmd("migrate", uri="unix:" + sock)
+            while src.qmp.cmd("query-migrate")["status"] not in (
+                    "completed", "failed", "cancelled"):
+                time.sleep(0.05)
+            # Zero pages are not allocated on the destination.
+            dst_goal = 0.9 * max(src_merged - (ZERO[1] - 2 * MiB) // PAGE, 1)
+            t_dst, dst_merged = wait_merged(dst.pid, dst_goal, limit)
+            return t_src, src_merged, t_dst, dst_merged
+        finally:
+            for vm, qt in ((dst, dqt), (src, sqt)):
+                if vm:
+                    vm.stop()
+                if qt:
+                    qt.close()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=int, default=120,
+                    help="bound for each convergence wait")
+    ap.add_argument("--pages-to-scan", type=int, default=1000)
+    a = ap.parse_args()
+    rows = []
+    with qmp.KsmKnobs(run=1, pages_to_scan=a.pages_to_scan,
+                      sleep_millisecs=20) as ksm:
+        if not ksm.active:
+            sys.exit("bench/migration.py: %s" % ksm.reason)
+        for config in ("stock", "memdedup", "memdedup+hints"):
+            rows.append((config,) + run(config, a.seconds))
+    fmt = "%-16s %12s %12s %14s %12s"
+    print(fmt % ("config", "src t90 s", "src merged", "dst t90 s",
+                 "dst merged"))
+    for config, ts, ms, td, md in rows:
+        print(fmt % (config, "%.1f" % ts if ts else "-", ms,
+                     "%.1f" % td if td else "-", md))
+    stock_t = rows[0][3]
+    for config, _, _, td, _ in rows[1:]:
+        if stock_t and td:
+            print("%s: destination time to 90%% = %.2f x stock"
+                  % (config, td / stock_t))
+    print("ksmd: pages_to_scan=%d sleep_millisecs=20" % a.pages_to_scan)
+
+
+if __name__ == "__main__":
+    main()
