@@ -606,6 +606,71 @@ static void test_hmp_and_dimm(void)
     qtest_quit(qts);
 }
 
+/*
+ * Backends come and go at runtime, also while a pass hashes them: the
+ * engine follows, and never touches RAM after its removal.  (Run the
+ * AddressSanitizer build, make check-asan, to catch a use after free.)
+ */
+static void test_add_remove_during_pass(void)
+{
+    QTestState *qts;
+    QDict *resp;
+    int i;
+
+    if (!host_has_ksm()) {
+        g_test_skip("the host has no KSM");
+        return;
+    }
+    /* 64 MiB/s: a pass over a preallocated 32 MiB backend takes 0.5 s. */
+    qts = qtest_init("-machine none -object memdedup,id=engine,"
+                     "scan-rate=64M,rescan-interval=3600000");
+    for (i = 0; i < 20; i++) {
+        g_autofree char *id = g_strdup_printf("hot%d", i);
+        QDict *b;
+        QList *backends;
+
+        qtest_qmp_assert_success(qts, "{ 'execute': 'object-add', "
+                                 "'arguments': { 'qom-type': "
+                                 "'memory-backend-ksm', 'id': %s, "
+                                 "'size': 33554432, 'prealloc': true } }",
+                                 id);
+        resp = qtest_qmp_eventwait_ref(qts, "MEMDEDUP_BACKEND_ADDED");
+        g_assert_cmpstr(qdict_get_str(qdict_get_qdict(resp, "data"), "id"),
+                        ==, id);
+        qobject_unref(resp);
+        qtest_qmp_assert_success(qts, "{ 'execute': 'memdedup-scan' }");
+        /* Let the pass get into the block, at a different point each time. */
+        g_usleep((i % 5) * 60 * 1000);
+        if (i % 4 == 3) {
+            /* Now and then let a whole pass see it. */
+            run_pass(qts);
+            resp = qtest_qmp(qts, "{ 'execute': 'query-memdedup' }");
+            backends = qdict_get_qlist(qdict_get_qdict(resp, "return"),
+                                       "backends");
+            g_assert_cmpint(qlist_size(backends), ==, 1);
+            b = qobject_to(QDict, qlist_peek(backends));
+            /* prealloc wrote every page: all resident, all zero. */
+            g_assert_cmpint(qdict_get_int(b, "zero-pages"), ==,
+                            32 * MiB / PAGE);
+            qobject_unref(resp);
+        }
+        qtest_qmp_assert_success(qts, "{ 'execute': 'object-del', "
+                                 "'arguments': { 'id': %s } }", id);
+        resp = qtest_qmp_eventwait_ref(qts, "MEMDEDUP_BACKEND_REMOVED");
+        g_assert_cmpstr(qdict_get_str(qdict_get_qdict(resp, "data"), "id"),
+                        ==, id);
+        qobject_unref(resp);
+
+        /* Gone from the report at once. */
+        resp = qtest_qmp(qts, "{ 'execute': 'query-memdedup' }");
+        backends = qdict_get_qlist(qdict_get_qdict(resp, "return"),
+                                   "backends");
+        g_assert_cmpint(qlist_size(backends), ==, 0);
+        qobject_unref(resp);
+    }
+    qtest_quit(qts);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -618,6 +683,8 @@ int main(int argc, char **argv)
     qtest_add_func("/memdedup/bad-input", test_bad_input);
     qtest_add_func("/memdedup/no-ksm", test_no_ksm);
     qtest_add_func("/memdedup/hmp-and-dimm", test_hmp_and_dimm);
+    qtest_add_func("/memdedup/add-remove-during-pass",
+                   test_add_remove_during_pass);
 
     return g_test_run();
 }

@@ -145,13 +145,19 @@ static void memdedup_block_unref(MemdedupBlock *blk)
     }
 }
 
-/* Take @blk off the engine's list.  Engine lock held. */
-static void memdedup_block_detach_locked(MemdedupBlock *blk)
+/*
+ * Take @blk off the engine's list.  Engine lock held; BQL held.  The
+ * caller emits MEMDEDUP_BACKEND_REMOVED with the returned id.
+ */
+static char *memdedup_block_detach_locked(MemdedupBlock *blk)
 {
+    char *id = g_strdup(blk->id);
+
     qatomic_store_release(&blk->removed, true);
     QTAILQ_REMOVE(&memdedup_engine.blocks, blk, next);
     trace_memdedup_block_removed(blk->id);
     memdedup_block_unref(blk);
+    return id;
 }
 
 /* RAMBlockNotifier hook: BQL held, before the RAM is unmapped. */
@@ -160,15 +166,21 @@ static void memdedup_ram_block_removed(RAMBlockNotifier *n, void *host,
 {
     MemdedupEngine *engine = &memdedup_engine;
     MemdedupBlock *blk, *next;
+    g_autofree char *removed = NULL;
 
-    QEMU_LOCK_GUARD(&engine->lock);
+    qemu_mutex_lock(&engine->lock);
     QTAILQ_FOREACH_SAFE(blk, &engine->blocks, next, next) {
         if (blk->host == host) {
-            memdedup_block_detach_locked(blk);
+            removed = memdedup_block_detach_locked(blk);
             /* The next pass rebuilds the index without it. */
             engine->scan_requested = true;
             qemu_cond_signal(&engine->wakeup);
+            break;
         }
+    }
+    qemu_mutex_unlock(&engine->lock);
+    if (removed) {
+        qapi_event_send_memdedup_backend_removed(removed);
     }
 }
 
@@ -250,21 +262,27 @@ MemdedupBlock *memdedup_block_add(const char *id, void *host, uint64_t size,
     qemu_mutex_unlock(&engine->lock);
 
     trace_memdedup_block_added(id, size, params->region_size);
+    qapi_event_send_memdedup_backend_added(id, size);
     return blk;
 }
 
 void memdedup_block_release(MemdedupBlock *blk)
 {
     MemdedupEngine *engine = &memdedup_engine;
+    g_autofree char *removed = NULL;
 
     if (!blk) {
         return;
     }
+
     qemu_mutex_lock(&engine->lock);
     if (!qatomic_read(&blk->removed)) {
-        memdedup_block_detach_locked(blk);
+        removed = memdedup_block_detach_locked(blk);
     }
     qemu_mutex_unlock(&engine->lock);
+    if (removed) {
+        qapi_event_send_memdedup_backend_removed(removed);
+    }
     memdedup_block_unref(blk);
 }
 
