@@ -4,6 +4,7 @@
 #   make run      the demo: two TCG guests deduplicated by memdedup
 #   make check    build, then every test (unit, qtest, integration)
 #   make bench    side-by-side benchmarks against stock QEMU + KSM
+#   make check-asan  unit test and qtest under AddressSanitizer/UBSan
 #   make clean    remove the build tree (keeps the downloaded sources)
 
 SHELL := /bin/bash
@@ -16,7 +17,7 @@ S := $(TOP)/scripts/memdedup
 export CCACHE_DIR ?= $(TOP)/build/ccache
 
 .PHONY: all build deps source run check check-unit check-qtest \
-        check-integration check-qemu bench guest clean distclean
+        check-integration check-qemu check-asan bench guest clean distclean
 
 all: build
 
@@ -60,6 +61,19 @@ check-unit check-qtest check-integration check-qemu: build guest
 
 bench: build guest
 	$(S)/bench.sh
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build of QEMU with our
+# code, in its own build directory; runs the unit test and the qtest.
+ASAN_BLD := $(SRC)/build-asan
+
+$(ASAN_BLD)/build.ninja: $(BLD)/build.ninja
+	$(S)/prepare-tree.sh $(SRC)
+	MEMDEDUP_CONFIGURE_EXTRA="--enable-sanitizers --disable-docs" \
+	    $(S)/configure-qemu.sh $(SRC) $(ASAN_BLD)
+
+check-asan: build $(ASAN_BLD)/build.ninja
+	@$(S)/prepare-tree.sh $(SRC)
+	MEMDEDUP_BUILD=$(ASAN_BLD) $(S)/check.sh unit qtest
 
 clean:
 	rm -rf $(BLD)

@@ -5,15 +5,16 @@ set -eu
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
 src=${1:-$top/build/qemu-src}
+bld=${2:-$src/build}            # e.g. $src/build-asan for make check-asan
 extra=${MEMDEDUP_CONFIGURE_EXTRA:-}
 
 # Debian's python3 and meson, not a user-installed interpreter.
 export PATH=/usr/bin:/bin:$PATH
 
-mkdir -p "$src/build"
-cd "$src/build"
+mkdir -p "$bld"
+cd "$bld"
 # shellcheck disable=SC2086
-../configure \
+"$src/configure" \
     --cc="ccache gcc" --cxx="ccache g++" \
     --target-list=x86_64-softmmu \
     --enable-kvm --enable-tcg --enable-numa --enable-slirp \
