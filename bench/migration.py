@@ -22,21 +22,13 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "tests", "memdedup"))
-from harness import MiB, PAGE, qmp, run_pass, start_qtest_vm  # noqa: E402
+from harness import (MiB, PAGE, qmp, run_pass, smaps_merged_pages,  # noqa: E402
+                     start_qtest_vm)
 
 SIZE = 1024 * MiB
 ZERO = (0, 100 * MiB)
 DUP = (100 * MiB, 100 * MiB)       # a 100 MiB block written twice
 UNIQUE = (300 * MiB, 700 * MiB)
-
-
-def merged_pages(pid):
-    total = 0
-    with open("/proc/%d/smaps" % pid) as f:
-        for line in f:
-            if line.startswith("KSM:"):
-                total += int(line.split()[1]) * 1024 // PAGE
-    return total
 
 
 def args_for(config, incoming=None):
@@ -67,7 +59,7 @@ def wait_merged(pid, goal, limit):
     t0 = time.monotonic()
     merged = 0
     while time.monotonic() - t0 < limit:
-        merged = merged_pages(pid)
+        merged = smaps_merged_pages(pid)
         if merged >= goal:
             return time.monotonic() - t0, merged
         time.sleep(0.25)

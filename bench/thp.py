@@ -19,7 +19,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "tests", "memdedup"))
-from harness import MiB, PAGE, qmp, run_pass, start_qtest_vm  # noqa: E402
+from harness import (MiB, PAGE, qmp, run_pass, smaps_merged_pages,  # noqa: E402
+                     start_qtest_vm)
 
 SIZE = 512
 DURATION = int(os.environ.get("MEMDEDUP_BENCH_SECONDS", "60"))
@@ -37,16 +38,6 @@ def ksmd_cpu():
                 return (int(fields[13]) + int(fields[14])) / os.sysconf(
                     "SC_CLK_TCK")
     return 0.0
-
-
-def merged_pages(pid):
-    """Pages mapped to KSM pages in the process (smaps KSM lines)."""
-    total = 0
-    with open("/proc/%d/smaps" % pid) as f:
-        for line in f:
-            if line.startswith("KSM:"):
-                total += int(line.split()[1]) * 1024 // PAGE
-    return total
 
 
 def fill(qt, vm_index):
@@ -78,7 +69,7 @@ def run_setup(workdir, name, backend_args):
                     run_pass(vm)
             samples = []
             while time.monotonic() - t0 < DURATION:
-                merged = sum(merged_pages(vm.pid) for vm, _ in vms)
+                merged = sum(smaps_merged_pages(vm.pid) for vm, _ in vms)
                 samples.append((time.monotonic() - t0, merged))
                 time.sleep(1)
             cpu = ksmd_cpu() - cpu0

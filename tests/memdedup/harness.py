@@ -130,6 +130,45 @@ def run_pass(vm):
     raise AssertionError("no memdedup pass completed in 120 s")
 
 
+# The known content of the real-KSM and migration tests: in a 256 MiB
+# guest, 32 MiB of zeroes, one 16 MiB block written four times and 64 MiB
+# of random data (offset, length).
+KNOWN_ZERO = (16 * MiB, 32 * MiB)
+KNOWN_DUP_BLOCK, KNOWN_DUP_AT = 16 * MiB, 64 * MiB
+KNOWN_UNIQUE = (160 * MiB, 64 * MiB)
+KNOWN_CANDIDATES = KNOWN_ZERO[1] + 4 * KNOWN_DUP_BLOCK   # registered bytes
+
+
+def fill_known(qt, rnd):
+    """Write the known content through qtest, drawing from rnd."""
+    dup = rnd.randbytes(KNOWN_DUP_BLOCK)
+    qt.memset(KNOWN_ZERO[0], KNOWN_ZERO[1], 0)
+    for i in range(4):
+        qt.write(KNOWN_DUP_AT + i * KNOWN_DUP_BLOCK, dup)
+    qt.write(KNOWN_UNIQUE[0], rnd.randbytes(KNOWN_UNIQUE[1]))
+
+
+def digest_known(qt):
+    """Hash the known content as the guest sees it.  (Reading never-written
+    guest RAM would map the kernel's zero page there.)"""
+    import hashlib
+    h = hashlib.sha256()
+    for addr, size in (KNOWN_ZERO, (KNOWN_DUP_AT, 4 * KNOWN_DUP_BLOCK),
+                       KNOWN_UNIQUE):
+        h.update(qt.read(addr, size))
+    return h.hexdigest()
+
+
+def smaps_merged_pages(pid):
+    """Pages of a process mapped to KSM pages (the smaps KSM: lines)."""
+    total = 0
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            if line.startswith("KSM:"):
+                total += int(line.split()[1]) * 1024 // PAGE
+    return total
+
+
 def rss_bytes(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:

@@ -9,21 +9,19 @@ within a bound, the unique regions must stay unregistered, guest memory
 must read back byte-identical, and scanning must not grow RSS.
 """
 
-import hashlib
 import os
 import random
 import sys
 import time
 
-from harness import (MiB, PAGE, Skip, backend, check, mergeable_vmas, qmp,
-                     rss_bytes, run_pass, run_tests, start_qtest_vm)
+from harness import (KNOWN_DUP_BLOCK, KNOWN_UNIQUE, KNOWN_ZERO,
+                     MiB, PAGE, Skip, backend, check, digest_known,
+                     fill_known, mergeable_vmas, qmp, rss_bytes, run_pass,
+                     run_tests, start_qtest_vm)
 
-REGION = 2 * MiB
 SIZE = 256 * MiB
-ZERO = (16 * MiB, 32 * MiB)          # offset, length
-DUP_BLOCK = 16 * MiB                 # written 4 times from DUP_AT
-DUP_AT = 64 * MiB
-UNIQUE = (160 * MiB, 64 * MiB)
+ZERO, UNIQUE = KNOWN_ZERO, KNOWN_UNIQUE
+DUP_BLOCK = KNOWN_DUP_BLOCK
 MERGE_BOUND = 60                      # seconds for ksmd to merge
 
 
@@ -32,23 +30,6 @@ def need_ksm_root():
         raise Skip("the host has no KSM")
     if os.geteuid() != 0:
         raise Skip("not root: cannot start ksmd")
-
-
-def fill(vm_qt, rnd):
-    dup = rnd.randbytes(DUP_BLOCK)
-    vm_qt.memset(ZERO[0], ZERO[1], 0)
-    for i in range(4):
-        vm_qt.write(DUP_AT + i * DUP_BLOCK, dup)
-    vm_qt.write(UNIQUE[0], rnd.randbytes(UNIQUE[1]))
-
-
-def digest(qt):
-    """Hash what the test wrote.  (Reading never-written guest RAM would
-    map the kernel's zero page there, which then counts as resident.)"""
-    h = hashlib.sha256()
-    for addr, size in (ZERO, (DUP_AT, 4 * DUP_BLOCK), UNIQUE):
-        h.update(qt.read(addr, size))
-    return h.hexdigest()
 
 
 def test_kernel_merges_registered(workdir):
@@ -68,8 +49,8 @@ def test_kernel_merges_registered(workdir):
             "-object", "memdedup,id=engine,rescan-interval=3600000",
             "-object", "memory-backend-ksm,id=m0,size=%dM" % (SIZE // MiB)])
         try:
-            fill(qt, random.Random(1))
-            before = digest(qt)
+            fill_known(qt, random.Random(1))
+            before = digest_known(qt)
             run_pass(vm)
             b = backend(vm, "m0")
             dup_pages = 3 * DUP_BLOCK // PAGE + DUP_BLOCK // PAGE
@@ -111,10 +92,10 @@ def test_kernel_merges_registered(workdir):
             # Unique memory was never registered, so never merged.
             b = backend(vm, "m0")
             check(b["registered-bytes"] == want, "registration drifted")
-            check(digest(qt) == before, "guest memory changed")
+            check(digest_known(qt) == before, "guest memory changed")
 
             check_admission(vm, meminfo, want)
-            check(digest(qt) == before, "guest memory changed by unmerging")
+            check(digest_known(qt) == before, "guest memory changed by unmerging")
         finally:
             os.environ.pop("QEMU_MEMDEDUP_MEMINFO", None)
             vm.stop()

@@ -6,24 +6,22 @@ carry the source's registration.  Two QEMUs under -accel qtest, guest
 memory written through qtest, migration over a unix socket.
 """
 
-import hashlib
 import os
 import random
 import signal
 import sys
 import time
 
-from harness import (MiB, PAGE, Skip, backend, check, qmp, run_pass,
-                     run_tests, start_qtest_vm)
+from harness import (KNOWN_CANDIDATES, KNOWN_DUP_BLOCK, KNOWN_ZERO, MiB, PAGE,
+                     Skip, backend, check, digest_known, fill_known, qmp,
+                     run_pass, run_tests, start_qtest_vm)
 
 SIZE = 256 * MiB
-ZERO = (16 * MiB, 32 * MiB)
-DUP_BLOCK, DUP_AT = 16 * MiB, 64 * MiB
-UNIQUE = (160 * MiB, 64 * MiB)
-REGISTERED = ZERO[1] + 4 * DUP_BLOCK
+ZERO = KNOWN_ZERO
+REGISTERED = KNOWN_CANDIDATES
 # Migration does not write zero pages on the destination: they are never
 # allocated there, so only the duplicated block's regions qualify.
-DST_REGISTERED = 4 * DUP_BLOCK
+DST_REGISTERED = 4 * KNOWN_DUP_BLOCK
 
 
 def vm_args(backend_opts="", engine_opts="", incoming=None,
@@ -40,22 +38,6 @@ def vm_args(backend_opts="", engine_opts="", incoming=None,
     return args
 
 
-def fill(qt):
-    rnd = random.Random(11)
-    dup = rnd.randbytes(DUP_BLOCK)
-    qt.memset(ZERO[0], ZERO[1], 0)
-    for i in range(4):
-        qt.write(DUP_AT + i * DUP_BLOCK, dup)
-    qt.write(UNIQUE[0], rnd.randbytes(UNIQUE[1]))
-
-
-def digest(qt):
-    h = hashlib.sha256()
-    for addr, size in (ZERO, (DUP_AT, 4 * DUP_BLOCK), UNIQUE):
-        h.update(qt.read(addr, size))
-    return h.hexdigest()
-
-
 class Pair:
     """A source filled with content and a destination waiting for it."""
 
@@ -65,7 +47,7 @@ class Pair:
         self.src = self.dst = self.src_qt = self.dst_qt = None
         self.src, self.src_qt = start_qtest_vm(
             workdir, "src", vm_args(engine_opts=src_engine))
-        fill(self.src_qt)
+        fill_known(self.src_qt, random.Random(11))
         run_pass(self.src)
         self.dst, self.dst_qt = start_qtest_vm(
             workdir, "dst", vm_args(dst_backend, dst_engine, self.sock,
@@ -140,7 +122,7 @@ def test_precopy(workdir):
                   d["paused-reason"] == "incoming migration",
                   "destination before migration: %s" % d["state"])
             check(d["passes-completed"] == 0, "destination scanned early")
-            before = digest(p.src_qt)
+            before = digest_known(p.src_qt)
 
             seen = {"src-paused": False}
 
@@ -165,7 +147,7 @@ def test_precopy(workdir):
                      backend(p.dst, "m0")["registered-bytes"] ==
                      DST_REGISTERED)
             check(engine(p.dst)["passes-completed"] >= 1, "no pass")
-            check(digest(p.dst_qt) == before, "guest memory differs")
+            check(digest_known(p.dst_qt) == before, "guest memory differs")
             if ksm.active:
                 # The source's merged zero pages were never allocated on
                 # the destination: compare the rest.
@@ -186,7 +168,7 @@ def test_postcopy(workdir):
         raise Skip("userfaultfd not available")
     p = Pair(workdir)
     try:
-        before = digest(p.src_qt)
+        before = digest_known(p.src_qt)
         p.migrate(bandwidth=32 * MiB, postcopy=True)
         time.sleep(0.5)
         p.src.qmp.cmd("migrate-start-postcopy")
@@ -201,7 +183,7 @@ def test_postcopy(workdir):
         check(observed["postcopy"], "never saw postcopy-active")
         wait_for("registration after postcopy", lambda:
                  backend(p.dst, "m0")["registered-bytes"] == DST_REGISTERED)
-        check(digest(p.dst_qt) == before, "guest memory differs")
+        check(digest_known(p.dst_qt) == before, "guest memory differs")
     finally:
         p.close()
 
