@@ -41,11 +41,7 @@ $(BLD)/build.ninja: $(SRC)/.memdedup-unpacked $(wildcard patches/qemu/*.patch) \
 build: deps $(BLD)/build.ninja
 	@$(S)/prepare-tree.sh $(SRC)
 	ninja -C $(BLD) qemu-system-x86_64
-	@# Run from the build tree, QEMU looks for firmware under qemu-bundle:
-	@# point it at Debian's firmware packages.
-	@for d in usr/share/qemu usr/share/seabios usr/lib/ipxe/qemu; do \
-	    mkdir -p $(BLD)/qemu-bundle/$$(dirname $$d); \
-	    ln -sfn /$$d $(BLD)/qemu-bundle/$$d; done
+	@$(S)/link-firmware.sh $(BLD)
 
 guest: deps
 	$(S)/make-guest.sh
@@ -73,7 +69,9 @@ $(ASAN_BLD)/build.ninja: $(BLD)/build.ninja
 
 check-asan: build $(ASAN_BLD)/build.ninja
 	@$(S)/prepare-tree.sh $(SRC)
-	MEMDEDUP_BUILD=$(ASAN_BLD) $(S)/check.sh unit qtest
+	@# Sanitized QEMU runs several times slower.
+	MEMDEDUP_BUILD=$(ASAN_BLD) MEMDEDUP_TIMEOUT_MULTIPLIER=16 \
+	    $(S)/check.sh unit qtest
 
 clean:
 	rm -rf $(BLD)

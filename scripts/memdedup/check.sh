@@ -39,7 +39,7 @@ meson_test() {
         mask="unshare -m sh -c 'mount --bind /dev/null /dev/kvm && exec \"\$0\" \"\$@\"'"
     fi
     eval $mask meson test -C "$bld" --no-rebuild --print-errorlogs \
-        --timeout-multiplier 4 "$@"
+        --timeout-multiplier "${MEMDEDUP_TIMEOUT_MULTIPLIER:-4}" "$@"
     local rc=$?
     count_meson
     return $rc
@@ -60,6 +60,7 @@ for s in $suites; do
 done
 # shellcheck disable=SC2086
 ninja -C "$bld" $targets || exit 1
+"$top/scripts/memdedup/link-firmware.sh" "$bld"
 
 for s in $suites; do
     echo "== memdedup check: $s"
