@@ -4,6 +4,7 @@ QMP      a QMP client over a unix socket
 Qemu     starts qemu-system-x86_64 with a QMP socket and a serial log,
          and always stops and reaps it
 KsmKnobs saves, sets and restores the host's /sys/kernel/mm/ksm knobs
+ThpMode  saves, sets and restores the host's transparent huge page mode
 shielded a context manager that ignores SIGINT/SIGTERM/SIGHUP, so that
          cleanup cannot be interrupted half-way
 """
@@ -351,6 +352,94 @@ class KsmKnobs:
     def __exit__(self, *exc):
         self.restore()
         self._unlock()
+        for s, h in self._old_handlers.items():
+            signal.signal(s, h)
+        self._old_handlers = {}
+        return False
+
+
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_read():
+    """The host's THP mode ('always', 'madvise' or 'never'), or None."""
+    try:
+        with open(THP_ENABLED) as f:
+            text = f.read()
+    except OSError:
+        return None
+    for word in text.split():
+        if word.startswith("[") and word.endswith("]"):
+            return word[1:-1]
+    return None
+
+
+class ThpMode:
+    """with ThpMode() as thp: thp.set("never"); ...
+
+    Saves /sys/kernel/mm/transparent_hugepage/enabled on entry and
+    restores it on exit, even on an exception, SIGINT, SIGTERM or SIGHUP
+    (turned into KeyboardInterrupt / SystemExit as in KsmKnobs).  set()
+    changes the mode inside the block.  Without write access, .active is
+    False and set() raises PermissionError.  Users are serialized by a
+    lock file, like KsmKnobs.
+    """
+
+    def __init__(self):
+        self.saved = None
+        self.active = False
+        self.reason = None
+        self._old_handlers = {}
+        self._lockfd = None
+
+    def __enter__(self):
+        if thp_read() is None:
+            self.reason = "this kernel has no THP (%s)" % THP_ENABLED
+            return self
+        if os.geteuid() != 0 or not os.access(THP_ENABLED, os.W_OK):
+            self.reason = "not root: cannot set the THP mode"
+            return self
+        self._old_handlers = {s: signal.signal(s, _raise_exit)
+                              for s in _SIGNALS}
+        try:
+            d = "/run/lock" if os.path.isdir("/run/lock") else "/tmp"
+            self._lockfd = os.open(os.path.join(d, "memdedup-thp.lock"),
+                                   os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._lockfd, fcntl.LOCK_EX)
+            self.saved = thp_read()
+            self.active = True
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def set(self, mode):
+        if not self.active:
+            raise PermissionError(self.reason or "ThpMode not entered")
+        if thp_read() != mode:
+            with open(THP_ENABLED, "w") as f:
+                f.write(mode + "\n")
+        if thp_read() != mode:
+            raise OSError("THP mode is %s, wanted %s" % (thp_read(), mode))
+
+    def restore(self):
+        if not self.active:
+            return
+        with shielded():
+            try:
+                if thp_read() != self.saved:
+                    with open(THP_ENABLED, "w") as f:
+                        f.write(self.saved + "\n")
+            except OSError as e:
+                print("ThpMode: could not restore %s: %s"
+                      % (self.saved, e.strerror), file=sys.stderr)
+            self.active = False
+
+    def __exit__(self, *exc):
+        self.restore()
+        if self._lockfd is not None:
+            os.close(self._lockfd)
+            self._lockfd = None
         for s, h in self._old_handlers.items():
             signal.signal(s, h)
         self._old_handlers = {}

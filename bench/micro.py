@@ -1,0 +1,213 @@
+"""Scanner micro-benchmark: how fast memdedup hashes resident guest RAM,
+against the single-core read bandwidth measured in the same run.
+
+QEMU (-accel qtest) gets one memory-backend-ksm holding the mixed
+workload's first VM (loaded at start: 10 % zero pages, the rest non-zero)
+with dedup-policy=estimate (nothing is registered) and an unlimited
+scan-rate.  For 1 and 2 scanner threads, three passes are started with
+memdedup-scan; the best one is kept.  Two throughputs per pass:
+
+  pass GB/s      resident bytes / last-pass-duration: the whole pass
+                 (hashing, sorting the fingerprints, region decisions,
+                 and the exact KSM count through /proc/kpageflags when
+                 QEMU has CAP_SYS_ADMIN)
+  hash GB/s/CPU  resident bytes / scanner-cpu-time of the pass: the
+                 hashing phase per CPU-second (what the engine reports
+                 as its own CPU)
+
+QEMU runs twice: as root (as the rest of the bench) and without
+CAP_SYS_ADMIN (as under libvirt), where the exact count is skipped.
+
+The read bandwidth comes from a C loop (XOR of 64-bit words, compiled
+here with the system cc at -O3 -march=native, so SIMD loads) over a
+buffer of the same size on small pages, best of five sweeps; a scalar
+loop (one 64-bit load at a time) is reported beside it.
+"""
+
+import os
+import subprocess
+import tempfile
+import time
+
+import probe
+import workloads as wl
+from probe import qmp
+
+READ_LOOP_C = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* The same sweep without SIMD, for reference. */
+__attribute__((optimize("no-tree-vectorize")))
+static uint64_t sweep_scalar(const uint64_t *buf, size_t n)
+{
+    uint64_t a = 0;
+    for (size_t i = 0; i < n; i++) {
+        a += buf[i];
+    }
+    return a;
+}
+
+int main(int argc, char **argv)
+{
+    size_t size = strtoull(argv[1], NULL, 0) << 20;
+    int reps = argc > 2 ? atoi(argv[2]) : 5;
+    size_t n = size / sizeof(uint64_t), i;
+    uint64_t *buf = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    uint64_t acc = 0;
+    double best = 0;
+
+    if (buf == MAP_FAILED) {
+        perror("mmap");
+        return 1;
+    }
+    /* Small pages, like memory-backend-ksm with manage-thp=on. */
+    madvise(buf, size, MADV_NOHUGEPAGE);
+    for (i = 0; i < n; i++) {
+        buf[i] = i * 0x9e3779b97f4a7c15ull;
+    }
+    for (int r = 0; r < reps; r++) {
+        uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+        double t0 = now(), t;
+        for (i = 0; i < n; i += 4) {
+            a0 ^= buf[i];
+            a1 ^= buf[i + 1];
+            a2 ^= buf[i + 2];
+            a3 ^= buf[i + 3];
+        }
+        t = now() - t0;
+        acc ^= a0 ^ a1 ^ a2 ^ a3;
+        if (size / t / 1e9 > best) {
+            best = size / t / 1e9;
+        }
+    }
+    double scalar = 0;
+    for (int r = 0; r < reps; r++) {
+        double t0 = now(), t;
+        acc ^= sweep_scalar(buf, n);
+        t = now() - t0;
+        if (size / t / 1e9 > scalar) {
+            scalar = size / t / 1e9;
+        }
+    }
+    printf("%.3f %.3f %llu\n", best, scalar, (unsigned long long)acc);
+    return 0;
+}
+"""
+
+
+def read_bandwidth(size_mib, workdir):
+    """Single-core read bandwidth in GB/s (1e9 bytes per second): the
+    compiler's SIMD loop, and a scalar loop for reference."""
+    src = os.path.join(workdir, "readloop.c")
+    exe = os.path.join(workdir, "readloop")
+    with open(src, "w") as f:
+        f.write(READ_LOOP_C)
+    subprocess.run(["cc", "-O3", "-march=native", "-o", exe, src],
+                   check=True)
+    out = subprocess.run([exe, str(size_mib), "5"], check=True,
+                         stdout=subprocess.PIPE,
+                         universal_newlines=True).stdout
+    return float(out.split()[0]), float(out.split()[1])
+
+
+def _start(workdir, name, args, unprivileged):
+    from harness import QTest
+    qt = QTest(os.path.join(workdir, name + ".qtest"))
+    binary, pre = wl.QEMU, []
+    if unprivileged:
+        binary = "setpriv"
+        pre = ["--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin",
+               wl.QEMU]
+    vm = qmp.Qemu(binary, pre + ["-accel", "qtest", "-qtest",
+                                 "unix:" + qt.path, "-nodefaults"] + args,
+                  workdir, name)
+    try:
+        vm.start()
+        qt.accept()
+    except BaseException:
+        vm.stop()
+        qt.close()
+        raise
+    return vm, qt
+
+
+def _pass(vm, timeout=300):
+    info = vm.qmp.cmd("query-memdedup")
+    target = info["passes-completed"] + (2 if info["state"] == "scanning"
+                                         else 1)
+    cpu0 = info["scanner-cpu-time"]
+    vm.qmp.cmd("memdedup-scan")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = vm.qmp.cmd("query-memdedup")
+        if info["passes-completed"] >= target:
+            resident = sum(b["resident-pages"] * b["page-size"]
+                           for b in info["backends"])
+            return (resident, info["last-pass-duration"] / 1e9,
+                    (info["scanner-cpu-time"] - cpu0) / 1e9)
+        time.sleep(0.02)
+    raise RuntimeError("no memdedup pass completed in %d s" % timeout)
+
+
+def run(ctx, log, reps=3):
+    layout = ctx.layout
+    size_mib = layout.vm_mib          # the image holds one layout VM
+    out = {"size_mib": size_mib, "rows": []}
+    with probe.cpu_lock("scanner micro-benchmark"), \
+            tempfile.TemporaryDirectory(dir=ctx.workdir) as d:
+        log("micro: single-core read bandwidth over %d MiB" % size_mib)
+        bw, scalar = read_bandwidth(size_mib, d)
+        out["read_gbps"], out["read_scalar_gbps"] = bw, scalar
+        log("micro: %.2f GB/s (scalar loop: %.2f GB/s)" % (bw, scalar))
+        for unpriv in (False, True):
+            priv = "no SYS_ADMIN" if unpriv else "root"
+            args = ["-machine", "pc,memory-backend=m0",
+                    "-m", "%dM" % size_mib,
+                    "-object", "memdedup,id=md,rescan-interval=86400000,"
+                               "scan-rate=1T",
+                    "-object", "memory-backend-ksm,id=m0,size=%dM,"
+                               "dedup-policy=estimate" % size_mib
+                    ] + wl.loader_args(ctx.images[0], 0)
+            vm, qt = _start(d, "micro", args, unpriv)
+            try:
+                for threads in (1, 2):
+                    vm.qmp.cmd("qom-set", path="/objects/md",
+                               property="scan-threads", value=threads)
+                    best = None
+                    for _ in range(reps):
+                        resident, dur, cpu = _pass(vm)
+                        if best is None or dur < best[1]:
+                            best = (resident, dur, cpu)
+                    resident, dur, cpu = best
+                    row = {"threads": threads, "privilege": priv,
+                           "resident_bytes": resident,
+                           "pass_seconds": round(dur, 4),
+                           "scanner_cpu_seconds": round(cpu, 4),
+                           "pass_gbps": resident / dur / 1e9,
+                           "hash_gbps_per_cpu": resident / cpu / 1e9
+                           if cpu > 0 else 0.0}
+                    row["pass_ratio"] = row["pass_gbps"] / bw
+                    row["hash_ratio"] = row["hash_gbps_per_cpu"] / bw
+                    out["rows"].append(row)
+                    log("micro: %d thread(s), %s: pass %.3f s (%.2f GB/s, "
+                        "%.2fx), hashing %.2f GB/s per CPU (%.2fx)"
+                        % (threads, priv, dur, row["pass_gbps"],
+                           row["pass_ratio"], row["hash_gbps_per_cpu"],
+                           row["hash_ratio"]))
+            finally:
+                vm.stop()
+                qt.close()
+    return out

@@ -1,0 +1,885 @@
+#!/usr/bin/env python3
+"""memdedup benchmarks: side by side with stock QEMU + KSM, in one run,
+with the same ksmd settings (make bench).
+
+For every workload (mixed, volatile, guests; see workloads.py), THP mode
+(on: the host's 'madvise' mode with QEMU's MADV_HUGEPAGE; off: 'never')
+and ksmd rate (pages_to_scan/sleep_millisecs), each configuration runs
+in turn: stock (memory-backend-ram,merge=on), targeted (memdedup), and
+for the qtest workloads the hand-placed ideal and a one-process proxy of
+the cross-VM board.  Between configurations ksmd forgets everything
+(run=2, then run=0).  A run starts when the VMs hold their content:
+ksmd starts (run=1) and memdedup's engine starts its first pass at the
+same instant, t=0.
+
+Measured per configuration, from the kernel:
+  saving      pages_sharing (host, minus its value at t=0) plus the
+              QEMUs' RSS drop (on 6.18, splitting a THP maps its zero
+              subpages to the shared zero page: freed without KSM)
+  t90         first sample at which saving >= 90 % of stock's final
+  ksmd CPU    /proc/<ksmd>/stat utime+stime, until the run's own saving
+              reached 90 % of its final ('to converge') and per minute
+              over the last quarter of the run ('steady')
+  memdedup    CPU of the QEMU threads named memdedup* (all the engine's
+              work) and query-memdedup's scanner-cpu-time (hashing only)
+  rmap_items  ksm_rmap_items of the QEMUs' /proc/PID/ksm_stat
+  metadata    query-memdedup metadata-bytes
+  THP         AnonHugePages of /proc/PID/smaps_rollup
+
+Host state is borrowed and given back: the KSM knobs (qmp.KsmKnobs) and
+the THP mode (qmp.ThpMode) are restored on every exit path, every QEMU
+is quit and reaped by PID.  Each configuration holds the CPU lock
+/tmp/memdedup-cpu.lock (shared with builds) while it runs.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "tests", "memdedup"))
+
+import probe  # noqa: E402
+from probe import qmp  # noqa: E402
+import workloads as wl  # noqa: E402
+
+MiB = 1 << 20
+PAGE = probe.PAGE
+RATES = {"100/20": (100, 20), "1000/20": (1000, 20)}
+THP_MODES = {"on": None, "off": "never"}   # None: the host's own mode
+WORKLOADS = ("mixed", "volatile", "guests")
+CONFIG_ORDER = ("stock", "targeted", "proxy", "ideal", "nomanage")
+
+# Measurement seconds per (rate, THP).  Stock QEMU with THP merges
+# (almost) nothing for the first ~3 minutes at 1000/20 on this host, so
+# THP-on runs are longer.
+SECONDS = {("1000/20", "off"): 75, ("1000/20", "on"): 240,
+           ("100/20", "off"): 180, ("100/20", "on"): 240}
+QUICK_SECONDS = 40
+WORKLOAD_CONFIGS = {"mixed": "stock,targeted,proxy,ideal",
+                    "volatile": "stock,targeted,ideal",
+                    "guests": "stock,targeted"}
+# (THP, rate, workload, configurations): make bench (~30 min) and --quick.
+DEFAULT_STEPS = [
+    ("off", "1000/20", "mixed", "stock,targeted,proxy,ideal"),
+    ("off", "1000/20", "volatile", "stock,targeted"),
+    ("off", "1000/20", "guests", "stock,targeted"),
+    ("off", "100/20", "mixed", "stock,targeted"),
+    ("on", "1000/20", "mixed", "stock,targeted"),
+]
+QUICK_STEPS = [
+    ("off", "1000/20", "mixed", "stock,targeted"),
+    ("on", "1000/20", "mixed", "stock,targeted"),
+]
+SIZES = {"default": {"vm_mib": 1024, "guest_mib": 1024},
+         "quick": {"vm_mib": 512, "guest_mib": 768}}
+
+
+def log(msg):
+    print("bench: " + msg, flush=True)
+
+
+# ---------------------------------------------------------------------
+# One configuration
+# ---------------------------------------------------------------------
+
+class Proc:
+    """One QEMU of a run, with its qtest socket (None for guests) and the
+    VMs it holds [(vm_index, base_gpa)]."""
+
+    def __init__(self, vm, qt, placed, memdedup):
+        self.vm, self.qt, self.placed, self.memdedup = vm, qt, placed, memdedup
+
+    def stop(self):
+        self.vm.stop()
+        if self.qt:
+            self.qt.close()
+
+
+def start_qtest_procs(config, layout, images, workdir, out):
+    from harness import start_qtest_vm
+    for name, args, placed in wl.qtest_processes(config, layout):
+        loaders = []
+        for vm_index, base in placed:
+            loaders += wl.loader_args(images[vm_index], base)
+        vm, qt = start_qtest_vm(workdir, name, args + loaders)
+        out.append(Proc(vm, qt, placed, config in wl.MEMDEDUP_CONFIGS))
+
+
+def wait_engine_idle(procs, timeout=120):
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        if not p.memdedup:
+            continue
+        while time.monotonic() < deadline:
+            if p.vm.qmp.cmd("query-memdedup")["state"] != "scanning":
+                break
+            time.sleep(0.1)
+
+
+def sample(procs, ksmd, base):
+    """One sample of everything, as deltas from base (None: take base)."""
+    s = {"t": time.monotonic(),
+         "pages_sharing": qmp.ksm_read("pages_sharing") or 0,
+         "pages_shared": qmp.ksm_read("pages_shared") or 0,
+         "full_scans": qmp.ksm_read("full_scans") or 0,
+         "ksmd_cpu": probe.cpu_seconds(ksmd) or 0.0,
+         "rss": [], "merging": 0, "rmap_items": 0, "ksm_zero": 0,
+         "anon_huge": 0, "md_cpu": 0.0, "registered": 0,
+         "scanner_cpu": 0.0, "passes": 0}
+    for p in procs:
+        pid = p.vm.pid
+        k = probe.ksm_stat(pid)
+        s["merging"] += k.get("ksm_merging_pages", 0)
+        s["rmap_items"] += k.get("ksm_rmap_items", 0)
+        s["ksm_zero"] += k.get("ksm_zero_pages", 0)
+        s["rss"].append(probe.rss_pages(pid))
+        s["anon_huge"] += probe.smaps_rollup(pid).get("AnonHugePages", 0)
+        if p.memdedup:
+            s["md_cpu"] += probe.thread_cpu(pid, "memdedup")
+            info = p.vm.qmp.cmd("query-memdedup")
+            s["scanner_cpu"] += info["scanner-cpu-time"] / 1e9
+            s["passes"] += info["passes-completed"]
+            s["registered"] += sum(b["registered-bytes"]
+                                   for b in info["backends"])
+    if base is None:
+        return s
+    rss_drop = sum(max(0, b - r) for b, r in zip(base["rss"], s["rss"]))
+    return {
+        "t": round(s["t"] - base["t"], 2),
+        "saving_pages": s["pages_sharing"] - base["pages_sharing"] + rss_drop,
+        "pages_sharing": s["pages_sharing"] - base["pages_sharing"],
+        "rss_drop_pages": rss_drop,
+        "pages_shared": s["pages_shared"],
+        "merging_pages": s["merging"],
+        "rmap_items": s["rmap_items"],
+        "ksm_zero_pages": s["ksm_zero"],
+        "anon_huge_bytes": s["anon_huge"],
+        "full_scans": s["full_scans"] - base["full_scans"],
+        "ksmd_cpu": round(s["ksmd_cpu"] - base["ksmd_cpu"], 3),
+        "memdedup_cpu": round(s["md_cpu"] - base["md_cpu"], 3),
+        "scanner_cpu": round(s["scanner_cpu"] - base["scanner_cpu"], 3),
+        "passes": s["passes"] - base["passes"],
+        "registered_bytes": s["registered"],
+    }
+
+
+def run_config(ctx, workload, config, thp, rate, seconds):
+    a = ctx.args
+    pts, sleep_ms = RATES[rate]
+    label = "%s/%s THP %s ksmd %s" % (workload, config, thp, rate)
+    res = {"workload": workload, "config": config, "thp": thp, "rate": rate,
+           "thp_mode": qmp.thp_read(), "seconds": seconds}
+    procs, vms = [], []
+    writer = None
+    with probe.cpu_lock(label):
+        t_start = time.monotonic()
+        log("%s: ksmd reset (run=2) ..." % label)
+        res["reset_seconds"] = round(probe.ksm_reset(), 2)
+        probe.ksm_set(pages_to_scan=pts, sleep_millisecs=sleep_ms)
+        workdir = tempfile.mkdtemp(prefix="run-", dir=ctx.workdir)
+        try:
+            if workload == "guests":
+                append = ("memdedup.shared=%d memdedup.copies=%d "
+                          "memdedup.zero=%d memdedup.unique=%d"
+                          % ctx.guest_fill)
+                wl.start_guests(config, workdir, 2, ctx.guest_mib, append,
+                                a.boot_timeout, vms)
+                procs = [Proc(vm, None, [(i, 0)],
+                              config in wl.MEMDEDUP_CONFIGS)
+                         for i, vm in enumerate(vms)]
+            else:
+                start_qtest_procs(config, ctx.layout, ctx.images, workdir,
+                                  procs)
+            res["setup_seconds"] = round(time.monotonic() - t_start, 1)
+            wait_engine_idle(procs)
+            base = sample(procs, ctx.ksmd, None)
+            res["rss_at_start_bytes"] = sum(base["rss"]) * PAGE
+
+            # t = 0: ksmd and the engine start together.
+            probe.ksm_set(run=1)
+            for p in procs:
+                if p.memdedup:
+                    p.vm.qmp.cmd("qom-set", path="/objects/" + wl.ENGINE_ID,
+                                 property="rescan-interval",
+                                 value=a.rescan_interval)
+                    p.vm.qmp.cmd("memdedup-scan")
+            if workload == "volatile":
+                writer = wl.VolatileWriter(
+                    [(p.qt, base_gpa) for p in procs
+                     for _, base_gpa in p.placed], ctx.layout,
+                    a.volatile_period)
+                writer.start()
+            samples = []
+            interval = a.interval if rate == "1000/20" else a.interval * 2
+            next_t = base["t"]
+            while True:
+                s = sample(procs, ctx.ksmd, base)
+                samples.append(s)
+                if s["t"] >= seconds:
+                    break
+                next_t += interval
+                time.sleep(max(0.0, next_t - time.monotonic()))
+            res["samples"] = samples
+
+            # The kernel's own per-process views at the end.
+            res["smaps_ksm_bytes"] = sum(probe.smaps_ksm_bytes(p.vm.pid)
+                                         for p in procs)
+            res["ksm_stat"] = [probe.ksm_stat(p.vm.pid) for p in procs]
+            res["smaps_rollup"] = [
+                {k: v for k, v in probe.smaps_rollup(p.vm.pid).items()
+                 if k in ("Rss", "Anonymous", "AnonHugePages")}
+                for p in procs]
+            if any(p.memdedup for p in procs):
+                res["memdedup"] = [p.vm.qmp.cmd("query-memdedup")
+                                   for p in procs]
+            if workload != "guests":
+                # Which 2 MiB regions still are huge pages, by content.
+                regions = []
+                for p in procs:
+                    regions += probe.guest_ram_regions(p.vm.pid)
+                res["census"] = ctx.layout.census(regions)
+            if writer:
+                writer.stop()
+                if writer.error:
+                    raise RuntimeError("volatile writer: %s" % writer.error)
+                res["volatile"] = {"sweeps": writer.sweeps,
+                                   "pages_written": writer.pages_written,
+                                   "period": a.volatile_period}
+        finally:
+            with qmp.shielded():
+                if writer:
+                    writer.stop()
+                for p in procs:
+                    p.stop()
+                for vm in vms:
+                    vm.stop()
+                # ksmd back to idle before the lock goes to a build.
+                probe.ksm_set(run=0)
+                if not a.keep_logs:
+                    shutil.rmtree(workdir, ignore_errors=True)
+        res["wall_seconds"] = round(time.monotonic() - t_start, 1)
+    last = res["samples"][-1]
+    log("%s: saving %.0f MiB (sharing %d + rss drop %d pages), ksmd %.2f s,"
+        " memdedup %.2f s, rmap_items %d, AnonHuge %d MiB, %.0f s wall" % (
+            label, last["saving_pages"] * PAGE / MiB, last["pages_sharing"],
+            last["rss_drop_pages"], last["ksmd_cpu"], last["memdedup_cpu"],
+            last["rmap_items"], last["anon_huge_bytes"] // MiB,
+            res["wall_seconds"]))
+    return res
+
+
+# ---------------------------------------------------------------------
+# Summaries and ratios
+# ---------------------------------------------------------------------
+
+def first_time(samples, threshold):
+    for s in samples:
+        if s["saving_pages"] >= threshold:
+            return s
+    return None
+
+
+def at_time(samples, t):
+    """The first sample at or after t (the last one if none)."""
+    for s in samples:
+        if s["t"] >= t:
+            return s
+    return samples[-1]
+
+
+def summarize(run, stock_final, ctx):
+    ss = run["samples"]
+    final = sum(s["saving_pages"] for s in ss[-3:]) / len(ss[-3:])
+    end = ss[-1]
+    window = max(10.0, run["seconds"] / 4.0)
+    w0 = at_time(ss, end["t"] - window)
+    span = max(1e-6, end["t"] - w0["t"])
+    own90 = first_time(ss, 0.9 * final) if final > 0 else None
+    st90 = first_time(ss, 0.9 * stock_final) if stock_final else None
+    conv = own90 or end
+    nvm_pages = (ctx.layout.vm_mib * MiB // PAGE * 2
+                 if run["workload"] != "guests"
+                 else ctx.guest_mib * MiB // PAGE * 2)
+    md = run.get("memdedup") or []
+    summary = {
+        "final_saving_bytes": int(final * PAGE),
+        "t90_stock_s": st90["t"] if st90 else None,
+        "t90_own_s": own90["t"] if own90 else None,
+        "ksmd_cpu_converge_s": conv["ksmd_cpu"],
+        "memdedup_cpu_converge_s": conv["memdedup_cpu"],
+        "total_cpu_converge_s": round(conv["ksmd_cpu"] +
+                                      conv["memdedup_cpu"], 3),
+        "ksmd_cpu_total_s": end["ksmd_cpu"],
+        "ksmd_cpu_steady_per_min": round(
+            (end["ksmd_cpu"] - w0["ksmd_cpu"]) * 60.0 / span, 3),
+        "memdedup_cpu_steady_per_min": round(
+            (end["memdedup_cpu"] - w0["memdedup_cpu"]) * 60.0 / span, 3),
+        "memdedup_cpu_total_s": end["memdedup_cpu"],
+        "scanner_cpu_total_s": end["scanner_cpu"],
+        "converged": (end["saving_pages"] - w0["saving_pages"]) <=
+                     0.02 * max(final, 1),
+        "rmap_items": end["rmap_items"],
+        "merging_pages": end["merging_pages"],
+        "smaps_ksm_bytes": run.get("smaps_ksm_bytes"),
+        "pages_sharing": end["pages_sharing"],
+        "rss_drop_pages": end["rss_drop_pages"],
+        "anon_huge_bytes": end["anon_huge_bytes"],
+        "registered_bytes": end["registered_bytes"],
+        "passes": end["passes"],
+        "guest_pages": nvm_pages,
+    }
+    if md:
+        meta = sum(i["metadata-bytes"] for i in md)
+        summary["metadata_bytes"] = meta
+        summary["metadata_bytes_per_page"] = round(meta / nvm_pages, 3)
+        summary["huge_regions"] = sum(b["huge-regions"] for i in md
+                                      for b in i["backends"])
+    census = run.get("census")
+    if census:
+        for kind in ("unique", "volatile", "cross", "dup", "zero"):
+            c = census.get(kind)
+            if c and c["regions"]:
+                summary["thp_kept_%s_frac" % kind] = round(
+                    c["huge"] / c["regions"], 3)
+        # The target: unique regions keep huge pages (the volatile
+        # quarter is unique too, but changes: it counts in 'volatile').
+        summary["thp_kept_unique_frac"] = summary.get(
+            "thp_kept_unique_frac", 0.0)
+    return summary
+
+
+def ratio(a, b):
+    if a is None or b is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+RATIO_KEYS = (
+    ("saving", "final_saving_bytes"),
+    ("t90", "t90_stock_s"),
+    ("ksmd_cpu_conv", "ksmd_cpu_converge_s"),
+    ("ksmd_cpu_steady", "ksmd_cpu_steady_per_min"),
+    ("rmap_items", "rmap_items"),
+)
+
+
+def ratios(runs):
+    """memdedup/stock (and /ideal) per group (workload, thp, rate)."""
+    out = []
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["workload"], r["thp"], r["rate"]), {})[
+            r["config"]] = r
+    for (workload, thp, rate), g in groups.items():
+        stock = g.get("stock")
+        ideal = g.get("ideal")
+        for config, r in g.items():
+            if config == "stock" or not stock:
+                continue
+            s, st = r["summary"], stock["summary"]
+            row = {"workload": workload, "thp": thp, "rate": rate,
+                   "config": config}
+            for name, key in RATIO_KEYS:
+                row[name] = ratio(s[key], st[key])
+            row["total_cpu_conv"] = ratio(s["total_cpu_converge_s"],
+                                          st["ksmd_cpu_converge_s"])
+            row["total_cpu_steady"] = ratio(
+                s["ksmd_cpu_steady_per_min"] +
+                s["memdedup_cpu_steady_per_min"],
+                st["ksmd_cpu_steady_per_min"])
+            row["t90_own_vs_stock_own"] = ratio(s["t90_own_s"],
+                                                st["t90_own_s"])
+            row["thp_kept"] = s.get("thp_kept_unique_frac")
+            row["stock_thp_kept"] = st.get("thp_kept_unique_frac")
+            row["metadata_per_page"] = s.get("metadata_bytes_per_page")
+            if ideal and config != "ideal":
+                si = ideal["summary"]
+                row["vs_ideal"] = {
+                    "saving": ratio(s["final_saving_bytes"],
+                                    si["final_saving_bytes"]),
+                    "ksmd_cpu_conv": ratio(s["ksmd_cpu_converge_s"],
+                                           si["ksmd_cpu_converge_s"]),
+                    "ksmd_cpu_steady": ratio(s["ksmd_cpu_steady_per_min"],
+                                             si["ksmd_cpu_steady_per_min"]),
+                    "rmap_items": ratio(s["rmap_items"], si["rmap_items"]),
+                    "total_cpu_conv": ratio(s["total_cpu_converge_s"],
+                                            si["ksmd_cpu_converge_s"]),
+                }
+            out.append(row)
+    return out
+
+
+TARGETS = (
+    # (name, row key, limit, 'min' or 'max', workloads it applies to)
+    ("final saving >= 0.97x stock", "saving", 0.97, "min", None),
+    ("time to 90% <= 0.55x stock", "t90", 0.55, "max", ("mixed",)),
+    ("ksmd CPU to converge <= 0.55x", "ksmd_cpu_conv", 0.55, "max",
+     ("mixed",)),
+    ("steady-state ksmd CPU <= 0.15x", "ksmd_cpu_steady", 0.15, "max",
+     ("mixed",)),
+    ("ksm_rmap_items <= 0.45x", "rmap_items", 0.45, "max", ("mixed",)),
+    ("total CPU to converge <= 0.65x stock ksmd", "total_cpu_conv", 0.65,
+     "max", ("mixed",)),
+    ("unique regions keep THP >= 0.90", "thp_kept", 0.90, "min",
+     ("mixed",)),
+    ("metadata <= 8 B/page", "metadata_per_page", 8.0, "max", None),
+)
+
+
+def check_targets(rows):
+    out = []
+    for r in rows:
+        if r["config"] not in ("targeted", "proxy"):
+            continue
+        for name, key, limit, kind, wls in TARGETS:
+            if wls and r["workload"] not in wls:
+                continue
+            if key == "thp_kept" and r["thp"] != "on":
+                continue
+            v = r.get(key)
+            if v is None:
+                ok = False
+            else:
+                ok = v >= limit if kind == "min" else v <= limit
+            out.append({"workload": r["workload"], "config": r["config"],
+                        "thp": r["thp"], "rate": r["rate"], "target": name,
+                        "value": v, "met": ok})
+    return out
+
+
+def micro_targets(result):
+    out = []
+    m = result.get("micro")
+    for row in (m or {}).get("rows", []):
+        if row["privilege"] != "root":
+            continue
+        for key, what in (("hash_ratio", "hashing per CPU"),
+                          ("pass_ratio", "whole pass")):
+            out.append({
+                "workload": "micro", "config": "%d thread%s" % (
+                    row["threads"], "s" if row["threads"] > 1 else ""),
+                "thp": "-", "rate": "-",
+                "target": "scanner %s >= 0.7x read bandwidth" % what,
+                "value": round(row[key], 3), "met": row[key] >= 0.7})
+    return out
+
+
+def fmt(v, digits=2):
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    return "%.*f" % (digits, v)
+
+
+def table(result):
+    """The text tables: absolute numbers and ratios."""
+    lines = []
+    lines.append("Absolute numbers (two VMs; saving from the kernel)")
+    hdr = ("%-9s %-4s %-7s %-9s %9s %7s %7s %8s %8s %8s %8s %9s %8s %6s"
+           % ("workload", "THP", "ksmd", "config", "saving", "t90",
+              "t90own", "ksmdconv", "ksmd/min", "md conv", "md/min",
+              "rmap", "AnonHuge", "conv"))
+    lines.append(hdr)
+    lines.append("%-9s %-4s %-7s %-9s %9s %7s %7s %8s %8s %8s %8s %9s %8s %6s"
+                 % ("", "", "", "", "MiB", "s", "s", "CPU s", "CPU s",
+                    "CPU s", "CPU s", "items", "MiB", ""))
+    for r in result["runs"]:
+        s = r["summary"]
+        lines.append(
+            "%-9s %-4s %-7s %-9s %9.1f %7s %7s %8.2f %8.3f %8.2f %8.3f "
+            "%9d %8d %6s" % (
+                r["workload"], r["thp"], r["rate"], r["config"],
+                s["final_saving_bytes"] / MiB, fmt(s["t90_stock_s"], 0),
+                fmt(s["t90_own_s"], 0), s["ksmd_cpu_converge_s"],
+                s["ksmd_cpu_steady_per_min"], s["memdedup_cpu_converge_s"],
+                s["memdedup_cpu_steady_per_min"], s["rmap_items"],
+                s["anon_huge_bytes"] // MiB, fmt(s["converged"])))
+    lines.append("")
+    lines.append("Ratios to stock (same workload, THP mode and ksmd rate)")
+    lines.append("%-9s %-4s %-7s %-9s %6s %6s %8s %8s %6s %8s %8s %8s %6s"
+                 % ("workload", "THP", "ksmd", "config", "saving", "t90",
+                    "ksmdconv", "steady", "rmap", "totalCPU", "totSteady",
+                    "THPkept", "B/page"))
+    for r in result["ratios"]:
+        lines.append("%-9s %-4s %-7s %-9s %6s %6s %8s %8s %6s %8s %8s %8s %6s"
+                     % (r["workload"], r["thp"], r["rate"], r["config"],
+                        fmt(r["saving"]), fmt(r["t90"]),
+                        fmt(r["ksmd_cpu_conv"]), fmt(r["ksmd_cpu_steady"]),
+                        fmt(r["rmap_items"]), fmt(r["total_cpu_conv"]),
+                        fmt(r.get("total_cpu_steady")), fmt(r["thp_kept"]),
+                        fmt(r["metadata_per_page"])))
+    vs = [r for r in result["ratios"] if r.get("vs_ideal")]
+    if vs:
+        lines.append("")
+        lines.append("Ratios to the hand-placed ideal")
+        lines.append("%-9s %-4s %-7s %-9s %6s %8s %8s %6s %8s" % (
+            "workload", "THP", "ksmd", "config", "saving", "ksmdconv",
+            "steady", "rmap", "totalCPU"))
+        for r in vs:
+            v = r["vs_ideal"]
+            lines.append("%-9s %-4s %-7s %-9s %6s %8s %8s %6s %8s" % (
+                r["workload"], r["thp"], r["rate"], r["config"],
+                fmt(v["saving"]), fmt(v["ksmd_cpu_conv"]),
+                fmt(v["ksmd_cpu_steady"]), fmt(v["rmap_items"]),
+                fmt(v["total_cpu_conv"])))
+    m = result.get("micro")
+    if m:
+        lines.append("")
+        lines.append("Scanner micro-benchmark (%d MiB resident, read "
+                     "bandwidth %.2f GB/s single core, %.2f GB/s scalar)"
+                     % (m["size_mib"], m["read_gbps"],
+                        m.get("read_scalar_gbps", 0)))
+        lines.append("%-8s %-14s %10s %8s %12s %8s" % (
+            "threads", "QEMU", "pass GB/s", "ratio", "hash GB/s/CPU",
+            "ratio"))
+        for row in m["rows"]:
+            lines.append("%-8d %-14s %10.2f %8.2f %12.2f %8.2f" % (
+                row["threads"], row["privilege"], row["pass_gbps"],
+                row["pass_ratio"], row["hash_gbps_per_cpu"],
+                row["hash_ratio"]))
+    if result.get("targets"):
+        lines.append("")
+        lines.append("Targets")
+        for t in result["targets"]:
+            lines.append("  %-4s %-9s %-8s THP %-3s %-7s %-42s %s" % (
+                "met" if t["met"] else "NOT", t["workload"], t["config"],
+                t["thp"], t["rate"], t["target"], fmt(t["value"])))
+    return "\n".join(lines)
+
+
+def rst_tables(result):
+    """The ratio and absolute tables as reStructuredText simple tables
+    (for docs/system/memdedup.rst)."""
+    def simple(header, rows):
+        widths = [max(len(str(x)) for x in col)
+                  for col in zip(header, *rows)]
+        rule = " ".join("=" * w for w in widths)
+        out = [rule, " ".join(str(h).ljust(w) for h, w in
+                              zip(header, widths)).rstrip(), rule]
+        for r in rows:
+            out.append(" ".join(str(x).ljust(w) for x, w in
+                                zip(r, widths)).rstrip())
+        out.append(rule)
+        return "\n".join(out)
+
+    rows = []
+    for r in result["runs"]:
+        s = r["summary"]
+        rows.append((r["workload"], r["thp"], r["rate"], r["config"],
+                     "%.0f" % (s["final_saving_bytes"] / MiB),
+                     fmt(s["t90_stock_s"], 0), fmt(s["t90_own_s"], 0),
+                     "%.2f" % s["ksmd_cpu_converge_s"],
+                     "%.2f" % s["ksmd_cpu_steady_per_min"],
+                     "%.2f" % s["memdedup_cpu_converge_s"],
+                     "%.2f" % s["memdedup_cpu_steady_per_min"],
+                     "%d" % s["rmap_items"],
+                     "%d" % (s["anon_huge_bytes"] // MiB)))
+    absolute = simple(("workload", "THP", "ksmd", "config", "saved MiB",
+                       "t90 s", "own t90 s", "ksmd CPU conv s",
+                       "ksmd CPU s/min", "memdedup CPU conv s",
+                       "memdedup CPU s/min", "rmap_items",
+                       "AnonHuge MiB"), rows)
+    rows = []
+    for r in result["ratios"]:
+        rows.append((r["workload"], r["thp"], r["rate"], r["config"],
+                     fmt(r["saving"]), fmt(r["t90"]),
+                     fmt(r["ksmd_cpu_conv"]), fmt(r["ksmd_cpu_steady"]),
+                     fmt(r["rmap_items"]), fmt(r["total_cpu_conv"]),
+                     fmt(r.get("total_cpu_steady")), fmt(r["thp_kept"]),
+                     fmt(r["metadata_per_page"])))
+    ratio_t = simple(("workload", "THP", "ksmd", "config", "saving",
+                      "t90", "ksmd CPU conv", "ksmd CPU steady",
+                      "rmap_items", "total CPU conv", "total CPU steady",
+                      "THP kept", "meta B/page"), rows)
+    return ratio_t, absolute
+
+
+# ---------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------
+
+class Ctx:
+    pass
+
+
+def csv(s):
+    return [x for x in s.split(",") if x]
+
+
+def plan(a):
+    """[(thp, rate, workload, [configs], seconds)] in run order."""
+    if a.workloads or a.thp or a.rates or a.full:
+        wls = csv(a.workloads or ",".join(WORKLOADS))
+        thps = csv(a.thp or "off,on")
+        rates = csv(a.rates or ("1000/20,100/20" if a.full else "1000/20"))
+        steps = [(t, r, w, WORKLOAD_CONFIGS.get(w, "stock"))
+                 for t in thps for r in rates for w in wls]
+    else:
+        steps = QUICK_STEPS if a.quick else DEFAULT_STEPS
+    out = []
+    for thp, rate, w, configs in steps:
+        if w not in WORKLOADS:
+            sys.exit("bench: unknown workload %s (%s)"
+                     % (w, ", ".join(WORKLOADS)))
+        if thp not in THP_MODES:
+            sys.exit("bench: THP mode is on or off, not %s" % thp)
+        if rate not in RATES:
+            sys.exit("bench: ksmd rate is one of %s, not %s"
+                     % (", ".join(RATES), rate))
+        configs = csv(a.configs or configs)
+        for c in configs:
+            if c not in wl.CONFIGS:
+                sys.exit("bench: unknown configuration %s" % c)
+        if w == "guests":
+            configs = [c for c in configs if c not in ("proxy", "ideal")]
+        configs = sorted(set(configs) | {"stock"}, key=CONFIG_ORDER.index)
+        if a.seconds:
+            # Scaled like the defaults: N at 1000/20 with THP off.
+            secs = max(10, int(round(a.seconds * SECONDS[(rate, thp)] /
+                                     SECONDS[("1000/20", "off")])))
+        elif a.quick:
+            secs = QUICK_SECONDS
+        else:
+            secs = SECONDS[(rate, thp)]
+        out.append((thp, rate, w, configs, secs))
+    return out
+
+
+def estimate_minutes(steps, with_micro):
+    total = 0.0
+    for _, _, w, configs, secs in steps:
+        setup = 50 if w == "guests" else 14
+        total += len(configs) * (secs + setup + 6)
+    return (total + (60 if with_micro else 0) + 20) / 60.0
+
+
+def binary_info(path):
+    st = os.stat(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"path": path, "mtime": time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(st.st_mtime)),
+        "sha256": h.hexdigest()[:16]}
+
+
+def main():
+    ap = argparse.ArgumentParser(
+        description="memdedup vs stock QEMU + KSM benchmarks",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="make bench runs, THP off: mixed (stock, targeted, proxy, "
+               "ideal), volatile and guests (stock, targeted) at ksmd "
+               "1000/20, mixed (stock, targeted) at 100/20; THP on: mixed "
+               "(stock, targeted) at 1000/20; then the scanner "
+               "micro-benchmark (about 30 minutes).  Any of --workloads, "
+               "--thp, --rates selects the product of the lists given "
+               "instead (unspecified: all workloads, THP off,on, 1000/20), "
+               "each workload with its applicable configurations unless "
+               "--configs says otherwise.")
+    ap.add_argument("--quick", action="store_true",
+                    help="mixed only, 512 MiB VMs, 1000/20, THP off and "
+                         "on, stock and targeted, 40 s per run (~5 min)")
+    ap.add_argument("--full", action="store_true",
+                    help="every workload, THP mode, rate and applicable "
+                         "configuration (about 2 hours)")
+    ap.add_argument("--workloads", help="comma list of " +
+                    ", ".join(WORKLOADS))
+    ap.add_argument("--configs", help="comma list of " +
+                    ", ".join(CONFIG_ORDER) + " (stock always runs)")
+    ap.add_argument("--thp", help="comma list of on, off")
+    ap.add_argument("--rates", help="comma list of " + ", ".join(RATES))
+    ap.add_argument("--seconds", type=int,
+                    default=int(os.environ.get("MEMDEDUP_BENCH_SECONDS", 0)),
+                    help="measurement seconds per run at 1000/20 with THP "
+                         "off (default 75; the other runs scale with it: "
+                         "240 s with THP on, 180 s at 100/20); env "
+                         "MEMDEDUP_BENCH_SECONDS")
+    ap.add_argument("--vm-mib", type=int, help="MiB per qtest VM")
+    ap.add_argument("--guest-mib", type=int, help="MiB per real guest")
+    ap.add_argument("--no-micro", action="store_true",
+                    help="skip the scanner micro-benchmark")
+    ap.add_argument("--micro-only", action="store_true",
+                    help="only the scanner micro-benchmark")
+    ap.add_argument("--interval", type=float, default=1.0,
+                    help="seconds between samples at 1000/20 (1)")
+    ap.add_argument("--rescan-interval", type=int, default=10000,
+                    help="memdedup rescan-interval during runs, ms (10000, "
+                         "the engine's default)")
+    ap.add_argument("--volatile-period", type=float, default=5.0,
+                    help="seconds per rewrite of every volatile page (5)")
+    ap.add_argument("--boot-timeout", type=int, default=300)
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "runs"),
+                    help="results directory (bench/results/runs)")
+    ap.add_argument("--keep-logs", action="store_true",
+                    help="keep QEMU logs and serial output")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="print the plan and its estimated length")
+    ap.add_argument("--report", metavar="RESULTS_JSON",
+                    help="print the tables of an earlier run (text and "
+                         "reStructuredText) and exit")
+    a = ap.parse_args()
+    if a.report:
+        with open(a.report) as f:
+            old = json.load(f)
+        old["ratios"] = ratios(old["runs"])
+        old["targets"] = check_targets(old["ratios"]) + micro_targets(old)
+        print(table(old))
+        for t in rst_tables(old):
+            print()
+            print(t)
+        return 0
+
+    preset = "quick" if a.quick else ("full" if a.full else "default")
+    sizes = SIZES["quick" if a.quick else "default"]
+    steps = [] if a.micro_only else plan(a)
+    with_micro = not a.no_micro
+    est = estimate_minutes(steps, with_micro)
+    log("plan (%s), about %.0f minutes:" % (preset, est))
+    for thp, rate, w, configs, secs in steps:
+        log("  THP %-3s ksmd %-7s %-8s %s (%d s each)"
+            % (thp, rate, w, ", ".join(configs), secs))
+    if with_micro:
+        log("  scanner micro-benchmark")
+    if a.dry_run:
+        return 0
+
+    if not os.path.exists(wl.QEMU):
+        sys.exit("bench: %s is missing (make build)" % wl.QEMU)
+    if os.geteuid() != 0:
+        sys.exit("bench: needs root (KSM knobs, THP mode, ksmd CPU)")
+    if not os.path.exists(os.path.join(qmp.KSM_DIR, "run")):
+        sys.exit("bench: the host has no KSM")
+    if any(s[2] == "guests" for s in steps) and \
+            not wl.have_guest_image():
+        sys.exit("bench: no guest image: make guest")
+
+    ctx = Ctx()
+    ctx.args = a
+    ctx.layout = wl.Layout(a.vm_mib or sizes["vm_mib"])
+    ctx.guest_mib = a.guest_mib or sizes["guest_mib"]
+    # shared MiB (<= /data/shared.bin), copies, zero MiB, unique MiB
+    ctx.guest_fill = ((40, 4, 128, 320) if ctx.guest_mib >= 1024
+                      else (40, 2, 64, 160))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    outdir = os.path.join(a.out, stamp)
+    os.makedirs(outdir, exist_ok=True)
+    ctx.workdir = tempfile.mkdtemp(prefix="memdedup-bench-",
+                                   dir="/dev/shm" if os.path.isdir(
+                                       "/dev/shm") else None)
+    result = {
+        "meta": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                          time.gmtime()),
+                 "command": " ".join([os.path.basename(sys.argv[0])] +
+                                     sys.argv[1:]),
+                 "preset": preset,
+                 "host": probe.host_info(),
+                 "qemu": binary_info(wl.QEMU),
+                 "layout": ctx.layout.describe(),
+                 "expected": ctx.layout.expected(2),
+                 "guest": {"mib": ctx.guest_mib,
+                           "fill": dict(zip(("shared_mib", "copies",
+                                             "zero_mib", "unique_mib"),
+                                            ctx.guest_fill))},
+                 "configs": {c: wl.CONFIGS[c] for c in CONFIG_ORDER},
+                 "rescan_interval_ms": a.rescan_interval,
+                 "volatile_period_s": a.volatile_period},
+        "runs": [], "ratios": [], "targets": [], "micro": None,
+        "errors": [],
+    }
+    t_all = time.monotonic()
+    rc = 0
+    try:
+        with qmp.KsmKnobs(settle=10.0) as knobs, qmp.ThpMode() as thpmode:
+            if not knobs.active:
+                sys.exit("bench: " + knobs.reason)
+            if not thpmode.active and any(s[0] == "off" for s in steps):
+                sys.exit("bench: " + thpmode.reason)
+            ctx.ksmd = probe.ksmd_pid()
+            host_thp = qmp.thp_read()
+            if any(s[2] != "guests" for s in steps) or with_micro:
+                log("writing the VM images (%s)" % ctx.layout.describe())
+                t = time.monotonic()
+                ctx.images = {}
+                for i in range(2):
+                    ctx.images[i] = os.path.join(ctx.workdir, "vm%d.img" % i)
+                    wl.write_image(ctx.layout, i, ctx.images[i])
+                log("images written in %.1f s" % (time.monotonic() - t))
+            for thp, rate, w, configs, secs in steps:
+                thpmode.set(THP_MODES[thp] or host_thp)
+                group = []
+                for c in configs:
+                    try:
+                        group.append(run_config(ctx, w, c, thp, rate, secs))
+                    except Exception as e:  # noqa: B902  go on with the rest
+                        log("%s/%s THP %s ksmd %s FAILED: %s"
+                            % (w, c, thp, rate, e))
+                        traceback.print_exc()
+                        result["errors"].append({
+                            "workload": w, "config": c, "thp": thp,
+                            "rate": rate, "error": str(e)})
+                        rc = 1
+                stock_final = None
+                for r in group:
+                    if r["config"] == "stock":
+                        stock_final = summarize(r, None, ctx)[
+                            "final_saving_bytes"] / PAGE
+                for r in group:
+                    r["summary"] = summarize(r, stock_final, ctx)
+                    result["runs"].append(r)
+                save(result, outdir, partial=True)
+            if with_micro:
+                thpmode.set(host_thp)
+                import micro
+                result["micro"] = micro.run(ctx, log)
+            probe.ksm_reset()
+    except KeyboardInterrupt:
+        log("interrupted: QEMUs stopped, KSM knobs and THP mode restored")
+        rc = 130
+    finally:
+        shutil.rmtree(ctx.workdir, ignore_errors=True)
+    result["ratios"] = ratios(result["runs"])
+    result["targets"] = check_targets(result["ratios"]) + \
+        micro_targets(result)
+    result["meta"]["minutes"] = round((time.monotonic() - t_all) / 60.0, 1)
+    text = table(result)
+    print()
+    print(text)
+    save(result, outdir, partial=rc != 0)
+    with open(os.path.join(outdir, "table.txt"), "w") as f:
+        f.write(text + "\n")
+    if result["runs"] and not a.no_plot:
+        try:
+            import plot
+            for p in plot.plot(result, outdir):
+                log("plot: %s" % p)
+        except ImportError as e:
+            log("no plot (%s): install python3-matplotlib" % e)
+    log("results in %s (%.1f minutes)" % (outdir, result["meta"]["minutes"]))
+    return rc
+
+
+def save(result, outdir, partial):
+    result["meta"]["partial"] = partial
+    path = os.path.join(outdir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+if __name__ == "__main__":
+    # SIGTERM/SIGHUP outside the knob blocks end through the cleanup too.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda n, f: sys.exit(128 + n))
+    sys.exit(main())
