@@ -425,6 +425,18 @@ static bool memdedup_advise(MemdedupBlock *blk, uint64_t first,
     return ret == 0;
 }
 
+/* Is the host's THP mode other than "never"?  Read, never written. */
+static bool memdedup_host_thp_allowed(void)
+{
+    g_autofree char *mode = NULL;
+
+    if (!g_file_get_contents("/sys/kernel/mm/transparent_hugepage/enabled",
+                             &mode, NULL, NULL)) {
+        return false;
+    }
+    return !strstr(mode, "[never]");
+}
+
 /* Register one region at once, as soon as it qualifies (scanner). */
 static void memdedup_register_early(MemdedupBlock *blk,
                                     const MemdedupParams *params,
@@ -457,6 +469,7 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
     g_autofree bool *thp = g_new0(bool, n);
     g_autofree char *smaps = NULL;  /* read once, if anything unmerges */
     uint64_t region_size = blk->pages_per_region * blk->page_size;
+    bool thp_allowed;
 
     for (i = 0; i < n; i++) {
         wanted[i] = memdedup_region_wanted(params, &blk->regions[i]);
@@ -516,8 +529,13 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
         }
     }
 
-    /* Transparent huge pages back for stable unique regions, in runs. */
-    for (i = 0; i < n; i = j) {
+    /*
+     * Transparent huge pages back for stable unique regions, in runs --
+     * unless the host administrator turned THP off (MADV_COLLAPSE would
+     * ignore that).
+     */
+    thp_allowed = memdedup_host_thp_allowed();
+    for (i = 0; i < n && thp_allowed; i = j) {
         for (j = i; j < n && thp[j] && !blk->regions[j].huge &&
              !blk->regions[j].registered; j++) {
             /* extend the run */
@@ -717,7 +735,8 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
             }
             r->duplicate = duplicate;
             r->unique = r->resident - r->zero - duplicate;
-            if (r->volatile_pages) {
+            /* Stable: resident and unchanged, pass after pass. */
+            if (r->volatile_pages || !r->resident) {
                 r->stable_passes = 0;
             } else if (r->stable_passes < UINT8_MAX) {
                 r->stable_passes++;
