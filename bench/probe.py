@@ -32,16 +32,6 @@ def _stat_cpu(path):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def ksmd_pid():
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            with contextlib.suppress(OSError):
-                with open("/proc/%s/comm" % pid) as f:
-                    if f.read().strip() == "ksmd":
-                        return int(pid)
-    return None
-
-
 def cpu_seconds(pid):
     return None if pid is None else _stat_cpu("/proc/%d/stat" % pid)
 

@@ -806,7 +806,7 @@ def main():
                 sys.exit("bench: " + knobs.reason)
             if not thpmode.active and any(s[0] == "off" for s in steps):
                 sys.exit("bench: " + thpmode.reason)
-            ctx.ksmd = probe.ksmd_pid()
+            ctx.ksmd = qmp.ksmd_pid()
             host_thp = qmp.thp_read()
             if any(s[2] != "guests" for s in steps) or with_micro:
                 log("writing the VM images (%s)" % ctx.layout.describe())

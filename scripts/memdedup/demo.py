@@ -17,22 +17,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qmp import KsmKnobs, Qemu, QMPError, ksm_read, shielded  # noqa: E402
+from qmp import (KsmKnobs, Qemu, QMPError, ksm_read, ksmd_pid,  # noqa: E402
+                 shielded)
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MIB = 1 << 20
 READY = "MEMDEDUP-GUEST-READY"
-
-
-def ksmd_pid():
-    """PID of the ksmd kernel thread, or None if not visible here."""
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            with contextlib.suppress(OSError):
-                with open("/proc/%s/comm" % pid) as f:
-                    if f.read().strip() == "ksmd":
-                        return int(pid)
-    return None
 
 
 def cpu_seconds(pid):

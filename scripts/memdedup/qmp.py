@@ -221,6 +221,17 @@ def shielded():
             signal.signal(s, h)
 
 
+def ksmd_pid():
+    """PID of the ksmd kernel thread, or None if not visible here."""
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError):
+                with open("/proc/%s/comm" % pid) as f:
+                    if f.read().strip() == "ksmd":
+                        return int(pid)
+    return None
+
+
 def ksm_read(name):
     """A /sys/kernel/mm/ksm value as int, or None."""
     try:

@@ -191,6 +191,17 @@ def mergeable_vmas(pid):
     return out
 
 
+def wait_for(what, cond, timeout=30):
+    """Poll cond() until it returns something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out waiting for " + what)
+
+
 def check(cond, message):
     if not cond:
         raise AssertionError(message)

@@ -17,7 +17,7 @@ import time
 from harness import (KNOWN_DUP_BLOCK, KNOWN_UNIQUE, KNOWN_ZERO,
                      MiB, PAGE, Skip, backend, check, digest_known,
                      fill_known, mergeable_vmas, qmp, rss_bytes, run_pass,
-                     run_tests, start_qtest_vm)
+                     run_tests, start_qtest_vm, wait_for)
 
 SIZE = 256 * MiB
 ZERO, UNIQUE = KNOWN_ZERO, KNOWN_UNIQUE
@@ -112,16 +112,6 @@ def write_meminfo(path, available_kb):
                 line = "MemAvailable: %d kB\n" % available_kb
             f.write(line)
     os.replace(path + ".tmp", path)
-
-
-def wait_for(what, cond, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def qom_set(vm, prop, value):

@@ -14,7 +14,7 @@ import time
 
 from harness import (KNOWN_CANDIDATES, KNOWN_DUP_BLOCK, KNOWN_ZERO, MiB, PAGE,
                      Skip, backend, check, digest_known, fill_known, qmp,
-                     run_pass, run_tests, start_qtest_vm)
+                     run_pass, run_tests, start_qtest_vm, wait_for)
 
 SIZE = 256 * MiB
 ZERO = KNOWN_ZERO
@@ -95,16 +95,6 @@ def engine(vm):
 
 def events(vm, name):
     return [e for e in vm.qmp.events if e.get("event") == name]
-
-
-def wait_for(what, cond, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def test_precopy(workdir):
@@ -188,6 +178,18 @@ def test_postcopy(workdir):
         p.close()
 
 
+def check_source_resumed(p):
+    """After a migration that did not complete, the source scans again and
+    still has its registration."""
+    wait_for("the source to resume",
+             lambda: engine(p.src)["state"] != "paused")
+    passes = engine(p.src)["passes-completed"]
+    run_pass(p.src)
+    check(engine(p.src)["passes-completed"] > passes, "no pass after")
+    check(backend(p.src, "m0")["registered-bytes"] == REGISTERED,
+          "registration lost")
+
+
 def test_cancel_resumes(workdir):
     p = Pair(workdir)
     try:
@@ -196,16 +198,10 @@ def test_cancel_resumes(workdir):
                  lambda: engine(p.src)["state"] == "paused")
         p.src.qmp.cmd("migrate_cancel")
         check(p.wait() == "cancelled", "not cancelled")
-        wait_for("the source to resume",
-                 lambda: engine(p.src)["state"] != "paused")
+        check_source_resumed(p)
         check(any(e["data"]["state"] != "paused" and "cancel" in
                   e["data"]["reason"] for e in
                   events(p.src, "MEMDEDUP_STATE_CHANGED")), "no resume event")
-        passes = engine(p.src)["passes-completed"]
-        run_pass(p.src)
-        check(engine(p.src)["passes-completed"] > passes, "no pass after")
-        check(backend(p.src, "m0")["registered-bytes"] == REGISTERED,
-              "registration lost")
     finally:
         p.close()
 
@@ -218,11 +214,7 @@ def test_failed_resumes(workdir):
                  lambda: engine(p.src)["state"] == "paused")
         os.kill(p.dst.pid, signal.SIGKILL)
         check(p.wait() == "failed", "migration did not fail")
-        wait_for("the source to resume",
-                 lambda: engine(p.src)["state"] != "paused")
-        run_pass(p.src)
-        check(backend(p.src, "m0")["registered-bytes"] == REGISTERED,
-              "registration lost")
+        check_source_resumed(p)
     finally:
         p.close()
 
@@ -280,11 +272,7 @@ def test_hints_need_memdedup_destination(workdir):
         check(p.wait() == "failed", "migration with hints did not fail")
         check("memdedup-hints" in p.dst.stderr(),
               "destination did not name the section:\n" + p.dst.stderr())
-        wait_for("the source to resume",
-                 lambda: engine(p.src)["state"] != "paused")
-        run_pass(p.src)
-        check(backend(p.src, "m0")["registered-bytes"] == REGISTERED,
-              "registration lost")
+        check_source_resumed(p)
     finally:
         p.close()
 
