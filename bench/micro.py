@@ -27,11 +27,9 @@ loop (one 64-bit load at a time) is reported beside it.
 import os
 import subprocess
 import tempfile
-import time
 
 import probe
 import workloads as wl
-from probe import qmp
 
 READ_LOOP_C = r"""
 #include <stdint.h>
@@ -124,42 +122,21 @@ def read_bandwidth(size_mib, workdir):
 
 
 def _start(workdir, name, args, unprivileged):
-    from harness import QTest
-    qt = QTest(os.path.join(workdir, name + ".qtest"))
-    binary, pre = wl.QEMU, []
-    if unprivileged:
-        binary = "setpriv"
-        pre = ["--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin",
-               wl.QEMU]
-    vm = qmp.Qemu(binary, pre + ["-accel", "qtest", "-qtest",
-                                 "unix:" + qt.path, "-nodefaults"] + args,
-                  workdir, name)
-    try:
-        vm.start()
-        qt.accept()
-    except BaseException:
-        vm.stop()
-        qt.close()
-        raise
-    return vm, qt
+    from harness import start_qtest_vm
+    # Without CAP_SYS_ADMIN, pagemap hides PFNs: no exact KSM count.
+    wrapper = ("setpriv", "--bounding-set", "-sys_admin", "--inh-caps",
+               "-sys_admin") if unprivileged else ()
+    return start_qtest_vm(workdir, name, args, wrapper)
 
 
 def _pass(vm, timeout=300):
-    info = vm.qmp.cmd("query-memdedup")
-    target = info["passes-completed"] + (2 if info["state"] == "scanning"
-                                         else 1)
-    cpu0 = info["scanner-cpu-time"]
-    vm.qmp.cmd("memdedup-scan")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = vm.qmp.cmd("query-memdedup")
-        if info["passes-completed"] >= target:
-            resident = sum(b["resident-pages"] * b["page-size"]
-                           for b in info["backends"])
-            return (resident, info["last-pass-duration"] / 1e9,
-                    (info["scanner-cpu-time"] - cpu0) / 1e9)
-        time.sleep(0.02)
-    raise RuntimeError("no memdedup pass completed in %d s" % timeout)
+    from harness import run_pass
+    cpu0 = vm.qmp.cmd("query-memdedup")["scanner-cpu-time"]
+    info = run_pass(vm, timeout)
+    resident = sum(b["resident-pages"] * b["page-size"]
+                   for b in info["backends"])
+    return (resident, info["last-pass-duration"] / 1e9,
+            (info["scanner-cpu-time"] - cpu0) / 1e9)
 
 
 def run(ctx, log, reps=3):

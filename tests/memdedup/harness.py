@@ -93,11 +93,14 @@ class QTest:
             os.unlink(self.path)
 
 
-def start_qtest_vm(workdir, name, extra_args):
-    """QEMU under -accel qtest with a QMP socket; returns (vm, qtest)."""
+def start_qtest_vm(workdir, name, extra_args, wrapper=()):
+    """QEMU under -accel qtest with a QMP socket; returns (vm, qtest).
+    wrapper: a command QEMU runs under (e.g. setpriv and its options)."""
     qt = QTest(os.path.join(workdir, name + ".qtest"))
-    vm = qmp.Qemu(QEMU, ["-accel", "qtest", "-qtest", "unix:" + qt.path,
-                         "-nodefaults"] + extra_args, workdir, name)
+    argv = list(wrapper[1:]) + ([QEMU] if wrapper else [])
+    vm = qmp.Qemu(wrapper[0] if wrapper else QEMU,
+                  argv + ["-accel", "qtest", "-qtest", "unix:" + qt.path,
+                          "-nodefaults"] + extra_args, workdir, name)
     try:
         # QEMU connects to our listening socket while it starts.
         vm.start()
@@ -116,18 +119,20 @@ def backend(vm, backend_id):
     raise KeyError(backend_id)
 
 
-def run_pass(vm):
-    """Complete one pass that starts after everything done so far."""
+def run_pass(vm, timeout=120):
+    """Complete one pass that starts after everything done so far; return
+    query-memdedup as it stands then."""
     info = vm.qmp.cmd("query-memdedup")
     target = info["passes-completed"] + (2 if info["state"] == "scanning"
                                          else 1)
     vm.qmp.cmd("memdedup-scan")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if vm.qmp.cmd("query-memdedup")["passes-completed"] >= target:
-            return
-        time.sleep(0.05)
-    raise AssertionError("no memdedup pass completed in 120 s")
+        info = vm.qmp.cmd("query-memdedup")
+        if info["passes-completed"] >= target:
+            return info
+        time.sleep(0.02)
+    raise AssertionError("no memdedup pass completed in %d s" % timeout)
 
 
 # The known content of the real-KSM and migration tests: in a 256 MiB
