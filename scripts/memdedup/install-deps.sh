@@ -7,7 +7,9 @@ pkgs="build-essential ccache ninja-build meson pkg-config python3 python3-venv
 flex bison libglib2.0-dev libpixman-1-dev zlib1g-dev libfdt-dev libslirp-dev
 libxxhash-dev libnuma-dev libcap-ng-dev libattr1-dev
 seabios qemu-system-data ipxe-qemu dpkg-dev cpio gzip xz-utils
-python3-sphinx python3-sphinx-rtd-theme python3-matplotlib python3-numpy"
+python3-sphinx python3-sphinx-rtd-theme python3-matplotlib python3-numpy
+libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
+libjson-c-dev"
 
 missing=""
 for p in $pkgs; do
