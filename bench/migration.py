@@ -10,7 +10,9 @@ fresh destination, and the destination's merged pages (smaps KSM lines)
 are sampled from the end of the migration until they reach 90 % of the
 duplicated block's pages (pages sent as zero are never allocated on the
 destination).  Stock's destination is mergeable while RAM arrives, so
-ksmd may merge during the transfer; memdedup's registers at the end.
+ksmd may merge during the transfer; memdedup's registers its own choice
+at the end, or, with hints, the source's choice when the migration
+starts.  Times are from the end of the migration and from its start.
 
     bench/migration.py [--seconds N] [--pages-to-scan N]
 """
@@ -81,15 +83,17 @@ def run(config, limit):
             goal = (DUP[1] // 2 + (ZERO[1] - 2 * MiB)) // PAGE * 0.9
             t_src, src_merged = wait_merged(src.pid, goal, limit)
             dst, dqt = start_qtest_vm(d, "dst", args_for(config, sock))
+            t_start = time.monotonic()
             src.qmp.cmd("migrate", uri="unix:" + sock)
             while src.qmp.cmd("query-migrate")["status"] not in (
                     "completed", "failed", "cancelled"):
                 time.sleep(0.05)
+            t_mig = time.monotonic() - t_start
             # Zero pages are not allocated on the destination: the goal is
             # 90 % of the duplicated block's pages (both copies).
             dst_goal = 0.9 * DUP[1] // PAGE
             t_dst, dst_merged = wait_merged(dst.pid, dst_goal, limit)
-            return t_src, src_merged, t_dst, dst_merged
+            return t_src, src_merged, t_mig, t_dst, dst_merged
         finally:
             for vm, qt in ((dst, dqt), (src, sqt)):
                 if vm:
@@ -111,17 +115,18 @@ def main():
             sys.exit("bench/migration.py: %s" % ksm.reason)
         for config in ("stock", "memdedup", "memdedup+hints"):
             rows.append((config,) + run(config, a.seconds))
-    fmt = "%-16s %12s %12s %14s %12s"
-    print(fmt % ("config", "src t90 s", "src merged", "dst t90 s",
-                 "dst merged"))
-    for config, ts, ms, td, md in rows:
-        print(fmt % (config, "%.1f" % ts if ts else "-", ms,
-                     "%.1f" % td if td else "-", md))
-    stock_t = rows[0][3]
-    for config, _, _, td, _ in rows[1:]:
-        if stock_t and td:
-            print("%s: destination time to 90%% = %.2f x stock"
-                  % (config, td / stock_t))
+    fmt = "%-16s %10s %11s %10s %15s %15s %11s"
+    print(fmt % ("config", "src t90 s", "src merged", "migrate s",
+                 "dst t90 s (end)", "dst t90 (start)", "dst merged"))
+    for config, ts, ms, tm, td, md in rows:
+        print(fmt % (config, "%.1f" % ts if ts else "-", ms, "%.1f" % tm,
+                     "%.1f" % td if td is not None else "-",
+                     "%.1f" % (tm + td) if td is not None else "-", md))
+    stock_t = rows[0][4]
+    for config, _, _, _, td, _ in rows[1:]:
+        if stock_t and td is not None:
+            print("%s: destination time to 90%% after migration = %.2f x "
+                  "stock" % (config, td / stock_t))
     print("ksmd: pages_to_scan=%d sleep_millisecs=20" % a.pages_to_scan)
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Live migration: the engine pauses on the source while a migration runs
 and resumes if it fails or is cancelled; a destination scans nothing until
-the incoming migration completes, then registers at once; optional hints
-carry the source's registration.  Two QEMUs under -accel qtest, guest
+the incoming migration completes, then registers at once; optional hints,
+sent when the migration starts, carry the source's registration so the
+destination registers it while RAM arrives.  Two QEMUs under -accel qtest, guest
 memory written through qtest, migration over a unix socket.
 """
 
@@ -246,6 +247,34 @@ def test_hints(workdir):
     check(b["hinted-regions"] == 0, "hints without hints")
 
 
+def test_hints_before_ram(workdir):
+    # The hints travel in the migration's setup stage: the destination
+    # registers the source's regions while RAM is still arriving, without
+    # scanning anything.
+    p = Pair(workdir, src_engine=",migrate-hints=on")
+    try:
+        before = digest_known(p.src_qt)
+        seen = {}
+
+        def during(st):
+            if st != "active" or seen:
+                return
+            d, b = engine(p.dst), backend(p.dst, "m0")
+            if b["registered-bytes"] == REGISTERED:
+                check(d["state"] == "paused" and d["passes-completed"] == 0,
+                      "destination scanned during the migration")
+                seen["registered"] = b["hinted-regions"]
+                p.src.qmp.cmd("migrate-set-parameters",
+                              **{"max-bandwidth": 1024 * MiB})
+        p.migrate(bandwidth=8 * MiB)
+        check(p.wait(during=during) == "completed", "migration failed")
+        check(seen.get("registered") == REGISTERED // (2 * MiB),
+              "hinted regions not registered while RAM arrived: %s" % seen)
+        check(digest_known(p.dst_qt) == before, "guest memory differs")
+    finally:
+        p.close()
+
+
 def test_hints_mismatch(workdir):
     b, err = hinted_migration(workdir, hints=True,
                               dst_backend=",region-size=4M")
@@ -284,6 +313,7 @@ if __name__ == "__main__":
         ("migration/cancel-resumes", test_cancel_resumes),
         ("migration/failed-resumes", test_failed_resumes),
         ("migration/hints", test_hints),
+        ("migration/hints-before-ram", test_hints_before_ram),
         ("migration/hints-mismatch", test_hints_mismatch),
         ("migration/hints-need-memdedup-destination",
          test_hints_need_memdedup_destination),

@@ -59,7 +59,7 @@
 /* How often the kernel's merged counts are refreshed between passes. */
 #define MEMDEDUP_KERNEL_REFRESH_MS       1000
 /* How often a migration destination looks for the end of the incoming. */
-#define MEMDEDUP_INCOMING_POLL_US        100000
+#define MEMDEDUP_INCOMING_POLL_MS        100
 /* Longest sleep of the rate limiter before it looks at quit again. */
 #define MEMDEDUP_THROTTLE_SLICE_US       100000
 
@@ -415,8 +415,10 @@ static bool memdedup_advise(MemdedupBlock *blk, uint64_t first,
     int ret;
 
     WITH_RCU_READ_LOCK_GUARD() {
+        /* Paused for an incoming migration, only hints are applied. */
         if (qatomic_load_acquire(&blk->removed) ||
-            qatomic_read(&memdedup_engine.paused)) {
+            (qatomic_read(&memdedup_engine.paused) &&
+             !qatomic_read(&memdedup_engine.incoming))) {
             return false;
         }
         ret = madvise(blk->host + start, len, advice);
@@ -563,6 +565,7 @@ typedef struct MemdedupPassBlock {
     MemdedupBlock *blk;
     MemdedupParams params;
     bool apply_only;            /* params changed; no need to rescan */
+    bool hinted;                /* registered from hints, not yet scanned */
     uint64_t first_item;        /* index of its region 0 in the item space */
 } MemdedupPassBlock;
 
@@ -825,28 +828,80 @@ static void memdedup_count_exact(MemdedupEngine *engine, MemdedupPass *pass,
 }
 
 /*
- * Register the regions the migration source had registered, before the
- * first pass has judged them.  Scanner thread; @hints is owned here.
+ * Register the regions the migration source had registered: madvise
+ * only, nothing is read, so this also runs while the engine is paused
+ * for an incoming migration, as soon as the hints arrive.  Until the
+ * block's next scan, the policy leaves that registration alone (it has
+ * no summaries to judge it by).  Scanner thread.
  */
-static uint64_t memdedup_apply_hints(MemdedupBlock *blk,
-                                     unsigned long *hints)
+static void memdedup_apply_pending_hints(MemdedupEngine *engine)
 {
-    uint64_t first, last, hinted = 0;
+    MemdedupBlock *blk;
 
-    first = find_first_bit(hints, blk->nr_regions);
-    while (first < blk->nr_regions) {
-        last = find_next_zero_bit(hints, blk->nr_regions, first);
-        memdedup_advise(blk, first, last - first, MADV_NOHUGEPAGE);
-        if (memdedup_advise(blk, first, last - first, MADV_MERGEABLE)) {
-            for (uint64_t i = first; i < last; i++) {
-                blk->regions[i].registered = true;
-                blk->regions[i].huge = false;
+    qemu_mutex_lock(&engine->lock);
+    while (engine->hints_pending) {
+        g_autoptr(GPtrArray) todo = g_ptr_array_new();
+        g_autoptr(GPtrArray) hints = g_ptr_array_new();
+        g_autoptr(GArray) policies = g_array_new(false, false,
+                                                 sizeof(MemdedupPolicy));
+        guint i;
+
+        engine->hints_pending = false;
+        QTAILQ_FOREACH(blk, &engine->blocks, next) {
+            if (blk->hints) {
+                memdedup_block_ref(blk);
+                g_ptr_array_add(todo, blk);
+                g_ptr_array_add(hints, blk->hints);
+                g_array_append_val(policies, blk->params.policy);
+                blk->hints = NULL;
             }
-            hinted += last - first;
         }
-        first = find_next_bit(hints, blk->nr_regions, last);
+        qemu_mutex_unlock(&engine->lock);
+
+        for (i = 0; i < todo->len; i++) {
+            unsigned long *bits = g_ptr_array_index(hints, i);
+            uint64_t first, last, hinted = 0;
+            MemdedupBlockStats st;
+
+            blk = g_ptr_array_index(todo, i);
+            if (!memdedup_policy_registers(g_array_index(policies,
+                                                         MemdedupPolicy, i))) {
+                g_free(bits);
+                continue;
+            }
+            first = find_first_bit(bits, blk->nr_regions);
+            while (first < blk->nr_regions) {
+                last = find_next_zero_bit(bits, blk->nr_regions, first);
+                memdedup_advise(blk, first, last - first, MADV_NOHUGEPAGE);
+                if (memdedup_advise(blk, first, last - first,
+                                    MADV_MERGEABLE)) {
+                    for (uint64_t k = first; k < last; k++) {
+                        blk->regions[k].registered = true;
+                        blk->regions[k].huge = false;
+                    }
+                    hinted += last - first;
+                }
+                first = find_next_bit(bits, blk->nr_regions, last);
+            }
+            g_free(bits);
+            blk->hinted = true;
+            trace_memdedup_hints_applied(blk->id, hinted);
+
+            /* Show that registration now. */
+            memdedup_count_registration(blk, &st);
+            qemu_mutex_lock(&engine->lock);
+            blk->stats.registered_bytes = st.registered_bytes;
+            blk->stats.registered_ranges = st.registered_ranges;
+            blk->stats.huge_regions = st.huge_regions;
+            blk->stats.hinted_regions += hinted;
+            qemu_mutex_unlock(&engine->lock);
+        }
+        for (i = 0; i < todo->len; i++) {
+            memdedup_block_unref(g_ptr_array_index(todo, i));
+        }
+        qemu_mutex_lock(&engine->lock);
     }
-    return hinted;
+    qemu_mutex_unlock(&engine->lock);
 }
 
 static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
@@ -860,10 +915,11 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     uint64_t scanned = 0, zero = 0, duplicate = 0, registered = 0;
     uint64_t metadata = 0, pass_no, duration;
     uint32_t nr_threads, t;
-    g_autofree unsigned long **hints = NULL;
-    g_autofree uint64_t *hinted = NULL;
     MemdedupBlock *blk;
     size_t b;
+
+    /* Migration hints first: the source's registration, at once. */
+    memdedup_apply_pending_hints(engine);
 
     /* Snapshot the blocks and their parameters. */
     qemu_mutex_lock(&engine->lock);
@@ -871,19 +927,20 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         pass.nr_blocks++;
     }
     pass.blocks = g_new0(MemdedupPassBlock, pass.nr_blocks);
-    hints = g_new0(unsigned long *, pass.nr_blocks);
-    hinted = g_new0(uint64_t, pass.nr_blocks);
     b = 0;
     QTAILQ_FOREACH(blk, &engine->blocks, next) {
-        MemdedupPassBlock *pb = &pass.blocks[b];
+        MemdedupPassBlock *pb = &pass.blocks[b++];
 
-        hints[b++] = blk->hints;
-        blk->hints = NULL;
         memdedup_block_ref(blk);
         pb->blk = blk;
         pb->params = blk->params;
         pb->apply_only = blk->params_changed;
         blk->params_changed = false;
+        /* A hinted block is judged by the policy once it was scanned. */
+        pb->hinted = blk->hinted;
+        if (rescan) {
+            blk->hinted = false;
+        }
         pb->first_item = pass.nr_items;
         if (rescan && pb->params.policy != MEMDEDUP_POLICY_OFF) {
             pass.nr_items += blk->nr_regions;
@@ -904,20 +961,11 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     refusals = g_new0(uint64_t, pass.nr_blocks);
     exact = g_new0(int64_t, pass.nr_blocks);
 
-    /*
-     * Migration hints first: the source's registration, at once.  Then
-     * policy changes, on the summaries already known.
-     */
+    /* Policy changes, on the summaries already known. */
     for (b = 0; b < pass.nr_blocks; b++) {
         MemdedupPassBlock *pb = &pass.blocks[b];
 
-        if (hints[b]) {
-            if (memdedup_policy_registers(pb->params.policy)) {
-                hinted[b] = memdedup_apply_hints(pb->blk, hints[b]);
-            }
-            g_free(hints[b]);
-        }
-        if (pb->apply_only && !hints[b] &&
+        if (pb->apply_only && !pb->hinted &&
             !qatomic_read(&pb->blk->removed)) {
             memdedup_apply_policy(pb->blk, &pb->params, &refusals[b]);
         }
@@ -931,7 +979,6 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         st->registered_bytes = stats[b].registered_bytes;
         st->registered_ranges = stats[b].registered_ranges;
         st->huge_regions = stats[b].huge_regions;
-        st->hinted_regions += hinted[b];
         st->unmerge_refusals += refusals[b];
         refusals[b] = 0;
     }
@@ -971,6 +1018,8 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
             qemu_mutex_unlock(&engine->lock);
             qatomic_set(&engine->pass_pages_total, 0);
             for (b = 0; b < pass.nr_blocks; b++) {
+                /* Not scanned after all: keep hinted registration. */
+                pass.blocks[b].blk->hinted |= pass.blocks[b].hinted;
                 memdedup_block_unref(pass.blocks[b].blk);
             }
             g_free(pass.blocks);
@@ -990,7 +1039,8 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     /* Register, unregister, THP. */
     for (b = 0; b < pass.nr_blocks; b++) {
         MemdedupPassBlock *pb = &pass.blocks[b];
-        if (!qatomic_read(&pb->blk->removed) && (rescan || pb->apply_only)) {
+        if (!qatomic_read(&pb->blk->removed) &&
+            (rescan || (pb->apply_only && !pb->hinted))) {
             memdedup_apply_policy(pb->blk, &pb->params, &refusals[b]);
         }
         memdedup_count_registration(pb->blk, &stats[b]);
@@ -1090,13 +1140,20 @@ static void *memdedup_thread(void *opaque)
         if (incoming) {
             /*
              * Destination of a migration: no reading of RAM that has not
-             * arrived (postcopy) until the incoming side completes.
+             * arrived (postcopy) until the incoming side completes, but
+             * the source's hints are registered as soon as they arrive.
              */
+            memdedup_apply_pending_hints(engine);
             if (memdedup_migration_incoming_done()) {
                 memdedup_engine_resume(engine, "incoming migration completed");
-            } else {
-                g_usleep(MEMDEDUP_INCOMING_POLL_US);
+                continue;
             }
+            qemu_mutex_lock(&engine->lock);
+            if (!engine->hints_pending && !engine->quit) {
+                qemu_cond_timedwait(&engine->wakeup, &engine->lock,
+                                    MEMDEDUP_INCOMING_POLL_MS);
+            }
+            qemu_mutex_unlock(&engine->lock);
             continue;
         }
 

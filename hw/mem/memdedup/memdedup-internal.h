@@ -52,7 +52,7 @@ struct MemdedupBlock {
     MemdedupParams params;      /* as set by the backend */
     bool params_changed;        /* scanner has not applied params yet */
     MemdedupBlockStats stats;   /* as of the last pass / kernel refresh */
-    unsigned long *hints;       /* regions to register on incoming end */
+    unsigned long *hints;       /* migration hints not yet applied */
     QTAILQ_ENTRY(MemdedupBlock) next;
 
     /*
@@ -61,6 +61,7 @@ struct MemdedupBlock {
      */
     uint32_t *fps;              /* nr_pages fingerprints */
     MemdedupRegion *regions;    /* nr_regions summaries */
+    bool hinted;                /* registered from hints, not yet scanned */
 };
 
 typedef struct MemdedupEngine {
@@ -78,6 +79,7 @@ typedef struct MemdedupEngine {
     uint32_t rescan_interval;   /* milliseconds */
     bool settings_object;       /* a memdedup object exists */
     bool send_hints;            /* migrate-hints: send regions to the dest */
+    bool hints_pending;         /* some block has hints to apply */
     char *paused_reason;        /* why paused, or NULL */
     bool incoming;              /* paused until the incoming migration ends */
     MemdedupState state;        /* idle, scanning or disabled */

@@ -14,13 +14,15 @@
  *  - destination (-incoming): the engine starts paused and resumes, with
  *    a pass at once, only when the incoming migration has completed
  *    (after postcopy too);
- *  - hints (memdedup object, migrate-hints=on): the source sends, as a
- *    device-state section, which regions of each memory-backend-ksm it
- *    had registered, one bit per region; the destination registers them
- *    as soon as the incoming migration completes, before its own first
- *    pass.  A destination without memdedup has no handler for the
- *    section and fails the migration cleanly (the source resumes); hints
- *    for a backend the destination lacks, or whose size or region size
+ *  - hints (memdedup object, migrate-hints=on): when the migration is
+ *    set up, before any RAM is sent, the source sends which regions of
+ *    each memory-backend-ksm it had registered, one bit per region (a
+ *    live section's setup stage).  The destination registers them at
+ *    once, so KSM merges pages as they arrive, as it does for stock
+ *    QEMU's all-mergeable RAM.  That is madvise only: nothing is read.
+ *    A destination without memdedup has no handler for the section and
+ *    fails the migration cleanly (the source resumes); hints for a
+ *    backend the destination lacks, or whose size or region size
  *    differs, are ignored with a warning.
  */
 
@@ -30,20 +32,15 @@
 #include "qemu/error-report.h"
 #include "migration/misc.h"
 #include "migration/migration.h"
-#include "migration/vmstate.h"
+#include "migration/register.h"
+#include "migration/qemu-file-types.h"
 #include "sysemu/runstate.h"
 #include "memdedup-internal.h"
 #include "trace.h"
 
 #define MEMDEDUP_HINTS_MAGIC 0x4d444831u   /* "MDH1" */
-
-/* The hints section's payload; built in pre_save, parsed in post_load. */
-typedef struct MemdedupHints {
-    uint32_t len;               /* bytes in buf */
-    uint8_t *buf;
-} MemdedupHints;
-
-static MemdedupHints memdedup_hints;
+/* A payload larger than this is not ours: 16 MiB is 128 Mi regions. */
+#define MEMDEDUP_HINTS_MAX (16 * 1024 * 1024)
 
 static void memdedup_migration_notify(Notifier *notifier, void *data)
 {
@@ -68,13 +65,10 @@ bool memdedup_migration_incoming_done(void)
     return qatomic_read(&mis->state) == MIGRATION_STATUS_COMPLETED;
 }
 
-/*
- * The section's opaque is the payload (memdedup_hints); the engine is
- * the singleton.
- */
-static bool memdedup_hints_needed(void *opaque)
+/* Is the hints section sent?  Only when the memdedup object asks. */
+static bool memdedup_hints_active(void *opaque)
 {
-    MemdedupEngine *engine = &memdedup_engine;
+    MemdedupEngine *engine = opaque;
     QEMU_LOCK_GUARD(&engine->lock);
 
     return engine->send_hints;
@@ -93,53 +87,51 @@ static void memdedup_put_u64(GByteArray *out, uint64_t v)
 }
 
 /*
- * Source, BQL held, migration thread: one record per block, each
- * "id length, id, size, region size, region count, bitmap".  The scanner
- * is paused; a region it flipped a moment ago only costs a hint.
+ * Source, migration thread, at setup (BQL not held): one record per
+ * block, each "id length, id, size, region size, region count, bitmap",
+ * behind a magic and a count, as one length-prefixed buffer.  The
+ * scanner is paused, so the registration does not change under us.
  */
-static int memdedup_hints_pre_save(void *opaque)
+static int memdedup_hints_save_setup(QEMUFile *f, void *opaque)
 {
-    MemdedupEngine *engine = &memdedup_engine;
-    GByteArray *out = g_byte_array_new();
+    MemdedupEngine *engine = opaque;
+    g_autoptr(GByteArray) out = g_byte_array_new();
     MemdedupBlock *blk;
     uint32_t count = 0;
 
-    QEMU_LOCK_GUARD(&engine->lock);
-    QTAILQ_FOREACH(blk, &engine->blocks, next) {
-        count++;
-    }
-    memdedup_put_u32(out, MEMDEDUP_HINTS_MAGIC);
-    memdedup_put_u32(out, count);
-    QTAILQ_FOREACH(blk, &engine->blocks, next) {
-        uint64_t i, nbytes = DIV_ROUND_UP(blk->nr_regions, 8);
-        g_autofree uint8_t *bytes = g_malloc0(nbytes);
-        uint32_t id_len = strlen(blk->id);
-
-        for (i = 0; i < blk->nr_regions; i++) {
-            if (blk->regions[i].registered) {
-                bytes[i / 8] |= 1 << (i % 8);
-            }
+    WITH_QEMU_LOCK_GUARD(&engine->lock) {
+        QTAILQ_FOREACH(blk, &engine->blocks, next) {
+            count++;
         }
-        memdedup_put_u32(out, id_len);
-        g_byte_array_append(out, (uint8_t *)blk->id, id_len);
-        memdedup_put_u64(out, blk->size);
-        memdedup_put_u64(out, blk->pages_per_region * blk->page_size);
-        memdedup_put_u64(out, blk->nr_regions);
-        g_byte_array_append(out, bytes, nbytes);
-    }
-    g_free(memdedup_hints.buf);
-    memdedup_hints.len = out->len;
-    memdedup_hints.buf = g_byte_array_free(out, false);
-    trace_memdedup_hints_saved(count, memdedup_hints.len);
-    return 0;
-}
+        memdedup_put_u32(out, MEMDEDUP_HINTS_MAGIC);
+        memdedup_put_u32(out, count);
+        QTAILQ_FOREACH(blk, &engine->blocks, next) {
+            uint64_t i, nbytes = DIV_ROUND_UP(blk->nr_regions, 8);
+            g_autofree uint8_t *bytes = g_malloc0(nbytes);
+            uint32_t id_len = strlen(blk->id);
 
-static int memdedup_hints_post_save(void *opaque)
-{
-    g_free(memdedup_hints.buf);
-    memdedup_hints.buf = NULL;
-    memdedup_hints.len = 0;
-    return 0;
+            for (i = 0; i < blk->nr_regions; i++) {
+                if (blk->regions[i].registered) {
+                    bytes[i / 8] |= 1 << (i % 8);
+                }
+            }
+            memdedup_put_u32(out, id_len);
+            g_byte_array_append(out, (uint8_t *)blk->id, id_len);
+            memdedup_put_u64(out, blk->size);
+            memdedup_put_u64(out, blk->pages_per_region * blk->page_size);
+            memdedup_put_u64(out, blk->nr_regions);
+            g_byte_array_append(out, bytes, nbytes);
+        }
+    }
+    if (out->len > MEMDEDUP_HINTS_MAX) {
+        error_report("memdedup: migration hints too large (%u bytes)",
+                     out->len);
+        return -E2BIG;
+    }
+    qemu_put_be32(f, out->len);
+    qemu_put_buffer(f, out->data, out->len);
+    trace_memdedup_hints_saved(count, out->len);
+    return qemu_file_get_error(f);
 }
 
 /* A bounds-checked reader over the received payload. */
@@ -191,21 +183,34 @@ static MemdedupBlock *memdedup_find_block_locked(MemdedupEngine *engine,
 }
 
 /*
- * Destination, BQL held, while device state loads.  A malformed payload
- * fails the migration; a mismatch only drops that block's hints.
+ * Destination, BQL held, as the migration's setup stage arrives (before
+ * any RAM).  A malformed payload fails the migration; a mismatch only
+ * drops that block's hints.  The engine registers hinted regions at
+ * once, although it stays paused for scanning.
  */
-static int memdedup_hints_post_load(void *opaque, int version_id)
+static int memdedup_hints_load(QEMUFile *f, void *opaque, int version_id)
 {
-    MemdedupEngine *engine = &memdedup_engine;
-    MemdedupReader r = { memdedup_hints.buf, memdedup_hints.len };
-    uint32_t magic, count, i;
+    MemdedupEngine *engine = opaque;
+    g_autofree uint8_t *buf = NULL;
+    MemdedupReader r;
+    uint32_t len, magic, count, i;
     int ret = 0;
 
+    len = qemu_get_be32(f);
+    if (len > MEMDEDUP_HINTS_MAX) {
+        error_report("memdedup: malformed migration hints (%u bytes)", len);
+        return -EINVAL;
+    }
+    buf = g_malloc(len);
+    if (qemu_get_buffer(f, buf, len) != len || qemu_file_get_error(f)) {
+        error_report("memdedup: truncated migration hints");
+        return -EIO;
+    }
+    r = (MemdedupReader) { buf, len };
     if (!memdedup_get_u32(&r, &magic) || magic != MEMDEDUP_HINTS_MAGIC ||
         !memdedup_get_u32(&r, &count)) {
         error_report("memdedup: malformed migration hints");
-        ret = -EINVAL;
-        goto out;
+        return -EINVAL;
     }
     for (i = 0; i < count; i++) {
         g_autofree char *id = NULL;
@@ -252,6 +257,8 @@ static int memdedup_hints_post_load(void *opaque, int version_id)
         }
         g_free(blk->hints);
         blk->hints = bitmap_new(nr_regions);
+        engine->hints_pending = true;
+        qemu_cond_signal(&engine->wakeup);
         for (k = 0; k < nr_regions; k++) {
             if (bytes[k / 8] & (1 << (k % 8))) {
                 set_bit(k, blk->hints);
@@ -263,33 +270,21 @@ static int memdedup_hints_post_load(void *opaque, int version_id)
     if (ret) {
         error_report("memdedup: malformed migration hints");
     }
-out:
-    g_free(memdedup_hints.buf);
-    memdedup_hints.buf = NULL;
-    memdedup_hints.len = 0;
     return ret;
 }
 
-static const VMStateDescription vmstate_memdedup_hints = {
-    .name = "memdedup-hints",
-    .version_id = 1,
-    .minimum_version_id = 1,
-    .needed = memdedup_hints_needed,
-    .pre_save = memdedup_hints_pre_save,
-    .post_save = memdedup_hints_post_save,
-    .post_load = memdedup_hints_post_load,
-    .fields = (VMStateField[]) {
-        VMSTATE_UINT32(len, MemdedupHints),
-        VMSTATE_VBUFFER_ALLOC_UINT32(buf, MemdedupHints, 1, NULL, len),
-        VMSTATE_END_OF_LIST()
-    },
+static SaveVMHandlers savevm_memdedup_hints = {
+    .is_active = memdedup_hints_active,
+    .save_setup = memdedup_hints_save_setup,
+    .load_state = memdedup_hints_load,
 };
 
 void memdedup_migration_init(MemdedupEngine *engine)
 {
     engine->migration_notifier.notify = memdedup_migration_notify;
     add_migration_state_change_notifier(&engine->migration_notifier);
-    vmstate_register(NULL, 0, &vmstate_memdedup_hints, &memdedup_hints);
+    register_savevm_live("memdedup-hints", 0, 1, &savevm_memdedup_hints,
+                         engine);
 
     if (runstate_check(RUN_STATE_INMIGRATE)) {
         memdedup_engine_pause(engine, "incoming migration", true);
