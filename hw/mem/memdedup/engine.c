@@ -1312,6 +1312,7 @@ struct MemdedupSettings {
     uint32_t scan_threads;
     uint32_t rescan_interval;   /* milliseconds */
     bool migrate_hints;         /* send registered regions when migrating */
+    MemdedupAdopt *adopt;       /* adopt, adopt-ram (adopt.c), or NULL */
 };
 
 /* Push the object's settings to the engine; BQL held. */
@@ -1424,6 +1425,8 @@ static void memdedup_settings_complete(UserCreatable *uc, Error **errp)
     qemu_mutex_unlock(&engine->lock);
     s->complete = true;
     memdedup_settings_apply(s);
+    /* On failure, finalize puts the engine back to its defaults. */
+    memdedup_adopt_complete(s->adopt, errp);
 }
 
 static void memdedup_settings_init(Object *obj)
@@ -1440,6 +1443,7 @@ static void memdedup_settings_finalize(Object *obj)
     MemdedupSettings *s = MEMDEDUP(obj);
     MemdedupEngine *engine = &memdedup_engine;
 
+    memdedup_adopt_free(s->adopt);
     if (!s->complete) {
         return;
     }
@@ -1484,6 +1488,7 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
     object_class_property_set_description(oc, "migrate-hints",
         "Send the registered regions in the migration stream; the "
         "destination must run memdedup too (default off)");
+    memdedup_adopt_class_init(oc, offsetof(MemdedupSettings, adopt));
 }
 
 static const TypeInfo memdedup_settings_info = {

@@ -152,4 +152,21 @@ void memdedup_migration_init(MemdedupEngine *engine);
 /* Has the incoming migration completed?  Any thread. */
 bool memdedup_migration_incoming_done(void);
 
+/*
+ * adopt.c: the memdedup object's "adopt" and "adopt-ram" properties,
+ * which put memory-backend-ram objects under the engine.  BQL held.
+ *
+ * memdedup_adopt_class_init: add the properties to @oc; their state is a
+ * MemdedupAdopt pointer at @offset in the instance, allocated on first
+ * use (NULL until then).
+ * memdedup_adopt_complete: the owning object is complete: adopt now if
+ * the machine is ready, else at machine-init-done (exiting QEMU with an
+ * error if a named backend is missing or unsuitable then).
+ * memdedup_adopt_free: release the adopted backends' handles.
+ */
+typedef struct MemdedupAdopt MemdedupAdopt;
+void memdedup_adopt_class_init(ObjectClass *oc, size_t offset);
+bool memdedup_adopt_complete(MemdedupAdopt *adopt, Error **errp);
+void memdedup_adopt_free(MemdedupAdopt *adopt);
+
 #endif
