@@ -5,6 +5,7 @@
 #   make check    build, then every test (unit, qtest, integration)
 #   make bench    side-by-side benchmarks against stock QEMU + KSM
 #   make check-asan  unit test and qtest under AddressSanitizer/UBSan
+#   make tools    build/tools/memdedup-stat, the libvirt statistics tool
 #   make clean    remove the build tree (keeps the downloaded sources)
 
 SHELL := /bin/bash
@@ -17,7 +18,8 @@ S := $(TOP)/scripts/memdedup
 export CCACHE_DIR ?= $(TOP)/build/ccache
 
 .PHONY: all build deps source run check check-unit check-qtest \
-        check-integration check-qemu check-asan bench guest clean distclean
+        check-integration check-qemu check-asan bench guest tools clean \
+        distclean
 
 all: build
 
@@ -38,10 +40,22 @@ $(BLD)/build.ninja: $(SRC)/.memdedup-unpacked $(wildcard patches/qemu/*.patch) \
 	$(S)/prepare-tree.sh $(SRC)
 	$(S)/configure-qemu.sh $(SRC)
 
-build: deps $(BLD)/build.ninja
+build: deps $(BLD)/build.ninja tools
 	@$(S)/prepare-tree.sh $(SRC)
 	ninja -C $(BLD) qemu-system-x86_64
 	@$(S)/link-firmware.sh $(BLD)
+
+# memdedup-stat: statistics of every libvirt domain (libvirt, json-c).
+TOOLS := $(TOP)/build/tools
+TOOL_PKGS := libvirt libvirt-qemu json-c
+TOOL_CFLAGS := -O2 -g -std=gnu11 -Wall -Wextra -Werror
+
+tools: $(TOOLS)/memdedup-stat
+
+$(TOOLS)/memdedup-stat: tools/memdedup-stat/memdedup-stat.c | deps
+	@mkdir -p $(TOOLS)
+	$(CC) $(TOOL_CFLAGS) $$(pkg-config --cflags $(TOOL_PKGS)) -o $@ $< \
+	    $$(pkg-config --libs $(TOOL_PKGS))
 
 guest: deps
 	$(S)/make-guest.sh

@@ -1,0 +1,937 @@
+/*
+ * memdedup-stat: memdedup statistics of every running libvirt domain
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * Asks each running domain's QEMU for query-memdedup through libvirt
+ * (virDomainQemuMonitorCommand, the API behind "virsh
+ * qemu-monitor-command") and the host's KSM counters through
+ * virNodeGetMemoryParameters (what "virsh node-memory-tune" shows), and
+ * prints them as a table, as JSON or in Prometheus' text exposition
+ * format.  A domain whose QEMU lacks query-memdedup, or runs it without
+ * any managed backend, is listed as such; it is not an error.
+ *
+ * One snapshot is gathered completely (struct snapshot) before anything
+ * is printed, so the three formats always show the same numbers.
+ */
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+#include <libvirt/libvirt.h>
+#include <libvirt/libvirt-qemu.h>
+#include <libvirt/virterror.h>
+
+#define MIB (1024.0 * 1024.0)
+
+/* Exit statuses (documented in --help and the man page). */
+enum {
+    EXIT_OK = 0,
+    EXIT_FAILURE_LIBVIRT = 1,   /* cannot connect, list or query */
+    EXIT_USAGE = 2,             /* bad command line */
+};
+
+enum format { FORMAT_TABLE, FORMAT_JSON, FORMAT_PROMETHEUS };
+
+/* Why a domain shows no memdedup statistics. */
+enum domain_status {
+    DOMAIN_MEMDEDUP,            /* query-memdedup answered, backends > 0 */
+    DOMAIN_NO_BACKENDS,         /* query-memdedup answered, no backend */
+    DOMAIN_NO_COMMAND,          /* QEMU has no query-memdedup */
+    DOMAIN_ERROR,               /* the query failed (domain went away ...) */
+};
+
+static const char *const domain_status_names[] = {
+    [DOMAIN_MEMDEDUP] = "memdedup",
+    [DOMAIN_NO_BACKENDS] = "no-backends",
+    [DOMAIN_NO_COMMAND] = "no-memdedup",
+    [DOMAIN_ERROR] = "error",
+};
+
+/* One backend's numbers, in bytes (pages times the backend page size). */
+struct backend_stats {
+    char *id;
+    char *policy;
+    uint64_t size;
+    uint64_t resident;
+    uint64_t zero;
+    uint64_t duplicate;
+    uint64_t unique;
+    uint64_t volatile_bytes;
+    uint64_t registered;
+    uint64_t kernel_merged;
+    bool has_kernel_merged;
+    uint64_t estimated_saving;
+    uint64_t actual_saving;
+};
+
+struct domain_stats {
+    char *name;
+    char *uuid;
+    enum domain_status status;
+    char *error;                /* DOMAIN_ERROR: libvirt's message */
+    json_object *reply;         /* query-memdedup's "return", or NULL */
+    char *state;                /* engine state: idle, scanning, ... */
+    uint64_t passes_completed;
+    uint64_t scanner_cpu_ns;
+    uint64_t metadata_bytes;
+    struct backend_stats *backends;
+    size_t nr_backends;
+};
+
+/* virNodeGetMemoryParameters' shm_* values; absent ones are -1. */
+struct host_ksm {
+    bool available;
+    char *error;
+    long long pages_to_scan;
+    long long sleep_millisecs;
+    long long pages_shared;
+    long long pages_sharing;
+    long long pages_unshared;
+    long long pages_volatile;
+    long long full_scans;
+    long long merge_across_nodes;
+};
+
+struct snapshot {
+    time_t taken;
+    long page_size;             /* this host's, for the KSM page counts */
+    struct host_ksm ksm;
+    struct domain_stats *domains;
+    size_t nr_domains;
+};
+
+static const char *progname = "memdedup-stat";
+static volatile sig_atomic_t interrupted;
+
+static void die(int status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3), noreturn));
+
+static void die(int status, const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "%s: ", progname);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    exit(status);
+}
+
+static void *xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size);
+
+    if (!p) {
+        die(EXIT_FAILURE_LIBVIRT, "out of memory");
+    }
+    return p;
+}
+
+static char *xstrdup(const char *s)
+{
+    char *p = strdup(s ? s : "");
+
+    if (!p) {
+        die(EXIT_FAILURE_LIBVIRT, "out of memory");
+    }
+    return p;
+}
+
+static const char *libvirt_error(void)
+{
+    const char *msg = virGetLastErrorMessage();
+
+    return msg ? msg : "unknown libvirt error";
+}
+
+/* libvirt prints every error to stderr by default; we report our own. */
+static void libvirt_quiet(void *opaque, virErrorPtr err)
+{
+    (void)opaque;
+    (void)err;
+}
+
+/* ------------------------------------------------------------------ */
+/* Gathering                                                           */
+/* ------------------------------------------------------------------ */
+
+static uint64_t json_u64(json_object *obj, const char *key, bool *present)
+{
+    json_object *v;
+
+    if (!json_object_object_get_ex(obj, key, &v) ||
+        !json_object_is_type(v, json_type_int)) {
+        if (present) {
+            *present = false;
+        }
+        return 0;
+    }
+    if (present) {
+        *present = true;
+    }
+    return json_object_get_uint64(v);
+}
+
+static const char *json_str(json_object *obj, const char *key)
+{
+    json_object *v;
+
+    if (!json_object_object_get_ex(obj, key, &v) ||
+        !json_object_is_type(v, json_type_string)) {
+        return "";
+    }
+    return json_object_get_string(v);
+}
+
+static void backend_parse(json_object *b, struct backend_stats *out)
+{
+    uint64_t page = json_u64(b, "page-size", NULL);
+
+    if (!page) {
+        page = 4096;
+    }
+    out->id = xstrdup(json_str(b, "id"));
+    out->policy = xstrdup(json_str(b, "policy"));
+    out->size = json_u64(b, "size", NULL);
+    out->resident = json_u64(b, "resident-pages", NULL) * page;
+    out->zero = json_u64(b, "zero-pages", NULL) * page;
+    out->duplicate = json_u64(b, "duplicate-pages", NULL) * page;
+    out->unique = json_u64(b, "unique-pages", NULL) * page;
+    out->volatile_bytes = json_u64(b, "volatile-pages", NULL) * page;
+    out->registered = json_u64(b, "registered-bytes", NULL);
+    out->kernel_merged = json_u64(b, "kernel-merged-pages",
+                                  &out->has_kernel_merged) * page;
+    out->estimated_saving = json_u64(b, "estimated-saving", NULL);
+    out->actual_saving = json_u64(b, "actual-saving", NULL);
+}
+
+/* Is this monitor reply (or libvirt error) a missing command? */
+static bool is_command_not_found(json_object *reply, const char *message)
+{
+    json_object *err, *cls;
+
+    if (reply && json_object_object_get_ex(reply, "error", &err) &&
+        json_object_object_get_ex(err, "class", &cls)) {
+        return !strcmp(json_object_get_string(cls), "CommandNotFound");
+    }
+    return message && strstr(message, "CommandNotFound");
+}
+
+static void domain_query(virDomainPtr dom, struct domain_stats *d)
+{
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    char *text = NULL;
+    json_object *reply, *ret, *backends, *err;
+    size_t i;
+
+    d->name = xstrdup(virDomainGetName(dom));
+    d->uuid = xstrdup(virDomainGetUUIDString(dom, uuid) == 0 ? uuid : "");
+
+    if (virDomainQemuMonitorCommand(dom, "{\"execute\":\"query-memdedup\"}",
+                                    &text,
+                                    VIR_DOMAIN_QEMU_MONITOR_COMMAND_DEFAULT)
+        < 0) {
+        const char *msg = libvirt_error();
+
+        if (is_command_not_found(NULL, msg)) {
+            d->status = DOMAIN_NO_COMMAND;
+        } else {
+            d->status = DOMAIN_ERROR;
+            d->error = xstrdup(msg);
+        }
+        return;
+    }
+    reply = json_tokener_parse(text);
+    free(text);
+    if (!reply) {
+        d->status = DOMAIN_ERROR;
+        d->error = xstrdup("query-memdedup: reply is not JSON");
+        return;
+    }
+    if (!json_object_object_get_ex(reply, "return", &ret)) {
+        if (is_command_not_found(reply, NULL)) {
+            d->status = DOMAIN_NO_COMMAND;
+        } else {
+            d->status = DOMAIN_ERROR;
+            d->error = xstrdup(json_object_object_get_ex(reply, "error", &err)
+                               ? json_str(err, "desc")
+                               : "query-memdedup: reply without return");
+        }
+        json_object_put(reply);
+        return;
+    }
+    d->reply = json_object_get(ret);
+    json_object_put(reply);
+
+    d->state = xstrdup(json_str(ret, "state"));
+    d->passes_completed = json_u64(ret, "passes-completed", NULL);
+    d->scanner_cpu_ns = json_u64(ret, "scanner-cpu-time", NULL);
+    d->metadata_bytes = json_u64(ret, "metadata-bytes", NULL);
+    if (json_object_object_get_ex(ret, "backends", &backends) &&
+        json_object_is_type(backends, json_type_array)) {
+        d->nr_backends = json_object_array_length(backends);
+    }
+    d->status = d->nr_backends ? DOMAIN_MEMDEDUP : DOMAIN_NO_BACKENDS;
+    d->backends = xcalloc(d->nr_backends, sizeof(*d->backends));
+    for (i = 0; i < d->nr_backends; i++) {
+        backend_parse(json_object_array_get_idx(backends, i),
+                      &d->backends[i]);
+    }
+}
+
+static void host_ksm_query(virConnectPtr conn, struct host_ksm *ksm)
+{
+    static const struct {
+        const char *name;
+        size_t offset;
+    } fields[] = {
+        { VIR_NODE_MEMORY_SHARED_PAGES_TO_SCAN,
+          offsetof(struct host_ksm, pages_to_scan) },
+        { VIR_NODE_MEMORY_SHARED_SLEEP_MILLISECS,
+          offsetof(struct host_ksm, sleep_millisecs) },
+        { VIR_NODE_MEMORY_SHARED_PAGES_SHARED,
+          offsetof(struct host_ksm, pages_shared) },
+        { VIR_NODE_MEMORY_SHARED_PAGES_SHARING,
+          offsetof(struct host_ksm, pages_sharing) },
+        { VIR_NODE_MEMORY_SHARED_PAGES_UNSHARED,
+          offsetof(struct host_ksm, pages_unshared) },
+        { VIR_NODE_MEMORY_SHARED_PAGES_VOLATILE,
+          offsetof(struct host_ksm, pages_volatile) },
+        { VIR_NODE_MEMORY_SHARED_FULL_SCANS,
+          offsetof(struct host_ksm, full_scans) },
+        { VIR_NODE_MEMORY_SHARED_MERGE_ACROSS_NODES,
+          offsetof(struct host_ksm, merge_across_nodes) },
+    };
+    virTypedParameterPtr params = NULL;
+    int nparams = 0;
+    size_t i;
+
+    for (i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        *(long long *)((char *)ksm + fields[i].offset) = -1;
+    }
+    if (virNodeGetMemoryParameters(conn, NULL, &nparams, 0) < 0) {
+        ksm->error = xstrdup(libvirt_error());
+        return;
+    }
+    if (!nparams) {
+        ksm->error = xstrdup("the host reports no KSM parameters");
+        return;
+    }
+    params = xcalloc(nparams, sizeof(*params));
+    if (virNodeGetMemoryParameters(conn, params, &nparams, 0) < 0) {
+        ksm->error = xstrdup(libvirt_error());
+        free(params);
+        return;
+    }
+    for (i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        unsigned long long value;
+
+        if (virTypedParamsGetULLong(params, nparams, fields[i].name,
+                                    &value) == 1) {
+            *(long long *)((char *)ksm + fields[i].offset) = value;
+        } else {
+            unsigned int uvalue;
+
+            if (virTypedParamsGetUInt(params, nparams, fields[i].name,
+                                      &uvalue) == 1) {
+                *(long long *)((char *)ksm + fields[i].offset) = uvalue;
+            }
+        }
+    }
+    virTypedParamsFree(params, nparams);
+    ksm->available = true;
+}
+
+static int domain_compare(const void *a, const void *b)
+{
+    return strcmp(((const struct domain_stats *)a)->name,
+                  ((const struct domain_stats *)b)->name);
+}
+
+/* Gather everything; false (with a message printed) if libvirt fails. */
+static bool snapshot_take(virConnectPtr conn, struct snapshot *snap)
+{
+    virDomainPtr *doms = NULL;
+    int n, i;
+
+    memset(snap, 0, sizeof(*snap));
+    snap->taken = time(NULL);
+    snap->page_size = sysconf(_SC_PAGESIZE);
+    n = virConnectListAllDomains(conn, &doms,
+                                 VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+    if (n < 0) {
+        fprintf(stderr, "%s: cannot list domains: %s\n", progname,
+                libvirt_error());
+        return false;
+    }
+    host_ksm_query(conn, &snap->ksm);
+    snap->domains = xcalloc(n, sizeof(*snap->domains));
+    snap->nr_domains = n;
+    for (i = 0; i < n; i++) {
+        domain_query(doms[i], &snap->domains[i]);
+        virDomainFree(doms[i]);
+    }
+    free(doms);
+    qsort(snap->domains, snap->nr_domains, sizeof(*snap->domains),
+          domain_compare);
+    return true;
+}
+
+static void snapshot_free(struct snapshot *snap)
+{
+    size_t i, j;
+
+    for (i = 0; i < snap->nr_domains; i++) {
+        struct domain_stats *d = &snap->domains[i];
+
+        for (j = 0; j < d->nr_backends; j++) {
+            free(d->backends[j].id);
+            free(d->backends[j].policy);
+        }
+        free(d->backends);
+        free(d->name);
+        free(d->uuid);
+        free(d->error);
+        free(d->state);
+        json_object_put(d->reply);
+    }
+    free(snap->domains);
+    free(snap->ksm.error);
+}
+
+/* ------------------------------------------------------------------ */
+/* Output: table                                                       */
+/* ------------------------------------------------------------------ */
+
+static void print_mib(FILE *out, int width, uint64_t bytes)
+{
+    fprintf(out, " %*.1f", width, bytes / MIB);
+}
+
+static void print_table(FILE *out, const struct snapshot *snap)
+{
+    const struct host_ksm *k = &snap->ksm;
+    struct backend_stats total = { 0 };
+    size_t i, j;
+
+    fprintf(out, "%-16s %-12s %-10s %9s %9s %9s %9s %9s %10s %9s %9s\n",
+            "DOMAIN", "BACKEND", "POLICY", "SIZE", "RESIDENT", "ZERO",
+            "DUPLICATE", "UNIQUE", "REGISTERED", "MERGED", "ESTIMATED");
+    fprintf(out, "%-16s %-12s %-10s %9s %9s %9s %9s %9s %10s %9s %9s\n",
+            "", "", "", "MiB", "MiB", "MiB", "MiB", "MiB", "MiB", "MiB",
+            "MiB");
+    for (i = 0; i < snap->nr_domains; i++) {
+        const struct domain_stats *d = &snap->domains[i];
+
+        if (d->status != DOMAIN_MEMDEDUP) {
+            fprintf(out, "%-16s %s%s%s\n", d->name,
+                    d->status == DOMAIN_NO_COMMAND ?
+                    "(no memdedup: QEMU lacks query-memdedup)" :
+                    d->status == DOMAIN_NO_BACKENDS ?
+                    "(no memdedup: no managed backend)" : "(error: ",
+                    d->error ? d->error : "", d->error ? ")" : "");
+            continue;
+        }
+        for (j = 0; j < d->nr_backends; j++) {
+            const struct backend_stats *b = &d->backends[j];
+
+            fprintf(out, "%-16s %-12s %-10s", j ? "" : d->name, b->id,
+                    b->policy);
+            print_mib(out, 9, b->size);
+            print_mib(out, 9, b->resident);
+            print_mib(out, 9, b->zero);
+            print_mib(out, 9, b->duplicate);
+            print_mib(out, 9, b->unique);
+            print_mib(out, 10, b->registered);
+            if (b->has_kernel_merged) {
+                print_mib(out, 9, b->kernel_merged);
+            } else {
+                fprintf(out, " %9s", "-");
+            }
+            print_mib(out, 9, b->estimated_saving);
+            fputc('\n', out);
+            total.size += b->size;
+            total.resident += b->resident;
+            total.zero += b->zero;
+            total.duplicate += b->duplicate;
+            total.unique += b->unique;
+            total.registered += b->registered;
+            total.kernel_merged += b->kernel_merged;
+            total.estimated_saving += b->estimated_saving;
+        }
+    }
+    fprintf(out, "%-16s %-12s %-10s", "TOTAL", "", "");
+    print_mib(out, 9, total.size);
+    print_mib(out, 9, total.resident);
+    print_mib(out, 9, total.zero);
+    print_mib(out, 9, total.duplicate);
+    print_mib(out, 9, total.unique);
+    print_mib(out, 10, total.registered);
+    print_mib(out, 9, total.kernel_merged);
+    print_mib(out, 9, total.estimated_saving);
+    fputc('\n', out);
+
+    for (i = 0; i < snap->nr_domains; i++) {
+        const struct domain_stats *d = &snap->domains[i];
+
+        if (d->status == DOMAIN_MEMDEDUP) {
+            fprintf(out, "%s: engine %s, %" PRIu64 " passes, scanner CPU "
+                    "%.3f s, metadata %.1f KiB\n", d->name, d->state,
+                    d->passes_completed, d->scanner_cpu_ns / 1e9,
+                    d->metadata_bytes / 1024.0);
+        }
+    }
+    if (!k->available) {
+        fprintf(out, "host KSM: unavailable (%s)\n", k->error);
+        return;
+    }
+    fprintf(out, "host KSM: pages_shared %lld, pages_sharing %lld "
+            "(saving %.1f MiB), pages_unshared %lld, pages_volatile %lld, "
+            "full_scans %lld, pages_to_scan %lld, sleep_millisecs %lld, "
+            "merge_across_nodes %lld\n", k->pages_shared, k->pages_sharing,
+            k->pages_sharing > 0 ? k->pages_sharing * snap->page_size / MIB :
+            0.0, k->pages_unshared, k->pages_volatile, k->full_scans,
+            k->pages_to_scan, k->sleep_millisecs, k->merge_across_nodes);
+}
+
+/* ------------------------------------------------------------------ */
+/* Output: JSON                                                        */
+/* ------------------------------------------------------------------ */
+
+static void json_add_ll(json_object *obj, const char *key, long long value)
+{
+    if (value >= 0) {
+        json_object_object_add(obj, key, json_object_new_int64(value));
+    }
+}
+
+static void print_json(FILE *out, const struct snapshot *snap)
+{
+    json_object *root = json_object_new_object();
+    json_object *host = json_object_new_object();
+    json_object *domains = json_object_new_array();
+    const struct host_ksm *k = &snap->ksm;
+    size_t i;
+
+    json_object_object_add(root, "timestamp",
+                           json_object_new_int64(snap->taken));
+    json_object_object_add(host, "available",
+                           json_object_new_boolean(k->available));
+    if (k->available) {
+        json_add_ll(host, "pages-to-scan", k->pages_to_scan);
+        json_add_ll(host, "sleep-millisecs", k->sleep_millisecs);
+        json_add_ll(host, "pages-shared", k->pages_shared);
+        json_add_ll(host, "pages-sharing", k->pages_sharing);
+        json_add_ll(host, "pages-unshared", k->pages_unshared);
+        json_add_ll(host, "pages-volatile", k->pages_volatile);
+        json_add_ll(host, "full-scans", k->full_scans);
+        json_add_ll(host, "merge-across-nodes", k->merge_across_nodes);
+        json_add_ll(host, "page-size", snap->page_size);
+    } else {
+        json_object_object_add(host, "error",
+                               json_object_new_string(k->error));
+    }
+    json_object_object_add(root, "host-ksm", host);
+
+    for (i = 0; i < snap->nr_domains; i++) {
+        const struct domain_stats *d = &snap->domains[i];
+        json_object *dom = json_object_new_object();
+
+        json_object_object_add(dom, "name", json_object_new_string(d->name));
+        json_object_object_add(dom, "uuid", json_object_new_string(d->uuid));
+        json_object_object_add(dom, "memdedup",
+            json_object_new_boolean(d->status == DOMAIN_MEMDEDUP));
+        json_object_object_add(dom, "status",
+            json_object_new_string(domain_status_names[d->status]));
+        if (d->error) {
+            json_object_object_add(dom, "error",
+                                   json_object_new_string(d->error));
+        }
+        if (d->reply) {
+            /* query-memdedup's reply as QEMU gave it. */
+            json_object_object_add(dom, "query-memdedup",
+                                   json_object_get(d->reply));
+        }
+        json_object_array_add(domains, dom);
+    }
+    json_object_object_add(root, "domains", domains);
+    fprintf(out, "%s\n",
+            json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
+                                           JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(root);
+}
+
+/* ------------------------------------------------------------------ */
+/* Output: Prometheus text exposition format                           */
+/* ------------------------------------------------------------------ */
+
+/* A label value with \, " and newline escaped as the format demands. */
+static void print_label(FILE *out, const char *value)
+{
+    for (; *value; value++) {
+        if (*value == '\\' || *value == '"') {
+            fputc('\\', out);
+            fputc(*value, out);
+        } else if (*value == '\n') {
+            fputs("\\n", out);
+        } else {
+            fputc(*value, out);
+        }
+    }
+}
+
+static void prom_header(FILE *out, const char *name, const char *type,
+                        const char *help)
+{
+    fprintf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Which backend field a per-backend metric reports. */
+typedef uint64_t (*backend_field)(const struct backend_stats *b);
+
+#define BACKEND_FIELD(field) \
+    static uint64_t backend_##field(const struct backend_stats *b) \
+    { \
+        return b->field; \
+    }
+BACKEND_FIELD(size)
+BACKEND_FIELD(resident)
+BACKEND_FIELD(zero)
+BACKEND_FIELD(duplicate)
+BACKEND_FIELD(unique)
+BACKEND_FIELD(volatile_bytes)
+BACKEND_FIELD(registered)
+BACKEND_FIELD(kernel_merged)
+BACKEND_FIELD(estimated_saving)
+BACKEND_FIELD(actual_saving)
+
+static void print_prometheus(FILE *out, const struct snapshot *snap)
+{
+    static const struct {
+        const char *name;
+        backend_field get;
+        const char *help;
+    } metrics[] = {
+        { "memdedup_backend_size_bytes", backend_size,
+          "Size of the memory backend" },
+        { "memdedup_backend_resident_bytes", backend_resident,
+          "Resident guest memory of the backend" },
+        { "memdedup_backend_zero_bytes", backend_zero,
+          "Resident zero pages of the backend" },
+        { "memdedup_backend_duplicate_bytes", backend_duplicate,
+          "Resident non-zero pages whose content occurs more than once" },
+        { "memdedup_backend_unique_bytes", backend_unique,
+          "Resident non-zero pages whose content occurs once" },
+        { "memdedup_backend_volatile_bytes", backend_volatile_bytes,
+          "Pages whose content changed during the last pass" },
+        { "memdedup_backend_registered_bytes", backend_registered,
+          "Memory registered with KSM (madvise MADV_MERGEABLE)" },
+        { "memdedup_backend_kernel_merged_bytes", backend_kernel_merged,
+          "Memory the kernel reports merged by KSM" },
+        { "memdedup_backend_estimated_saving_bytes", backend_estimated_saving,
+          "Memory that merging every zero and duplicate page would free" },
+        { "memdedup_backend_actual_saving_bytes", backend_actual_saving,
+          "Private copies the kernel dropped by merging" },
+    };
+    const struct {
+        const char *name;
+        const char *type;
+        long long value;
+        const char *help;
+    } host[] = {
+        { "memdedup_host_ksm_pages_shared", "gauge", snap->ksm.pages_shared,
+          "KSM pages in use (shm_pages_shared)" },
+        { "memdedup_host_ksm_pages_sharing", "gauge", snap->ksm.pages_sharing,
+          "Sites sharing KSM pages, the pages saved (shm_pages_sharing)" },
+        { "memdedup_host_ksm_pages_unshared", "gauge",
+          snap->ksm.pages_unshared,
+          "Pages KSM checked but found unique (shm_pages_unshared)" },
+        { "memdedup_host_ksm_pages_volatile", "gauge",
+          snap->ksm.pages_volatile,
+          "Pages changing too fast for KSM (shm_pages_volatile)" },
+        { "memdedup_host_ksm_full_scans_total", "counter",
+          snap->ksm.full_scans,
+          "Full scans of all mergeable memory by ksmd (shm_full_scans)" },
+        { "memdedup_host_ksm_pages_to_scan", "gauge",
+          snap->ksm.pages_to_scan,
+          "Pages ksmd scans per wake-up (shm_pages_to_scan)" },
+        { "memdedup_host_ksm_sleep_milliseconds", "gauge",
+          snap->ksm.sleep_millisecs,
+          "Milliseconds ksmd sleeps between scans (shm_sleep_millisecs)" },
+        { "memdedup_host_ksm_merge_across_nodes", "gauge",
+          snap->ksm.merge_across_nodes,
+          "Whether KSM merges across NUMA nodes (shm_merge_across_nodes)" },
+    };
+    size_t i, j, m;
+
+    prom_header(out, "memdedup_domain_enabled", "gauge",
+                "1 if the domain's QEMU runs memdedup with at least one "
+                "managed backend, 0 if not");
+    for (i = 0; i < snap->nr_domains; i++) {
+        const struct domain_stats *d = &snap->domains[i];
+
+        fputs("memdedup_domain_enabled{domain=\"", out);
+        print_label(out, d->name);
+        fprintf(out, "\",status=\"%s\"} %d\n",
+                domain_status_names[d->status],
+                d->status == DOMAIN_MEMDEDUP);
+    }
+    prom_header(out, "memdedup_passes_completed_total", "counter",
+                "Scan passes the engine completed");
+    for (i = 0; i < snap->nr_domains; i++) {
+        if (snap->domains[i].status == DOMAIN_MEMDEDUP) {
+            fputs("memdedup_passes_completed_total{domain=\"", out);
+            print_label(out, snap->domains[i].name);
+            fprintf(out, "\"} %" PRIu64 "\n",
+                    snap->domains[i].passes_completed);
+        }
+    }
+    prom_header(out, "memdedup_scanner_cpu_seconds_total", "counter",
+                "CPU time the engine's scanner threads spent hashing");
+    for (i = 0; i < snap->nr_domains; i++) {
+        if (snap->domains[i].status == DOMAIN_MEMDEDUP) {
+            fputs("memdedup_scanner_cpu_seconds_total{domain=\"", out);
+            print_label(out, snap->domains[i].name);
+            fprintf(out, "\"} %.9f\n", snap->domains[i].scanner_cpu_ns / 1e9);
+        }
+    }
+    prom_header(out, "memdedup_metadata_bytes", "gauge",
+                "Memory the engine uses for its per-page metadata");
+    for (i = 0; i < snap->nr_domains; i++) {
+        if (snap->domains[i].status == DOMAIN_MEMDEDUP) {
+            fputs("memdedup_metadata_bytes{domain=\"", out);
+            print_label(out, snap->domains[i].name);
+            fprintf(out, "\"} %" PRIu64 "\n", snap->domains[i].metadata_bytes);
+        }
+    }
+    for (m = 0; m < sizeof(metrics) / sizeof(metrics[0]); m++) {
+        prom_header(out, metrics[m].name, "gauge", metrics[m].help);
+        for (i = 0; i < snap->nr_domains; i++) {
+            const struct domain_stats *d = &snap->domains[i];
+
+            for (j = 0; j < d->nr_backends; j++) {
+                const struct backend_stats *b = &d->backends[j];
+
+                if (metrics[m].get == backend_kernel_merged &&
+                    !b->has_kernel_merged) {
+                    continue;
+                }
+                fprintf(out, "%s{domain=\"", metrics[m].name);
+                print_label(out, d->name);
+                fputs("\",backend=\"", out);
+                print_label(out, b->id);
+                fprintf(out, "\"} %" PRIu64 "\n", metrics[m].get(b));
+            }
+        }
+    }
+    prom_header(out, "memdedup_host_ksm_up", "gauge",
+                "1 if libvirt reported the host's KSM parameters");
+    fprintf(out, "memdedup_host_ksm_up %d\n", snap->ksm.available);
+    for (m = 0; m < sizeof(host) / sizeof(host[0]); m++) {
+        if (host[m].value < 0) {
+            continue;
+        }
+        prom_header(out, host[m].name, host[m].type, host[m].help);
+        fprintf(out, "%s %lld\n", host[m].name, host[m].value);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Main                                                                */
+/* ------------------------------------------------------------------ */
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+"Usage: %s [OPTION]...\n"
+"Show the memdedup statistics of every running libvirt domain and the\n"
+"host's KSM totals.\n"
+"\n"
+"  -c, --connect URI   libvirt connection URI (default: libvirt's default,\n"
+"                      e.g. qemu:///system as root)\n"
+"  -j, --json          print JSON: host-ksm, and per domain its status and\n"
+"                      query-memdedup's reply\n"
+"  -p, --prometheus    print Prometheus text exposition format (for\n"
+"                      node-exporter's textfile collector)\n"
+"  -w, --watch SECS    refresh every SECS seconds until interrupted\n"
+"  -o, --output FILE   write to FILE (replaced atomically at each refresh)\n"
+"                      instead of standard output\n"
+"  -h, --help          show this help and exit\n"
+"\n"
+"The table shows one row per memory backend, sizes in MiB; a domain\n"
+"without memdedup (QEMU lacks query-memdedup, or manages no backend) is\n"
+"listed as such.  Querying QEMU's monitor needs a read-write connection.\n"
+"\n"
+"Exit status: 0 on success, 1 if libvirt cannot be reached or queried,\n"
+"2 on a usage error.\n", progname);
+}
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+/* Print one snapshot to stdout or, atomically, to @path. */
+static bool emit(const struct snapshot *snap, enum format format,
+                 const char *path, bool clear)
+{
+    char *tmp = NULL;
+    FILE *out = stdout;
+
+    if (path) {
+        if (asprintf(&tmp, "%s.tmp.%ld", path, (long)getpid()) < 0) {
+            die(EXIT_FAILURE_LIBVIRT, "out of memory");
+        }
+        out = fopen(tmp, "w");
+        if (!out) {
+            fprintf(stderr, "%s: cannot write %s: %s\n", progname, tmp,
+                    strerror(errno));
+            free(tmp);
+            return false;
+        }
+    } else if (clear) {
+        fputs("\033[H\033[2J", out);
+    }
+    switch (format) {
+    case FORMAT_TABLE:
+        print_table(out, snap);
+        break;
+    case FORMAT_JSON:
+        print_json(out, snap);
+        break;
+    case FORMAT_PROMETHEUS:
+        print_prometheus(out, snap);
+        break;
+    }
+    if (!path) {
+        fflush(out);
+        return !ferror(out);
+    }
+    if (fclose(out) != 0 || rename(tmp, path) != 0) {
+        fprintf(stderr, "%s: cannot write %s: %s\n", progname, path,
+                strerror(errno));
+        unlink(tmp);
+        free(tmp);
+        return false;
+    }
+    free(tmp);
+    return true;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option options[] = {
+        { "connect", required_argument, NULL, 'c' },
+        { "json", no_argument, NULL, 'j' },
+        { "prometheus", no_argument, NULL, 'p' },
+        { "watch", required_argument, NULL, 'w' },
+        { "output", required_argument, NULL, 'o' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *uri = NULL, *output = NULL;
+    enum format format = FORMAT_TABLE;
+    long watch = 0;
+    virConnectPtr conn;
+    struct sigaction sa = { .sa_handler = on_signal };
+    int opt, status = EXIT_OK;
+    bool clear;
+
+    while ((opt = getopt_long(argc, argv, "c:jpw:o:h", options, NULL)) != -1) {
+        char *end;
+
+        switch (opt) {
+        case 'c':
+            uri = optarg;
+            break;
+        case 'j':
+            format = FORMAT_JSON;
+            break;
+        case 'p':
+            format = FORMAT_PROMETHEUS;
+            break;
+        case 'w':
+            errno = 0;
+            watch = strtol(optarg, &end, 10);
+            if (errno || *end || end == optarg || watch < 1) {
+                fprintf(stderr, "%s: --watch needs a whole number of seconds "
+                        "of at least 1, not '%s'\n", progname, optarg);
+                return EXIT_USAGE;
+            }
+            break;
+        case 'o':
+            output = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return EXIT_OK;
+        default:
+            usage(stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "%s: unexpected argument '%s'\n", progname,
+                argv[optind]);
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+
+    virSetErrorFunc(NULL, libvirt_quiet);
+    if (virInitialize() < 0) {
+        die(EXIT_FAILURE_LIBVIRT, "cannot initialize libvirt: %s",
+            libvirt_error());
+    }
+    conn = virConnectOpen(uri);
+    if (!conn) {
+        die(EXIT_FAILURE_LIBVIRT, "cannot connect to libvirt at '%s': %s",
+            uri ? uri : "(default URI)", libvirt_error());
+    }
+
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    clear = watch && format == FORMAT_TABLE && !output && isatty(1);
+    do {
+        struct snapshot snap;
+        struct timespec pause = { .tv_sec = watch };
+
+        if (!snapshot_take(conn, &snap)) {
+            status = EXIT_FAILURE_LIBVIRT;
+            break;
+        }
+        if (!emit(&snap, format, output, clear)) {
+            status = EXIT_FAILURE_LIBVIRT;
+        }
+        snapshot_free(&snap);
+        if (!watch || status != EXIT_OK) {
+            break;
+        }
+        if (format != FORMAT_TABLE && !output) {
+            fflush(stdout);
+        }
+        while (!interrupted && nanosleep(&pause, &pause) < 0 && errno == EINTR) {
+            /* a signal other than ours: sleep the rest */
+        }
+    } while (!interrupted);
+
+    virConnectClose(conn);
+    return status;
+}
