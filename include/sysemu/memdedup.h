@@ -63,11 +63,12 @@ uint32_t memdedup_page_classify(const void *page, size_t size, uint64_t seed);
  * over all managed blocks: a sorted array, rebuilt at the end of every
  * pass from a transient sorted copy of all fingerprints.  Between passes
  * it lets a freshly hashed region be judged at once (early registration).
+ * 4 bytes per distinct duplicated fingerprint: at most 2 bytes per page,
+ * when every page has exactly one twin.
  */
 typedef struct MemdedupDupSet {
     uint32_t *fps;              /* sorted, distinct duplicated fingerprints */
-    uint32_t *counts;           /* occurrences of each, same index as fps */
-    size_t len;                 /* entries in fps/counts */
+    size_t len;                 /* entries in fps */
 } MemdedupDupSet;
 
 /* Sort @n fingerprints in place (LSD radix sort, O(n)); @tmp holds @n. */
@@ -175,6 +176,12 @@ typedef struct MemdedupKsmStat {
 bool memdedup_parse_ksm_stat(const char *text, MemdedupKsmStat *stat);
 bool memdedup_read_ksm_stat(MemdedupKsmStat *stat);
 
+/*
+ * A /sys/kernel/mm/ksm value: one unsigned decimal number, surrounding
+ * blanks and newline allowed; false for anything else.
+ */
+bool memdedup_parse_ksm_knob(const char *text, uint64_t *value);
+
 /* /sys/kernel/mm/ksm/<name> as an unsigned number; false if unreadable. */
 bool memdedup_read_ksm_knob(const char *name, uint64_t *value);
 
@@ -213,6 +220,13 @@ bool memdedup_read_meminfo(uint64_t *mem_available, uint64_t *mem_total);
  */
 int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
                                  uintptr_t start, size_t len);
+
+/*
+ * memdedup_madvise: madvise(2), through which the engine registers and
+ * unregisters memory, so that tests can inject kernel refusals (see
+ * kernel.c).  Returns 0, or -1 with errno set.  Thread-safe.
+ */
+int memdedup_madvise(void *addr, size_t len, int advice);
 
 /* ------------------------------------------------------------------ */
 /* Engine API (softmmu only)                                           */

@@ -72,9 +72,7 @@ void memdedup_fp_sort(uint32_t *fps, uint32_t *tmp, size_t n)
 void memdedup_dupset_clear(MemdedupDupSet *set)
 {
     g_free(set->fps);
-    g_free(set->counts);
     set->fps = NULL;
-    set->counts = NULL;
     set->len = 0;
 }
 
@@ -98,16 +96,13 @@ void memdedup_dupset_build(MemdedupDupSet *set, const uint32_t *sorted,
         return;
     }
     set->fps = g_new(uint32_t, groups);
-    set->counts = g_new(uint32_t, groups);
     for (i = 0; i < n;) {
         size_t j = i + 1;
         while (j < n && sorted[j] == sorted[i]) {
             j++;
         }
         if (j - i > 1) {
-            set->fps[out] = sorted[i];
-            set->counts[out] = MIN(j - i, UINT32_MAX);
-            out++;
+            set->fps[out++] = sorted[i];
         }
         i = j;
     }

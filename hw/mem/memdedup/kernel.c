@@ -17,6 +17,7 @@
  */
 
 #include "qemu/osdep.h"
+#include "qemu/atomic.h"
 #include "qemu/cutils.h"
 #include "sysemu/memdedup.h"
 
@@ -38,6 +39,28 @@ bool memdedup_host_has_ksm(void)
     return access(run, R_OK) == 0;
 }
 
+bool memdedup_parse_ksm_knob(const char *text, uint64_t *value)
+{
+    const char *p = text, *end;
+    uint64_t v;
+
+    while (*p == ' ' || *p == '\t') {
+        p++;
+    }
+    /* Unsigned decimal only: strtoull would turn "-1" into 2^64 - 1. */
+    if (!g_ascii_isdigit(*p) || qemu_strtou64(p, &end, 10, &v) != 0) {
+        return false;
+    }
+    while (*end == ' ' || *end == '\t' || *end == '\n') {
+        end++;
+    }
+    if (*end) {
+        return false;
+    }
+    *value = v;
+    return true;
+}
+
 bool memdedup_read_ksm_knob(const char *name, uint64_t *value)
 {
     g_autofree char *path = g_build_filename(memdedup_ksm_sysfs_dir(), name,
@@ -47,8 +70,7 @@ bool memdedup_read_ksm_knob(const char *name, uint64_t *value)
     if (!g_file_get_contents(path, &text, NULL, NULL)) {
         return false;
     }
-    g_strstrip(text);
-    return qemu_strtou64(text, NULL, 10, value) == 0;
+    return memdedup_parse_ksm_knob(text, value);
 }
 
 /* Find the line "@name value" (or "@name: value"); false if absent. */
@@ -109,7 +131,8 @@ bool memdedup_parse_meminfo(const char *text, uint64_t *mem_available,
 
     if (!memdedup_find_field(text, "MemAvailable", &avail_kb) ||
         !memdedup_find_field(text, "MemTotal", &total_kb) ||
-        avail_kb < 0 || total_kb < 0) {
+        avail_kb < 0 || total_kb < 0 ||
+        avail_kb > INT64_MAX / KiB || total_kb > INT64_MAX / KiB) {
         return false;
     }
     *mem_available = (uint64_t)avail_kb * KiB;
@@ -147,16 +170,25 @@ bool memdedup_parse_smaps_ksm(const char *text, uint64_t start, uint64_t end,
         unsigned long long s, e;
         int64_t kb;
 
-        /* A VMA header: "start-end perms offset dev inode [path]". */
-        if (sscanf(line, "%llx-%llx ", &s, &e) == 2 && strchr(line, ' ') &&
+        /*
+         * A VMA header: "start-end perms offset dev inode [path]", the
+         * address a hex digit at the start of the line (sscanf alone
+         * would skip a newline and read the next line).
+         */
+        if (g_ascii_isxdigit(*line) &&
+            sscanf(line, "%llx-%llx ", &s, &e) == 2 && strchr(line, ' ') &&
             strchr(line, '-') < strchr(line, ' ')) {
             vma_start = s;
             vma_end = e;
-            inside = vma_start >= start && vma_end <= end;
+            /* A malformed range is no VMA of ours. */
+            inside = vma_start < vma_end && vma_start >= start &&
+                     vma_end <= end;
         } else if (!strncmp(line, "KSM:", 4)) {
             seen_ksm = true;
+            /* The kernel never reports more than the VMA's size. */
             if (inside && memdedup_find_field(line, "KSM", &kb) && kb > 0) {
-                *ksm_bytes += (uint64_t)kb * KiB;
+                *ksm_bytes += MIN((uint64_t)kb, (vma_end - vma_start) / KiB) *
+                              KiB;
             }
         } else if (!strncmp(line, "VmFlags:", 8) && inside) {
             /* Flags are two-letter words; "mg" is VM_MERGEABLE. */
@@ -219,4 +251,65 @@ int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
         return -1;
     }
     return ksm_pages;
+}
+
+/*
+ * Fault injection for tests: QEMU_MEMDEDUP_MADVISE_FAULT=ERRNO[:COUNT]
+ * (ERRNO one of ENOMEM, EINVAL, EAGAIN, EPERM) makes the first COUNT
+ * (default: every) MADV_MERGEABLE and MADV_UNMERGEABLE calls fail with
+ * that errno, without calling the kernel.
+ */
+typedef struct MemdedupMadviseFault {
+    int err;                    /* errno to fail with, 0: none */
+    int64_t remaining;          /* calls still to fail; -1: all */
+} MemdedupMadviseFault;
+
+static MemdedupMadviseFault memdedup_madvise_fault;
+
+static gpointer memdedup_madvise_fault_init(gpointer data)
+{
+    static const struct {
+        const char *name;
+        int err;
+    } names[] = {
+        { "ENOMEM", ENOMEM }, { "EINVAL", EINVAL }, { "EAGAIN", EAGAIN },
+        { "EPERM", EPERM },
+    };
+    const char *spec = g_getenv("QEMU_MEMDEDUP_MADVISE_FAULT");
+    size_t i;
+
+    memdedup_madvise_fault.remaining = -1;
+    for (i = 0; spec && i < ARRAY_SIZE(names); i++) {
+        size_t len = strlen(names[i].name);
+        uint64_t count;
+
+        if (strncmp(spec, names[i].name, len)) {
+            continue;
+        }
+        if (spec[len] == ':' &&
+            qemu_strtou64(spec + len + 1, NULL, 10, &count) == 0 &&
+            count <= INT64_MAX) {
+            memdedup_madvise_fault.remaining = count;
+        } else if (spec[len]) {
+            break;
+        }
+        memdedup_madvise_fault.err = names[i].err;
+    }
+    return NULL;
+}
+
+int memdedup_madvise(void *addr, size_t len, int advice)
+{
+    static GOnce once = G_ONCE_INIT;
+    MemdedupMadviseFault *fault = &memdedup_madvise_fault;
+
+    g_once(&once, memdedup_madvise_fault_init, NULL);
+    if (fault->err &&
+        (advice == MADV_MERGEABLE || advice == MADV_UNMERGEABLE) &&
+        (qatomic_read(&fault->remaining) < 0 ||
+         qatomic_fetch_dec(&fault->remaining) > 0)) {
+        errno = fault->err;
+        return -1;
+    }
+    return madvise(addr, len, advice);
 }

@@ -153,7 +153,9 @@ size_t memdedup_coalesce_ranges(bool *wanted, size_t n, size_t max_ranges)
 bool memdedup_unmerge_admissible(uint64_t merged_bytes,
                                  uint64_t mem_available, uint64_t mem_total)
 {
-    uint64_t reserve = mem_total * MEMDEDUP_UNMERGE_RESERVE_PERCENT / 100;
+    /* Computed so that no MemTotal can overflow it. */
+    uint64_t reserve = mem_total / 100 * MEMDEDUP_UNMERGE_RESERVE_PERCENT +
+                       mem_total % 100 * MEMDEDUP_UNMERGE_RESERVE_PERCENT / 100;
 
     if (!merged_bytes) {
         return true;

@@ -1,0 +1,172 @@
+/*
+ * libFuzzer target: memdedup's policy and duplicate index
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * Region summaries come from guest-controlled memory, and nothing forces
+ * them to be consistent (a torn read, a region resized between passes):
+ * the policy must decide on any summary without crashing, coalescing must
+ * keep its promises (never drop a wanted region, never exceed the range
+ * budget when gaps remain), admission control must not overflow, and the
+ * fingerprint sort and dup set must agree with a reference count.  Built
+ * and run by scripts/memdedup/fuzz.sh.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/units.h"
+#include "sysemu/memdedup.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+typedef struct FuzzInput {
+    const uint8_t *data;
+    size_t size;
+} FuzzInput;
+
+static uint64_t take(FuzzInput *in, size_t bytes)
+{
+    uint64_t v = 0;
+
+    bytes = MIN(bytes, in->size);
+    memcpy(&v, in->data, bytes);
+    in->data += bytes;
+    in->size -= bytes;
+    return v;
+}
+
+#define REGION_BYTES 15         /* input bytes per region summary */
+
+static void fuzz_regions(FuzzInput *in)
+{
+    MemdedupParams params = {
+        .policy = take(in, 1) % MEMDEDUP_POLICY__MAX,
+        .region_size = 2 * MiB,
+        /* Any byte: the engine validates 1-100, the policy must cope. */
+        .duplicate_threshold = take(in, 1),
+    };
+    uint64_t pages_per_region = take(in, 2) + 1;
+    size_t max_ranges = take(in, 1);
+    size_t n = MIN(in->size / REGION_BYTES, 4096), i;
+    g_autofree MemdedupRegion *regions = g_new0(MemdedupRegion, n + 1);
+    g_autofree bool *wanted = g_new0(bool, n + 1);
+    g_autofree bool *before = g_new0(bool, n + 1);
+    uint8_t flags;
+    size_t runs;
+
+    flags = take(in, 1);
+    params.manage_thp = flags & 1;
+    params.force_unmerge = flags & 2;
+    for (i = 0; i < n; i++) {
+        MemdedupRegion *r = &regions[i];
+
+        r->resident = take(in, 4);
+        r->zero = take(in, 3);
+        r->duplicate = take(in, 3);
+        r->unique = take(in, 2);
+        r->volatile_pages = take(in, 1);
+        r->stable_passes = take(in, 1);
+        flags = take(in, 1);
+        r->seen_resident = flags & 1;
+        r->registered = flags & 2;
+        r->huge = flags & 4;
+
+        wanted[i] = memdedup_region_wanted(&params, r);
+        if (!memdedup_policy_registers(params.policy)) {
+            g_assert(!wanted[i]);
+        } else if (params.policy == MEMDEDUP_POLICY_ALL) {
+            g_assert(wanted[i]);
+        } else if (!r->resident && !r->registered) {
+            g_assert(!wanted[i]);
+        }
+        if (memdedup_region_wants_thp(&params, r, pages_per_region)) {
+            g_assert(params.manage_thp);
+            g_assert_cmpuint(r->resident, ==, pages_per_region);
+        }
+    }
+
+    memcpy(before, wanted, n * sizeof(bool));
+    runs = memdedup_coalesce_ranges(wanted, n, max_ranges);
+    g_assert_cmpuint(runs, ==, memdedup_count_runs(wanted, n));
+    g_assert_cmpuint(runs, <=, MAX(max_ranges, 1));
+    g_assert_cmpuint(runs, <=, memdedup_count_runs(before, n));
+    for (i = 0; i < n; i++) {
+        /* Coalescing only ever adds regions. */
+        g_assert(!before[i] || wanted[i]);
+    }
+}
+
+static void fuzz_admission(FuzzInput *in)
+{
+    uint64_t merged = take(in, 8), available = take(in, 8);
+    uint64_t total = take(in, 8);
+
+    if (memdedup_unmerge_admissible(merged, available, total) && merged) {
+        /* Admitted: it fits, and the reserve is still free afterwards. */
+        g_assert_cmpuint(merged, <=, available);
+        g_assert_cmpuint(available - merged, >=,
+                         total / 100 * MEMDEDUP_UNMERGE_RESERVE_PERCENT);
+    }
+    g_assert(memdedup_unmerge_admissible(0, available, total));
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+static void fuzz_index(const uint8_t *data, size_t size)
+{
+    size_t n = 0, i, j;
+    g_autofree uint32_t *fps = g_new(uint32_t, size / 4 + 1);
+    g_autofree uint32_t *tmp = g_new(uint32_t, size / 4 + 1);
+    g_autofree uint32_t *ref = g_new(uint32_t, size / 4 + 1);
+    MemdedupDupSet set = { 0 };
+
+    /* Few distinct values, so that duplicates are common. */
+    for (i = 0; i + 4 <= size; i += 4) {
+        uint32_t fp;
+
+        memcpy(&fp, data + i, 4);
+        if (fp & 0x80000000) {
+            fp &= 0xff;
+        }
+        if (fp > MEMDEDUP_FP_ZERO) {
+            fps[n++] = fp;
+        }
+    }
+    memcpy(ref, fps, n * sizeof(uint32_t));
+    qsort(ref, n, sizeof(uint32_t), cmp_u32);
+    memdedup_fp_sort(fps, tmp, n);
+    g_assert(!memcmp(fps, ref, n * sizeof(uint32_t)));
+
+    memdedup_dupset_build(&set, fps, n);
+    for (i = 1; i < set.len; i++) {
+        g_assert_cmpuint(set.fps[i - 1], <, set.fps[i]);
+    }
+    /* A fingerprint is in the set exactly when it occurs twice or more. */
+    for (i = 0; i < n; i = j) {
+        for (j = i + 1; j < n && fps[j] == fps[i]; j++) {
+            /* count the group */
+        }
+        g_assert_cmpint(memdedup_dupset_find(&set, fps[i]) >= 0, ==,
+                        j - i > 1);
+    }
+    g_assert_cmpint(memdedup_dupset_find(&set, MEMDEDUP_FP_ZERO), ==, -1);
+    g_assert_cmpuint(set.len * 2, <=, n);
+    memdedup_dupset_clear(&set);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    FuzzInput in = { data, size };
+
+    fuzz_admission(&in);
+    fuzz_regions(&in);
+    fuzz_index(data, size);
+    return 0;
+}
