@@ -194,6 +194,34 @@ static void ksm_backend_set_force_unmerge(Object *obj, bool value,
     ksm_backend_update(ksm, &params, errp);
 }
 
+/*
+ * The base type's "merge" setter madvises the whole RAM MERGEABLE when
+ * set on a running backend, behind the engine's back, which would leave
+ * a registration the engine does not know of.  QOM cannot override a
+ * parent's property, so the base class's setter is wrapped: for
+ * memory-backend-ksm "on" is refused (at creation and at runtime), for
+ * every other backend type the base setter runs unchanged.
+ */
+static ObjectPropertyAccessor *ksm_backend_base_set_merge;
+
+static void ksm_backend_set_merge(Object *obj, Visitor *v, const char *name,
+                                  void *opaque, Error **errp)
+{
+    bool value;
+
+    if (!object_dynamic_cast(obj, TYPE_MEMORY_BACKEND_KSM)) {
+        ksm_backend_base_set_merge(obj, v, name, opaque, errp);
+        return;
+    }
+    if (!visit_type_bool(v, name, &value, errp)) {
+        return;
+    }
+    if (value) {
+        error_setg(errp, "memory-backend-ksm: property 'merge' must be off: "
+                   "use dedup-policy=all to register all memory with KSM");
+    }
+}
+
 static void ksm_backend_instance_init(Object *obj)
 {
     HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(obj);
@@ -219,8 +247,15 @@ static void ksm_backend_instance_finalize(Object *obj)
 static void ksm_backend_class_init(ObjectClass *oc, void *data)
 {
     HostMemoryBackendClass *bc = MEMORY_BACKEND_CLASS(oc);
+    ObjectProperty *merge;
 
     bc->alloc = ksm_backend_memory_alloc;
+
+    merge = object_class_property_find(oc, "merge");
+    if (merge && merge->set != ksm_backend_set_merge) {
+        ksm_backend_base_set_merge = merge->set;
+        merge->set = ksm_backend_set_merge;
+    }
 
     object_class_property_add_enum(oc, "dedup-policy", "MemdedupPolicy",
                                    &MemdedupPolicy_lookup,

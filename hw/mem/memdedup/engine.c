@@ -219,8 +219,22 @@ MemdedupBlock *memdedup_block_add(const char *id, void *host, uint64_t size,
     blk->nr_pages = DIV_ROUND_UP(size, blk->page_size);
     blk->pages_per_region = params->region_size / blk->page_size;
     blk->nr_regions = DIV_ROUND_UP(blk->nr_pages, blk->pages_per_region);
-    blk->fps = g_new0(uint32_t, blk->nr_pages);
-    blk->regions = g_new0(MemdedupRegion, blk->nr_regions);
+    /* A huge, sparse backend (reserve=off) may need more than exists. */
+    blk->fps = g_try_new0(uint32_t, blk->nr_pages);
+    blk->regions = g_try_new0(MemdedupRegion, blk->nr_regions);
+    if (!blk->fps || !blk->regions) {
+        error_setg(errp, "memory-backend-ksm '%s': cannot allocate %" PRIu64
+                   " MiB of memdedup metadata for its %" PRIu64 " GiB",
+                   id, (blk->nr_pages * sizeof(uint32_t) +
+                        blk->nr_regions * sizeof(MemdedupRegion)) / MiB,
+                   size / GiB);
+        g_free(blk->fps);
+        g_free(blk->regions);
+        g_free(blk->id);
+        g_free(blk);
+        return NULL;
+    }
+    blk->max_ranges = MEMDEDUP_MAX_RANGES_DEFAULT;
     blk->params = *params;
     blk->params_changed = true;
     blk->stats.kernel_merged_pages = -1;
@@ -402,6 +416,47 @@ bool memdedup_request_scan(Error **errp)
 /* Registration                                                        */
 /* ------------------------------------------------------------------ */
 
+static const char *memdedup_advice_name(int advice)
+{
+    switch (advice) {
+    case MADV_MERGEABLE:
+        return "MADV_MERGEABLE";
+    case MADV_UNMERGEABLE:
+        return "MADV_UNMERGEABLE";
+    case MADV_HUGEPAGE:
+        return "MADV_HUGEPAGE";
+    case MADV_NOHUGEPAGE:
+        return "MADV_NOHUGEPAGE";
+    default:
+        return "MADV_COLLAPSE";
+    }
+}
+
+/*
+ * The kernel refused a registration change of @blk with @err.  Counted
+ * and reported in query-memdedup; warned about once per backend.  Out of
+ * VMAs (ENOMEM: vm.max_map_count reached, or no memory to split a VMA),
+ * the backend's range budget is halved, so that later passes coalesce
+ * into fewer VMAs.  Scanner threads.
+ */
+static void memdedup_advise_failed(MemdedupBlock *blk, int advice, int err)
+{
+    uint32_t ranges = qatomic_read(&blk->max_ranges);
+
+    qatomic_inc(&blk->advise_failures);
+    qatomic_set(&blk->advise_errno, err);
+    if (err == ENOMEM && ranges > 1) {
+        ranges = MAX(ranges / 2, 1);
+        qatomic_set(&blk->max_ranges, ranges);
+    }
+    if (!qatomic_xchg(&blk->advise_warned, true)) {
+        warn_report("memdedup: backend '%s': the kernel refused %s: %s%s",
+                    blk->id, memdedup_advice_name(advice), strerror(err),
+                    err == ENOMEM ? " (vm.max_map_count reached?); "
+                    "registering fewer, larger ranges" : "");
+    }
+}
+
 /*
  * madvise regions [@first, @first + @count) of @blk.  Inside an RCU
  * read-side section that saw the block alive, so the RAM stays mapped.
@@ -412,7 +467,7 @@ static bool memdedup_advise(MemdedupBlock *blk, uint64_t first,
     uint64_t region_size = blk->pages_per_region * blk->page_size;
     uint64_t start = first * region_size;
     uint64_t len = MIN(count * region_size, blk->size - start);
-    int ret;
+    int ret, err = 0;
 
     WITH_RCU_READ_LOCK_GUARD() {
         /* Paused for an incoming migration, only hints are applied. */
@@ -421,9 +476,13 @@ static bool memdedup_advise(MemdedupBlock *blk, uint64_t first,
              !qatomic_read(&memdedup_engine.incoming))) {
             return false;
         }
-        ret = madvise(blk->host + start, len, advice);
+        ret = memdedup_madvise(blk->host + start, len, advice);
+        err = ret ? errno : 0;
     }
-    trace_memdedup_advise(blk->id, start, len, advice, ret ? errno : 0);
+    trace_memdedup_advise(blk->id, start, len, advice, err);
+    if (ret && (advice == MADV_MERGEABLE || advice == MADV_UNMERGEABLE)) {
+        memdedup_advise_failed(blk, advice, err);
+    }
     return ret == 0;
 }
 
@@ -457,6 +516,27 @@ static void memdedup_register_early(MemdedupBlock *blk,
 }
 
 /*
+ * A run of regions [@first, @end) was refused: madvise works VMA by VMA,
+ * so the kernel may have changed part of it.  Advise each region alone
+ * (one region never spans two VMAs: every boundary the engine makes is
+ * a region boundary) so that each region's state is known again, and
+ * what the engine reports is what the kernel has.  Scanner thread.
+ */
+static void memdedup_advise_regions(MemdedupBlock *blk, uint64_t first,
+                                    uint64_t end, bool mergeable)
+{
+    uint64_t k;
+
+    for (k = first; k < end; k++) {
+        if (memdedup_advise(blk, k, 1, mergeable ? MADV_MERGEABLE :
+                                                   MADV_UNMERGEABLE)) {
+            blk->regions[k].registered = mergeable;
+            blk->regions[k].huge &= !mergeable;
+        }
+    }
+}
+
+/*
  * Bring the registration of @blk in line with @params and the region
  * summaries: register wanted regions, unregister unwanted ones (subject
  * to admission control), give stable unique regions THP back.  Runs of
@@ -471,12 +551,13 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
     g_autofree bool *thp = g_new0(bool, n);
     g_autofree char *smaps = NULL;  /* read once, if anything unmerges */
     uint64_t region_size = blk->pages_per_region * blk->page_size;
+    uint64_t failures = qatomic_read(&blk->advise_failures);
     bool thp_allowed;
 
     for (i = 0; i < n; i++) {
         wanted[i] = memdedup_region_wanted(params, &blk->regions[i]);
     }
-    memdedup_coalesce_ranges(wanted, n, MEMDEDUP_MAX_RANGES_DEFAULT);
+    memdedup_coalesce_ranges(wanted, n, qatomic_read(&blk->max_ranges));
     for (i = 0; i < n; i++) {
         uint64_t pages = MIN(blk->pages_per_region,
                              blk->nr_pages - i * blk->pages_per_region);
@@ -504,6 +585,8 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
                     blk->regions[k].registered = true;
                     blk->regions[k].huge = false;
                 }
+            } else {
+                memdedup_advise_regions(blk, i, j, true);
             }
         } else {
             uint64_t start = (uintptr_t)blk->host + i * region_size;
@@ -527,8 +610,15 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
                     blk->regions[k].registered = false;
                 }
                 trace_memdedup_unmerge(blk->id, start, end - start, merged);
+            } else {
+                memdedup_advise_regions(blk, i, j, false);
             }
         }
+    }
+
+    /* Everything applied: the last refusal is history. */
+    if (qatomic_read(&blk->advise_failures) == failures) {
+        qatomic_set(&blk->advise_errno, 0);
     }
 
     /*
@@ -1048,7 +1138,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         metadata += pb->blk->nr_pages * sizeof(uint32_t) +
                     pb->blk->nr_regions * sizeof(MemdedupRegion);
     }
-    metadata += engine->dupset.len * 2 * sizeof(uint32_t);
+    metadata += engine->dupset.len * sizeof(uint32_t);
     if (rescan) {
         memdedup_count_exact(engine, &pass, exact);
     }
@@ -1218,6 +1308,7 @@ MemdedupInfo *memdedup_query(Error **errp)
     MemdedupKsmStat ksm;
     MemdedupBlock *blk;
     uint64_t total, done;
+    g_autofree char *refused = NULL;
 
     memdedup_engine_init();
     qemu_mutex_lock(&engine->lock);
@@ -1265,6 +1356,15 @@ MemdedupInfo *memdedup_query(Error **errp)
         bi->has_actual_saving = bi->has_kernel_merged_pages;
         bi->actual_saving = bi->kernel_merged_pages * blk->page_size;
         bi->unmerge_refusals = st->unmerge_refusals;
+        bi->registration_failures = qatomic_read(&blk->advise_failures);
+        if (qatomic_read(&blk->advise_errno) && !refused) {
+            refused = g_strdup_printf("the kernel refused to change the KSM "
+                                      "registration of backend '%s' (%s); "
+                                      "registered-bytes shows what it "
+                                      "accepted", blk->id,
+                                      strerror(qatomic_read(
+                                          &blk->advise_errno)));
+        }
         bi->hinted_regions = st->hinted_regions;
         QAPI_LIST_APPEND(tail, bi);
     }
@@ -1295,6 +1395,10 @@ MemdedupInfo *memdedup_query(Error **errp)
         info->has_warning = true;
         info->warning = g_strdup("the host has no KSM: the engine can only "
                                  "estimate");
+    }
+    if (refused && !info->has_warning) {
+        info->has_warning = true;
+        info->warning = g_steal_pointer(&refused);
     }
     return info;
 }

@@ -47,6 +47,10 @@ struct MemdedupBlock {
     /* Atomic. */
     int refcount;               /* engine list, backend, running pass */
     bool removed;               /* RAM unmapped or going: never touch it */
+    uint32_t max_ranges;        /* VMA budget; halved on ENOMEM */
+    uint64_t advise_failures;   /* registration changes the kernel refused */
+    int advise_errno;           /* errno of the last, 0 once applied again */
+    bool advise_warned;         /* a refusal was warned about */
 
     /* Under MemdedupEngine.lock. */
     MemdedupParams params;      /* as set by the backend */
