@@ -5,6 +5,7 @@
 #   make check    build, then every test (unit, qtest, integration)
 #   make bench    side-by-side benchmarks against stock QEMU + KSM
 #   make check-asan  unit test and qtest under AddressSanitizer/UBSan
+#   make fuzz     the libFuzzer targets, FUZZ_SECONDS (default 300) each
 #   make tools    build/tools/memdedup-stat, the libvirt statistics tool
 #   make clean    remove the build tree (keeps the downloaded sources)
 
@@ -66,8 +67,14 @@ run: build guest
 check: build guest
 	$(S)/check.sh
 
-check-unit check-qtest check-integration check-qemu: build guest
+check-unit check-qtest check-integration check-qemu check-fuzz: build guest
 	$(S)/check.sh $(patsubst check-%,%,$@)
+
+# Parsers of kernel files and the policy under libFuzzer (clang, ASan,
+# UBSan); make check runs the same targets for a few seconds.
+FUZZ_SECONDS ?= 300
+fuzz: build
+	$(S)/fuzz.sh $(FUZZ_SECONDS)
 
 bench: build guest
 	$(S)/bench.sh

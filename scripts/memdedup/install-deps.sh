@@ -9,7 +9,8 @@ libxxhash-dev libnuma-dev libcap-ng-dev libattr1-dev
 seabios qemu-system-data ipxe-qemu dpkg-dev cpio gzip xz-utils
 python3-sphinx python3-sphinx-rtd-theme python3-matplotlib python3-numpy
 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
-libjson-c-dev"
+libjson-c-dev
+clang libclang-rt-14-dev"
 
 missing=""
 for p in $pkgs; do
