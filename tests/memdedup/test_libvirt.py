@@ -6,11 +6,14 @@ their own (unshare -m): the test's directories are bind-mounted over
 /etc/libvirt, /run, /var/lib, /var/log and /var/cache, a copy of
 /etc/passwd and /etc/group that adds the libvirt-qemu user and group
 (libvirt's QEMU driver looks the user up at start, even when qemu.conf
-runs QEMU as root) is bind-mounted over the host's if it lacks them, and
-/dev/null over /dev/kvm (vCPUs cannot run on these hosts; libvirt then
-offers TCG only).  Nothing on the host changes; the clients (virsh,
-memdedup-stat) reach the daemon through the socket in the test's
-directory with qemu:///system?socket=...
+runs QEMU as root) is bind-mounted over the host's if it lacks them.
+Nothing on the host changes; the clients (virsh, memdedup-stat) reach
+the daemon through the socket in the test's directory with
+qemu:///system?socket=...  The domains are type='qemu' (TCG): vCPUs do
+not run under KVM on these hosts.  /dev/kvm stays visible: masked with
+/dev/null it is still accessible, so libvirt finds the cached
+capabilities (probed without KVM) outdated and re-probes QEMU at every
+lookup, about 2 s each, ten times per domain start.
 
 Two TCG domains boot the test guest, which fills its memory:
   passthrough  memory-backend-ksm given through <qemu:commandline>
@@ -81,7 +84,6 @@ if [ "$2" = adduser ]; then
     mount --bind "$root/etc/passwd" /etc/passwd
     mount --bind "$root/etc/group" /etc/group
 fi
-if [ -c /dev/kvm ]; then mount --bind /dev/null /dev/kvm; fi
 # Our QEMU is this instance's default emulator (virsh version, capabilities).
 export PATH="$root/bin:$PATH"
 exec libvirtd -f /etc/libvirt/libvirtd.conf -p /run/libvirtd.pid
@@ -621,6 +623,50 @@ def test_libvirt(workdir):
         print("  all checks done after %.1f s" % (time.monotonic() - t0))
 
 
+def test_adopt_cli(workdir):
+    """adopt and adopt-ram without libvirt: what is adopted, and the
+    errors for backends that cannot be."""
+    base = [QEMU, "-accel", "qtest", "-display", "none", "-nodefaults",
+            "-m", "64M",
+            "-object", "memory-backend-ram,id=shared,size=32M,share=on",
+            "-object", "memory-backend-ram,id=extra,size=32M",
+            "-object", "memory-backend-ksm,id=ksm0,size=32M"]
+    for prop, error in (
+            ("adopt=nope", "property 'adopt' of memdedup: no object with id "
+                           "'nope'"),
+            ("adopt=md", "property 'adopt' of memdedup: object 'md' is a "
+                         "memdedup, not a memory backend"),
+            ("adopt=ksm0", "property 'adopt' of memdedup: object 'ksm0' is a "
+                           "memory-backend-ksm, not a memory-backend-ram"),
+            ("adopt=shared", "property 'adopt' of memdedup: backend 'shared' "
+                             "has share=on; KSM merges only private "
+                             "anonymous memory")):
+        r = subprocess.run(base + ["-object", "memdedup,id=md," + prop],
+                           stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=60)
+        check(r.returncode == 1 and error in r.stderr,
+              "%s: rc %d: %s" % (prop, r.returncode, r.stderr))
+    # QEMU's own pc.ram (plain -m) and a named backend; adopt-ram takes
+    # every private memory-backend-ram.
+    for prop, want in (("adopt=pc.ram,adopt=extra", ["ksm0", "pc.ram",
+                                                      "extra"]),
+                       ("adopt-ram=on", ["ksm0", "pc.ram", "extra"]),
+                       ("adopt=extra", ["ksm0", "extra"])):
+        vm = qmp.Qemu(QEMU, base[1:] + ["-object", "memdedup,id=md," + prop],
+                      workdir, "adopt").start()
+        try:
+            ids = [b["id"] for b in vm.qmp.cmd("query-memdedup")["backends"]]
+            check(sorted(ids) == sorted(want), "%s: %s" % (prop, ids))
+            try:
+                vm.qmp.cmd("qom-set", path="/objects/md",
+                           property="adopt-ram", value=False)
+                raise AssertionError("adopt-ram changed after creation")
+            except qmp.QMPError as e:
+                check("after it is created" in str(e), str(e))
+        finally:
+            vm.stop()
+
+
 def test_stat_errors(workdir):
     if not os.path.exists(STAT):
         raise Skip("no %s: run make tools" % STAT)
@@ -643,5 +689,6 @@ def test_stat_errors(workdir):
 
 
 if __name__ == "__main__":
-    sys.exit(run_tests([("libvirt/stat-errors", test_stat_errors),
+    sys.exit(run_tests([("libvirt/adopt-cli", test_adopt_cli),
+                        ("libvirt/stat-errors", test_stat_errors),
                         ("libvirt/domains", test_libvirt)]))
