@@ -686,6 +686,14 @@ def test_stat_errors(workdir):
     r = subprocess.run([STAT, "--help"], capture_output=True, text=True,
                        timeout=30)
     check(r.returncode == 0 and "--prometheus" in r.stdout, "--help")
+    # --help and the man page name the same options.
+    man = read_text(os.path.join(TOP, "tools", "memdedup-stat",
+                                 "memdedup-stat.1"))
+    in_help = set(re.findall(r"^\s+(-\w), (--[\w-]+)", r.stdout, re.M))
+    in_man = {("-" + a, "--" + b) for a, b in re.findall(
+        r"^\\fB\\-(\w)\\fR, \\fB\\-\\-([\w-]+)\\fR", man, re.M)}
+    check(in_help and in_help == in_man, "--help %s, man page %s" % (
+        sorted(in_help), sorted(in_man)))
 
 
 if __name__ == "__main__":
