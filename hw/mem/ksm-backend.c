@@ -23,6 +23,8 @@
 #include "sysemu/memdedup.h"
 
 #define TYPE_MEMORY_BACKEND_KSM "memory-backend-ksm"
+/* Largest size accepted, bytes: more than any host maps. */
+#define KSM_BACKEND_SIZE_MAX    (1ULL << 56)
 
 OBJECT_DECLARE_SIMPLE_TYPE(HostMemoryBackendKsm, MEMORY_BACKEND_KSM)
 
@@ -43,6 +45,16 @@ static void ksm_backend_memory_alloc(HostMemoryBackend *backend, Error **errp)
 
     if (!backend->size) {
         error_setg(errp, "can't create backend with size 0");
+        return;
+    }
+    /*
+     * QEMU aborts when no RAM offset range fits the block; no host maps
+     * more than 2^56 bytes of user space (5-level x86-64 page tables).
+     */
+    if (backend->size > KSM_BACKEND_SIZE_MAX) {
+        error_setg(errp, "memory-backend-ksm: property 'size' must be at "
+                   "most %" PRIu64 " PiB, not %" PRIu64,
+                   (uint64_t)(KSM_BACKEND_SIZE_MAX / PiB), backend->size);
         return;
     }
     if (backend->merge) {
@@ -195,30 +207,41 @@ static void ksm_backend_set_force_unmerge(Object *obj, bool value,
 }
 
 /*
- * The base type's "merge" setter madvises the whole RAM MERGEABLE when
- * set on a running backend, behind the engine's back, which would leave
- * a registration the engine does not know of.  QOM cannot override a
- * parent's property, so the base class's setter is wrapped: for
- * memory-backend-ksm "on" is refused (at creation and at runtime), for
- * every other backend type the base setter runs unchanged.
+ * Two properties of the base type must stay off: "merge", whose setter
+ * madvises the whole RAM MERGEABLE on a running backend, behind the
+ * engine's back, and "share" (KSM merges only private memory; the base
+ * setter's error at runtime does not say which property it refuses).
+ * QOM cannot override a parent's property, so the base class's setters
+ * are wrapped: for memory-backend-ksm "on" is refused with a clear error
+ * (at creation and at runtime) and "off" changes nothing; for every
+ * other backend type the base setter runs unchanged.
  */
-static ObjectPropertyAccessor *ksm_backend_base_set_merge;
+static const struct {
+    const char *name;
+    const char *reason;
+} ksm_backend_fixed_off[] = {
+    { "merge", "use dedup-policy=all to register all memory with KSM" },
+    { "share", "KSM merges only private anonymous memory" },
+};
+static ObjectPropertyAccessor *ksm_backend_base_set[2];
 
-static void ksm_backend_set_merge(Object *obj, Visitor *v, const char *name,
-                                  void *opaque, Error **errp)
+static void ksm_backend_set_fixed_off(Object *obj, Visitor *v,
+                                      const char *name, void *opaque,
+                                      Error **errp)
 {
+    size_t i = !!strcmp(name, ksm_backend_fixed_off[0].name);
     bool value;
 
     if (!object_dynamic_cast(obj, TYPE_MEMORY_BACKEND_KSM)) {
-        ksm_backend_base_set_merge(obj, v, name, opaque, errp);
+        ksm_backend_base_set[i](obj, v, name, opaque, errp);
         return;
     }
     if (!visit_type_bool(v, name, &value, errp)) {
         return;
     }
     if (value) {
-        error_setg(errp, "memory-backend-ksm: property 'merge' must be off: "
-                   "use dedup-policy=all to register all memory with KSM");
+        error_setg(errp, "memory-backend-ksm: property '%s' must be off: %s",
+                   name, ksm_backend_fixed_off[i].reason);
     }
 }
 
@@ -247,14 +270,20 @@ static void ksm_backend_instance_finalize(Object *obj)
 static void ksm_backend_class_init(ObjectClass *oc, void *data)
 {
     HostMemoryBackendClass *bc = MEMORY_BACKEND_CLASS(oc);
-    ObjectProperty *merge;
+    size_t i;
 
     bc->alloc = ksm_backend_memory_alloc;
 
-    merge = object_class_property_find(oc, "merge");
-    if (merge && merge->set != ksm_backend_set_merge) {
-        ksm_backend_base_set_merge = merge->set;
-        merge->set = ksm_backend_set_merge;
+    QEMU_BUILD_BUG_ON(ARRAY_SIZE(ksm_backend_fixed_off) !=
+                      ARRAY_SIZE(ksm_backend_base_set));
+    for (i = 0; i < ARRAY_SIZE(ksm_backend_fixed_off); i++) {
+        ObjectProperty *prop =
+            object_class_property_find(oc, ksm_backend_fixed_off[i].name);
+
+        if (prop && prop->set != ksm_backend_set_fixed_off) {
+            ksm_backend_base_set[i] = prop->set;
+            prop->set = ksm_backend_set_fixed_off;
+        }
     }
 
     object_class_property_add_enum(oc, "dedup-policy", "MemdedupPolicy",

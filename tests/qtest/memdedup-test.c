@@ -18,6 +18,7 @@
 #include "libqtest.h"
 #include "qapi/qmp/qdict.h"
 #include "qapi/qmp/qlist.h"
+#include "qapi/qmp/qjson.h"
 
 #define PAGE        4096
 #define REGION      (2 * MiB)
@@ -425,6 +426,9 @@ static void expect_error(QTestState *qts, const char *cmd, const char *text)
     error = qdict_get_qdict(resp, "error");
 
     g_assert(error);
+    if (g_test_verbose()) {
+        g_test_message("  -> %s", qdict_get_str(error, "desc"));
+    }
     if (text) {
         const char *desc = qdict_get_str(error, "desc");
         if (!strstr(desc, text)) {
@@ -434,101 +438,265 @@ static void expect_error(QTestState *qts, const char *cmd, const char *text)
     qobject_unref(resp);
 }
 
-/* Every bad value is refused with a clear error, never a crash. */
-static void test_bad_input(void)
+/*
+ * Bad input at every entry point: each QMP command and argument, each
+ * property of memory-backend-ksm and of the memdedup object, at creation
+ * (object-add) and at runtime (qom-set).  Every row must be refused with
+ * an error that names what was wrong, QEMU must survive it, and the
+ * state must be unchanged afterwards (compared through query-memdedup,
+ * qom-get of every property and the list of objects).
+ */
+typedef struct BadInput {
+    const char *cmd;            /* a QMP command that must fail */
+    const char *text;           /* the error must mention this */
+} BadInput;
+
+#define ADD_BACKEND(props) \
+    "{ 'execute': 'object-add', 'arguments': { 'qom-type': " \
+    "'memory-backend-ksm', 'id': 'bad', 'size': 16777216, " props " } }"
+#define ADD_BACKEND_NOSIZE(props) \
+    "{ 'execute': 'object-add', 'arguments': { 'qom-type': " \
+    "'memory-backend-ksm', 'id': 'bad', " props " } }"
+#define ADD_ENGINE(props) \
+    "{ 'execute': 'object-add', 'arguments': { 'qom-type': " \
+    "'memdedup', 'id': 'badengine', " props " } }"
+#define SET(path, prop, value) \
+    "{ 'execute': 'qom-set', 'arguments': { 'path': '" path "', " \
+    "'property': '" prop "', 'value': " value " } }"
+
+static const BadInput bad_inputs[] = {
+    /* memory-backend-ksm at creation: dedup-policy */
+    { ADD_BACKEND("'dedup-policy': 'bogus'"), "bogus" },
+    { ADD_BACKEND("'dedup-policy': ''"), "dedup-policy" },
+    { ADD_BACKEND("'dedup-policy': 3"), "dedup-policy" },
+    { ADD_BACKEND("'dedup-policy': true"), "dedup-policy" },
+    { ADD_BACKEND("'dedup-policy': 'TARGETED'"), "TARGETED" },
+    /* region-size: not a power of two, out of range, wrong type */
+    { ADD_BACKEND("'region-size': 3145728"), "region-size" },
+    { ADD_BACKEND("'region-size': 32768"), "region-size" },
+    { ADD_BACKEND("'region-size': 0"), "region-size" },
+    { ADD_BACKEND("'region-size': 2147483648"), "region-size" },
+    { ADD_BACKEND("'region-size': 18446744073709551615"), "region-size" },
+    { ADD_BACKEND("'region-size': -1"), "region-size" },
+    { ADD_BACKEND("'region-size': 1.5"), "region-size" },
+    { ADD_BACKEND("'region-size': '2M'"), "region-size" },
+    { ADD_BACKEND("'region-size': ''"), "region-size" },
+    /* duplicate-threshold: a percentage, 1-100 */
+    { ADD_BACKEND("'duplicate-threshold': 0"), "duplicate-threshold" },
+    { ADD_BACKEND("'duplicate-threshold': 101"), "duplicate-threshold" },
+    { ADD_BACKEND("'duplicate-threshold': 255"), "duplicate-threshold" },
+    { ADD_BACKEND("'duplicate-threshold': 300"), "duplicate-threshold" },
+    { ADD_BACKEND("'duplicate-threshold': -1"), "duplicate-threshold" },
+    { ADD_BACKEND("'duplicate-threshold': 4294967306"),
+      "duplicate-threshold" },
+    { ADD_BACKEND("'duplicate-threshold': 'ten'"), "duplicate-threshold" },
+    { ADD_BACKEND("'duplicate-threshold': true"), "duplicate-threshold" },
+    /* booleans */
+    { ADD_BACKEND("'manage-thp': 'yes'"), "manage-thp" },
+    { ADD_BACKEND("'manage-thp': 1"), "manage-thp" },
+    { ADD_BACKEND("'force-unmerge': 'on'"), "force-unmerge" },
+    /* the base type's properties that conflict with the engine */
+    { ADD_BACKEND("'merge': true"), "merge" },
+    { ADD_BACKEND("'share': true"), "share" },
+    { ADD_BACKEND("'merge': true, 'share': true"), "must be off" },
+    { ADD_BACKEND("'prealloc': true, 'reserve': false"), "reserve" },
+    /* size: missing, zero, wrong type, more than can be described */
+    { ADD_BACKEND_NOSIZE("'dedup-policy': 'estimate'"), "size" },
+    { ADD_BACKEND_NOSIZE("'size': 0"), "size" },
+    { ADD_BACKEND_NOSIZE("'size': -4096"), "size" },
+    { ADD_BACKEND_NOSIZE("'size': 'huge'"), "size" },
+    { ADD_BACKEND_NOSIZE("'size': 18446744073709551615"), "" },
+    /* 32 TiB of unreserved RAM maps, but its metadata cannot exist */
+    { ADD_BACKEND_NOSIZE("'size': 35184372088832, 'reserve': false"),
+      "metadata" },
+    /* unknown property, taken id */
+    { ADD_BACKEND("'bogus': 1"), "bogus" },
+    { "{ 'execute': 'object-add', 'arguments': { 'qom-type': "
+      "'memory-backend-ksm', 'id': 'good', 'size': 16777216 } }", "good" },
+
+    /* the memdedup object at creation (one exists already) */
+    { "{ 'execute': 'object-add', 'arguments': { 'qom-type': 'memdedup', "
+      "'id': 'badengine' } }", "only one" },
+    { ADD_ENGINE("'scan-rate': 0"), "scan-rate" },
+    { ADD_ENGINE("'scan-rate': 1048575"), "scan-rate" },
+    { ADD_ENGINE("'scan-rate': -1"), "scan-rate" },
+    { ADD_ENGINE("'scan-rate': 'fast'"), "scan-rate" },
+    { ADD_ENGINE("'scan-threads': 0"), "scan-threads" },
+    { ADD_ENGINE("'scan-threads': 9"), "scan-threads" },
+    { ADD_ENGINE("'scan-threads': 4294967296"), "scan-threads" },
+    { ADD_ENGINE("'scan-threads': 'two'"), "scan-threads" },
+    { ADD_ENGINE("'rescan-interval': 10"), "rescan-interval" },
+    { ADD_ENGINE("'rescan-interval': 99"), "rescan-interval" },
+    { ADD_ENGINE("'rescan-interval': 86400001"), "rescan-interval" },
+    { ADD_ENGINE("'rescan-interval': 4294967295"), "rescan-interval" },
+    { ADD_ENGINE("'rescan-interval': -100"), "rescan-interval" },
+    { ADD_ENGINE("'migrate-hints': 'yes'"), "migrate-hints" },
+    { ADD_ENGINE("'bogus': 1"), "bogus" },
+
+    /* memory-backend-ksm at runtime */
+    { SET("/objects/good", "dedup-policy", "'nope'"), "nope" },
+    { SET("/objects/good", "dedup-policy", "''"), "dedup-policy" },
+    { SET("/objects/good", "dedup-policy", "7"), "dedup-policy" },
+    { SET("/objects/good", "duplicate-threshold", "0"),
+      "duplicate-threshold" },
+    { SET("/objects/good", "duplicate-threshold", "101"),
+      "duplicate-threshold" },
+    { SET("/objects/good", "duplicate-threshold", "256"),
+      "duplicate-threshold" },
+    { SET("/objects/good", "duplicate-threshold", "-5"),
+      "duplicate-threshold" },
+    { SET("/objects/good", "duplicate-threshold", "'x'"),
+      "duplicate-threshold" },
+    /* fixed once created */
+    { SET("/objects/good", "region-size", "4194304"), "region-size" },
+    { SET("/objects/good", "region-size", "'x'"), "region-size" },
+    { SET("/objects/good", "manage-thp", "false"), "manage-thp" },
+    { SET("/objects/good", "size", "33554432"), "size" },
+    { SET("/objects/good", "share", "true"), "share" },
+    /* would register everything behind the engine's back */
+    { SET("/objects/good", "merge", "true"), "merge" },
+    { SET("/objects/good", "force-unmerge", "'on'"), "force-unmerge" },
+    { SET("/objects/good", "bogus", "1"), "bogus" },
+
+    /* the memdedup object at runtime */
+    { SET("/objects/engine", "scan-threads", "100"), "scan-threads" },
+    { SET("/objects/engine", "scan-threads", "0"), "scan-threads" },
+    { SET("/objects/engine", "scan-rate", "0"), "scan-rate" },
+    { SET("/objects/engine", "scan-rate", "'1G'"), "scan-rate" },
+    { SET("/objects/engine", "rescan-interval", "0"), "rescan-interval" },
+    { SET("/objects/engine", "rescan-interval", "-1"), "rescan-interval" },
+    { SET("/objects/engine", "migrate-hints", "'x'"), "migrate-hints" },
+
+    /* QMP commands and their arguments */
+    { "{ 'execute': 'memdedup-scan', 'arguments': { 'now': true } }", "now" },
+    { "{ 'execute': 'memdedup-scan', 'arguments': [] }", "arguments" },
+    { "{ 'execute': 'memdedup-scan', 'arguments': 'all' }", "arguments" },
+    { "{ 'execute': 'query-memdedup', 'arguments': { 'bogus': 1 } }",
+      "bogus" },
+    { "{ 'execute': 'query-memdedup', 'arguments': { 'id': 'good' } }",
+      "id" },
+    { "{ 'execute': 'query-memdedup', 'arguments': 1 }", "arguments" },
+    { "{ 'execute': 'object-del', 'arguments': { 'id': 'nonexistent' } }",
+      "nonexistent" },
+    { SET("/objects/nonexistent", "dedup-policy", "'off'"), "nonexistent" },
+};
+
+/* Append qom-get of @prop of @path to @out. */
+static void snapshot_prop(QTestState *qts, GString *out, const char *path,
+                          const char *prop)
 {
-    QTestState *qts = qtest_init("-machine none");
-    static const struct {
-        const char *props;
-        const char *text;
-    } bad_backends[] = {
-        { "'dedup-policy': 'bogus'", "bogus" },
-        { "'region-size': 3145728", "region-size" },
-        { "'region-size': 32768", "region-size" },
-        { "'region-size': 2147483648", "region-size" },
-        { "'duplicate-threshold': 0", "duplicate-threshold" },
-        { "'duplicate-threshold': 101", "duplicate-threshold" },
-        { "'duplicate-threshold': 300", "duplicate-threshold" },
-        { "'merge': true", "merge" },
-        { "'share': true", "share" },
+    QDict *resp = qtest_qmp(qts, "{ 'execute': 'qom-get', 'arguments': "
+                            "{ 'path': %s, 'property': %s } }", path, prop);
+    g_autoptr(GString) json = NULL;
+
+    g_assert(qdict_haskey(resp, "return"));
+    json = qobject_to_json(qdict_get(resp, "return"));
+    g_string_append_printf(out, "%s.%s=%s\n", path, prop, json->str);
+    qobject_unref(resp);
+}
+
+/* Everything the bad input must leave as it was, as text. */
+static char *snapshot_state(QTestState *qts)
+{
+    static const char *const backend_props[] = {
+        "dedup-policy", "region-size", "duplicate-threshold", "manage-thp",
+        "force-unmerge", "merge", "share", "size", "prealloc",
     };
-    static const struct {
-        const char *props;
-        const char *text;
-    } bad_engines[] = {
-        { "'scan-rate': 0", "scan-rate" },
-        { "'scan-threads': 0", "scan-threads" },
-        { "'scan-threads': 9", "scan-threads" },
-        { "'rescan-interval': 10", "rescan-interval" },
+    static const char *const engine_props[] = {
+        "scan-rate", "scan-threads", "rescan-interval", "migrate-hints",
     };
+    GString *out = g_string_new("");
+    QDict *resp, *info;
+    QList *list;
+    QListEntry *e;
     size_t i;
 
-    /* No backend yet. */
-    expect_error(qts, "{ 'execute': 'memdedup-scan' }", "memory-backend-ksm");
-    expect_error(qts, "{ 'execute': 'memdedup-scan', "
-                 "'arguments': { 'now': true } }", "now");
-
-    for (i = 0; i < ARRAY_SIZE(bad_backends); i++) {
-        g_autofree char *cmd = g_strdup_printf(
-            "{ 'execute': 'object-add', 'arguments': { "
-            "'qom-type': 'memory-backend-ksm', 'id': 'bad%zu', "
-            "'size': 16777216, %s } }", i, bad_backends[i].props);
-        expect_error(qts, cmd, bad_backends[i].text);
+    for (i = 0; i < ARRAY_SIZE(backend_props); i++) {
+        snapshot_prop(qts, out, "/objects/good", backend_props[i]);
     }
-    expect_error(qts, "{ 'execute': 'object-add', 'arguments': { "
-                 "'qom-type': 'memory-backend-ksm', 'id': 'zero', "
-                 "'size': 0 } }", "'size'");
-    for (i = 0; i < ARRAY_SIZE(bad_engines); i++) {
-        g_autofree char *cmd = g_strdup_printf(
-            "{ 'execute': 'object-add', 'arguments': { "
-            "'qom-type': 'memdedup', 'id': 'badengine%zu', %s } }",
-            i, bad_engines[i].props);
-        expect_error(qts, cmd, bad_engines[i].text);
+    for (i = 0; i < ARRAY_SIZE(engine_props); i++) {
+        snapshot_prop(qts, out, "/objects/engine", engine_props[i]);
     }
-    expect_error(qts, "{ 'execute': 'query-memdedup', "
-                 "'arguments': { 'bogus': 1 } }", "bogus");
 
-    /* One engine object only. */
-    qtest_qmp_assert_success(qts, "{ 'execute': 'object-add', 'arguments': {"
-                             " 'qom-type': 'memdedup', 'id': 'e1',"
-                             " 'scan-rate': 268435456 } }");
-    expect_error(qts, "{ 'execute': 'object-add', 'arguments': {"
-                 " 'qom-type': 'memdedup', 'id': 'e2' } }", "only one");
-    /* Runtime changes of the engine's settings are validated too. */
-    qtest_qmp_assert_success(qts, "{ 'execute': 'qom-set', 'arguments': {"
-                             " 'path': '/objects/e1',"
-                             " 'property': 'scan-threads', 'value': 2 } }");
-    expect_error(qts, "{ 'execute': 'qom-set', 'arguments': {"
-                 " 'path': '/objects/e1',"
-                 " 'property': 'scan-threads', 'value': 100 } }",
-                 "scan-threads");
+    resp = qtest_qmp(qts, "{ 'execute': 'qom-list', "
+                     "'arguments': { 'path': '/objects' } }");
+    list = qdict_get_qlist(resp, "return");
+    QLIST_FOREACH_ENTRY(list, e) {
+        QDict *prop = qobject_to(QDict, qlist_entry_obj(e));
+        if (g_str_has_prefix(qdict_get_str(prop, "type"), "child<")) {
+            g_string_append_printf(out, "object %s\n",
+                                   qdict_get_str(prop, "name"));
+        }
+    }
+    qobject_unref(resp);
 
-    /* A good backend; then properties that are fixed after creation. */
-    qtest_qmp_assert_success(qts, "{ 'execute': 'object-add', 'arguments': {"
-                             " 'qom-type': 'memory-backend-ksm',"
-                             " 'id': 'good', 'size': 16777216,"
-                             " 'dedup-policy': 'estimate' } }");
-    expect_error(qts, "{ 'execute': 'qom-set', 'arguments': {"
-                 " 'path': '/objects/good',"
-                 " 'property': 'region-size', 'value': 4194304 } }",
-                 "region-size");
-    expect_error(qts, "{ 'execute': 'qom-set', 'arguments': {"
-                 " 'path': '/objects/good',"
-                 " 'property': 'manage-thp', 'value': false } }",
-                 "manage-thp");
-    expect_error(qts, "{ 'execute': 'qom-set', 'arguments': {"
-                 " 'path': '/objects/good',"
-                 " 'property': 'dedup-policy', 'value': 'nope' } }",
-                 "nope");
-    expect_error(qts, "{ 'execute': 'qom-set', 'arguments': {"
-                 " 'path': '/objects/good',"
-                 " 'property': 'duplicate-threshold', 'value': 0 } }",
-                 "duplicate-threshold");
-    qtest_qmp_assert_success(qts, "{ 'execute': 'memdedup-scan' }");
+    resp = qtest_qmp(qts, "{ 'execute': 'query-memdedup' }");
+    info = qdict_get_qdict(resp, "return");
+    g_string_append_printf(out, "scan-rate %" PRId64 " rescan %" PRId64 "\n",
+                           qdict_get_int(info, "scan-rate"),
+                           qdict_get_int(info, "rescan-interval"));
+    list = qdict_get_qlist(info, "backends");
+    QLIST_FOREACH_ENTRY(list, e) {
+        QDict *b = qobject_to(QDict, qlist_entry_obj(e));
+        g_string_append_printf(out, "backend %s %s size %" PRId64
+                               " region %" PRId64 " threshold %" PRId64
+                               " registered %" PRId64 "\n",
+                               qdict_get_str(b, "id"),
+                               qdict_get_str(b, "policy"),
+                               qdict_get_int(b, "size"),
+                               qdict_get_int(b, "region-size"),
+                               qdict_get_int(b, "duplicate-threshold"),
+                               qdict_get_int(b, "registered-bytes"));
+    }
+    qobject_unref(resp);
+    return g_string_free(out, false);
+}
+
+static void test_bad_input(void)
+{
+    QTestState *qts;
+    g_autofree char *before = NULL;
+    size_t i;
+
+    if (!host_has_ksm()) {
+        g_test_skip("the host has no KSM");
+        return;
+    }
+    qts = qtest_init("-machine none "
+                     "-object memdedup,id=engine,scan-rate=256M,"
+                     "rescan-interval=3600000 "
+                     "-object memory-backend-ksm,id=good,size=16M,"
+                     "dedup-policy=zero-only,duplicate-threshold=20");
+    before = snapshot_state(qts);
+    g_assert(strstr(before, "backend good zero-only size 16777216"));
+
+    for (i = 0; i < ARRAY_SIZE(bad_inputs); i++) {
+        g_autofree char *after = NULL;
+
+        if (g_test_verbose()) {
+            g_test_message("bad input %zu: %s", i, bad_inputs[i].cmd);
+        }
+        expect_error(qts, bad_inputs[i].cmd, bad_inputs[i].text);
+        after = snapshot_state(qts);
+        if (strcmp(before, after)) {
+            g_error("state changed by %s:\n%s\nbecame\n%s",
+                    bad_inputs[i].cmd, before, after);
+        }
+    }
+
+    /* Still working: a pass, a valid change, a deletion. */
+    run_pass(qts);
+    qtest_qmp_assert_success(qts, SET("/objects/good", "merge", "false"));
+    qtest_qmp_assert_success(qts, SET("/objects/good", "dedup-policy",
+                                      "'estimate'"));
+    qtest_qmp_assert_success(qts, SET("/objects/engine", "scan-threads",
+                                      "2"));
     qtest_qmp_assert_success(qts, "{ 'execute': 'object-del',"
                              " 'arguments': { 'id': 'good' } }");
     qtest_qmp_assert_success(qts, "{ 'execute': 'object-del',"
-                             " 'arguments': { 'id': 'e1' } }");
+                             " 'arguments': { 'id': 'engine' } }");
+    /* No backend left. */
+    expect_error(qts, "{ 'execute': 'memdedup-scan' }", "memory-backend-ksm");
     qtest_quit(qts);
 }
 

@@ -51,6 +51,8 @@
 /* Engine defaults when no memdedup object exists. */
 #define MEMDEDUP_SCAN_RATE_DEFAULT       (1 * GiB)   /* bytes/s */
 #define MEMDEDUP_SCAN_RATE_MIN           (1 * MiB)   /* bytes/s */
+/* More than any memory bandwidth; QMP wraps negative sizes above it. */
+#define MEMDEDUP_SCAN_RATE_MAX           (1 * PiB)   /* bytes/s */
 #define MEMDEDUP_SCAN_THREADS_DEFAULT    1
 #define MEMDEDUP_SCAN_THREADS_MAX        8
 #define MEMDEDUP_RESCAN_INTERVAL_DEFAULT 10000       /* ms */
@@ -1466,10 +1468,11 @@ static void memdedup_settings_set_scan_rate(Object *obj, Visitor *v,
     if (!visit_type_size(v, name, &value, errp)) {
         return;
     }
-    if (value < MEMDEDUP_SCAN_RATE_MIN) {
-        error_setg(errp, "property '%s' of %s must be at least %d MiB/s, "
-                   "not %" PRIu64, name, TYPE_MEMDEDUP,
-                   (int)(MEMDEDUP_SCAN_RATE_MIN / MiB), value);
+    if (value < MEMDEDUP_SCAN_RATE_MIN || value > MEMDEDUP_SCAN_RATE_MAX) {
+        error_setg(errp, "property '%s' of %s must be between %d MiB/s "
+                   "and %d PiB/s, not %" PRIu64, name, TYPE_MEMDEDUP,
+                   (int)(MEMDEDUP_SCAN_RATE_MIN / MiB),
+                   (int)(MEMDEDUP_SCAN_RATE_MAX / PiB), value);
         return;
     }
     s->scan_rate = value;
