@@ -678,6 +678,15 @@ def test_stat_errors(workdir):
             uri, r.returncode, r.stdout))
         check(r.stderr.startswith("memdedup-stat: cannot connect to libvirt "
                                   "at '%s': " % uri), r.stderr)
+    # A domain that cannot be asked (the test driver has no QEMU monitor)
+    # is listed with libvirt's error; it does not fail the whole listing.
+    r = subprocess.run([STAT, "-c", "test:///default", "--json"],
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 0, "test:///default: %d %s" % (r.returncode,
+                                                         r.stderr))
+    doms = json.loads(r.stdout)["domains"]
+    check([(d["name"], d["status"], d["memdedup"]) for d in doms] ==
+          [("test", "error", False)] and doms[0]["error"], str(doms))
     for bad in (["--watch", "0"], ["--bogus"], ["extra"]):
         r = subprocess.run([STAT] + bad, capture_output=True, text=True,
                            timeout=30)
