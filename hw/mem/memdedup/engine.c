@@ -1398,9 +1398,13 @@ MemdedupInfo *memdedup_query(Error **errp)
         info->warning = g_strdup("the host has no KSM: the engine can only "
                                  "estimate");
     }
-    if (refused && !info->has_warning) {
+    if (refused) {
+        char *other = info->warning;
+
         info->has_warning = true;
-        info->warning = g_steal_pointer(&refused);
+        info->warning = other ? g_strdup_printf("%s; %s", refused, other) :
+                                g_steal_pointer(&refused);
+        g_free(other);
     }
     return info;
 }
