@@ -326,7 +326,7 @@ def domain_xml(workdir, name, memdedup, paused=False):
         args = ["-object",
                 "memdedup,id=memdedup,adopt-ram=on,rescan-interval=1000"]
     commandline = "".join("\n    <qemu:arg value='%s'/>" % a for a in args)
-    xml = """<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+    xml = """<domain type='qemu' xmlns:qemu='%(qemu_ns)s'>
   <name>%(name)s</name>
   <memory unit='MiB'>%(mem)d</memory>
   <vcpu>1</vcpu>%(cpu)s%(numatune)s
@@ -353,7 +353,8 @@ def domain_xml(workdir, name, memdedup, paused=False):
   <qemu:commandline>%(commandline)s
   </qemu:commandline>
 </domain>
-""" % dict(name=name, mem=MEM, cpu=cpu, numatune=numatune, kernel=kernel,
+""" % dict(qemu_ns="http://libvirt.org/schemas/domain/qemu/1.0",
+           name=name, mem=MEM, cpu=cpu, numatune=numatune, kernel=kernel,
            initrd=initrd, append=append, qemu=QEMU, commandline=commandline,
            serial=os.path.join(workdir, name + ".serial.log"))
     path = os.path.join(workdir, name + ".xml")

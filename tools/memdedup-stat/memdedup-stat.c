@@ -924,10 +924,8 @@ int main(int argc, char **argv)
         if (!watch || status != EXIT_OK) {
             break;
         }
-        if (format != FORMAT_TABLE && !output) {
-            fflush(stdout);
-        }
-        while (!interrupted && nanosleep(&pause, &pause) < 0 && errno == EINTR) {
+        while (!interrupted && nanosleep(&pause, &pause) < 0 &&
+               errno == EINTR) {
             /* a signal other than ours: sleep the rest */
         }
     } while (!interrupted);
