@@ -122,11 +122,21 @@ def main():
         print(fmt % (config, "%.1f" % ts if ts else "-", ms, "%.1f" % tm,
                      "%.1f" % td if td is not None else "-",
                      "%.1f" % (tm + td) if td is not None else "-", md))
-    stock_t = rows[0][4]
-    for config, _, _, _, td, _ in rows[1:]:
-        if stock_t and td is not None:
-            print("%s: destination time to 90%% after migration = %.2f x "
-                  "stock" % (config, td / stock_t))
+    # From the start of the migration: with hints the destination may be
+    # done the moment the migration completes, as stock may be at a fast
+    # ksmd rate, so the time after completion alone can be 0 for both.
+    stock = rows[0]
+    for config, _, _, tm, td, _ in rows[1:]:
+        if td is None:
+            print("%s: destination did not reach 90%% in %d s"
+                  % (config, a.seconds))
+        elif stock[4] is None:
+            print("%s: destination reached 90%% %.1f s after the migration "
+                  "started; stock did not within %d s after it ended"
+                  % (config, tm + td, a.seconds))
+        else:
+            print("%s: destination time to 90%% from migration start = "
+                  "%.2f x stock" % (config, (tm + td) / (stock[3] + stock[4])))
     print("ksmd: pages_to_scan=%d sleep_millisecs=20" % a.pages_to_scan)
 
 

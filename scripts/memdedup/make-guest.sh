@@ -3,8 +3,10 @@
 # Build the demo/test guest: build/guest/vmlinuz (Debian bookworm's
 # kernel) and build/guest/initramfs.cpio.gz (static busybox, an /init
 # that fills a tmpfs with shared, zero and unique data, and a
-# deterministic data file /data/shared.bin).  No kernel modules: the
-# guest boots with -kernel/-initrd and has no disk.
+# deterministic data file /data/shared.bin).  The guest boots with
+# -kernel/-initrd and has no disk; the initramfs carries the kernel's
+# virtio-pci and virtio-mem modules, and /init takes shell commands on a
+# second serial port (ttyS1) when one is connected.
 #
 # The .debs are fetched with the system's apt configuration and cached
 # in build/guest/debs.  Does nothing when both outputs exist and are
@@ -61,6 +63,15 @@ if [ ! -f "$kernel" ]; then
 fi
 
 # --- initramfs ----------------------------------------------------------
+# The virtio-mem driver and what it needs, in load order, from the same
+# kernel package.
+modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev
+virtio_pci virtio_mem"
+fetch "$kpkg"
+deb=$(ls "$debs/${kpkg}_"*.deb | sort -V | tail -n 1)
+mkdir -p "$tmp/mods"
+dpkg --fsys-tarfile "$deb" |
+    tar -x -C "$tmp/mods" --wildcards '*/drivers/virtio/*.ko'
 fetch busybox-static
 deb=$(ls "$debs/busybox-static_"*.deb | sort -V | tail -n 1)
 dpkg -x "$deb" "$tmp/bb"
@@ -68,6 +79,13 @@ root=$tmp/root
 mkdir -p "$root/bin" "$root/sbin" "$root/dev" "$root/proc" "$root/sys" \
          "$root/mnt/fill" "$root/data" "$root/tmp"
 cp "$tmp/bb/bin/busybox" "$root/bin/busybox"
+mkdir -p "$root/lib/modules"
+for m in $modules; do
+    ko=$(find "$tmp/mods" -name "$m.ko" | head -n 1)
+    [ -n "$ko" ] || { echo "make-guest: $m.ko missing from $kpkg" >&2; exit 1; }
+    cp "$ko" "$root/lib/modules/"
+done
+echo "$modules" | tr '\n' ' ' > "$root/lib/modules/order"
 for app in $("$root/bin/busybox" --list); do
     [ "$app" = busybox ] || ln -s busybox "$root/bin/$app"
 done
@@ -87,6 +105,9 @@ exec </dev/console >/dev/console 2>&1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t tmpfs -o size=95% tmpfs /mnt/fill
+for m in $(cat /lib/modules/order); do
+    insmod "/lib/modules/$m.ko" || echo "memdedup: insmod $m failed"
+done
 
 # Options from the kernel command line (MiB unless noted; shared is at
 # most the size of /data/shared.bin).
@@ -116,6 +137,15 @@ echo
 echo "memdedup: shared=${shared}MiB copies=$copies zero=${zero}MiB" \
      "unique=${unique}MiB, $(du -sm /mnt/fill | cut -f1) MiB in /mnt/fill"
 echo MEMDEDUP-GUEST-READY
+
+# Commands from the host, one per line on ttyS1, when it is connected;
+# each one's output goes to the console, followed by its exit status.
+if stty -F /dev/ttyS1 raw -echo 2>/dev/null; then
+    while read -r cmd; do
+        sh -c "$cmd"
+        echo "MEMDEDUP-CMD-DONE $?"
+    done </dev/ttyS1
+fi
 while :; do sleep 3600; done
 EOF
 chmod 755 "$root/init"

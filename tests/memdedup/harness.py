@@ -9,6 +9,7 @@ Skip       raise it to skip a test (host lacks a feature)
 
 import base64
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -194,6 +195,63 @@ def mergeable_vmas(pid):
             elif line.startswith("VmFlags:") and " mg" in line:
                 out.append((start, end))
     return out
+
+
+# The test guest (make guest): boot arguments and a shell on its ttyS1.
+GUEST_BOOT_TIMEOUT = 240      # seconds, TCG on a loaded 2-core host
+
+
+def guest_boot_args(zero=0, shared=0, copies=0, unique=0, append=""):
+    """-kernel/-initrd/-append for the test guest, filling the given MiB
+    of zero, shared (copies times) and unique data at boot."""
+    kernel = os.path.join(GUEST, "vmlinuz")
+    initrd = os.path.join(GUEST, "initramfs.cpio.gz")
+    if not (os.path.exists(kernel) and os.path.exists(initrd)):
+        raise Skip("no guest image: run make guest")
+    cmdline = ("console=ttyS0 quiet panic=-1 memdedup.zero=%d "
+               "memdedup.shared=%d memdedup.copies=%d memdedup.unique=%d %s"
+               % (zero, shared, copies, unique, append))
+    return ["-accel", "tcg", "-no-reboot", "-nodefaults", "-kernel", kernel,
+            "-initrd", initrd, "-append", cmdline.strip()]
+
+
+class GuestShell:
+    """Shell commands for the test guest, sent on its second serial port;
+    the guest prints their output and "MEMDEDUP-CMD-DONE <status>" on its
+    console (the serial log)."""
+
+    def __init__(self, workdir, name="guest"):
+        self.path = os.path.join(workdir, name + ".cmd")
+        self.sock = None
+
+    def args(self):
+        return ["-chardev", "socket,id=guestcmd,path=%s,server=on,wait=off"
+                % self.path, "-serial", "chardev:guestcmd"]
+
+    def run(self, vm, cmd, timeout=180):
+        """Run cmd in the guest; return (status, console output)."""
+        if self.sock is None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(self.path)
+        log = vm.serial()
+        start = len(log)
+        self.sock.sendall((cmd + "\n").encode())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = vm.serial()[start:]
+            m = re.search(r"MEMDEDUP-CMD-DONE (\d+)", out)
+            if m:
+                return int(m.group(1)), out[:m.start()]
+            if not vm.alive():
+                break
+            time.sleep(0.2)
+        raise AssertionError("guest command timed out: %s\n%s"
+                             % (cmd, vm.serial()[start:][-2000:]))
+
+    def close(self):
+        if self.sock:
+            self.sock.close()
+            self.sock = None
 
 
 def wait_for(what, cond, timeout=30):

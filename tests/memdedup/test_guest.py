@@ -6,32 +6,21 @@ numbers that fit what the guest did.  With ksmd running (knobs restored
 afterwards) the kernel merges part of what was registered.
 """
 
-import os
 import sys
 import time
 
-from harness import (GUEST, MiB, PAGE, QEMU, Skip, backend, check, qmp,
-                     run_pass, run_tests)
+from harness import (GUEST_BOOT_TIMEOUT, MiB, PAGE, QEMU, backend, check,
+                     guest_boot_args, qmp, run_pass, run_tests)
 
 MEM = 512                     # MiB of guest RAM
 ZERO, SHARED, COPIES, UNIQUE = 32, 32, 2, 64   # MiB, as the guest fills
-BOOT_TIMEOUT = 240            # seconds, TCG on a loaded 2-core host
 
 
 def guest_vm(workdir, name):
-    kernel = os.path.join(GUEST, "vmlinuz")
-    initrd = os.path.join(GUEST, "initramfs.cpio.gz")
-    if not (os.path.exists(kernel) and os.path.exists(initrd)):
-        raise Skip("no guest image: run make guest")
-    append = ("console=ttyS0 quiet panic=-1 memdedup.zero=%d "
-              "memdedup.shared=%d memdedup.copies=%d memdedup.unique=%d"
-              % (ZERO, SHARED, COPIES, UNIQUE))
-    return qmp.Qemu(QEMU, [
-        "-accel", "tcg", "-m", "%dM" % MEM, "-no-reboot", "-nodefaults",
-        "-machine", "pc,memory-backend=ram0",
+    return qmp.Qemu(QEMU, guest_boot_args(ZERO, SHARED, COPIES, UNIQUE) + [
+        "-m", "%dM" % MEM, "-machine", "pc,memory-backend=ram0",
         "-object", "memdedup,id=engine,rescan-interval=2000",
         "-object", "memory-backend-ksm,id=ram0,size=%dM" % MEM,
-        "-kernel", kernel, "-initrd", initrd, "-append", append,
     ], workdir, name)
 
 
@@ -40,7 +29,7 @@ def test_guest_numbers(workdir):
         vm = guest_vm(workdir, "guest").start()
         try:
             t0 = time.monotonic()
-            check(vm.wait_serial("MEMDEDUP-GUEST-READY", BOOT_TIMEOUT),
+            check(vm.wait_serial("MEMDEDUP-GUEST-READY", GUEST_BOOT_TIMEOUT),
                   "guest did not get ready:\n" + vm.serial()[-2000:])
             print("  guest ready after %.1f s" % (time.monotonic() - t0))
             run_pass(vm)

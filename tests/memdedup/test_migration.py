@@ -149,6 +149,10 @@ def test_precopy(workdir):
                     60)
                 print("  source merged %d, destination %d pages"
                       % (src_merged, merged))
+            # A completed source that is continued after all scans again.
+            p.src.qmp.cmd("cont")
+            wait_for("the continued source to resume",
+                     lambda: engine(p.src)["state"] != "paused")
         finally:
             p.close()
 

@@ -142,6 +142,8 @@ static void memdedup_block_unref(MemdedupBlock *blk)
         g_free(blk->fps);
         g_free(blk->regions);
         g_free(blk->hints);
+        g_free(blk->discarded);
+        g_free(blk->plugged);
         g_free(blk->id);
         g_free(blk);
     }
@@ -277,6 +279,9 @@ MemdedupBlock *memdedup_block_add(const char *id, void *host, uint64_t size,
     qemu_cond_signal(&engine->wakeup);
     qemu_mutex_unlock(&engine->lock);
 
+    /* Follow virtio-mem's plugged parts, if it is used with one. */
+    memdedup_discard_init();
+
     trace_memdedup_block_added(id, size, params->region_size);
     qapi_event_send_memdedup_backend_added(id, size);
     return blk;
@@ -300,6 +305,104 @@ void memdedup_block_release(MemdedupBlock *blk)
         qapi_event_send_memdedup_backend_removed(removed);
     }
     memdedup_block_unref(blk);
+}
+
+MemdedupBlock *memdedup_block_find_host(void *host)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+    MemdedupBlock *blk;
+
+    QEMU_LOCK_GUARD(&engine->lock);
+    QTAILQ_FOREACH(blk, &engine->blocks, next) {
+        if (blk->host == host && !qatomic_read(&blk->removed)) {
+            memdedup_block_ref(blk);
+            return blk;
+        }
+    }
+    return NULL;
+}
+
+void memdedup_block_put(MemdedupBlock *blk)
+{
+    memdedup_block_unref(blk);
+}
+
+/* Queue regions [@first, @last] for the scanner to forget (lock held). */
+static void memdedup_block_discarded_locked(MemdedupBlock *blk,
+                                            uint64_t first, uint64_t last)
+{
+    if (!blk->discarded) {
+        blk->discarded = bitmap_new(blk->nr_regions);
+    }
+    bitmap_set(blk->discarded, first, last - first + 1);
+    memdedup_engine.discards_pending = true;
+    qemu_cond_signal(&memdedup_engine.wakeup);
+}
+
+void memdedup_block_track_plugged(MemdedupBlock *blk)
+{
+    QEMU_LOCK_GUARD(&memdedup_engine.lock);
+    if (!blk->plugged) {
+        qatomic_store_release(&blk->plugged, bitmap_new(blk->nr_pages));
+        /* What was scanned before is not plugged until reported so. */
+        memdedup_block_discarded_locked(blk, 0, blk->nr_regions - 1);
+    }
+}
+
+void memdedup_block_plug(MemdedupBlock *blk, uint64_t first, uint64_t count,
+                         bool plugged)
+{
+    QEMU_LOCK_GUARD(&memdedup_engine.lock);
+    if (!blk->plugged || !count || first >= blk->nr_pages) {
+        return;
+    }
+    count = MIN(count, blk->nr_pages - first);
+    trace_memdedup_plug(blk->id, first * blk->page_size,
+                        count * blk->page_size, plugged);
+    if (plugged) {
+        bitmap_set(blk->plugged, first, count);
+        return;
+    }
+    bitmap_clear(blk->plugged, first, count);
+    memdedup_block_discarded_locked(blk, first / blk->pages_per_region,
+                                    (first + count - 1) /
+                                    blk->pages_per_region);
+}
+
+/*
+ * Drop the fingerprints of the pages of @discarded regions that are no
+ * longer plugged, and recount those regions.  Scanner thread, between
+ * hashing phases.
+ */
+static void memdedup_forget_discarded(MemdedupBlock *blk,
+                                      unsigned long *discarded)
+{
+    unsigned long *plugged = qatomic_load_acquire(&blk->plugged);
+    uint64_t i, p;
+
+    for (i = find_first_bit(discarded, blk->nr_regions); i < blk->nr_regions;
+         i = find_next_bit(discarded, blk->nr_regions, i + 1)) {
+        MemdedupRegion *r = &blk->regions[i];
+        uint64_t first = i * blk->pages_per_region;
+        uint64_t last = MIN(first + blk->pages_per_region, blk->nr_pages);
+        uint32_t resident = 0, zero = 0;
+
+        for (p = first; p < last; p++) {
+            if (plugged && !test_bit(p, plugged)) {
+                blk->fps[p] = MEMDEDUP_FP_ABSENT;
+            }
+            resident += blk->fps[p] != MEMDEDUP_FP_ABSENT;
+            zero += blk->fps[p] == MEMDEDUP_FP_ZERO;
+        }
+        r->resident = resident;
+        r->zero = zero;
+        r->volatile_pages = MIN(r->volatile_pages, resident);
+        r->duplicate = 0;       /* recounted by the summary */
+        r->unique = resident - zero;
+        if (!resident) {
+            r->stable_passes = 0;
+        }
+    }
 }
 
 /*
@@ -658,6 +761,7 @@ typedef struct MemdedupPassBlock {
     MemdedupParams params;
     bool apply_only;            /* params changed; no need to rescan */
     bool hinted;                /* registered from hints, not yet scanned */
+    unsigned long *discarded;   /* regions to forget pages of, or NULL */
     uint64_t first_item;        /* index of its region 0 in the item space */
 } MemdedupPassBlock;
 
@@ -996,6 +1100,24 @@ static void memdedup_apply_pending_hints(MemdedupEngine *engine)
     qemu_mutex_unlock(&engine->lock);
 }
 
+/*
+ * Pages discarded (virtio-mem) leave the index when the pass gets to
+ * them, also between passes: after hashing, which skipped them already.
+ */
+static void memdedup_pass_forget_discarded(MemdedupPass *pass)
+{
+    size_t b;
+
+    for (b = 0; b < pass->nr_blocks; b++) {
+        if (pass->blocks[b].discarded) {
+            memdedup_forget_discarded(pass->blocks[b].blk,
+                                      pass->blocks[b].discarded);
+            g_free(pass->blocks[b].discarded);
+            pass->blocks[b].discarded = NULL;
+        }
+    }
+}
+
 static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
 {
     MemdedupPass pass = { .engine = engine };
@@ -1008,6 +1130,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     uint64_t metadata = 0, pass_no, duration;
     uint32_t nr_threads, t;
     MemdedupBlock *blk;
+    bool summarize = rescan;    /* recount statistics */
     size_t b;
 
     /* Migration hints first: the source's registration, at once. */
@@ -1028,6 +1151,9 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         pb->params = blk->params;
         pb->apply_only = blk->params_changed;
         blk->params_changed = false;
+        pb->discarded = blk->discarded;
+        blk->discarded = NULL;
+        summarize |= pb->discarded != NULL;
         /* A hinted block is judged by the policy once it was scanned. */
         pb->hinted = blk->hinted;
         if (rescan) {
@@ -1041,6 +1167,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
                                     blk->pages_per_region);
     }
     engine->params_dirty = false;
+    engine->discards_pending = false;
     pass.scan_rate = engine->scan_rate;
     nr_threads = engine->scan_threads;
     if (rescan) {
@@ -1109,6 +1236,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
             engine->scan_requested = true;
             qemu_mutex_unlock(&engine->lock);
             qatomic_set(&engine->pass_pages_total, 0);
+            memdedup_pass_forget_discarded(&pass);
             for (b = 0; b < pass.nr_blocks; b++) {
                 /* Not scanned after all: keep hinted registration. */
                 pass.blocks[b].blk->hinted |= pass.blocks[b].hinted;
@@ -1118,8 +1246,11 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
             trace_memdedup_pass_aborted();
             return;
         }
+    }
 
-        /* Index and summarize. */
+    /* Then index and summarize. */
+    memdedup_pass_forget_discarded(&pass);
+    if (summarize) {
         memdedup_pass_index(&pass);
         first_seen = bitmap_new(MAX(engine->dupset.len, 1));
         for (b = 0; b < pass.nr_blocks; b++) {
@@ -1152,16 +1283,21 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         MemdedupBlock *blk = pass.blocks[b].blk;
         MemdedupBlockStats *st = &blk->stats;
 
-        if (rescan) {
+        if (summarize) {
             uint64_t merged = st->kernel_merged_pages;
             uint64_t refused = st->unmerge_refusals;
             uint64_t hinted_before = st->hinted_regions;
+            int64_t exact_before = st->kernel_merged_pages_exact;
 
             *st = stats[b];
             st->kernel_merged_pages = merged;
             st->unmerge_refusals = refused;
             st->hinted_regions = hinted_before;
-            st->kernel_merged_pages_exact = exact[b];
+            if (rescan) {
+                st->kernel_merged_pages_exact = exact[b];
+            } else {
+                st->kernel_merged_pages_exact = exact_before;
+            }
             scanned += stats[b].scanned_pages;
             zero += stats[b].zero_pages;
             duplicate += stats[b].duplicate_pages;
@@ -1216,7 +1352,8 @@ static void *memdedup_thread(void *opaque)
             }
             rescan = !engine->paused && !QTAILQ_EMPTY(&engine->blocks) &&
                      (engine->scan_requested || now >= next_pass);
-            apply = engine->params_dirty && !engine->paused;
+            apply = (engine->params_dirty || engine->discards_pending) &&
+                     !engine->paused;
             if (rescan || apply || now >= next_refresh ||
                 (engine->paused && engine->incoming)) {
                 break;

@@ -45,18 +45,25 @@ struct MemdedupBlock {
     uint64_t nr_regions;
 
     /* Atomic. */
-    int refcount;               /* engine list, backend, running pass */
+    int refcount;               /* engine list, backend, pass, listener */
     bool removed;               /* RAM unmapped or going: never touch it */
     uint32_t max_ranges;        /* VMA budget; halved on ENOMEM */
     uint64_t advise_failures;   /* registration changes the kernel refused */
     int advise_errno;           /* errno of the last, 0 once applied again */
     bool advise_warned;         /* a refusal was warned about */
+    /*
+     * Plugged pages, one bit each, when a RamDiscardManager (virtio-mem)
+     * decides which parts exist; NULL: all of it.  Set once, freed with
+     * the block; bits change under MemdedupEngine.lock.
+     */
+    unsigned long *plugged;
 
     /* Under MemdedupEngine.lock. */
     MemdedupParams params;      /* as set by the backend */
     bool params_changed;        /* scanner has not applied params yet */
     MemdedupBlockStats stats;   /* as of the last pass / kernel refresh */
     unsigned long *hints;       /* migration hints not yet applied */
+    unsigned long *discarded;   /* regions with pages discarded since */
     QTAILQ_ENTRY(MemdedupBlock) next;
 
     /*
@@ -84,6 +91,7 @@ typedef struct MemdedupEngine {
     bool settings_object;       /* a memdedup object exists */
     bool send_hints;            /* migrate-hints: send regions to the dest */
     bool hints_pending;         /* some block has hints to apply */
+    bool discards_pending;      /* some block has discarded regions */
     char *paused_reason;        /* why paused, or NULL */
     bool incoming;              /* paused until the incoming migration ends */
     MemdedupState state;        /* idle, scanning or disabled */
@@ -152,6 +160,29 @@ void memdedup_engine_resume(MemdedupEngine *engine, const char *reason);
 
 /* migration.c: hook the engine into migration.  BQL held, once. */
 void memdedup_migration_init(MemdedupEngine *engine);
+
+/*
+ * discard.c: follow RamDiscardManagers (virtio-mem) of managed memory.
+ * memdedup_discard_init: start watching the system address space, once;
+ * BQL held.
+ */
+void memdedup_discard_init(void);
+
+/*
+ * Engine side of discard.c, BQL held:
+ * memdedup_block_find_host: the live block whose RAM starts at @host,
+ * with a reference for the caller (dropped with memdedup_block_put), or
+ * NULL.
+ * memdedup_block_track_plugged: from now on scan only plugged pages
+ * (none until memdedup_block_plug says otherwise).
+ * memdedup_block_plug: pages [@first, @first + @count) were populated
+ * (@plugged) or discarded; discarded ones leave the index right away.
+ */
+MemdedupBlock *memdedup_block_find_host(void *host);
+void memdedup_block_put(MemdedupBlock *blk);
+void memdedup_block_track_plugged(MemdedupBlock *blk);
+void memdedup_block_plug(MemdedupBlock *blk, uint64_t first, uint64_t count,
+                         bool plugged);
 
 /* Has the incoming migration completed?  Any thread. */
 bool memdedup_migration_incoming_done(void);

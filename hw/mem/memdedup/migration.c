@@ -10,7 +10,8 @@
  * and on a destination it must not read RAM that has not arrived.  So:
  *  - source: a migration state notifier pauses scanning and registration
  *    when a migration is set up; they resume if it fails or is
- *    cancelled, and stay paused once it completed (the source is done);
+ *    cancelled, and stay paused once it completed (the source is done)
+ *    unless the source's guest is continued after all;
  *  - destination (-incoming): the engine starts paused and resumes, with
  *    a pass at once, only when the incoming migration has completed
  *    (after postcopy too);
@@ -38,6 +39,8 @@
 #include "memdedup-internal.h"
 #include "trace.h"
 
+#define MEMDEDUP_PAUSED_MIGRATED "outgoing migration completed"
+
 #define MEMDEDUP_HINTS_MAGIC 0x4d444831u   /* "MDH1" */
 /* A payload larger than this is not ours: 16 MiB is 128 Mi regions. */
 #define MEMDEDUP_HINTS_MAX (16 * 1024 * 1024)
@@ -54,7 +57,31 @@ static void memdedup_migration_notify(Notifier *notifier, void *data)
         memdedup_engine_resume(engine,
                                "outgoing migration failed or cancelled");
     } else if (migration_has_finished(s)) {
-        memdedup_engine_pause(engine, "outgoing migration completed", false);
+        memdedup_engine_pause(engine, MEMDEDUP_PAUSED_MIGRATED, false);
+    }
+}
+
+/*
+ * A source whose migration completed may still be continued (`cont`),
+ * e.g. when the destination is discarded: then its memory is live again
+ * and the engine resumes.
+ */
+static void memdedup_vm_state_change(void *opaque, bool running,
+                                     RunState state)
+{
+    MemdedupEngine *engine = opaque;
+    bool migrated;
+
+    if (!running) {
+        return;
+    }
+    WITH_QEMU_LOCK_GUARD(&engine->lock) {
+        migrated = engine->paused &&
+                   !g_strcmp0(engine->paused_reason, MEMDEDUP_PAUSED_MIGRATED);
+    }
+    if (migrated) {
+        memdedup_engine_resume(engine,
+                               "guest continued after outgoing migration");
     }
 }
 
@@ -285,6 +312,7 @@ void memdedup_migration_init(MemdedupEngine *engine)
     add_migration_state_change_notifier(&engine->migration_notifier);
     register_savevm_live("memdedup-hints", 0, 1, &savevm_memdedup_hints,
                          engine);
+    qemu_add_vm_change_state_handler(memdedup_vm_state_change, engine);
 
     if (runstate_check(RUN_STATE_INMIGRATE)) {
         memdedup_engine_pause(engine, "incoming migration", true);

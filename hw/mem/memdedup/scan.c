@@ -15,6 +15,7 @@
  */
 
 #include "qemu/osdep.h"
+#include "qemu/bitops.h"
 #include "qemu/rcu.h"
 #include "qemu/atomic.h"
 #include "memdedup-internal.h"
@@ -127,6 +128,7 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
      * every reader that saw removed == false.
      */
     WITH_RCU_READ_LOCK_GUARD() {
+        unsigned long *plugged;
         uint8_t *base;
 
         if (qatomic_load_acquire(&blk->removed)) {
@@ -136,6 +138,11 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
         if (!memdedup_read_residency(engine, base, pages, blk->page_size,
                                      buf->entries, buf->present)) {
             return false;
+        }
+        /* With virtio-mem, the parts not plugged are not guest memory. */
+        plugged = qatomic_load_acquire(&blk->plugged);
+        for (i = 0; plugged && i < pages; i++) {
+            buf->present[i] &= test_bit(first + i, plugged);
         }
         for (i = 0; i < pages; i++) {
             uint32_t old = blk->fps[first + i], fp;
