@@ -622,6 +622,21 @@ BACKEND_FIELD(kernel_merged)
 BACKEND_FIELD(estimated_saving)
 BACKEND_FIELD(actual_saving)
 
+static double domain_passes(const struct domain_stats *d)
+{
+    return d->passes_completed;
+}
+
+static double domain_cpu(const struct domain_stats *d)
+{
+    return d->scanner_cpu_ns;
+}
+
+static double domain_metadata(const struct domain_stats *d)
+{
+    return d->metadata_bytes;
+}
+
 static void print_prometheus(FILE *out, const struct snapshot *snap)
 {
     static const struct {
@@ -649,6 +664,20 @@ static void print_prometheus(FILE *out, const struct snapshot *snap)
           "Memory that merging every zero and duplicate page would free" },
         { "memdedup_backend_actual_saving_bytes", backend_actual_saving,
           "Private copies the kernel dropped by merging" },
+    };
+    static const struct {
+        const char *name;
+        const char *type;
+        double (*get)(const struct domain_stats *d);
+        double scale;           /* divide by this: ns to seconds */
+        const char *help;
+    } engine[] = {
+        { "memdedup_passes_completed_total", "counter", domain_passes, 1,
+          "Scan passes the engine completed" },
+        { "memdedup_scanner_cpu_seconds_total", "counter", domain_cpu, 1e9,
+          "CPU time the engine's scanner threads spent hashing" },
+        { "memdedup_metadata_bytes", "gauge", domain_metadata, 1,
+          "Memory the engine uses for its per-page metadata" },
     };
     const struct {
         const char *name;
@@ -693,32 +722,17 @@ static void print_prometheus(FILE *out, const struct snapshot *snap)
                 domain_status_names[d->status],
                 d->status == DOMAIN_MEMDEDUP);
     }
-    prom_header(out, "memdedup_passes_completed_total", "counter",
-                "Scan passes the engine completed");
-    for (i = 0; i < snap->nr_domains; i++) {
-        if (snap->domains[i].status == DOMAIN_MEMDEDUP) {
-            fputs("memdedup_passes_completed_total{domain=\"", out);
-            print_label(out, snap->domains[i].name);
-            fprintf(out, "\"} %" PRIu64 "\n",
-                    snap->domains[i].passes_completed);
-        }
-    }
-    prom_header(out, "memdedup_scanner_cpu_seconds_total", "counter",
-                "CPU time the engine's scanner threads spent hashing");
-    for (i = 0; i < snap->nr_domains; i++) {
-        if (snap->domains[i].status == DOMAIN_MEMDEDUP) {
-            fputs("memdedup_scanner_cpu_seconds_total{domain=\"", out);
-            print_label(out, snap->domains[i].name);
-            fprintf(out, "\"} %.9f\n", snap->domains[i].scanner_cpu_ns / 1e9);
-        }
-    }
-    prom_header(out, "memdedup_metadata_bytes", "gauge",
-                "Memory the engine uses for its per-page metadata");
-    for (i = 0; i < snap->nr_domains; i++) {
-        if (snap->domains[i].status == DOMAIN_MEMDEDUP) {
-            fputs("memdedup_metadata_bytes{domain=\"", out);
-            print_label(out, snap->domains[i].name);
-            fprintf(out, "\"} %" PRIu64 "\n", snap->domains[i].metadata_bytes);
+    for (m = 0; m < sizeof(engine) / sizeof(engine[0]); m++) {
+        prom_header(out, engine[m].name, engine[m].type, engine[m].help);
+        for (i = 0; i < snap->nr_domains; i++) {
+            const struct domain_stats *d = &snap->domains[i];
+
+            if (d->status == DOMAIN_MEMDEDUP) {
+                fprintf(out, "%s{domain=\"", engine[m].name);
+                print_label(out, d->name);
+                fprintf(out, "\"} %.*f\n", engine[m].scale == 1 ? 0 : 9,
+                        engine[m].get(d) / engine[m].scale);
+            }
         }
     }
     for (m = 0; m < sizeof(metrics) / sizeof(metrics[0]); m++) {
