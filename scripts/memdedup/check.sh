@@ -62,6 +62,9 @@ for s in $suites; do
 done
 # shellcheck disable=SC2086
 ninja -C "$bld" $targets || exit 1
+case " $suites " in
+*" integration "*) make -s -C "$top" tools || exit 1 ;;  # memdedup-stat
+esac
 "$top/scripts/memdedup/link-firmware.sh" "$bld"
 
 for s in $suites; do
