@@ -67,6 +67,40 @@ static MemdedupAdopt *memdedup_adopt_get(Object *obj, void *opaque)
     return *adopt;
 }
 
+/* Can the engine manage @obj, named @id by the "adopt" property? */
+static bool memdedup_adopt_check(Object *obj, const char *id, Error **errp)
+{
+    if (!obj) {
+        error_setg(errp, "property 'adopt' of %s: no object with id '%s'",
+                   TYPE_MEMDEDUP, id);
+        return false;
+    }
+    if (!object_dynamic_cast(obj, TYPE_MEMORY_BACKEND)) {
+        error_setg(errp, "property 'adopt' of %s: object '%s' is a %s, not a "
+                   "memory backend", TYPE_MEMDEDUP, id,
+                   object_get_typename(obj));
+        return false;
+    }
+    if (strcmp(object_get_typename(obj), TYPE_MEMORY_BACKEND_RAM)) {
+        error_setg(errp, "property 'adopt' of %s: object '%s' is a %s, not a "
+                   "%s", TYPE_MEMDEDUP, id, object_get_typename(obj),
+                   TYPE_MEMORY_BACKEND_RAM);
+        return false;
+    }
+    if (!host_memory_backend_mr_inited(MEMORY_BACKEND(obj))) {
+        error_setg(errp, "property 'adopt' of %s: backend '%s' has no memory "
+                   "yet", TYPE_MEMDEDUP, id);
+        return false;
+    }
+    if (MEMORY_BACKEND(obj)->share) {
+        error_setg(errp, "property 'adopt' of %s: backend '%s' has share=on; "
+                   "KSM merges only private anonymous memory",
+                   TYPE_MEMDEDUP, id);
+        return false;
+    }
+    return true;
+}
+
 /* Put @backend, whose object id is @id, under the engine. */
 static bool memdedup_adopt_backend(MemdedupAdoptRun *run,
                                    HostMemoryBackend *backend,
@@ -83,24 +117,6 @@ static bool memdedup_adopt_backend(MemdedupAdoptRun *run,
 
     if (g_ptr_array_find(run->backends, backend, NULL)) {
         return true;            /* named twice, or also a memory-backend-ram */
-    }
-    if (strcmp(object_get_typename(OBJECT(backend)), TYPE_MEMORY_BACKEND_RAM)) {
-        error_setg(errp, "property 'adopt' of %s: object '%s' is a %s, not a "
-                   "%s", TYPE_MEMDEDUP, id,
-                   object_get_typename(OBJECT(backend)),
-                   TYPE_MEMORY_BACKEND_RAM);
-        return false;
-    }
-    if (!host_memory_backend_mr_inited(backend)) {
-        error_setg(errp, "property 'adopt' of %s: backend '%s' has no memory "
-                   "yet", TYPE_MEMDEDUP, id);
-        return false;
-    }
-    if (backend->share) {
-        error_setg(errp, "property 'adopt' of %s: backend '%s' has share=on; "
-                   "KSM merges only private anonymous memory",
-                   TYPE_MEMDEDUP, id);
-        return false;
     }
 
     /* Registration belongs to the engine from now on (see above). */
@@ -122,6 +138,7 @@ static int memdedup_adopt_ram_one(Object *obj, void *opaque)
     Error *err = NULL;
 
     if (strcmp(object_get_typename(obj), TYPE_MEMORY_BACKEND_RAM) ||
+        !host_memory_backend_mr_inited(MEMORY_BACKEND(obj)) ||
         MEMORY_BACKEND(obj)->share) {
         return 0;               /* adopt-ram skips what it cannot manage */
     }
@@ -133,7 +150,10 @@ static int memdedup_adopt_ram_one(Object *obj, void *opaque)
     return 0;
 }
 
-/* Adopt everything asked for; all named backends are checked first. */
+/*
+ * Adopt everything asked for.  All named backends are checked first, so
+ * that an error adopts none of them.
+ */
 static bool memdedup_adopt_all(MemdedupAdopt *adopt, Error **errp)
 {
     Object *root = object_get_objects_root();
@@ -142,17 +162,9 @@ static bool memdedup_adopt_all(MemdedupAdopt *adopt, Error **errp)
     strList *e;
 
     for (e = adopt->ids; e; e = e->next) {
-        Object *obj = object_resolve_path_component(root, e->value);
-
-        if (!obj) {
-            error_setg(errp, "property 'adopt' of %s: no object with id '%s'",
-                       TYPE_MEMDEDUP, e->value);
-            return false;
-        }
-        if (!object_dynamic_cast(obj, TYPE_MEMORY_BACKEND)) {
-            error_setg(errp, "property 'adopt' of %s: object '%s' is a %s, "
-                       "not a memory backend", TYPE_MEMDEDUP, e->value,
-                       object_get_typename(obj));
+        if (!memdedup_adopt_check(object_resolve_path_component(root,
+                                                                e->value),
+                                  e->value, errp)) {
             return false;
         }
     }
