@@ -24,13 +24,18 @@ and a third one, "plain", runs paused without memdedup.  Statistics are
 read through virsh qemu-monitor-command (QMP and --hmp) and through
 memdedup-stat in its three formats, parsed, and compared.  Every process
 started ends by PID (all processes of the namespace), on every path.
+
+Without libvirt: what adopt and adopt-ram take and refuse, a migration
+between two QEMUs that adopt the same backend (as libvirt starts the
+destination), and memdedup-stat's errors, usage and man page.
 """
 
 import contextlib
 import json
+import grp
 import os
 import pwd
-import grp
+import random
 import re
 import shutil
 import signal
@@ -38,8 +43,11 @@ import subprocess
 import sys
 import time
 
-from harness import (GUEST, MiB, PAGE, QEMU, TOP, Skip, check, qmp,
-                     run_tests, wait_for)
+from harness import (GUEST, KNOWN_CANDIDATES, MiB, PAGE, QEMU, TOP, Skip,
+                     backend, check, digest_known, fill_known, qmp,
+                     start_qtest_vm, wait_for)
+from harness import run_pass as run_qmp_pass
+from harness import run_tests
 
 STAT = os.path.join(TOP, "build", "tools", "memdedup-stat")
 MEM = 384                      # MiB of guest RAM
@@ -668,6 +676,47 @@ def test_adopt_cli(workdir):
             vm.stop()
 
 
+def test_adopt_migration(workdir):
+    """What libvirt does on migration, by hand: the destination starts
+    with the same arguments, so it adopts the same backend, and hints
+    carry the source's registration over to it."""
+    size = 256
+    args = ["-machine", "pc,memory-backend=pc.ram,mem-merge=off",
+            "-m", "%dM" % size,
+            "-object", "memory-backend-ram,id=pc.ram,size=%dM" % size,
+            "-object", "memdedup,id=memdedup,adopt=pc.ram,migrate-hints=on,"
+                       "rescan-interval=3600000"]
+    sock = os.path.join(workdir, "migrate.sock")
+    src = dst = src_qt = dst_qt = None
+    try:
+        src, src_qt = start_qtest_vm(workdir, "src", args)
+        fill_known(src_qt, random.Random(6))
+        run_qmp_pass(src)
+        before = backend(src, "pc.ram")
+        check(before["registered-bytes"] == KNOWN_CANDIDATES,
+              "source registered %d" % before["registered-bytes"])
+        dst, dst_qt = start_qtest_vm(workdir, "dst",
+                                     args + ["-incoming", "unix:" + sock])
+        src.qmp.cmd("migrate", uri="unix:" + sock)
+        wait_for("the migration", lambda: src.qmp.cmd("query-migrate").get(
+            "status") in ("completed", "failed", "cancelled"), 120)
+        check(src.qmp.cmd("query-migrate")["status"] == "completed",
+              "migration failed")
+        after = wait_for("the destination to register the hints", lambda: (
+            lambda b: b if b["hinted-regions"] else None)(
+                backend(dst, "pc.ram")), 30)
+        check(after["hinted-regions"] == KNOWN_CANDIDATES // (2 * MiB),
+              "hinted regions %d" % after["hinted-regions"])
+        check(digest_known(dst_qt) == digest_known(src_qt),
+              "guest memory differs after migration")
+    finally:
+        for vm, qt in ((dst, dst_qt), (src, src_qt)):
+            if vm:
+                vm.stop()
+            if qt:
+                qt.close()
+
+
 def test_stat_errors(workdir):
     if not os.path.exists(STAT):
         raise Skip("no %s: run make tools" % STAT)
@@ -708,5 +757,6 @@ def test_stat_errors(workdir):
 
 if __name__ == "__main__":
     sys.exit(run_tests([("libvirt/adopt-cli", test_adopt_cli),
+                        ("libvirt/adopt-migration", test_adopt_migration),
                         ("libvirt/stat-errors", test_stat_errors),
                         ("libvirt/domains", test_libvirt)]))
