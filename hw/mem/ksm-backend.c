@@ -35,6 +35,45 @@ struct HostMemoryBackendKsm {
     MemdedupBlock *block;       /* the engine's handle, once allocated */
 };
 
+/*
+ * Refuse host bindings the kernel would refuse with a bare EINVAL from
+ * mbind(2) (QEMU itself checks only the policy/host-nodes pairing and
+ * nodes >= MAX_NODES): host nodes that are not online, and policy
+ * "preferred" with more than one node.
+ */
+static bool ksm_backend_check_host_nodes(HostMemoryBackend *backend,
+                                         Error **errp)
+{
+    unsigned long online[BITS_TO_LONGS(MEMDEDUP_NUMA_NODES_MAX)];
+    unsigned long count = bitmap_count_one(backend->host_nodes, MAX_NODES);
+    unsigned long n;
+
+    if (!count) {
+        return true;            /* unbound */
+    }
+    if (backend->policy == HOST_MEM_POLICY_PREFERRED && count > 1) {
+        error_setg(errp, "memory-backend-ksm: policy 'preferred' takes one "
+                   "host node, not %lu; use policy 'bind' or 'interleave' "
+                   "for several", count);
+        return false;
+    }
+    /* Hosts with more nodes than the engine tracks: mbind decides. */
+    if (!memdedup_read_host_nodes(online)) {
+        return true;
+    }
+    for (n = find_first_bit(backend->host_nodes, MAX_NODES); n < MAX_NODES;
+         n = find_next_bit(backend->host_nodes, MAX_NODES, n + 1)) {
+        if (n >= MEMDEDUP_NUMA_NODES_MAX || !test_bit(n, online)) {
+            error_setg(errp, "memory-backend-ksm: property 'host-nodes' "
+                       "names host node %lu, but the host has %d online "
+                       "nodes (/sys/devices/system/node/online)", n,
+                       (int)bitmap_count_one(online, MEMDEDUP_NUMA_NODES_MAX));
+            return false;
+        }
+    }
+    return true;
+}
+
 static void ksm_backend_memory_alloc(HostMemoryBackend *backend, Error **errp)
 {
     HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(backend);
@@ -65,6 +104,10 @@ static void ksm_backend_memory_alloc(HostMemoryBackend *backend, Error **errp)
     if (backend->share) {
         error_setg(errp, "memory-backend-ksm: property 'share' must be off: "
                    "KSM merges only private anonymous memory");
+        return;
+    }
+
+    if (!ksm_backend_check_host_nodes(backend, errp)) {
         return;
     }
 

@@ -229,6 +229,157 @@ int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
 int memdedup_madvise(void *addr, size_t len, int advice);
 
 /* ------------------------------------------------------------------ */
+/* NUMA placement and per-node KSM trees (numa.c)                      */
+/* ------------------------------------------------------------------ */
+
+/*
+ * With /sys/kernel/mm/ksm/merge_across_nodes at 0, KSM keeps one tree per
+ * host node and merges two pages only when both sit on the same node.
+ * The engine then judges duplicates per node too: a page is a candidate
+ * only when a twin lives on its own node.  It always counts both kinds,
+ * so the operator sees what the other setting would give.
+ */
+
+/* Host nodes reported one by one; pages on higher nodes count as unknown. */
+#define MEMDEDUP_NUMA_NODES_MAX 64
+/* blk->nodes value of a page whose host node is not known (not resident). */
+#define MEMDEDUP_NODE_UNKNOWN   (-1)
+
+/*
+ * A placement function: the host node of each of @count pages at
+ * @pages into @status (a node number, or a negative errno per page), as
+ * move_pages(0, count, pages, NULL, status, 0) does.  Returns 0, or -1
+ * with errno set when nothing could be learned.  Tests inject their own.
+ */
+typedef int (*MemdedupPlacementFn)(void *opaque, unsigned long count,
+                                   void **pages, int *status);
+
+/* The host's placement function: move_pages(2) in query mode. */
+int memdedup_numa_move_pages(void *opaque, unsigned long count, void **pages,
+                             int *status);
+
+/*
+ * The placement on a host with one node: node 0 for every page, without
+ * a system call (move_pages costs about half as much as hashing a page).
+ */
+int memdedup_numa_one_node(void *opaque, unsigned long count, void **pages,
+                           int *status);
+
+/*
+ * memdedup_numa_place_pages: learn the host node of the @n pages at
+ * @base (@page_size apart) whose @present flag is set, into @nodes
+ * (MEMDEDUP_NODE_UNKNOWN for the others), calling @fn once with up to
+ * @n pages; @addrs and @status are caller buffers of @n entries.  Pages
+ * found on another node than @nodes held before are re-homed (their
+ * index entries follow them at the next index build); returns how many.
+ */
+uint64_t memdedup_numa_place_pages(MemdedupPlacementFn fn, void *opaque,
+                                   uint8_t *base, uint64_t page_size,
+                                   const bool *present, size_t n,
+                                   int16_t *nodes, void **addrs, int *status);
+
+/*
+ * Parse a sysfs node list ("0", "0-3,8\n"): set bit i of @nodes (of
+ * @max bits) for each node i listed.  False on malformed text or a node
+ * >= @max.
+ */
+bool memdedup_parse_node_list(const char *text, unsigned long *nodes,
+                              unsigned max);
+
+/* The host's online nodes into @nodes (MEMDEDUP_NUMA_NODES_MAX bits). */
+bool memdedup_read_host_nodes(unsigned long *nodes);
+
+/* How a resident non-zero page relates to the duplicate index. */
+typedef enum MemdedupDupKind {
+    MEMDEDUP_DUP_NONE,          /* no twin anywhere */
+    MEMDEDUP_DUP_WITHIN_NODE,   /* a twin on its own host node */
+    MEMDEDUP_DUP_CROSS_NODE,    /* twins only on other host nodes */
+} MemdedupDupKind;
+
+/*
+ * The per-node duplicate index: one dup set per host node, built next to
+ * the global dup set whenever managed pages live on more than one node.
+ * @partitioned follows merge_across_nodes == 0: only then are cross-node
+ * duplicates not candidates.  Scanner-owned; read-only while hashing.
+ */
+typedef struct MemdedupNumaIndex {
+    bool partitioned;           /* KSM keeps one tree per node */
+    unsigned nr_nodes;          /* node sets built; 0: pages on one node */
+    MemdedupDupSet *node_sets;  /* nr_nodes sets, by host node number */
+    size_t *slot_base;          /* first slot of each node's set */
+    size_t nr_slots;            /* slots over all node sets */
+} MemdedupNumaIndex;
+
+/* The pages of one block as the index builder sees them. */
+typedef struct MemdedupNumaPages {
+    const uint32_t *fps;        /* fingerprints (reserved values skipped) */
+    const int16_t *nodes;       /* host node of each page */
+    uint64_t nr_pages;
+} MemdedupNumaPages;
+
+/*
+ * memdedup_numa_index_build: rebuild @idx's node sets from @nr_blocks
+ * blocks' fingerprints and placements; keeps @idx->partitioned.
+ */
+void memdedup_numa_index_build(MemdedupNumaIndex *idx,
+                               const MemdedupNumaPages *blocks,
+                               size_t nr_blocks);
+void memdedup_numa_index_clear(MemdedupNumaIndex *idx);
+
+/*
+ * memdedup_numa_classify: the kind of duplicate a page with fingerprint
+ * @fp on host node @node is, given the global dup set @global and @idx.
+ * A page of unknown node is judged by the global set.  @slot, if not
+ * NULL, receives a number in [0, memdedup_numa_slots()) that is the
+ * same for every copy KSM could merge into one page, or -1.
+ */
+MemdedupDupKind memdedup_numa_classify(const MemdedupNumaIndex *idx,
+                                       const MemdedupDupSet *global,
+                                       uint32_t fp, int node, ssize_t *slot);
+
+/* Is a page of @kind a candidate, with @idx's partitioning? */
+bool memdedup_numa_candidate(const MemdedupNumaIndex *idx,
+                             MemdedupDupKind kind);
+
+/* Slots memdedup_numa_classify hands out. */
+size_t memdedup_numa_slots(const MemdedupNumaIndex *idx,
+                           const MemdedupDupSet *global);
+
+/* One block's pages on one host node, in pages. */
+typedef struct MemdedupNumaNodeStats {
+    uint64_t resident;          /* resident pages */
+    uint64_t duplicate;         /* non-zero pages with a twin on the node */
+    uint64_t cross_node;        /* non-zero pages with twins elsewhere only */
+    uint64_t merged;            /* pages the kernel merged (KPF_KSM) */
+} MemdedupNumaNodeStats;
+
+typedef struct MemdedupNumaStats {
+    MemdedupNumaNodeStats node[MEMDEDUP_NUMA_NODES_MAX];
+    uint64_t unknown;           /* resident pages of unknown host node */
+    bool merged_known;          /* node[].merged is valid */
+} MemdedupNumaStats;
+
+/*
+ * memdedup_numa_count: add each resident page of @pages to its node in
+ * @stats, classified against @global and @idx (merged counts untouched).
+ */
+void memdedup_numa_count(const MemdedupNumaIndex *idx,
+                         const MemdedupDupSet *global,
+                         const MemdedupNumaPages *pages,
+                         MemdedupNumaStats *stats);
+
+/*
+ * memdedup_numa_count_merged: count into @stats->node[].merged the
+ * pages of [@start, @start + nr_pages pages) that /proc/kpageflags marks
+ * KPF_KSM, by the node in @nodes.  False (merged_known unset) when PFNs
+ * are hidden or a read fails.
+ */
+bool memdedup_numa_count_merged(int pagemap_fd, int kpageflags_fd,
+                                uintptr_t start, uint64_t page_size,
+                                const int16_t *nodes, uint64_t nr_pages,
+                                MemdedupNumaStats *stats);
+
+/* ------------------------------------------------------------------ */
 /* Engine API (softmmu only)                                           */
 /* ------------------------------------------------------------------ */
 

@@ -10,6 +10,7 @@
 
 #include "qemu/osdep.h"
 #include "qemu/units.h"
+#include "qemu/bitmap.h"
 #include "sysemu/memdedup.h"
 
 #define PAGE 4096
@@ -404,6 +405,409 @@ static void test_policy_registers(void)
     g_assert_false(memdedup_policy_registers(MEMDEDUP_POLICY_OFF));
 }
 
+/* ------------------------------------------------------------------ */
+/* NUMA: placement, per-node index, re-homing                          */
+/* ------------------------------------------------------------------ */
+
+/* An injected placement: page i of the area at @base is on node[i]. */
+typedef struct FakePlacement {
+    uint8_t *base;
+    int node[16];
+    int calls;
+    bool fail;
+} FakePlacement;
+
+static int fake_placement(void *opaque, unsigned long count, void **pages,
+                          int *status)
+{
+    FakePlacement *fp = opaque;
+    unsigned long i;
+
+    fp->calls++;
+    if (fp->fail) {
+        errno = EPERM;
+        return -1;
+    }
+    for (i = 0; i < count; i++) {
+        size_t page = ((uint8_t *)pages[i] - fp->base) / PAGE;
+        g_assert_cmpuint(page, <, ARRAY_SIZE(fp->node));
+        status[i] = fp->node[page];
+    }
+    return 0;
+}
+
+static void test_numa_node_list(void)
+{
+    unsigned long nodes[BITS_TO_LONGS(MEMDEDUP_NUMA_NODES_MAX)];
+
+    g_assert_true(memdedup_parse_node_list("0\n", nodes, 64));
+    g_assert_cmpint(bitmap_count_one(nodes, 64), ==, 1);
+    g_assert_true(test_bit(0, nodes));
+    g_assert_true(memdedup_parse_node_list("0-3,8,10-11\n", nodes, 64));
+    g_assert_cmpint(bitmap_count_one(nodes, 64), ==, 7);
+    g_assert_true(test_bit(3, nodes) && test_bit(8, nodes) &&
+                  test_bit(11, nodes) && !test_bit(9, nodes));
+    g_assert_true(memdedup_parse_node_list("\n", nodes, 64));
+    g_assert_cmpint(bitmap_count_one(nodes, 64), ==, 0);
+    g_assert_false(memdedup_parse_node_list("3-1", nodes, 64));
+    g_assert_false(memdedup_parse_node_list("0,", nodes, 64));
+    g_assert_false(memdedup_parse_node_list("0-", nodes, 64));
+    g_assert_false(memdedup_parse_node_list("-1", nodes, 64));
+    g_assert_false(memdedup_parse_node_list("x", nodes, 64));
+    g_assert_false(memdedup_parse_node_list("0 1", nodes, 64));
+    g_assert_false(memdedup_parse_node_list("64", nodes, 64));
+    g_assert_true(memdedup_parse_node_list("63", nodes, 64));
+}
+
+static void test_numa_place_pages(void)
+{
+    uint8_t area[8 * PAGE];
+    FakePlacement fake = { .base = area, .node = { 0, 0, 1, 1, 0, 1, 0, 1 } };
+    bool present[8] = { true, true, true, false, true, true, true, true };
+    int16_t nodes[8];
+    void *addrs[8];
+    int status[8];
+    int i;
+
+    for (i = 0; i < 8; i++) {
+        nodes[i] = MEMDEDUP_NODE_UNKNOWN;
+    }
+    /* First sight: nothing was re-homed; absent pages have no node. */
+    g_assert_cmpuint(memdedup_numa_place_pages(fake_placement, &fake, area,
+                                               PAGE, present, 8, nodes,
+                                               addrs, status), ==, 0);
+    g_assert_cmpint(fake.calls, ==, 1);
+    g_assert_cmpint(nodes[0], ==, 0);
+    g_assert_cmpint(nodes[2], ==, 1);
+    g_assert_cmpint(nodes[3], ==, MEMDEDUP_NODE_UNKNOWN);
+    g_assert_cmpint(nodes[5], ==, 1);
+
+    /* Pages 0 and 5 move; page 6 goes away; page 3 comes back on 0. */
+    fake.node[0] = 1;
+    fake.node[5] = 0;
+    fake.node[3] = 0;
+    present[6] = false;
+    present[3] = true;
+    g_assert_cmpuint(memdedup_numa_place_pages(fake_placement, &fake, area,
+                                               PAGE, present, 8, nodes,
+                                               addrs, status), ==, 2);
+    g_assert_cmpint(nodes[0], ==, 1);
+    g_assert_cmpint(nodes[5], ==, 0);
+    g_assert_cmpint(nodes[6], ==, MEMDEDUP_NODE_UNKNOWN);
+    g_assert_cmpint(nodes[3], ==, 0);
+
+    /* A per-page error (-EFAULT, -ENOENT) leaves that page unknown. */
+    fake.node[1] = -EFAULT;
+    memdedup_numa_place_pages(fake_placement, &fake, area, PAGE, present, 8,
+                              nodes, addrs, status);
+    g_assert_cmpint(nodes[1], ==, MEMDEDUP_NODE_UNKNOWN);
+    g_assert_cmpint(nodes[2], ==, 1);
+
+    /* The placement function failing as a whole: all unknown. */
+    fake.fail = true;
+    g_assert_cmpuint(memdedup_numa_place_pages(fake_placement, &fake, area,
+                                               PAGE, present, 8, nodes,
+                                               addrs, status), ==, 0);
+    for (i = 0; i < 8; i++) {
+        g_assert_cmpint(nodes[i], ==, MEMDEDUP_NODE_UNKNOWN);
+    }
+
+    /* No present page: the function is not called at all. */
+    fake.fail = false;
+    fake.calls = 0;
+    memset(present, 0, sizeof(present));
+    memdedup_numa_place_pages(fake_placement, &fake, area, PAGE, present, 8,
+                              nodes, addrs, status);
+    g_assert_cmpint(fake.calls, ==, 0);
+}
+
+/*
+ * Two blocks of eight pages, placed by an injected function: block A
+ * on host node 0, block B on host node 1 (page 7 of B on node 0).
+ * Fingerprints (Z: zero, -: absent):
+ *   A: X  Y  Y  V  V  Z  -  U
+ *   B: X  W  W  V  V  Q  Q  U
+ * X: one copy per node (cross-node only); Y, W: twins within a node;
+ * V: twins within each node and across; U: A's on node 0, B's page 7 on
+ * node 0 too, so a twin within node 0.  Q: twins within node 1.
+ */
+enum { FX = 100, FY, FW, FV, FU, FQ };
+
+typedef struct NumaFixture {
+    uint8_t area[2][8 * PAGE];
+    uint32_t fps[2][8];
+    int16_t nodes[2][8];
+    FakePlacement fake[2];
+    MemdedupDupSet global;
+    MemdedupNumaIndex idx;
+} NumaFixture;
+
+static void numa_fixture_place(NumaFixture *f)
+{
+    bool present[8];
+    void *addrs[8];
+    int status[8];
+    int b, i;
+
+    for (b = 0; b < 2; b++) {
+        for (i = 0; i < 8; i++) {
+            present[i] = f->fps[b][i] != MEMDEDUP_FP_ABSENT;
+        }
+        memdedup_numa_place_pages(fake_placement, &f->fake[b], f->area[b],
+                                  PAGE, present, 8, f->nodes[b], addrs,
+                                  status);
+    }
+}
+
+/* The end of a pass: global dup set, then the per-node sets. */
+static void numa_fixture_index(NumaFixture *f)
+{
+    uint32_t all[16], tmp[16];
+    MemdedupNumaPages pages[2];
+    size_t n = 0;
+    int b, i;
+
+    for (b = 0; b < 2; b++) {
+        for (i = 0; i < 8; i++) {
+            if (f->fps[b][i] > MEMDEDUP_FP_ZERO) {
+                all[n++] = f->fps[b][i];
+            }
+        }
+        pages[b] = (MemdedupNumaPages) {
+            .fps = f->fps[b], .nodes = f->nodes[b], .nr_pages = 8,
+        };
+    }
+    memdedup_fp_sort(all, tmp, n);
+    memdedup_dupset_build(&f->global, all, n);
+    memdedup_numa_index_build(&f->idx, pages, 2);
+}
+
+static void numa_fixture_init(NumaFixture *f)
+{
+    static const uint32_t fps[2][8] = {
+        { FX, FY, FY, FV, FV, MEMDEDUP_FP_ZERO, MEMDEDUP_FP_ABSENT, FU },
+        { FX, FW, FW, FV, FV, FQ, FQ, FU },
+    };
+    int b, i;
+
+    memset(f, 0, sizeof(*f));
+    memcpy(f->fps, fps, sizeof(fps));
+    for (b = 0; b < 2; b++) {
+        f->fake[b].base = f->area[b];
+        for (i = 0; i < 8; i++) {
+            f->fake[b].node[i] = b;
+            f->nodes[b][i] = MEMDEDUP_NODE_UNKNOWN;
+        }
+    }
+    f->fake[1].node[7] = 0;
+    numa_fixture_place(f);
+    numa_fixture_index(f);
+}
+
+static void numa_fixture_free(NumaFixture *f)
+{
+    memdedup_dupset_clear(&f->global);
+    memdedup_numa_index_clear(&f->idx);
+}
+
+static MemdedupDupKind numa_kind(NumaFixture *f, int b, int page)
+{
+    return memdedup_numa_classify(&f->idx, &f->global, f->fps[b][page],
+                                  f->nodes[b][page], NULL);
+}
+
+static void test_numa_partition(void)
+{
+    NumaFixture f;
+    MemdedupNumaStats st[2];
+    MemdedupNumaPages pages;
+    ssize_t s0, s1;
+    int b, candidates[2][2] = { { 0 } };
+
+    numa_fixture_init(&f);
+    g_assert_cmpuint(f.idx.nr_nodes, ==, 2);
+    g_assert_cmpint(numa_kind(&f, 0, 0), ==, MEMDEDUP_DUP_CROSS_NODE);
+    g_assert_cmpint(numa_kind(&f, 1, 0), ==, MEMDEDUP_DUP_CROSS_NODE);
+    g_assert_cmpint(numa_kind(&f, 0, 1), ==, MEMDEDUP_DUP_WITHIN_NODE);
+    g_assert_cmpint(numa_kind(&f, 1, 2), ==, MEMDEDUP_DUP_WITHIN_NODE);
+    g_assert_cmpint(numa_kind(&f, 0, 3), ==, MEMDEDUP_DUP_WITHIN_NODE);
+    g_assert_cmpint(numa_kind(&f, 1, 7), ==, MEMDEDUP_DUP_WITHIN_NODE);
+    g_assert_cmpint(numa_kind(&f, 1, 5), ==, MEMDEDUP_DUP_WITHIN_NODE);
+
+    /* Candidates per (partitioned, block): X counts only in one tree. */
+    for (int part = 0; part < 2; part++) {
+        f.idx.partitioned = part;
+        for (b = 0; b < 2; b++) {
+            for (int i = 0; i < 8; i++) {
+                if (f.fps[b][i] > MEMDEDUP_FP_ZERO &&
+                    memdedup_numa_candidate(&f.idx, numa_kind(&f, b, i))) {
+                    candidates[part][b]++;
+                }
+            }
+        }
+    }
+    g_assert_cmpint(candidates[0][0], ==, 6);   /* X Y Y V V U */
+    g_assert_cmpint(candidates[0][1], ==, 8);
+    g_assert_cmpint(candidates[1][0], ==, 5);   /* all but X */
+    g_assert_cmpint(candidates[1][1], ==, 7);
+
+    /* Slots: one per mergeable group; per node when partitioned. */
+    f.idx.partitioned = true;
+    memdedup_numa_classify(&f.idx, &f.global, FV, 0, &s0);
+    memdedup_numa_classify(&f.idx, &f.global, FV, 1, &s1);
+    g_assert_cmpint(s0, >=, 0);
+    g_assert_cmpint(s1, >=, 0);
+    g_assert_cmpint(s0, !=, s1);
+    g_assert_cmpint(s0, <, memdedup_numa_slots(&f.idx, &f.global));
+    g_assert_cmpint(s1, <, memdedup_numa_slots(&f.idx, &f.global));
+    memdedup_numa_classify(&f.idx, &f.global, FX, 0, &s0);
+    g_assert_cmpint(s0, ==, -1);
+    f.idx.partitioned = false;
+    memdedup_numa_classify(&f.idx, &f.global, FV, 0, &s0);
+    memdedup_numa_classify(&f.idx, &f.global, FV, 1, &s1);
+    g_assert_cmpint(s0, ==, s1);
+    memdedup_numa_classify(&f.idx, &f.global, FX, 1, &s1);
+    g_assert_cmpint(s1, >=, 0);
+
+    /* Per-node statistics, whatever the partitioning. */
+    for (b = 0; b < 2; b++) {
+        memset(&st[b], 0, sizeof(st[b]));
+        pages = (MemdedupNumaPages) {
+            .fps = f.fps[b], .nodes = f.nodes[b], .nr_pages = 8,
+        };
+        memdedup_numa_count(&f.idx, &f.global, &pages, &st[b]);
+    }
+    g_assert_cmpuint(st[0].node[0].resident, ==, 7);
+    g_assert_cmpuint(st[0].node[0].duplicate, ==, 5);
+    g_assert_cmpuint(st[0].node[0].cross_node, ==, 1);
+    g_assert_cmpuint(st[0].node[1].resident, ==, 0);
+    g_assert_cmpuint(st[1].node[1].resident, ==, 7);
+    g_assert_cmpuint(st[1].node[1].duplicate, ==, 6);
+    g_assert_cmpuint(st[1].node[1].cross_node, ==, 1);
+    g_assert_cmpuint(st[1].node[0].resident, ==, 1);
+    g_assert_cmpuint(st[1].node[0].duplicate, ==, 1);
+    g_assert_cmpuint(st[0].unknown + st[1].unknown, ==, 0);
+    numa_fixture_free(&f);
+}
+
+static void test_numa_rehome(void)
+{
+    NumaFixture f;
+    bool present[8];
+    void *addrs[8];
+    int status[8];
+    int i;
+
+    numa_fixture_init(&f);
+    f.idx.partitioned = true;
+    g_assert_false(memdedup_numa_candidate(&f.idx, numa_kind(&f, 1, 0)));
+
+    /* B's X moves to node 0 (NUMA balancing): noticed, then re-homed. */
+    f.fake[1].node[0] = 0;
+    for (i = 0; i < 8; i++) {
+        present[i] = true;
+    }
+    g_assert_cmpuint(memdedup_numa_place_pages(fake_placement, &f.fake[1],
+                                               f.area[1], PAGE, present, 8,
+                                               f.nodes[1], addrs, status),
+                     ==, 1);
+    memdedup_dupset_clear(&f.global);
+    numa_fixture_index(&f);
+    g_assert_cmpint(numa_kind(&f, 0, 0), ==, MEMDEDUP_DUP_WITHIN_NODE);
+    g_assert_cmpint(numa_kind(&f, 1, 0), ==, MEMDEDUP_DUP_WITHIN_NODE);
+    g_assert_true(memdedup_numa_candidate(&f.idx, numa_kind(&f, 1, 0)));
+
+    /* U of B moves back to node 1: now U has twins only across. */
+    f.fake[1].node[7] = 1;
+    g_assert_cmpuint(memdedup_numa_place_pages(fake_placement, &f.fake[1],
+                                               f.area[1], PAGE, present, 8,
+                                               f.nodes[1], addrs, status),
+                     ==, 1);
+    memdedup_dupset_clear(&f.global);
+    numa_fixture_index(&f);
+    g_assert_cmpint(numa_kind(&f, 0, 7), ==, MEMDEDUP_DUP_CROSS_NODE);
+    g_assert_cmpint(numa_kind(&f, 1, 7), ==, MEMDEDUP_DUP_CROSS_NODE);
+
+    /* Everything on node 0: one domain again, no node sets. */
+    for (i = 0; i < 8; i++) {
+        f.fake[1].node[i] = 0;
+    }
+    numa_fixture_place(&f);
+    memdedup_dupset_clear(&f.global);
+    numa_fixture_index(&f);
+    g_assert_cmpuint(f.idx.nr_nodes, ==, 0);
+    for (i = 0; i < 8; i++) {
+        if (f.fps[0][i] > MEMDEDUP_FP_ZERO) {
+            g_assert_cmpint(numa_kind(&f, 0, i), ==,
+                            MEMDEDUP_DUP_WITHIN_NODE);
+        }
+    }
+    g_assert_cmpuint(memdedup_numa_slots(&f.idx, &f.global), ==,
+                     f.global.len);
+    numa_fixture_free(&f);
+}
+
+static void test_numa_unknown_node(void)
+{
+    NumaFixture f;
+    ssize_t slot;
+
+    numa_fixture_init(&f);
+    f.idx.partitioned = true;
+    /* A page whose node is unknown is judged by the global view. */
+    g_assert_cmpint(memdedup_numa_classify(&f.idx, &f.global, FX,
+                                           MEMDEDUP_NODE_UNKNOWN, &slot),
+                    ==, MEMDEDUP_DUP_WITHIN_NODE);
+    g_assert_cmpint(slot, >=, (ssize_t)f.idx.nr_slots);
+    g_assert_cmpint(slot, <, memdedup_numa_slots(&f.idx, &f.global));
+    /* A node beyond those seen, likewise. */
+    g_assert_cmpint(memdedup_numa_classify(&f.idx, &f.global, FX, 5, NULL),
+                    ==, MEMDEDUP_DUP_WITHIN_NODE);
+    /* Unique content is no duplicate on any node. */
+    g_assert_cmpint(memdedup_numa_classify(&f.idx, &f.global, 12345, 0,
+                                           &slot), ==, MEMDEDUP_DUP_NONE);
+    g_assert_cmpint(slot, ==, -1);
+    numa_fixture_free(&f);
+}
+
+/* The host's own move_pages: every touched page is on an online node. */
+static void test_numa_move_pages(void)
+{
+    size_t n = 16, i;
+    uint8_t *mem = mmap(NULL, n * PAGE, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    unsigned long online[BITS_TO_LONGS(MEMDEDUP_NUMA_NODES_MAX)];
+    bool present[16];
+    int16_t nodes[16];
+    void *addrs[16];
+    int status[16];
+
+    g_assert(mem != MAP_FAILED);
+    g_assert_true(memdedup_read_host_nodes(online));
+    for (i = 0; i < n; i++) {
+        present[i] = i % 2 == 0;
+        if (present[i]) {
+            mem[i * PAGE] = 1;
+        }
+        nodes[i] = MEMDEDUP_NODE_UNKNOWN;
+    }
+    memdedup_numa_place_pages(memdedup_numa_move_pages, NULL, mem, PAGE,
+                              present, n, nodes, addrs, status);
+    for (i = 0; i < n; i++) {
+        if (present[i]) {
+            g_assert_cmpint(nodes[i], >=, 0);
+            g_assert_true(test_bit(nodes[i], online));
+        } else {
+            g_assert_cmpint(nodes[i], ==, MEMDEDUP_NODE_UNKNOWN);
+        }
+    }
+    /* Not resident: move_pages says -ENOENT for each. */
+    addrs[0] = mem + PAGE;
+    g_assert_cmpint(memdedup_numa_move_pages(NULL, 1, addrs, status), ==, 0);
+    g_assert_cmpint(status[0], ==, -ENOENT);
+    munmap(mem, n * PAGE);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -421,5 +825,11 @@ int main(int argc, char **argv)
     g_test_add_func("/memdedup/parse-smaps", test_parse_smaps);
     g_test_add_func("/memdedup/count-ksm-pages", test_count_ksm_pages);
     g_test_add_func("/memdedup/policy-registers", test_policy_registers);
+    g_test_add_func("/memdedup/numa/node-list", test_numa_node_list);
+    g_test_add_func("/memdedup/numa/place-pages", test_numa_place_pages);
+    g_test_add_func("/memdedup/numa/partition", test_numa_partition);
+    g_test_add_func("/memdedup/numa/rehome", test_numa_rehome);
+    g_test_add_func("/memdedup/numa/unknown-node", test_numa_unknown_node);
+    g_test_add_func("/memdedup/numa/move-pages", test_numa_move_pages);
     return g_test_run();
 }

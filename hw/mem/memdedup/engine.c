@@ -140,6 +140,8 @@ static void memdedup_block_unref(MemdedupBlock *blk)
 {
     if (qatomic_fetch_dec(&blk->refcount) == 1) {
         g_free(blk->fps);
+        g_free(blk->nodes);
+        g_free(blk->numa_stats);
         g_free(blk->regions);
         g_free(blk->hints);
         g_free(blk->discarded);
@@ -226,13 +228,15 @@ MemdedupBlock *memdedup_block_add(const char *id, void *host, uint64_t size,
     /* A huge, sparse backend (reserve=off) may need more than exists. */
     blk->fps = g_try_new0(uint32_t, blk->nr_pages);
     blk->regions = g_try_new0(MemdedupRegion, blk->nr_regions);
-    if (!blk->fps || !blk->regions) {
+    if (!blk->fps || !blk->regions || !memdedup_numa_block_init(blk)) {
         error_setg(errp, "memory-backend-ksm '%s': cannot allocate %" PRIu64
                    " MiB of memdedup metadata for its %" PRIu64 " GiB",
-                   id, (blk->nr_pages * sizeof(uint32_t) +
+                   id, (blk->nr_pages * (sizeof(uint32_t) +
+                                         sizeof(int16_t)) +
                         blk->nr_regions * sizeof(MemdedupRegion)) / MiB,
                    size / GiB);
         g_free(blk->fps);
+        g_free(blk->nodes);
         g_free(blk->regions);
         g_free(blk->id);
         g_free(blk);
@@ -872,7 +876,9 @@ static void memdedup_pass_index(MemdedupPass *pass)
     uint64_t total = 0, n = 0;
     g_autofree uint32_t *all = NULL;
     g_autofree uint32_t *tmp = NULL;
-    size_t b;
+    g_autofree MemdedupBlock **indexed = g_new(MemdedupBlock *,
+                                               MAX(pass->nr_blocks, 1));
+    size_t b, nr_indexed = 0;
 
     for (b = 0; b < pass->nr_blocks; b++) {
         if (pass->blocks[b].params.policy != MEMDEDUP_POLICY_OFF) {
@@ -889,6 +895,7 @@ static void memdedup_pass_index(MemdedupPass *pass)
             qatomic_read(&blk->removed)) {
             continue;           /* a removed block leaves the index */
         }
+        indexed[nr_indexed++] = blk;
         for (p = 0; p < blk->nr_pages; p++) {
             if (blk->fps[p] > MEMDEDUP_FP_ZERO) {
                 all[n++] = blk->fps[p];
@@ -897,6 +904,8 @@ static void memdedup_pass_index(MemdedupPass *pass)
     }
     memdedup_fp_sort(all, tmp, n);
     memdedup_dupset_build(&engine->dupset, all, n);
+    /* The per-node sets and per-node statistics (numa-engine.c). */
+    memdedup_numa_pass_index(engine, indexed, nr_indexed);
 }
 
 /* Recount one block's regions against the new dup set; returns stats. */
@@ -922,7 +931,7 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
                 if (blk->fps[p] <= MEMDEDUP_FP_ZERO) {
                     continue;
                 }
-                idx = memdedup_dupset_find(&engine->dupset, blk->fps[p]);
+                idx = memdedup_numa_find(engine, blk, p);
                 if (idx < 0) {
                     continue;
                 }
@@ -1214,6 +1223,8 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
             }
         }
         pass.start_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
+        /* merge_across_nodes decides how duplicates are judged. */
+        memdedup_numa_pass_begin(engine);
         trace_memdedup_pass_start(pass.nr_blocks, pass.nr_items, nr_threads);
 
         /* Hash, with helper threads if configured. */
@@ -1252,7 +1263,8 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     memdedup_pass_forget_discarded(&pass);
     if (summarize) {
         memdedup_pass_index(&pass);
-        first_seen = bitmap_new(MAX(engine->dupset.len, 1));
+        first_seen = bitmap_new(MAX(memdedup_numa_slots(&engine->numa,
+                                                        &engine->dupset), 1));
         for (b = 0; b < pass.nr_blocks; b++) {
             memdedup_pass_summarize(engine, &pass.blocks[b], first_seen,
                                     &stats[b]);
@@ -1268,7 +1280,8 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         }
         memdedup_count_registration(pb->blk, &stats[b]);
         registered += stats[b].registered_bytes;
-        metadata += pb->blk->nr_pages * sizeof(uint32_t) +
+        metadata += pb->blk->nr_pages * (sizeof(uint32_t) +
+                                         sizeof(int16_t)) +
                     pb->blk->nr_regions * sizeof(MemdedupRegion);
     }
     metadata += engine->dupset.len * sizeof(uint32_t);
@@ -1394,6 +1407,7 @@ static void *memdedup_thread(void *opaque)
             }
         } else {
             memdedup_refresh_kernel_view(engine);
+            memdedup_numa_watch(engine);
         }
         next_refresh = now + MEMDEDUP_KERNEL_REFRESH_MS;
     }
@@ -1505,9 +1519,11 @@ MemdedupInfo *memdedup_query(Error **errp)
                                           &blk->advise_errno)));
         }
         bi->hinted_regions = st->hinted_regions;
+        memdedup_numa_query_backend(blk, bi);
         QAPI_LIST_APPEND(tail, bi);
     }
     qemu_mutex_unlock(&engine->lock);
+    memdedup_numa_query(engine, info);
 
     if (memdedup_read_ksm_stat(&ksm)) {
         info->has_process_ksm = true;

@@ -73,6 +73,11 @@ struct MemdedupBlock {
     uint32_t *fps;              /* nr_pages fingerprints */
     MemdedupRegion *regions;    /* nr_regions summaries */
     bool hinted;                /* registered from hints, not yet scanned */
+    int16_t *nodes;             /* nr_pages host nodes, or -1 (numa.c) */
+
+    /* NUMA placement (numa-engine.c). */
+    uint64_t rehomed_pages;     /* atomic: pages seen moving between nodes */
+    MemdedupNumaStats *numa_stats;  /* under MemdedupEngine.lock; or NULL */
 };
 
 typedef struct MemdedupEngine {
@@ -122,11 +127,21 @@ typedef struct MemdedupEngine {
      * the main scanner thread between hashing phases.
      */
     MemdedupDupSet dupset;
+    MemdedupNumaIndex numa;     /* per host node sets, next to dupset */
+    MemdedupPlacementFn placement;  /* move_pages, or node 0 on one node */
+
+    /* Under lock: the host's NUMA view as of the last pass (numa-engine.c) */
+    int64_t merge_across_nodes; /* the KSM knob, -1 if unreadable */
+    uint32_t host_nodes;        /* online host nodes */
+    bool partitioned;           /* KSM trees per node: knob 0, nodes > 1 */
+    uint64_t repartitions;      /* times the partitioning changed */
 } MemdedupEngine;
 
 typedef struct MemdedupScanBuffers {
     uint64_t *entries;          /* pagemap entries of one region */
     bool *present;              /* residency of each page of one region */
+    void **addrs;               /* move_pages arguments, one per page */
+    int *status;                /* move_pages results, one per page */
 } MemdedupScanBuffers;
 
 /* Learn the zero pages' PFNs, when pagemap shows PFNs.  Once, at init. */
@@ -203,5 +218,41 @@ typedef struct MemdedupAdopt MemdedupAdopt;
 void memdedup_adopt_class_init(ObjectClass *oc, size_t offset);
 bool memdedup_adopt_complete(MemdedupAdopt *adopt, Error **errp);
 void memdedup_adopt_free(MemdedupAdopt *adopt);
+
+/*
+ * numa-engine.c: host NUMA placement and per-node trees in the engine.
+ *
+ * memdedup_numa_block_init: allocate @blk's page placement; false if it
+ * cannot be.  BQL held, before the block is listed.
+ * memdedup_numa_pass_begin: re-read merge_across_nodes and the host's
+ * nodes; true if the partitioning changed (the index must be rebuilt and
+ * every block's policy applied again).  Scanner thread, lock not held.
+ * memdedup_numa_scan_region: learn the host node of the present pages of
+ * region @region (whose pages start at @base); inside the scanner's RCU
+ * read-side section that saw @blk alive.
+ * memdedup_numa_pass_index: rebuild the per-node sets from @blocks (the
+ * blocks the global dup set was built from) and recount and publish
+ * their per-node statistics.  Scanner thread, lock not held.
+ * memdedup_numa_find: the slot of page @page of @blk in the index if it
+ * is a duplicate KSM can merge under the host's partitioning, else -1
+ * (see memdedup_numa_classify).  Scanner thread, after the index.
+ * memdedup_numa_slots() bounds the slots.
+ * memdedup_numa_watch: between passes: request a pass when
+ * merge_across_nodes changed.  Scanner thread, lock not held.
+ * memdedup_numa_query_backend / memdedup_numa_query: fill the NUMA parts
+ * of a query-memdedup reply; BQL held (they look up the backends and
+ * the machine's NUMA nodes), engine lock held / not held.
+ */
+bool memdedup_numa_block_init(MemdedupBlock *blk);
+bool memdedup_numa_pass_begin(MemdedupEngine *engine);
+void memdedup_numa_scan_region(MemdedupBlock *blk, uint64_t region,
+                               uint8_t *base, MemdedupScanBuffers *buf);
+void memdedup_numa_pass_index(MemdedupEngine *engine, MemdedupBlock **blocks,
+                              size_t nr_blocks);
+ssize_t memdedup_numa_find(MemdedupEngine *engine, MemdedupBlock *blk,
+                           uint64_t page);
+void memdedup_numa_watch(MemdedupEngine *engine);
+void memdedup_numa_query_backend(MemdedupBlock *blk, MemdedupBackendInfo *bi);
+void memdedup_numa_query(MemdedupEngine *engine, MemdedupInfo *info);
 
 #endif

@@ -41,6 +41,48 @@ static double memdedup_mib(uint64_t pages, uint64_t page_size)
     return (double)pages * page_size / MiB;
 }
 
+/* The host NUMA view: one line per (guest node, host node). */
+static void hmp_info_memdedup_numa(Monitor *mon, MemdedupInfo *info)
+{
+    MemdedupNuma *numa = info->numa;
+    MemdedupNumaPlacementList *l;
+    uint64_t page_size = info->backends ? info->backends->value->page_size :
+                                          qemu_real_host_page_size();
+
+    if (!numa) {
+        return;
+    }
+    monitor_printf(mon, "NUMA: %u host nodes, merge_across_nodes %s, %s "
+                   "(%" PRIu64 " repartitions), %" PRIu64 " pages unplaced\n",
+                   numa->host_nodes,
+                   !numa->has_merge_across_nodes ? "unknown" :
+                   numa->merge_across_nodes ? "1" : "0",
+                   numa->per_node_trees ? "per-node trees" : "one tree",
+                   numa->repartitions, numa->unplaced_pages);
+    monitor_printf(mon, "%-10s %-9s %-5s %9s %9s %10s %9s\n", "guest-node",
+                   "host-node", "bound", "resident", "duplicate",
+                   "cross-node", "merged");
+    monitor_printf(mon, "%-10s %-9s %-5s %9s %9s %10s %9s\n", "", "", "",
+                   "MiB", "MiB", "MiB", "MiB");
+    for (l = numa->placement; l; l = l->next) {
+        MemdedupNumaPlacement *p = l->value;
+        g_autofree char *guest = p->has_guest_node ?
+            g_strdup_printf("%u", p->guest_node) : g_strdup("-");
+        g_autofree char *merged = p->has_kernel_merged_pages ?
+            g_strdup_printf("%.1f", memdedup_mib(p->kernel_merged_pages,
+                                                 page_size)) :
+            g_strdup("n/a");
+
+        monitor_printf(mon, "%-10s %-9u %-5s %9.1f %9.1f %10.1f %9s\n",
+                       guest, p->host_node,
+                       !p->has_bound ? "-" : p->bound ? "yes" : "no",
+                       memdedup_mib(p->resident_pages, page_size),
+                       memdedup_mib(p->duplicate_pages, page_size),
+                       memdedup_mib(p->cross_node_duplicate_pages,
+                                    page_size), merged);
+    }
+}
+
 void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
 {
     Error *err = NULL;
@@ -96,6 +138,8 @@ void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
                        b->registered_ranges, merged,
                        (double)b->estimated_saving / MiB);
     }
+
+    hmp_info_memdedup_numa(mon, info);
 
     if (info->process_ksm) {
         MemdedupProcessKsm *p = info->process_ksm;

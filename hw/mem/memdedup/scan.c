@@ -144,6 +144,8 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
         for (i = 0; plugged && i < pages; i++) {
             buf->present[i] &= test_bit(first + i, plugged);
         }
+        /* The host node of each present page (numa-engine.c). */
+        memdedup_numa_scan_region(blk, region, base, buf);
         for (i = 0; i < pages; i++) {
             uint32_t old = blk->fps[first + i], fp;
 
@@ -158,7 +160,11 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
             *bytes_hashed += blk->page_size;
             if (fp == MEMDEDUP_FP_ZERO) {
                 zero++;
-            } else if (memdedup_dupset_find(&engine->dupset, fp) >= 0) {
+            } else if (memdedup_numa_candidate(&engine->numa,
+                           memdedup_numa_classify(&engine->numa,
+                                                  &engine->dupset, fp,
+                                                  blk->nodes[first + i],
+                                                  NULL))) {
                 duplicate++;
             }
             if (old != MEMDEDUP_FP_ABSENT && old != fp) {
@@ -181,10 +187,14 @@ void memdedup_scan_buffers_init(MemdedupScanBuffers *buf, uint64_t pages)
 {
     buf->entries = g_new(uint64_t, pages);
     buf->present = g_new(bool, pages);
+    buf->addrs = g_new(void *, pages);
+    buf->status = g_new(int, pages);
 }
 
 void memdedup_scan_buffers_free(MemdedupScanBuffers *buf)
 {
     g_free(buf->entries);
     g_free(buf->present);
+    g_free(buf->addrs);
+    g_free(buf->status);
 }

@@ -1,0 +1,408 @@
+/*
+ * memdedup: host NUMA placement and per-node duplicate index
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * KSM keeps one stable and one unstable tree per host NUMA node when
+ * /sys/kernel/mm/ksm/merge_across_nodes is 0, and then never merges two
+ * pages on different nodes.  The engine mirrors that:
+ *
+ *  - placement: while a region is hashed, move_pages(2) in query mode
+ *    (nodes == NULL) gives the host node of each of its resident pages
+ *    (on a host with one node, node 0 is known without asking),
+ *    kept in one int16_t per page (2 bytes; with the 4-byte fingerprint
+ *    within the 8 bytes per page the design allows).  A page seen on
+ *    another node than in the previous pass (NUMA balancing, migration
+ *    between nodes, a changed binding) is counted as re-homed;
+ *  - the node index: next to the global dup set, one dup set per host
+ *    node, rebuilt with it at the end of every pass from the pages'
+ *    (fingerprint, node) pairs, so a re-homed page's entry moves to its
+ *    new node's set by construction;
+ *  - classification: a duplicate has a twin on its own node, or only on
+ *    other nodes.  With per-node trees (partitioned) only the first kind
+ *    is a candidate; with one tree both are.  Both are always counted so
+ *    that the report shows what the other setting of the knob would give.
+ *
+ * Correctness: like the fingerprints, placement is a hint.  A page that
+ * moves after it was placed is judged by its old node until the next
+ * pass; that can only register a region ksmd then scans in vain, or
+ * leave a mergeable one for a pass.  Nothing here touches guest memory:
+ * move_pages with nodes == NULL only reads the page tables.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/bitmap.h"
+#include "qemu/ctype.h"
+#include "sysemu/memdedup.h"
+#ifdef CONFIG_NUMA
+#include <numaif.h>
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Placement                                                           */
+/* ------------------------------------------------------------------ */
+
+int memdedup_numa_move_pages(void *opaque, unsigned long count, void **pages,
+                             int *status)
+{
+#ifdef CONFIG_NUMA
+    long ret = move_pages(0, count, pages, NULL, status, 0);
+
+    /* A positive value counts pages not migrated: impossible in query. */
+    return ret < 0 ? -1 : 0;
+#else
+    errno = ENOSYS;
+    return -1;
+#endif
+}
+
+int memdedup_numa_one_node(void *opaque, unsigned long count, void **pages,
+                           int *status)
+{
+    unsigned long i;
+
+    for (i = 0; i < count; i++) {
+        status[i] = 0;
+    }
+    return 0;
+}
+
+uint64_t memdedup_numa_place_pages(MemdedupPlacementFn fn, void *opaque,
+                                   uint8_t *base, uint64_t page_size,
+                                   const bool *present, size_t n,
+                                   int16_t *nodes, void **addrs, int *status)
+{
+    uint64_t rehomed = 0;
+    size_t i, count = 0, k = 0;
+
+    for (i = 0; i < n; i++) {
+        if (present[i]) {
+            addrs[count++] = base + i * page_size;
+        }
+    }
+    if (count && fn(opaque, count, addrs, status) < 0) {
+        count = 0;              /* nothing learned: all unknown */
+    }
+    for (i = 0; i < n; i++) {
+        int16_t node = MEMDEDUP_NODE_UNKNOWN;
+
+        if (present[i]) {
+            if (k < count && status[k] >= 0 && status[k] <= INT16_MAX) {
+                node = status[k];
+            }
+            k++;
+        }
+        if (node != MEMDEDUP_NODE_UNKNOWN &&
+            nodes[i] != MEMDEDUP_NODE_UNKNOWN && nodes[i] != node) {
+            rehomed++;
+        }
+        /*
+         * A page that went away keeps no node; one that comes back on a
+         * different node is not "re-homed" (it was not resident between).
+         */
+        nodes[i] = node;
+    }
+    return rehomed;
+}
+
+bool memdedup_parse_node_list(const char *text, unsigned long *nodes,
+                              unsigned max)
+{
+    const char *p = text;
+
+    bitmap_zero(nodes, max);
+    while (*p == ' ' || *p == '\n') {
+        p++;
+    }
+    while (*p) {
+        unsigned long first, last;
+        char *end;
+
+        if (!qemu_isdigit(*p)) {
+            return false;
+        }
+        first = strtoul(p, &end, 10);
+        last = first;
+        p = end;
+        if (*p == '-') {
+            p++;
+            if (!qemu_isdigit(*p)) {
+                return false;
+            }
+            last = strtoul(p, &end, 10);
+            p = end;
+        }
+        if (last < first || last >= max) {
+            return false;
+        }
+        bitmap_set(nodes, first, last - first + 1);
+        if (*p == ',') {
+            p++;
+            if (!qemu_isdigit(*p)) {
+                return false;
+            }
+            continue;
+        }
+        while (*p == ' ' || *p == '\n') {
+            p++;
+        }
+        if (*p) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool memdedup_read_host_nodes(unsigned long *nodes)
+{
+    g_autofree char *text = NULL;
+
+    if (!g_file_get_contents("/sys/devices/system/node/online", &text, NULL,
+                             NULL)) {
+        /* A kernel without NUMA: everything is on node 0. */
+        bitmap_zero(nodes, MEMDEDUP_NUMA_NODES_MAX);
+        set_bit(0, nodes);
+        return true;
+    }
+    return memdedup_parse_node_list(text, nodes, MEMDEDUP_NUMA_NODES_MAX);
+}
+
+/* ------------------------------------------------------------------ */
+/* The per-node index                                                  */
+/* ------------------------------------------------------------------ */
+
+void memdedup_numa_index_clear(MemdedupNumaIndex *idx)
+{
+    unsigned i;
+
+    for (i = 0; i < idx->nr_nodes; i++) {
+        memdedup_dupset_clear(&idx->node_sets[i]);
+    }
+    g_free(idx->node_sets);
+    g_free(idx->slot_base);
+    idx->node_sets = NULL;
+    idx->slot_base = NULL;
+    idx->nr_nodes = 0;
+    idx->nr_slots = 0;
+}
+
+void memdedup_numa_index_build(MemdedupNumaIndex *idx,
+                               const MemdedupNumaPages *blocks,
+                               size_t nr_blocks)
+{
+    g_autofree uint64_t *per_node = NULL;
+    g_autofree uint32_t *fps = NULL;
+    g_autofree uint32_t *tmp = NULL;
+    unsigned nr_nodes = 0, used = 0, node;
+    uint64_t most = 0;
+    size_t b;
+
+    memdedup_numa_index_clear(idx);
+
+    /* Which nodes hold non-zero pages, and how many each. */
+    for (b = 0; b < nr_blocks; b++) {
+        for (uint64_t p = 0; p < blocks[b].nr_pages; p++) {
+            int n = blocks[b].nodes[p];
+            if (blocks[b].fps[p] > MEMDEDUP_FP_ZERO && n >= 0) {
+                nr_nodes = MAX(nr_nodes, (unsigned)n + 1);
+            }
+        }
+    }
+    if (!nr_nodes) {
+        return;
+    }
+    per_node = g_new0(uint64_t, nr_nodes);
+    for (b = 0; b < nr_blocks; b++) {
+        for (uint64_t p = 0; p < blocks[b].nr_pages; p++) {
+            int n = blocks[b].nodes[p];
+            if (blocks[b].fps[p] > MEMDEDUP_FP_ZERO && n >= 0) {
+                per_node[n]++;
+            }
+        }
+    }
+    for (node = 0; node < nr_nodes; node++) {
+        used += per_node[node] > 0;
+        most = MAX(most, per_node[node]);
+    }
+    /* All on one node: the node's set is the global one. */
+    if (used < 2) {
+        return;
+    }
+
+    idx->nr_nodes = nr_nodes;
+    idx->node_sets = g_new0(MemdedupDupSet, nr_nodes);
+    idx->slot_base = g_new0(size_t, nr_nodes);
+    fps = g_new(uint32_t, most);
+    tmp = g_new(uint32_t, most);
+    for (node = 0; node < nr_nodes; node++) {
+        uint64_t n = 0;
+
+        idx->slot_base[node] = idx->nr_slots;
+        if (!per_node[node]) {
+            continue;
+        }
+        for (b = 0; b < nr_blocks; b++) {
+            for (uint64_t p = 0; p < blocks[b].nr_pages; p++) {
+                if (blocks[b].fps[p] > MEMDEDUP_FP_ZERO &&
+                    blocks[b].nodes[p] == (int)node) {
+                    fps[n++] = blocks[b].fps[p];
+                }
+            }
+        }
+        memdedup_fp_sort(fps, tmp, n);
+        memdedup_dupset_build(&idx->node_sets[node], fps, n);
+        idx->nr_slots += idx->node_sets[node].len;
+    }
+}
+
+MemdedupDupKind memdedup_numa_classify(const MemdedupNumaIndex *idx,
+                                       const MemdedupDupSet *global,
+                                       uint32_t fp, int node, ssize_t *slot)
+{
+    ssize_t g = memdedup_dupset_find(global, fp), i;
+    bool by_node = idx->nr_nodes && idx->partitioned;
+
+    if (slot) {
+        *slot = -1;
+    }
+    if (g < 0) {
+        return MEMDEDUP_DUP_NONE;
+    }
+    /*
+     * One node in use, or a page of unknown node: the global view.  Per
+     * node, such pages get slots of their own after the nodes' slots.
+     */
+    if (!idx->nr_nodes || node < 0 || (unsigned)node >= idx->nr_nodes) {
+        if (slot) {
+            *slot = by_node ? (ssize_t)idx->nr_slots + g : g;
+        }
+        return MEMDEDUP_DUP_WITHIN_NODE;
+    }
+    i = memdedup_dupset_find(&idx->node_sets[node], fp);
+    if (i < 0) {
+        if (slot && !by_node) {
+            *slot = g;
+        }
+        return MEMDEDUP_DUP_CROSS_NODE;
+    }
+    if (slot) {
+        *slot = by_node ? (ssize_t)(idx->slot_base[node] + i) : g;
+    }
+    return MEMDEDUP_DUP_WITHIN_NODE;
+}
+
+bool memdedup_numa_candidate(const MemdedupNumaIndex *idx,
+                             MemdedupDupKind kind)
+{
+    return kind == MEMDEDUP_DUP_WITHIN_NODE ||
+           (kind == MEMDEDUP_DUP_CROSS_NODE && !idx->partitioned);
+}
+
+size_t memdedup_numa_slots(const MemdedupNumaIndex *idx,
+                           const MemdedupDupSet *global)
+{
+    return (idx->nr_nodes && idx->partitioned) ? idx->nr_slots + global->len :
+                                                 global->len;
+}
+
+/* ------------------------------------------------------------------ */
+/* Statistics                                                          */
+/* ------------------------------------------------------------------ */
+
+void memdedup_numa_count(const MemdedupNumaIndex *idx,
+                         const MemdedupDupSet *global,
+                         const MemdedupNumaPages *pages,
+                         MemdedupNumaStats *stats)
+{
+    uint64_t p;
+
+    for (p = 0; p < pages->nr_pages; p++) {
+        uint32_t fp = pages->fps[p];
+        int node = pages->nodes[p];
+        MemdedupNumaNodeStats *ns;
+
+        if (fp == MEMDEDUP_FP_ABSENT) {
+            continue;
+        }
+        if (node < 0 || node >= MEMDEDUP_NUMA_NODES_MAX) {
+            stats->unknown++;
+            continue;
+        }
+        ns = &stats->node[node];
+        ns->resident++;
+        if (fp == MEMDEDUP_FP_ZERO) {
+            continue;
+        }
+        switch (memdedup_numa_classify(idx, global, fp, node, NULL)) {
+        case MEMDEDUP_DUP_WITHIN_NODE:
+            ns->duplicate++;
+            break;
+        case MEMDEDUP_DUP_CROSS_NODE:
+            ns->cross_node++;
+            break;
+        default:
+            break;
+        }
+    }
+}
+
+bool memdedup_numa_count_merged(int pagemap_fd, int kpageflags_fd,
+                                uintptr_t start, uint64_t page_size,
+                                const int16_t *nodes, uint64_t nr_pages,
+                                MemdedupNumaStats *stats)
+{
+    const size_t batch = 4096;
+    g_autofree uint64_t *entries = g_new(uint64_t, batch);
+    uint64_t counts[MEMDEDUP_NUMA_NODES_MAX] = { 0 };
+    bool saw_pfn = false, saw_present = false;
+    uint64_t done = 0;
+    unsigned node;
+
+    if (pagemap_fd < 0 || kpageflags_fd < 0) {
+        return false;
+    }
+    while (done < nr_pages) {
+        size_t n = MIN(batch, nr_pages - done), i;
+        off_t off = (off_t)(start / page_size + done) * sizeof(uint64_t);
+
+        if (pread(pagemap_fd, entries, n * sizeof(uint64_t), off) !=
+            (ssize_t)(n * sizeof(uint64_t))) {
+            return false;
+        }
+        for (i = 0; i < n; i++) {
+            uint64_t pfn = entries[i] & MEMDEDUP_PM_PFN_MASK;
+            int16_t where = nodes[done + i];
+            uint64_t flags;
+
+            if (!(entries[i] & MEMDEDUP_PM_PRESENT)) {
+                continue;
+            }
+            saw_present = true;
+            if (!pfn) {
+                continue;
+            }
+            saw_pfn = true;
+            if (where < 0 || where >= MEMDEDUP_NUMA_NODES_MAX) {
+                continue;
+            }
+            if (pread(kpageflags_fd, &flags, sizeof(flags),
+                      (off_t)(pfn * sizeof(uint64_t))) != sizeof(flags)) {
+                return false;
+            }
+            counts[where] += (flags >> MEMDEDUP_KPF_KSM) & 1;
+        }
+        done += n;
+    }
+    /* Unprivileged readers see present pages with PFN 0. */
+    if (saw_present && !saw_pfn) {
+        return false;
+    }
+    for (node = 0; node < MEMDEDUP_NUMA_NODES_MAX; node++) {
+        stats->node[node].merged += counts[node];
+    }
+    stats->merged_known = true;
+    return true;
+}

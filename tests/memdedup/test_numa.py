@@ -1,0 +1,421 @@
+#!/usr/bin/env python3
+"""Host NUMA placement and per-node KSM trees.
+
+numa/single-node   two backends on two guest nodes, both bound to host
+                   node 0 of this (one-node) host: every resident page is
+                   reported on host node 0, duplicates count in one
+                   domain, kernel-merged pages per (guest node, host
+                   node) match the kernel's own count
+numa/bad-input     host bindings QEMU or the kernel would refuse: clear
+                   errors, no QEMU left running
+numa/two-node      a real two-node host: the test guest booted under TCG
+                   with two guest NUMA nodes runs our QEMU with one
+                   backend bound to each of its nodes; with
+                   merge_across_nodes=0 duplicates count and register
+                   per node and ksmd merges only within a node; with =1
+                   the cross-node duplicates become candidates and merge
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+from harness import (GUEST_BOOT_TIMEOUT, MiB, PAGE, QEMU, TOP, GuestShell,
+                     Skip, backend, check, qmp, run_pass, run_tests,
+                     start_qtest_vm, wait_for)
+
+NUMA_GUEST = os.path.join(TOP, "build", "guest-numa")
+
+
+def tagged_pages(base, first_tag, count):
+    """qtest commands making count distinct pages at base: every byte
+    0x5a but the first eight, which hold the page's tag."""
+    cmds = ["memset 0x%x 0x%x 0x5a" % (base, count * PAGE)]
+    cmds += ["writeq 0x%x 0x%x" % (base + i * PAGE, first_tag + i)
+             for i in range(count)]
+    return cmds
+
+
+def rows_by_node(info):
+    """{(guest node, host node): placement row} of query-memdedup."""
+    return {(r.get("guest-node"), r["host-node"]): r
+            for r in info["numa"]["placement"]}
+
+
+# --- one host node --------------------------------------------------------
+
+SINGLE_MEM = 32               # MiB per backend
+SHARED, TWINS = 1024, 512     # pages: in both backends / twice in each
+
+
+def single_node_content(offset, own_tag):
+    """Commands for one backend at guest-physical offset: SHARED pages
+    that the other backend holds too, then TWINS pages written twice."""
+    at = offset + 2 * MiB     # clear of the pc machine's 640K-1M hole
+    cmds = tagged_pages(at, 1, SHARED)
+    at += SHARED * PAGE
+    for _ in range(2):
+        cmds += tagged_pages(at, own_tag, TWINS)
+        at += TWINS * PAGE
+    return cmds
+
+
+def test_single_node(workdir):
+    with qmp.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10) as ksm:
+        vm, qt = start_qtest_vm(workdir, "numa1", [
+            "-machine", "pc", "-m", "%dM" % (2 * SINGLE_MEM), "-smp", "2",
+            "-object", "memdedup,id=engine,rescan-interval=1000",
+            "-object", "memory-backend-ksm,id=m0,size=%dM,host-nodes=0,"
+                       "policy=bind" % SINGLE_MEM,
+            "-object", "memory-backend-ksm,id=m1,size=%dM,host-nodes=0,"
+                       "policy=preferred" % SINGLE_MEM,
+            "-numa", "node,nodeid=0,cpus=0,memdev=m0",
+            "-numa", "node,nodeid=1,cpus=1,memdev=m1"])
+        try:
+            for cmd in (single_node_content(0, 1000) +
+                        single_node_content(SINGLE_MEM * MiB, 2000)):
+                qt.command(cmd)
+            info = run_pass(vm)
+            numa = info["numa"]
+            print("  numa: %s" % json.dumps(numa))
+            nodes = len(open("/sys/devices/system/node/online").read()
+                        .strip().split(","))
+            check(numa["host-nodes"] >= 1, "host nodes %r" % numa)
+            if numa["host-nodes"] != 1 or nodes != 1:
+                raise Skip("the host has more than one NUMA node")
+            check(numa["merge-across-nodes"] == (qmp.ksm_read(
+                "merge_across_nodes") == 1), "knob %r" % numa)
+            check(not numa["per-node-trees"], "per-node trees on one node")
+            check(numa["unplaced-pages"] == 0,
+                  "%d pages unplaced" % numa["unplaced-pages"])
+            rows = rows_by_node(info)
+            # Every resident page is on host node 0.
+            check(set(rows) == {(0, 0), (1, 0)}, "rows %r" % list(rows))
+            per_backend = SHARED + 2 * TWINS
+            for g, bid in ((0, "m0"), (1, "m1")):
+                r, b = rows[(g, 0)], backend(vm, bid)
+                check(b["guest-node"] == g, "%s guest node %r" % (bid, b))
+                check(b["host-nodes"] == [0], "%s host nodes %r" % (bid, b))
+                check(b["off-node-pages"] == 0, "%s off node" % bid)
+                check(b["rehomed-pages"] == 0, "%s re-homed" % bid)
+                check(r["bound"], "row %r not bound" % r)
+                check(r["resident-pages"] == b["resident-pages"] ==
+                      per_backend, "resident %r / %d" %
+                      (r, b["resident-pages"]))
+                check(r["duplicate-pages"] == per_backend,
+                      "duplicates %r" % r)
+                check(r["cross-node-duplicate-pages"] == 0,
+                      "cross-node duplicates on one node %r" % r)
+            check(backend(vm, "m0")["host-policy"] == "bind" and
+                  backend(vm, "m1")["host-policy"] == "preferred",
+                  "policies")
+            hmp = vm.qmp.hmp("info memdedup")
+            check(re.search(r"NUMA: 1 host nodes", hmp) and
+                  re.search(r"^1 +0 +yes +8\.0 +8\.0 +0\.0", hmp, re.M),
+                  hmp)
+            if not ksm.active:
+                print("  ksmd not available: %s" % ksm.reason)
+                return
+            # ksmd merges everything registered; the per-node count of
+            # KSM pages follows the kernel's own (smaps) count.
+            def merged():
+                i = run_pass(vm)
+                rows = rows_by_node(i)
+                if "kernel-merged-pages" not in rows[(0, 0)]:
+                    raise Skip("kpageflags not readable")
+                total = sum(r["kernel-merged-pages"] for r in rows.values())
+                return total if total >= 2 * per_backend else None
+            total = wait_for("ksmd merging", merged, timeout=60)
+            smaps = sum(backend(vm, b)["kernel-merged-pages"]
+                        for b in ("m0", "m1"))
+            print("  kernel merged %d pages (smaps %d)" % (total, smaps))
+            check(total == 2 * per_backend, "merged %d" % total)
+            check(smaps == total, "smaps %d vs %d" % (smaps, total))
+        finally:
+            vm.stop()
+            qt.close()
+
+
+# --- refused bindings -----------------------------------------------------
+
+def test_bad_input(workdir):
+    nodes = open("/sys/devices/system/node/online").read().strip()
+    missing = 63 if nodes != "0-63" else None
+    cases = [
+        # Bound to a node the host does not have (mbind would say EINVAL).
+        ("host-nodes=%s,policy=bind" % missing,
+         "names host node %s, but the host has" % missing),
+        # preferred takes one node.
+        ("host-nodes=0,host-nodes=%s,policy=preferred" % missing,
+         "policy 'preferred' takes one host node, not 2"),
+        # QEMU's own checks, kept.
+        ("host-nodes=200,policy=bind", "Invalid host-nodes value: 200"),
+        ("policy=bind", "host-nodes must be set for policy bind"),
+        ("host-nodes=0", "host-nodes must be empty for policy default"),
+        ("host-nodes=0,policy=sideways", "sideways"),
+    ]
+    for props, expect in cases:
+        proc = subprocess.run(
+            [QEMU, "-machine", "none", "-accel", "qtest", "-nodefaults",
+             "-display", "none", "-object",
+             "memory-backend-ksm,id=m0,size=16M," + props],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=30)
+        print("  %s -> %s" % (props, proc.stderr.strip()))
+        check(proc.returncode == 1, "%s: exit %d" % (props,
+                                                     proc.returncode))
+        check(expect in proc.stderr, "%s: %s" % (props, proc.stderr))
+    # A good binding still works.
+    proc = subprocess.run(
+        [QEMU, "-machine", "none", "-accel", "qtest", "-nodefaults",
+         "-display", "none", "-object",
+         "memory-backend-ksm,id=m0,size=16M,host-nodes=0,policy=bind",
+         "-qmp", "stdio"], input='{"execute":"qmp_capabilities"}\n'
+        '{"execute":"quit"}\n', capture_output=True, text=True, timeout=30)
+    check(proc.returncode == 0, "host-nodes=0: %s" % proc.stderr)
+
+
+# --- two host nodes (a guest) ----------------------------------------------
+
+INNER_MEM = 32                # MiB per inner backend (one per guest node)
+CROSS, WITHIN = 2048, 1024    # pages: in both backends / twice in each
+INNER = ("qemu-system-x86_64 -L /qemu -machine pc -accel qtest "
+         "-qtest pipe:/tmp/qt -qtest-log /dev/null -qmp pipe:/tmp/qmp "
+         "-nodefaults -display none -m {mem}M -smp 2 "
+         "-object memdedup,id=engine,rescan-interval=1000 "
+         "-object memory-backend-ksm,id=m0,size={half}M,host-nodes=0,"
+         "policy=bind "
+         "-object memory-backend-ksm,id=m1,size={half}M,host-nodes=1,"
+         "policy=bind "
+         "-numa node,nodeid=0,cpus=0,memdev=m0 "
+         "-numa node,nodeid=1,cpus=1,memdev=m1").format(
+             mem=2 * INNER_MEM, half=INNER_MEM)
+
+
+def inner_content():
+    """[(address, first tag, pages)]: in each backend (at 2 MiB) CROSS
+    pages that the other backend holds too, then WITHIN pages of its own,
+    twice."""
+    segments = []
+    for b in range(2):
+        at = b * INNER_MEM * MiB + 2 * MiB
+        segments.append((at, 1, CROSS))
+        at += CROSS * PAGE
+        for _ in range(2):
+            segments.append((at, 100000 * (b + 1), WITHIN))
+            at += WITHIN * PAGE
+    return segments
+
+
+def inner_fill_command(segments):
+    """One guest shell line that writes the segments as tagged_pages()
+    would, generated by awk inside the guest (the shell reads one line
+    per command)."""
+    prog = ("BEGIN { n = split(segs, s, \" \"); for (k = 1; k < n; k += 3) {"
+            " printf \"memset 0x%x 0x%x 0x5a\\n\", s[k], s[k+2] * 4096;"
+            " for (i = 0; i < s[k+2]; i++)"
+            " printf \"writeq 0x%x 0x%x\\n\", s[k] + i * 4096, s[k+1] + i } }")
+    segs = " ".join("%d %d %d" % seg for seg in segments)
+    return "awk -v segs='%s' '%s' | qt" % (segs, prog)
+
+
+class Inner:
+    """The guest's shell and the QEMU inside it."""
+
+    def __init__(self, vm, shell):
+        self.vm, self.shell = vm, shell
+
+    def sh(self, cmd, timeout=180):
+        status, out = self.shell.run(self.vm, cmd, timeout)
+        check(status == 0, "guest: %s -> %d\n%s" % (cmd, status, out))
+        return out
+
+    def qmp(self, name, **args):
+        msg = json.dumps({"execute": name, "arguments": args})
+        out = self.sh("qmp '%s'" % msg)
+        m = re.search(r"QMP-REPLY (.*)", out)
+        check(m, "no QMP reply to %s: %s" % (name, out))
+        reply = json.loads(m.group(1))
+        check("return" in reply, "%s: %r" % (name, reply))
+        return reply["return"]
+
+    def knob(self, name, value=None):
+        path = "/sys/kernel/mm/ksm/" + name
+        if value is not None:
+            self.sh("echo %d > %s" % (value, path))
+        return int(self.sh("cat " + path).split()[-1])
+
+    def run_pass(self, timeout=120):
+        done = self.qmp("query-memdedup")["passes-completed"]
+        self.qmp("memdedup-scan")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.qmp("query-memdedup")
+            # A pass that was running when asked does not count.
+            if info["passes-completed"] >= done + 2 or (
+                    info["passes-completed"] >= done + 1 and
+                    info["state"] == "idle"):
+                return info
+            time.sleep(0.5)
+        raise AssertionError("no inner pass in %d s" % timeout)
+
+    def merging_pages(self, pid):
+        out = self.sh("cat /proc/%d/ksm_stat" % pid)
+        m = re.search(r"ksm_merging_pages (\d+)", out)
+        return int(m.group(1)) if m else None
+
+    def summary(self, info):
+        numa = info["numa"]
+        rows = ["(%s,%s) res %d dup %d cross %d merged %s bound %s" % (
+            r.get("guest-node"), r["host-node"], r["resident-pages"],
+            r["duplicate-pages"], r["cross-node-duplicate-pages"],
+            r.get("kernel-merged-pages"), r.get("bound"))
+            for r in numa["placement"]]
+        regs = ["%s reg %d MiB off-node %s rehomed %d" % (
+            b["id"], b["registered-bytes"] // MiB, b.get("off-node-pages"),
+            b["rehomed-pages"]) for b in info["backends"]]
+        return "mak %s trees %s repart %d; %s; %s" % (
+            numa.get("merge-across-nodes"), numa["per-node-trees"],
+            numa["repartitions"], "; ".join(rows), "; ".join(regs))
+
+
+def numa_guest_args(shell):
+    kernel = os.path.join(NUMA_GUEST, "vmlinuz")
+    initrd = os.path.join(NUMA_GUEST, "initramfs.cpio.gz")
+    if not (os.path.exists(kernel) and os.path.exists(initrd)):
+        raise Skip("no two-node guest: run scripts/memdedup/"
+                   "make-numa-guest.sh")
+    cmdline = ("console=ttyS0 quiet panic=-1 memdedup.zero=0 "
+               "memdedup.shared=0 memdedup.copies=0 memdedup.unique=0")
+    return ["-accel", "tcg", "-no-reboot", "-nodefaults", "-kernel", kernel,
+            "-initrd", initrd, "-append", cmdline, "-m", "1G", "-smp", "2",
+            "-object", "memory-backend-ram,id=g0,size=512M",
+            "-object", "memory-backend-ram,id=g1,size=512M",
+            "-numa", "node,nodeid=0,cpus=0,memdev=g0",
+            "-numa", "node,nodeid=1,cpus=1,memdev=g1"] + shell.args()
+
+
+def test_two_node(workdir):
+    shell = GuestShell(workdir)
+    vm = qmp.Qemu(QEMU, numa_guest_args(shell), workdir, "numa-host").start()
+    try:
+        t0 = time.monotonic()
+        check(vm.wait_serial("MEMDEDUP-GUEST-READY", GUEST_BOOT_TIMEOUT),
+              "guest did not get ready:\n" + vm.serial()[-2000:])
+        print("  guest ready after %.1f s" % (time.monotonic() - t0))
+        g = Inner(vm, shell)
+        # The guest's /init sets ttyS1 raw just after it says ready: a
+        # line sent before that may lose characters.  Sync first.
+        for _ in range(5):
+            status, out = shell.run(vm, "echo in-sync")
+            if status == 0 and "in-sync" in out:
+                break
+            time.sleep(1)
+        online = g.sh("cat /sys/devices/system/node/online").split()[-1]
+        check(online == "0-1", "guest nodes %r" % online)
+        # The guest is ours: its KSM knobs need no restoring.
+        check(g.knob("merge_across_nodes", 0) == 0, "knob")
+        g.knob("pages_to_scan", 2000)
+        g.knob("sleep_millisecs", 10)
+        g.knob("run", 1)
+
+        g.sh("mkfifo /tmp/qt.in /tmp/qt.out /tmp/qmp.in /tmp/qmp.out")
+        g.sh("%s >/tmp/qemu.log 2>&1 & echo $! > /tmp/qemu.pid" % INNER)
+        pid = int(g.sh("cat /tmp/qemu.pid").split()[-1])
+        g.qmp("qmp_capabilities")
+        t1 = time.monotonic()
+        segments = inner_content()
+        count = sum(n + 1 for _, _, n in segments)
+        out = g.sh(inner_fill_command(segments), timeout=600)
+        check("QT-OK %d of %d" % (count, count) in out, out)
+        print("  inner QEMU pid %d filled in %.1f s" % (
+            pid, time.monotonic() - t1))
+
+        # merge_across_nodes=0: per-node trees.
+        info = g.run_pass()
+        print("  mak=0: " + g.summary(info))
+        rows = rows_by_node(info)
+        per_backend = CROSS + 2 * WITHIN
+        check(info["numa"]["host-nodes"] == 2, "host nodes")
+        check(info["numa"]["per-node-trees"], "not per-node")
+        check(set(rows) == {(0, 0), (1, 1)}, "rows %r" % list(rows))
+        for n in (0, 1):
+            r = rows[(n, n)]
+            check(r["bound"], "row %r" % r)
+            check(r["resident-pages"] == per_backend, "resident %r" % r)
+            check(r["duplicate-pages"] == 2 * WITHIN, "within %r" % r)
+            check(r["cross-node-duplicate-pages"] == CROSS, "cross %r" % r)
+        for b in info["backends"]:
+            check(b["off-node-pages"] == 0, "off node %r" % b)
+            # Only the regions of twins within the node are registered.
+            check(b["registered-bytes"] == 2 * WITHIN * PAGE,
+                  "registered %r" % b["registered-bytes"])
+        # ksmd merges within each node: every WITHIN pair, nothing else.
+        def merged_within():
+            rows = rows_by_node(g.run_pass())
+            got = [rows[(n, n)].get("kernel-merged-pages") for n in (0, 1)]
+            return got if got == [2 * WITHIN] * 2 else None
+        t2 = time.monotonic()
+        wait_for("ksmd merging within nodes", merged_within, timeout=300)
+        merging = g.merging_pages(pid)
+        print("  mak=0: merged within nodes after %.1f s, ksm_merging_pages "
+              "%s" % (time.monotonic() - t2, merging))
+        check(merging == 4 * WITHIN, "ksm_merging_pages %s" % merging)
+
+        # merge_across_nodes=1: the knob changes only with nothing shared.
+        g.knob("run", 2)
+        wait_for("unmerging", lambda: g.knob("pages_shared") == 0, 120)
+        check(g.knob("merge_across_nodes", 1) == 1, "knob")
+        g.knob("run", 1)
+        info = wait_for("repartition", lambda: (lambda i: i if not
+                        i["numa"]["per-node-trees"] else None)(g.run_pass()),
+                        60)
+        print("  mak=1: " + g.summary(info))
+        check(info["numa"]["repartitions"] == 1, "repartitions")
+        rows = rows_by_node(info)
+        for n in (0, 1):
+            r = rows[(n, n)]
+            check(r["duplicate-pages"] == 2 * WITHIN, "within %r" % r)
+            check(r["cross-node-duplicate-pages"] == CROSS, "cross %r" % r)
+        for b in info["backends"]:
+            # Cross-node twins are candidates now.
+            check(b["duplicate-pages"] == per_backend, "dup %r" % b)
+            check(b["registered-bytes"] == per_backend * PAGE,
+                  "registered %r" % b["registered-bytes"])
+        t3 = time.monotonic()
+
+        def merged_all():
+            m = g.merging_pages(pid)
+            return m if m == 2 * per_backend else None
+        wait_for("ksmd merging across nodes", merged_all, timeout=300)
+        info = g.run_pass()
+        print("  mak=1: merged across nodes after %.1f s: %s" % (
+            time.monotonic() - t3, g.summary(info)))
+        # One page of each cross-node pair now maps the other node's KSM
+        # page: the guests lost locality, and the report shows it.
+        off = sum(b["off-node-pages"] for b in info["backends"])
+        moved = sum(b["rehomed-pages"] for b in info["backends"])
+        check(off >= CROSS, "off-node pages %d" % off)
+        check(moved >= CROSS, "re-homed pages %d" % moved)
+        merged = sum(r.get("kernel-merged-pages", 0)
+                     for r in info["numa"]["placement"])
+        check(merged == 2 * per_backend, "merged %d" % merged)
+        g.sh("kill %d" % pid)
+    finally:
+        shell.close()
+        vm.stop()
+
+
+if __name__ == "__main__":
+    tests = [("numa/single-node", test_single_node),
+             ("numa/bad-input", test_bad_input)]
+    # The two-node guest takes minutes: make check-slow runs it.
+    if os.environ.get("MEMDEDUP_SLOW") == "1":
+        tests.append(("numa/two-node", test_two_node))
+    # Arguments: run only the tests with these names.
+    if sys.argv[1:]:
+        tests = [t for t in tests if t[0] in sys.argv[1:]]
+    sys.exit(run_tests(tests))
