@@ -56,7 +56,7 @@ PAGE = probe.PAGE
 RATES = {"100/20": (100, 20), "1000/20": (1000, 20)}
 THP_MODES = {"on": None, "off": "never"}   # None: the host's own mode
 WORKLOADS = ("mixed", "volatile", "guests")
-CONFIG_ORDER = ("stock", "targeted", "proxy", "ideal", "nomanage")
+CONFIG_ORDER = ("stock", "targeted", "board", "proxy", "ideal", "nomanage")
 
 # Measurement seconds per (rate, THP).  Stock QEMU with THP merges
 # (almost) nothing for the first ~3 minutes at 1000/20 on this host, so
@@ -64,14 +64,14 @@ CONFIG_ORDER = ("stock", "targeted", "proxy", "ideal", "nomanage")
 SECONDS = {("1000/20", "off"): 75, ("1000/20", "on"): 240,
            ("100/20", "off"): 180, ("100/20", "on"): 240}
 QUICK_SECONDS = 40
-WORKLOAD_CONFIGS = {"mixed": "stock,targeted,proxy,ideal",
-                    "volatile": "stock,targeted,ideal",
-                    "guests": "stock,targeted"}
+WORKLOAD_CONFIGS = {"mixed": "stock,targeted,board,proxy,ideal",
+                    "volatile": "stock,targeted,board,ideal",
+                    "guests": "stock,targeted,board"}
 # (THP, rate, workload, configurations): make bench (~30 min) and --quick.
 DEFAULT_STEPS = [
-    ("off", "1000/20", "mixed", "stock,targeted,proxy,ideal"),
-    ("off", "1000/20", "volatile", "stock,targeted"),
-    ("off", "1000/20", "guests", "stock,targeted"),
+    ("off", "1000/20", "mixed", "stock,targeted,board,proxy,ideal"),
+    ("off", "1000/20", "volatile", "stock,targeted,board"),
+    ("off", "1000/20", "guests", "stock,targeted,board"),
     ("off", "100/20", "mixed", "stock,targeted"),
     ("on", "1000/20", "mixed", "stock,targeted"),
 ]
@@ -106,7 +106,8 @@ class Proc:
 
 def start_qtest_procs(config, layout, images, workdir, out):
     from harness import start_qtest_vm
-    for name, args, placed in wl.qtest_processes(config, layout):
+    for name, args, placed in wl.qtest_processes(
+            config, layout, board=os.path.join(workdir, "board")):
         loaders = []
         for vm_index, base in placed:
             loaders += wl.loader_args(images[vm_index], base)
@@ -438,7 +439,7 @@ TARGETS = (
 def check_targets(rows):
     out = []
     for r in rows:
-        if r["config"] not in ("targeted", "proxy"):
+        if r["config"] not in ("targeted", "board", "proxy"):
             continue
         for name, key, limit, kind, wls in TARGETS:
             if wls and r["workload"] not in wls:

@@ -243,15 +243,18 @@ CONFIGS = {
              "handed to KSM)",
     "targeted": "memdedup: memory-backend-ksm, dedup-policy=targeted, "
                 "defaults (one QEMU per VM: no cross-VM board)",
+    "board": "memdedup as targeted, both QEMUs on one cross-VM board "
+             "(one key)",
     "proxy": "memdedup with both VMs' RAM in one QEMU (two "
-             "memory-backend-ksm): the engine sees cross-VM duplicates, a "
-             "stand-in for the cross-VM board (issue 9)",
+             "memory-backend-ksm): the engine sees cross-VM duplicates "
+             "directly, what the board approximates",
     "ideal": "stock QEMU with MADV_MERGEABLE placed by hand on exactly the "
              "zero and duplicate ranges (merge=on backends there, merge=off "
              "elsewhere, mem-merge=off)",
     "nomanage": "memdedup with manage-thp=off (QEMU's THP advice kept)",
 }
-MEMDEDUP_CONFIGS = ("targeted", "proxy", "nomanage")
+MEMDEDUP_CONFIGS = ("targeted", "board", "proxy", "nomanage")
+BOARD_KEY = "memdedup-bench-domain"
 ENGINE_ID = "md"
 FILL_INTERVAL = 86400000            # ms: no pass while the VMs fill
 
@@ -260,9 +263,14 @@ def _common(name):
     return ["-name", "%s,debug-threads=on" % name]
 
 
-def _engine():
-    return ["-object", "memdedup,id=%s,rescan-interval=%d"
-            % (ENGINE_ID, FILL_INTERVAL)]
+def _engine(board=None):
+    """The memdedup object; with a board path, on that board."""
+    if not board:
+        return ["-object", "memdedup,id=%s,rescan-interval=%d"
+                % (ENGINE_ID, FILL_INTERVAL)]
+    return ["-object", "secret,id=bk,data=" + BOARD_KEY,
+            "-object", "memdedup,id=%s,rescan-interval=%d,board=%s,"
+            "board-key=bk" % (ENGINE_ID, FILL_INTERVAL, board)]
 
 
 def _ksm_backend(bid, mib, config):
@@ -272,9 +280,10 @@ def _ksm_backend(bid, mib, config):
     return ["-object", s]
 
 
-def qtest_processes(config, layout, nvms=2):
+def qtest_processes(config, layout, nvms=2, board=None):
     """The qtest QEMU processes of a configuration: a list of
-    (name, args, [(vm_index, base_gpa)]) (without the loader)."""
+    (name, args, [(vm_index, base_gpa)]) (without the loader).  board:
+    the board file of the "board" configuration."""
     mib = layout.vm_mib
     procs = []
     if config == "proxy":
@@ -290,9 +299,10 @@ def qtest_processes(config, layout, nvms=2):
             args = ["-machine", "pc,memory-backend=m0", "-m", "%dM" % mib,
                     "-object", "memory-backend-ram,id=m0,size=%dM,merge=on"
                     % mib]
-        elif config in ("targeted", "nomanage"):
+        elif config in ("targeted", "nomanage", "board"):
             args = ["-machine", "pc,memory-backend=m0",
-                    "-m", "%dM" % mib] + _engine() + \
+                    "-m", "%dM" % mib] + \
+                _engine(board if config == "board" else None) + \
                 _ksm_backend("m0", mib, config)
         elif config == "ideal":
             args = ["-machine", "pc,mem-merge=off", "-m", "%dM" % mib]
@@ -307,7 +317,7 @@ def qtest_processes(config, layout, nvms=2):
     return procs
 
 
-def guest_args(config, mem_mib, name, append):
+def guest_args(config, mem_mib, name, append, board=None):
     args = _common(name) + [
         "-accel", "tcg", "-m", "%dM" % mem_mib, "-nodefaults", "-no-reboot",
         "-machine", "pc,memory-backend=ram0",
@@ -317,8 +327,9 @@ def guest_args(config, mem_mib, name, append):
     if config == "stock":
         args += ["-object", "memory-backend-ram,id=ram0,size=%dM,merge=on"
                  % mem_mib]
-    elif config in ("targeted", "nomanage"):
-        args += _engine() + _ksm_backend("ram0", mem_mib, config)
+    elif config in ("targeted", "nomanage", "board"):
+        args += _engine(board if config == "board" else None) + \
+            _ksm_backend("ram0", mem_mib, config)
     else:
         raise ValueError("%s does not apply to real guests" % config)
     return args
@@ -334,7 +345,8 @@ def start_guests(config, workdir, n, mem_mib, append, boot_timeout, out):
     caller stops them whatever happens); return when all are ready."""
     for i in range(n):
         name = "%s%d" % (config, i)
-        vm = qmp.Qemu(QEMU, guest_args(config, mem_mib, name, append),
+        vm = qmp.Qemu(QEMU, guest_args(config, mem_mib, name, append,
+                                       os.path.join(workdir, "board")),
                       workdir, name)
         out.append(vm)
         vm.start()

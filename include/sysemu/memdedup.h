@@ -98,6 +98,7 @@ typedef struct MemdedupRegion {
     uint32_t duplicate;         /* resident non-zero pages in the dup set */
     uint32_t unique;            /* resident non-zero pages seen once */
     uint32_t volatile_pages;    /* pages whose content changed this pass */
+    uint32_t cross_vm;          /* unique here, held by another VM (board) */
     uint8_t stable_passes;      /* consecutive passes with no change */
     bool seen_resident;         /* had resident pages in some pass */
     bool registered;            /* currently madvised MERGEABLE */

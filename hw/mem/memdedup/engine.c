@@ -41,6 +41,7 @@
 #include "qapi/visitor.h"
 #include "qapi/qapi-events-memdedup.h"
 #include "qom/object_interfaces.h"
+#include "sysemu/sysemu.h"
 #include "memdedup-internal.h"
 #include "trace.h"
 
@@ -780,6 +781,7 @@ typedef struct MemdedupPass {
     int64_t start_ns;           /* QEMU_CLOCK_REALTIME */
     uint64_t cpu_time;          /* atomic, ns */
     uint64_t max_region_pages;
+    MemdedupBoard *board;       /* the cross-VM board, or NULL */
 } MemdedupPass;
 
 static uint64_t memdedup_thread_cpu_ns(void)
@@ -801,6 +803,10 @@ static bool memdedup_quitting(MemdedupEngine *engine)
 /* Sleep as long as the pass is ahead of its byte budget. */
 static void memdedup_throttle(MemdedupPass *pass)
 {
+    /* A long pass must not look like a dead publisher. */
+    if (pass->board) {
+        memdedup_board_touch(pass->board);
+    }
     for (;;) {
         uint64_t bytes = qatomic_read(&pass->bytes_hashed);
         int64_t due = pass->start_ns +
@@ -909,8 +915,23 @@ static void memdedup_pass_index(MemdedupPass *pass)
 }
 
 /* Recount one block's regions against the new dup set; returns stats. */
+/* Is @r wanted only because of its cross-VM duplicates? */
+static bool memdedup_region_cross_only(const MemdedupParams *params,
+                                       const MemdedupRegion *r)
+{
+    MemdedupRegion alone = *r;
+
+    if (!r->cross_vm) {
+        return false;
+    }
+    alone.cross_vm = 0;
+    return memdedup_region_wanted(params, r) &&
+           !memdedup_region_wanted(params, &alone);
+}
+
 static void memdedup_pass_summarize(MemdedupEngine *engine,
                                     MemdedupPassBlock *pb,
+                                    MemdedupBoard *board,
                                     unsigned long *first_seen,
                                     MemdedupBlockStats *st)
 {
@@ -922,7 +943,7 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
         MemdedupRegion *r = &blk->regions[i];
         uint64_t first = i * blk->pages_per_region;
         uint64_t last = MIN(first + blk->pages_per_region, blk->nr_pages);
-        uint32_t duplicate = 0;
+        uint32_t duplicate = 0, cross_vm = 0;
 
         if (pb->params.policy != MEMDEDUP_POLICY_OFF) {
             for (p = first; p < last; p++) {
@@ -933,6 +954,9 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
                 }
                 idx = memdedup_numa_find(engine, blk, p);
                 if (idx < 0) {
+                    /* Unique here; held by another VM? */
+                    cross_vm += board &&
+                                memdedup_board_lookup(board, blk->fps[p]);
                     continue;
                 }
                 duplicate++;
@@ -942,7 +966,8 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
                 }
             }
             r->duplicate = duplicate;
-            r->unique = r->resident - r->zero - duplicate;
+            r->cross_vm = cross_vm;
+            r->unique = r->resident - r->zero - duplicate - cross_vm;
             /* Stable: resident and unchanged, pass after pass. */
             if (r->volatile_pages || !r->resident) {
                 r->stable_passes = 0;
@@ -956,6 +981,8 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
         st->unique_pages += r->unique;
         st->volatile_pages += r->volatile_pages;
         st->candidate_regions += memdedup_region_wanted(&pb->params, r);
+        st->cross_vm_pages += r->cross_vm;
+        st->cross_vm_regions += memdedup_region_cross_only(&pb->params, r);
     }
     st->scanned_pages = pb->params.policy == MEMDEDUP_POLICY_OFF ? 0 :
                         st->resident_pages;
@@ -1110,6 +1137,104 @@ static void memdedup_apply_pending_hints(MemdedupEngine *engine)
 }
 
 /*
+ * Publish the fingerprints of our resident, non-zero pages to the board,
+ * leaving out volatile regions (a quarter or more of their pages changed
+ * in the pass): counted first, so that the board can choose a subset if
+ * they don't all fit.  Scanner thread, after the summaries.
+ */
+static void memdedup_pass_publish(MemdedupPass *pass)
+{
+    uint64_t n = 0;
+    int round;
+
+    for (round = 0; round < 2; round++) {
+        size_t b;
+
+        if (round == 1 && !memdedup_board_publish_begin(pass->board, n)) {
+            return;             /* not on the board (full) */
+        }
+        for (b = 0; b < pass->nr_blocks; b++) {
+            MemdedupBlock *blk = pass->blocks[b].blk;
+            uint64_t i, p;
+
+            if (pass->blocks[b].params.policy == MEMDEDUP_POLICY_OFF ||
+                qatomic_read(&blk->removed)) {
+                continue;
+            }
+            for (i = 0; i < blk->nr_regions; i++) {
+                const MemdedupRegion *r = &blk->regions[i];
+                uint64_t first = i * blk->pages_per_region;
+                uint64_t last = MIN(first + blk->pages_per_region,
+                                    blk->nr_pages);
+
+                if ((uint64_t)r->volatile_pages * 4 > r->resident) {
+                    continue;
+                }
+                for (p = first; p < last; p++) {
+                    if (blk->fps[p] <= MEMDEDUP_FP_ZERO) {
+                        continue;
+                    }
+                    if (round) {
+                        memdedup_board_publish(pass->board, blk->fps[p]);
+                    } else {
+                        n++;
+                    }
+                }
+            }
+        }
+    }
+    memdedup_board_publish_end(pass->board);
+}
+
+/*
+ * KSM pages in the registered regions that are wanted only for their
+ * cross-VM duplicates: what the board saved.  Through kpageflags, when
+ * readable; scanner thread, lock not held.
+ */
+static void memdedup_count_cross_merged(MemdedupEngine *engine,
+                                        MemdedupPass *pass,
+                                        MemdedupBlockStats *stats)
+{
+    size_t b;
+
+    for (b = 0; b < pass->nr_blocks; b++) {
+        MemdedupBlock *blk = pass->blocks[b].blk;
+        uint64_t region_size = blk->pages_per_region * blk->page_size;
+        uint64_t i, j;
+        int64_t total = 0;
+
+        stats[b].cross_vm_merged_pages = -1;
+        if (engine->pagemap_fd < 0 || engine->kpageflags_fd < 0) {
+            continue;
+        }
+        for (i = 0; i < blk->nr_regions; i = j) {
+            for (j = i; j < blk->nr_regions && blk->regions[j].registered &&
+                 memdedup_region_cross_only(&pass->blocks[b].params,
+                                            &blk->regions[j]); j++) {
+                /* extend the run */
+            }
+            if (j == i) {
+                j = i + 1;
+                continue;
+            }
+            WITH_RCU_READ_LOCK_GUARD() {
+                int64_t n = -1;
+
+                if (!qatomic_load_acquire(&blk->removed)) {
+                    n = memdedup_count_ksm_pages(
+                        engine->pagemap_fd, engine->kpageflags_fd,
+                        (uintptr_t)blk->host + i * region_size,
+                        MIN((j - i) * region_size,
+                            blk->size - i * region_size));
+                }
+                total = n < 0 || total < 0 ? -1 : total + n;
+            }
+        }
+        stats[b].cross_vm_merged_pages = total;
+    }
+}
+
+/*
  * Pages discarded (virtio-mem) leave the index when the pass gets to
  * them, also between passes: after hashing, which skipped them already.
  */
@@ -1140,6 +1265,8 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     uint32_t nr_threads, t;
     MemdedupBlock *blk;
     bool summarize = rescan;    /* recount statistics */
+    bool fps_changed = rescan;  /* publish to the board */
+    bool board_eval = false;    /* peers published: decide again */
     size_t b;
 
     /* Migration hints first: the source's registration, at once. */
@@ -1163,6 +1290,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         pb->discarded = blk->discarded;
         blk->discarded = NULL;
         summarize |= pb->discarded != NULL;
+        fps_changed |= pb->discarded != NULL;
         /* A hinted block is judged by the policy once it was scanned. */
         pb->hinted = blk->hinted;
         if (rescan) {
@@ -1177,6 +1305,11 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     }
     engine->params_dirty = false;
     engine->discards_pending = false;
+    pass.board = engine->board;
+    if (engine->board_dirty && pass.board) {
+        board_eval = summarize = true;
+    }
+    engine->board_dirty = false;
     pass.scan_rate = engine->scan_rate;
     nr_threads = engine->scan_threads;
     if (rescan) {
@@ -1265,9 +1398,24 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         memdedup_pass_index(&pass);
         first_seen = bitmap_new(MAX(memdedup_numa_slots(&engine->numa,
                                                         &engine->dupset), 1));
+        if (pass.board) {
+            engine->board_version = memdedup_board_version(pass.board);
+            memdedup_board_lookup_begin(pass.board);
+        }
         for (b = 0; b < pass.nr_blocks; b++) {
-            memdedup_pass_summarize(engine, &pass.blocks[b], first_seen,
-                                    &stats[b]);
+            memdedup_pass_summarize(engine, &pass.blocks[b], pass.board,
+                                    first_seen, &stats[b]);
+        }
+        if (pass.board) {
+            if (!memdedup_board_lookup_end(pass.board)) {
+                /* A peer republished meanwhile: look again soon. */
+                qemu_mutex_lock(&engine->lock);
+                engine->board_dirty = true;
+                qemu_mutex_unlock(&engine->lock);
+            }
+            if (fps_changed) {
+                memdedup_pass_publish(&pass);
+            }
         }
     }
 
@@ -1275,7 +1423,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     for (b = 0; b < pass.nr_blocks; b++) {
         MemdedupPassBlock *pb = &pass.blocks[b];
         if (!qatomic_read(&pb->blk->removed) &&
-            (rescan || (pb->apply_only && !pb->hinted))) {
+            (rescan || ((pb->apply_only || board_eval) && !pb->hinted))) {
             memdedup_apply_policy(pb->blk, &pb->params, &refusals[b]);
         }
         memdedup_count_registration(pb->blk, &stats[b]);
@@ -1287,6 +1435,9 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     metadata += engine->dupset.len * sizeof(uint32_t);
     if (rescan) {
         memdedup_count_exact(engine, &pass, exact);
+    }
+    if (summarize && pass.board) {
+        memdedup_count_cross_merged(engine, &pass, stats);
     }
 
     /* Publish. */
@@ -1347,6 +1498,32 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     }
 }
 
+/*
+ * Once a second: close a board the memdedup object let go, keep our
+ * slot alive (or claim one if the board was full), and decide again when
+ * other VMs published since we last looked.  Scanner thread.
+ */
+static void memdedup_board_tick(MemdedupEngine *engine)
+{
+    MemdedupBoard *board, *retired;
+
+    qemu_mutex_lock(&engine->lock);
+    board = engine->board;
+    retired = engine->board_retired;
+    engine->board_retired = NULL;
+    qemu_mutex_unlock(&engine->lock);
+    memdedup_board_close(retired);
+    if (!board) {
+        return;
+    }
+    memdedup_board_heartbeat(board);
+    if (memdedup_board_version(board) != engine->board_version) {
+        qemu_mutex_lock(&engine->lock);
+        engine->board_dirty = true;
+        qemu_mutex_unlock(&engine->lock);
+    }
+}
+
 static void *memdedup_thread(void *opaque)
 {
     MemdedupEngine *engine = opaque;
@@ -1365,8 +1542,8 @@ static void *memdedup_thread(void *opaque)
             }
             rescan = !engine->paused && !QTAILQ_EMPTY(&engine->blocks) &&
                      (engine->scan_requested || now >= next_pass);
-            apply = (engine->params_dirty || engine->discards_pending) &&
-                     !engine->paused;
+            apply = (engine->params_dirty || engine->discards_pending ||
+                     engine->board_dirty) && !engine->paused;
             if (rescan || apply || now >= next_refresh ||
                 (engine->paused && engine->incoming)) {
                 break;
@@ -1409,6 +1586,7 @@ static void *memdedup_thread(void *opaque)
             memdedup_refresh_kernel_view(engine);
             memdedup_numa_watch(engine);
         }
+        memdedup_board_tick(engine);
         next_refresh = now + MEMDEDUP_KERNEL_REFRESH_MS;
     }
     rcu_unregister_thread();
@@ -1520,7 +1698,16 @@ MemdedupInfo *memdedup_query(Error **errp)
         }
         bi->hinted_regions = st->hinted_regions;
         memdedup_numa_query_backend(blk, bi);
+        bi->cross_vm_pages = st->cross_vm_pages;
+        bi->cross_vm_regions = st->cross_vm_regions;
+        bi->has_cross_vm_merged_pages = engine->board &&
+                                        st->cross_vm_merged_pages >= 0;
+        bi->cross_vm_merged_pages = MAX(st->cross_vm_merged_pages, 0);
         QAPI_LIST_APPEND(tail, bi);
+    }
+    if (engine->board) {
+        info->has_board = true;
+        info->board = memdedup_board_info(engine->board);
     }
     qemu_mutex_unlock(&engine->lock);
     memdedup_numa_query(engine, info);
@@ -1576,6 +1763,7 @@ struct MemdedupSettings {
     uint32_t rescan_interval;   /* milliseconds */
     bool migrate_hints;         /* send registered regions when migrating */
     MemdedupAdopt *adopt;       /* adopt, adopt-ram (adopt.c), or NULL */
+    MemdedupBoardConfig *board; /* board* properties (board.c), or NULL */
 };
 
 /* Push the object's settings to the engine; BQL held. */
@@ -1673,6 +1861,56 @@ static void memdedup_settings_set_u32(Object *obj, Visitor *v,
     memdedup_settings_apply(s);
 }
 
+/* A clean exit gives the board slot back at once (no need to age out). */
+static void memdedup_board_exit(Notifier *n, void *data)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+
+    if (engine->board) {
+        memdedup_board_release(engine->board);
+    }
+}
+
+static Notifier memdedup_board_exit_notifier = {
+    .notify = memdedup_board_exit,
+};
+
+/*
+ * Open the cross-VM board, if configured.  Its key seeds the
+ * fingerprints, so this must happen before the first pass: on the
+ * command line, or with object-add before any backend was scanned.
+ */
+static bool memdedup_settings_join_board(MemdedupSettings *s, Error **errp)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+    MemdedupBoard *board;
+    Error *local_err = NULL;
+
+    board = memdedup_board_complete(s->board, &local_err);
+    if (local_err) {
+        error_propagate(errp, local_err);
+        return false;
+    }
+    if (!board) {
+        return true;
+    }
+    qemu_mutex_lock(&engine->lock);
+    if (engine->passes_completed || engine->state == MEMDEDUP_STATE_SCANNING) {
+        qemu_mutex_unlock(&engine->lock);
+        memdedup_board_close(board);
+        error_setg(errp, "property 'board' of %s: the board must be joined "
+                   "before the first scan pass (create the %s object on "
+                   "the command line)", TYPE_MEMDEDUP, TYPE_MEMDEDUP);
+        return false;
+    }
+    engine->board = board;
+    engine->seed = memdedup_board_seed(board);
+    engine->board_dirty = true;
+    qemu_mutex_unlock(&engine->lock);
+    qemu_add_exit_notifier(&memdedup_board_exit_notifier);
+    return true;
+}
+
 static void memdedup_settings_complete(UserCreatable *uc, Error **errp)
 {
     MemdedupSettings *s = MEMDEDUP(uc);
@@ -1687,6 +1925,12 @@ static void memdedup_settings_complete(UserCreatable *uc, Error **errp)
     }
     engine->settings_object = true;
     qemu_mutex_unlock(&engine->lock);
+    if (!memdedup_settings_join_board(s, errp)) {
+        qemu_mutex_lock(&engine->lock);
+        engine->settings_object = false;
+        qemu_mutex_unlock(&engine->lock);
+        return;
+    }
     s->complete = true;
     memdedup_settings_apply(s);
     /* On failure, finalize puts the engine back to its defaults. */
@@ -1708,11 +1952,27 @@ static void memdedup_settings_finalize(Object *obj)
     MemdedupEngine *engine = &memdedup_engine;
 
     memdedup_adopt_free(s->adopt);
+    memdedup_board_free(s->board);
     if (!s->complete) {
         return;
     }
     /* Back to the defaults. */
     QEMU_LOCK_GUARD(&engine->lock);
+    if (engine->board) {
+        /*
+         * Give the slot back now (QEMU deletes objects on exit, before
+         * the exit notifiers run).  The scanner may still be using the
+         * mapping: it closes it between passes.
+         */
+        memdedup_board_release(engine->board);
+        if (engine->thread_started) {
+            engine->board_retired = engine->board;
+        } else {
+            memdedup_board_close(engine->board);
+        }
+        engine->board = NULL;
+        notifier_remove(&memdedup_board_exit_notifier);
+    }
     engine->settings_object = false;
     engine->send_hints = false;
     engine->scan_rate = MEMDEDUP_SCAN_RATE_DEFAULT;
@@ -1753,6 +2013,7 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
         "Send the registered regions in the migration stream; the "
         "destination must run memdedup too (default off)");
     memdedup_adopt_class_init(oc, offsetof(MemdedupSettings, adopt));
+    memdedup_board_class_init(oc, offsetof(MemdedupSettings, board));
 }
 
 static const TypeInfo memdedup_settings_info = {

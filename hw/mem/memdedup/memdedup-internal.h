@@ -15,6 +15,8 @@
 #include "exec/ramlist.h"
 #include "sysemu/memdedup.h"
 
+typedef struct MemdedupBoard MemdedupBoard;
+
 /* Published per-block statistics; copied under MemdedupEngine.lock. */
 typedef struct MemdedupBlockStats {
     uint64_t resident_pages;
@@ -29,6 +31,9 @@ typedef struct MemdedupBlockStats {
     uint64_t huge_regions;
     uint64_t unmerge_refusals;
     uint64_t hinted_regions;            /* registered from migration hints */
+    uint64_t cross_vm_pages;            /* duplicated only in other VMs */
+    uint64_t cross_vm_regions;          /* wanted only for those */
+    int64_t cross_vm_merged_pages;      /* KSM pages there; -1: unknown */
     int64_t kernel_merged_pages;        /* -1: unavailable */
     int64_t kernel_merged_pages_exact;  /* -1: unavailable */
     uint64_t estimated_saving;          /* bytes */
@@ -97,6 +102,10 @@ typedef struct MemdedupEngine {
     bool send_hints;            /* migrate-hints: send regions to the dest */
     bool hints_pending;         /* some block has hints to apply */
     bool discards_pending;      /* some block has discarded regions */
+    MemdedupBoard *board;       /* the cross-VM board, or NULL */
+    MemdedupBoard *board_retired;  /* closed by the scanner thread */
+    bool board_dirty;           /* other VMs published: look up again */
+    uint64_t board_version;     /* of the others' slots, last looked up */
     char *paused_reason;        /* why paused, or NULL */
     bool incoming;              /* paused until the incoming migration ends */
     MemdedupState state;        /* idle, scanning or disabled */
@@ -158,6 +167,44 @@ void memdedup_scan_buffers_free(MemdedupScanBuffers *buf);
 bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
                           uint64_t region, MemdedupScanBuffers *buf,
                           uint64_t *bytes_hashed);
+
+/*
+ * board.c: the cross-VM fingerprint board (see there).
+ * The memdedup object's properties: memdedup_board_class_init adds them,
+ * their state a MemdedupBoardConfig pointer at @offset in the instance;
+ * memdedup_board_complete opens the board (NULL: none configured, or an
+ * error in @errp); memdedup_board_free drops the configuration.
+ * The board itself is used by the scanner thread only, except for
+ * memdedup_board_info (engine lock held) and memdedup_board_close.
+ */
+typedef struct MemdedupBoardConfig MemdedupBoardConfig;
+void memdedup_board_class_init(ObjectClass *oc, size_t offset);
+MemdedupBoard *memdedup_board_complete(MemdedupBoardConfig *cfg,
+                                       Error **errp);
+void memdedup_board_free(MemdedupBoardConfig *cfg);
+void memdedup_board_close(MemdedupBoard *b);
+uint64_t memdedup_board_seed(MemdedupBoard *b);
+/* Liveness: claim a slot if we have none; refresh our heartbeat. */
+void memdedup_board_heartbeat(MemdedupBoard *b);
+void memdedup_board_touch(MemdedupBoard *b);
+void memdedup_board_release(MemdedupBoard *b);
+/* Publish @pages fingerprints: begin, publish each, end. */
+bool memdedup_board_publish_begin(MemdedupBoard *b, uint64_t pages);
+void memdedup_board_publish(MemdedupBoard *b, uint32_t fp);
+void memdedup_board_publish_end(MemdedupBoard *b);
+/* Look up: begin (number of peers readable), lookups, end (false: torn). */
+uint32_t memdedup_board_lookup_begin(MemdedupBoard *b);
+bool memdedup_board_lookup(MemdedupBoard *b, uint32_t fp);
+bool memdedup_board_lookup_end(MemdedupBoard *b);
+/* Changes whenever another VM of our domain publishes, joins or leaves. */
+uint64_t memdedup_board_version(MemdedupBoard *b);
+MemdedupBoardInfo *memdedup_board_info(MemdedupBoard *b);
+bool memdedup_board_test_hook(const char *what);
+/* The filter logic, exposed for the unit test. */
+uint64_t memdedup_board_filter_bits(uint64_t slot_bytes);
+void memdedup_bloom_add(uint8_t *filter, uint64_t bits, uint32_t fp);
+bool memdedup_bloom_test(const uint8_t *filter, uint64_t bits, uint32_t fp);
+uint32_t memdedup_board_threshold(uint64_t pages, uint64_t filter_bits);
 
 /* The engine singleton (engine.c). */
 extern MemdedupEngine memdedup_engine;

@@ -83,6 +83,35 @@ static void hmp_info_memdedup_numa(Monitor *mon, MemdedupInfo *info)
     }
 }
 
+/* The cross-VM board, and what each backend found through it. */
+static void hmp_info_memdedup_board(Monitor *mon, MemdedupInfo *info)
+{
+    MemdedupBoardInfo *bd = info->board;
+    MemdedupBackendInfoList *l;
+
+    monitor_printf(mon, "board: %s, ", bd->path);
+    if (bd->joined) {
+        monitor_printf(mon, "slot %u of %u, %u peers, published %" PRIu64
+                       " pages (%u%%)\n", bd->slot, bd->slots, bd->peers,
+                       bd->published_pages, bd->published_fraction);
+    } else {
+        monitor_printf(mon, "full (%u slots): not publishing, no cross-VM "
+                       "view\n", bd->slots);
+    }
+    for (l = info->backends; l; l = l->next) {
+        MemdedupBackendInfo *b = l->value;
+        g_autofree char *merged = b->has_cross_vm_merged_pages ?
+            g_strdup_printf("%.1f MiB", memdedup_mib(b->cross_vm_merged_pages,
+                                                     b->page_size)) :
+            g_strdup("n/a");
+
+        monitor_printf(mon, "  %s: cross-VM duplicates %.1f MiB, %" PRIu64
+                       " regions registered for them, merged there %s\n",
+                       b->id, memdedup_mib(b->cross_vm_pages, b->page_size),
+                       b->cross_vm_regions, merged);
+    }
+}
+
 void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
 {
     Error *err = NULL;
@@ -153,6 +182,9 @@ void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
         monitor_printf(mon, "\n");
     } else {
         monitor_printf(mon, "process KSM: unavailable\n");
+    }
+    if (info->board) {
+        hmp_info_memdedup_board(mon, info);
     }
     if (info->host_ksm) {
         MemdedupHostKsm *h = info->host_ksm;

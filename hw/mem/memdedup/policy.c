@@ -9,7 +9,8 @@
  * Pure decisions over region summaries; the engine applies them with
  * madvise.  Three rules:
  *  - a region is registered when the share of its resident pages that
- *    are duplicate or zero reaches the backend's threshold (targeted), or
+ *    are duplicate (here or, through the cross-VM board, in another VM)
+ *    or zero reaches the backend's threshold (targeted), or
  *    that are zero (zero-only); real guest memory is bimodal at 2 MiB, so
  *    a low threshold covers nearly every duplicate while skipping unique
  *    memory;
@@ -44,7 +45,7 @@ bool memdedup_region_wanted(const MemdedupParams *params,
     case MEMDEDUP_POLICY_ALL:
         return true;
     case MEMDEDUP_POLICY_TARGETED:
-        candidates = (uint64_t)r->zero + r->duplicate;
+        candidates = (uint64_t)r->zero + r->duplicate + r->cross_vm;
         break;
     case MEMDEDUP_POLICY_ZERO_ONLY:
         candidates = r->zero;

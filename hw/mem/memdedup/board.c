@@ -1,0 +1,830 @@
+/*
+ * memdedup: the cross-VM fingerprint board
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * One QEMU only sees its own guest; pages identical across VMs but
+ * unique inside each are never registered by targeted mode.  The QEMUs
+ * of a host share what they found through a board: a file (by default
+ * under /dev/shm) mapped shared by every engine that names it.  No
+ * memory content is shared, only keyed fingerprints:
+ *
+ *  - fingerprints are XXH3 with a seed derived from a key (a secret
+ *    object, "board-key"), so only engines holding the same key compute
+ *    comparable fingerprints; the key also yields a domain tag, and an
+ *    engine ignores slots whose tag differs from its own;
+ *  - the board has a fixed number of slots; an engine claims one and is
+ *    its only writer.  Its slot holds a Bloom filter of the fingerprints
+ *    of its resident, non-zero, non-volatile pages: 16 bits per page at
+ *    most (2 bytes per published page), rebuilt after every pass.  If the
+ *    filter is too small for all of them, only fingerprints below a
+ *    threshold are published (the same subset in every VM), and lookups
+ *    of fingerprints above another slot's threshold are not answered;
+ *  - a page of ours that no other page of ours duplicates, but that
+ *    some other live slot of our domain contains, is a cross-VM
+ *    duplicate and counts towards its region's registration;
+ *  - no locks: a writer makes its slot's sequence number odd while it
+ *    rewrites the filter and even when done; readers skip odd slots and
+ *    drop what they read if the number changed meanwhile.  A writer that
+ *    dies mid-update leaves its slot odd, so it is never read again;
+ *  - liveness: the owner refreshes a heartbeat every second; a slot
+ *    whose heartbeat is older than "board-timeout" is ignored by readers
+ *    and may be claimed by a new engine (compare-and-swap on its owner
+ *    token), so a dead publisher's entries age out and never wedge the
+ *    board.  A board with no free slot leaves the engine working alone,
+ *    and says so.
+ *
+ * The file is created with mode 0600; an existing one must be a regular
+ * file of ours that nobody else can access.
+ */
+
+#include "qemu/osdep.h"
+#include <sys/mman.h>
+#include "qemu/error-report.h"
+#include "qemu/cutils.h"
+#include "qemu/host-utils.h"
+#include "qemu/units.h"
+#include "qemu/atomic.h"
+#include "qemu/guest-random.h"
+#include "qapi/error.h"
+#include "qapi/visitor.h"
+#include "crypto/secret_common.h"
+#include "memdedup-internal.h"
+#include "trace.h"
+
+#define MEMDEDUP_BOARD_MAGIC    0x314452414f42444dull   /* "MDBOARD1" */
+#define MEMDEDUP_BOARD_VERSION  1
+#define MEMDEDUP_BOARD_HDR      4096        /* bytes before slot 0 */
+#define MEMDEDUP_SLOT_HDR       128         /* bytes before a filter */
+#define MEMDEDUP_BITS_PER_PAGE  16          /* at full capacity */
+#define MEMDEDUP_BOARD_HASHES   8
+#define MEMDEDUP_BOARD_DIR      "/dev/shm"
+
+#define MEMDEDUP_BOARD_SIZE_DEFAULT     (64 * MiB)
+#define MEMDEDUP_BOARD_SIZE_MIN         (64 * KiB)
+#define MEMDEDUP_BOARD_SIZE_MAX         (64 * GiB)
+#define MEMDEDUP_BOARD_SLOTS_DEFAULT    16
+#define MEMDEDUP_BOARD_SLOTS_MAX        1024
+#define MEMDEDUP_BOARD_TIMEOUT_DEFAULT  30000       /* ms */
+#define MEMDEDUP_BOARD_TIMEOUT_MIN      1000
+#define MEMDEDUP_BOARD_TIMEOUT_MAX      86400000
+
+typedef struct MemdedupBoardHeader {
+    uint64_t magic;             /* stored last by the creator */
+    uint32_t version;
+    uint32_t nr_slots;
+    uint64_t slot_bytes;        /* per slot, its header included */
+    uint64_t size;              /* of the file */
+} MemdedupBoardHeader;
+
+typedef struct MemdedupBoardSlot {
+    uint64_t owner;             /* token of the owner; 0: free */
+    uint64_t heartbeat;         /* owner's CLOCK_MONOTONIC, ns */
+    uint64_t seq;               /* odd while the filter is rewritten */
+    uint8_t domain[16];         /* tag of the owner's key */
+    uint32_t pid;               /* of the owner, for the operator */
+    uint32_t threshold;         /* fingerprints <= this are published */
+    uint64_t published;         /* fingerprints in the filter */
+    uint64_t filter_bits;       /* power of two */
+} MemdedupBoardSlot;
+
+QEMU_BUILD_BUG_ON(sizeof(MemdedupBoardHeader) > MEMDEDUP_BOARD_HDR);
+QEMU_BUILD_BUG_ON(sizeof(MemdedupBoardSlot) > MEMDEDUP_SLOT_HDR);
+
+/* The configuration, owned by the memdedup object. */
+struct MemdedupBoardConfig {
+    char *path;                 /* "board" */
+    char *key_id;               /* "board-key": a secret object's id */
+    uint64_t size;              /* "board-size", used when creating it */
+    uint32_t slots;             /* "board-slots", used when creating it */
+    uint32_t timeout;           /* "board-timeout", ms */
+    MemdedupBoard *board;       /* open, once complete */
+};
+
+struct MemdedupBoard {
+    char *path;
+    uint8_t *map;
+    uint64_t size;
+    uint32_t nr_slots;
+    uint64_t slot_bytes;
+    uint64_t timeout_ns;
+    uint64_t seed;              /* the engine's fingerprint seed */
+    uint8_t domain[16];
+    uint64_t token;
+    int slot;                   /* ours, or -1 (board full) */
+    bool full_warned;
+
+    /* Lookup: foreign slots readable when it began, and their seq. */
+    uint32_t nr_readable;
+    uint32_t *readable;
+    uint64_t *readable_seq;
+};
+
+static MemdedupBoardSlot *memdedup_slot(MemdedupBoard *b, uint32_t i)
+{
+    return (MemdedupBoardSlot *)(b->map + MEMDEDUP_BOARD_HDR +
+                                 i * b->slot_bytes);
+}
+
+static uint8_t *memdedup_slot_filter(MemdedupBoard *b, uint32_t i)
+{
+    return (uint8_t *)memdedup_slot(b, i) + MEMDEDUP_SLOT_HDR;
+}
+
+static uint64_t memdedup_now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+/* Bloom positions of a fingerprint: double hashing of a 64-bit mix. */
+static uint64_t memdedup_mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+uint64_t memdedup_board_filter_bits(uint64_t slot_bytes)
+{
+    uint64_t bytes = slot_bytes > MEMDEDUP_SLOT_HDR ?
+                     slot_bytes - MEMDEDUP_SLOT_HDR : 0;
+
+    return bytes >= 8 ? pow2floor(bytes) * 8 : 0;
+}
+
+void memdedup_bloom_add(uint8_t *filter, uint64_t bits, uint32_t fp)
+{
+    uint64_t h1 = memdedup_mix64(fp), h2 = memdedup_mix64(h1) | 1;
+    int i;
+
+    for (i = 0; i < MEMDEDUP_BOARD_HASHES; i++) {
+        uint64_t pos = (h1 + i * h2) & (bits - 1);
+        filter[pos / 8] |= 1 << (pos % 8);
+    }
+}
+
+bool memdedup_bloom_test(const uint8_t *filter, uint64_t bits, uint32_t fp)
+{
+    uint64_t h1 = memdedup_mix64(fp), h2 = memdedup_mix64(h1) | 1;
+    int i;
+
+    for (i = 0; i < MEMDEDUP_BOARD_HASHES; i++) {
+        uint64_t pos = (h1 + i * h2) & (bits - 1);
+        if (!(qatomic_read(&filter[pos / 8]) & (1 << (pos % 8)))) {
+            return false;
+        }
+    }
+    return true;
+}
+
+uint32_t memdedup_board_threshold(uint64_t pages, uint64_t filter_bits)
+{
+    uint64_t capacity = filter_bits / MEMDEDUP_BITS_PER_PAGE;
+
+    if (pages <= capacity) {
+        return UINT32_MAX;
+    }
+    return (uint32_t)((double)UINT32_MAX * capacity / pages);
+}
+
+/* Key material: the fingerprint seed and the domain tag. */
+static void memdedup_board_derive(const uint8_t *key, size_t len,
+                                  uint64_t *seed, uint8_t domain[16])
+{
+    g_autoptr(GChecksum) c = g_checksum_new(G_CHECKSUM_SHA256);
+    uint8_t digest[32];
+    gsize dlen = sizeof(digest);
+
+    g_checksum_update(c, (const guchar *)"memdedup-board-v1", 17);
+    g_checksum_update(c, key, len);
+    g_checksum_get_digest(c, digest, &dlen);
+    memcpy(seed, digest, sizeof(*seed));
+    memcpy(domain, digest + 16, 16);
+}
+
+static bool memdedup_slot_live(MemdedupBoard *b, MemdedupBoardSlot *s,
+                               uint64_t now)
+{
+    uint64_t hb = qatomic_read(&s->heartbeat);
+
+    return qatomic_read(&s->owner) && now - hb < b->timeout_ns;
+}
+
+/* Claim a free or dead slot; -1 if every slot is live. */
+static int memdedup_board_claim(MemdedupBoard *b)
+{
+    uint64_t now = memdedup_now_ns();
+    uint32_t i;
+
+    for (i = 0; i < b->nr_slots; i++) {
+        MemdedupBoardSlot *s = memdedup_slot(b, i);
+        uint64_t owner = qatomic_read(&s->owner);
+
+        if (owner && memdedup_slot_live(b, s, now)) {
+            continue;
+        }
+        /* Heartbeat first, so that a racing claimer sees it live. */
+        if (qatomic_cmpxchg(&s->owner, owner, b->token) != owner) {
+            continue;
+        }
+        qatomic_set(&s->heartbeat, now);
+        /* Odd: empty until our first publication. */
+        qatomic_set(&s->seq, (qatomic_read(&s->seq) | 1) + 2);
+        memcpy(s->domain, b->domain, sizeof(s->domain));
+        s->pid = getpid();
+        s->published = 0;
+        s->threshold = 0;
+        s->filter_bits = memdedup_board_filter_bits(b->slot_bytes);
+        smp_wmb();
+        trace_memdedup_board_slot(b->path, i, owner != 0);
+        return i;
+    }
+    return -1;
+}
+
+static int memdedup_board_map(MemdedupBoard *b, int fd, Error **errp)
+{
+    MemdedupBoardHeader *h;
+    struct stat st;
+    int tries;
+
+    /* The creator sizes it and stores the magic last. */
+    for (tries = 0; tries < 100; tries++) {
+        if (fstat(fd, &st) < 0) {
+            error_setg_errno(errp, errno, "board '%s'", b->path);
+            return -1;
+        }
+        if (st.st_size >= MEMDEDUP_BOARD_HDR) {
+            break;
+        }
+        g_usleep(10000);
+    }
+    if (st.st_size < MEMDEDUP_BOARD_HDR) {
+        error_setg(errp, "board '%s' is not a memdedup board (%" PRId64
+                   " bytes)", b->path, (int64_t)st.st_size);
+        return -1;
+    }
+    b->map = mmap(NULL, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (b->map == MAP_FAILED) {
+        b->map = NULL;
+        error_setg_errno(errp, errno, "cannot map board '%s'", b->path);
+        return -1;
+    }
+    b->size = st.st_size;
+    h = (MemdedupBoardHeader *)b->map;
+    for (tries = 0; tries < 100 &&
+         qatomic_load_acquire(&h->magic) != MEMDEDUP_BOARD_MAGIC; tries++) {
+        g_usleep(10000);
+    }
+    if (qatomic_load_acquire(&h->magic) != MEMDEDUP_BOARD_MAGIC ||
+        h->version != MEMDEDUP_BOARD_VERSION || h->size != b->size ||
+        !h->nr_slots || h->nr_slots > MEMDEDUP_BOARD_SLOTS_MAX ||
+        h->slot_bytes <= MEMDEDUP_SLOT_HDR ||
+        h->slot_bytes > (b->size - MEMDEDUP_BOARD_HDR) / h->nr_slots) {
+        error_setg(errp, "board '%s' is not a memdedup board of version %d",
+                   b->path, MEMDEDUP_BOARD_VERSION);
+        return -1;
+    }
+    b->nr_slots = h->nr_slots;
+    b->slot_bytes = h->slot_bytes;
+    return 0;
+}
+
+static char *memdedup_board_path(const char *name)
+{
+    return strchr(name, '/') ? g_strdup(name) :
+           g_build_filename(MEMDEDUP_BOARD_DIR, name, NULL);
+}
+
+static MemdedupBoard *memdedup_board_open(MemdedupBoardConfig *cfg,
+                                          Error **errp)
+{
+    g_autofree uint8_t *key = NULL;
+    MemdedupBoard *b;
+    size_t key_len;
+    struct stat st;
+    int fd;
+
+    if (!cfg->key_id) {
+        error_setg(errp, "property 'board' of %s needs 'board-key', the id "
+                   "of a secret object shared by the VMs of one trust "
+                   "domain", TYPE_MEMDEDUP);
+        return NULL;
+    }
+    if (qcrypto_secret_lookup(cfg->key_id, &key, &key_len, errp) < 0) {
+        error_prepend(errp, "property 'board-key' of %s: ", TYPE_MEMDEDUP);
+        return NULL;
+    }
+    if (key_len < 8) {
+        error_setg(errp, "property 'board-key' of %s: the secret '%s' must "
+                   "hold at least 8 bytes", TYPE_MEMDEDUP, cfg->key_id);
+        return NULL;
+    }
+
+    b = g_new0(MemdedupBoard, 1);
+    b->path = memdedup_board_path(cfg->path);
+    b->timeout_ns = cfg->timeout * 1000000ull;
+    b->slot = -1;
+    memdedup_board_derive(key, key_len, &b->seed, b->domain);
+    do {
+        qemu_guest_getrandom_nofail(&b->token, sizeof(b->token));
+    } while (!b->token);
+
+    fd = open(b->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
+              0600);
+    if (fd >= 0) {
+        /* Ours to lay out: slots of equal size, magic last. */
+        uint64_t slot_bytes = (cfg->size - MEMDEDUP_BOARD_HDR) / cfg->slots;
+        MemdedupBoardHeader *h;
+
+        slot_bytes = MEMDEDUP_SLOT_HDR +
+                     memdedup_board_filter_bits(slot_bytes) / 8;
+        if (ftruncate(fd, cfg->size) < 0) {
+            error_setg_errno(errp, errno, "cannot size board '%s'", b->path);
+            unlink(b->path);
+            goto fail;
+        }
+        b->map = mmap(NULL, cfg->size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                      fd, 0);
+        if (b->map == MAP_FAILED) {
+            b->map = NULL;
+            error_setg_errno(errp, errno, "cannot map board '%s'", b->path);
+            unlink(b->path);
+            goto fail;
+        }
+        b->size = cfg->size;
+        b->nr_slots = cfg->slots;
+        b->slot_bytes = slot_bytes;
+        h = (MemdedupBoardHeader *)b->map;
+        h->version = MEMDEDUP_BOARD_VERSION;
+        h->nr_slots = b->nr_slots;
+        h->slot_bytes = b->slot_bytes;
+        h->size = b->size;
+        qatomic_store_release(&h->magic, MEMDEDUP_BOARD_MAGIC);
+        trace_memdedup_board_created(b->path, b->size, b->nr_slots);
+    } else if (errno == EEXIST) {
+        fd = open(b->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0) {
+            error_setg_errno(errp, errno, "cannot open board '%s'", b->path);
+            goto fail;
+        }
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+            st.st_uid != geteuid() || (st.st_mode & 077)) {
+            error_setg(errp, "board '%s' must be a regular file owned by "
+                       "this user and accessible to nobody else (mode 0600)",
+                       b->path);
+            goto fail;
+        }
+        if (memdedup_board_map(b, fd, errp) < 0) {
+            goto fail;
+        }
+    } else {
+        error_setg_errno(errp, errno, "cannot create board '%s'", b->path);
+        goto fail;
+    }
+    close(fd);
+    fd = -1;
+
+    b->readable = g_new(uint32_t, b->nr_slots);
+    b->readable_seq = g_new(uint64_t, b->nr_slots);
+    b->slot = memdedup_board_claim(b);
+    if (b->slot < 0) {
+        warn_report("memdedup: board '%s' is full (%u slots in use): this "
+                    "VM neither publishes nor looks up cross-VM duplicates "
+                    "until a slot frees up", b->path, b->nr_slots);
+        b->full_warned = true;
+    }
+    return b;
+
+fail:
+    if (fd >= 0) {
+        close(fd);
+    }
+    memdedup_board_close(b);
+    return NULL;
+}
+
+void memdedup_board_close(MemdedupBoard *b)
+{
+    if (!b) {
+        return;
+    }
+    if (b->map) {
+        memdedup_board_release(b);
+        munmap(b->map, b->size);
+    }
+    g_free(b->readable);
+    g_free(b->readable_seq);
+    g_free(b->path);
+    g_free(b);
+}
+
+uint64_t memdedup_board_seed(MemdedupBoard *b)
+{
+    return b->seed;
+}
+
+/* Still ours?  A stalled engine may have lost its slot to a new one. */
+static bool memdedup_board_own(MemdedupBoard *b)
+{
+    if (b->slot < 0) {
+        return false;
+    }
+    if (qatomic_read(&memdedup_slot(b, b->slot)->owner) != b->token) {
+        warn_report("memdedup: board '%s': slot %d was taken over after "
+                    "this VM missed its heartbeats; claiming another",
+                    b->path, b->slot);
+        b->slot = -1;
+        return false;
+    }
+    return true;
+}
+
+void memdedup_board_heartbeat(MemdedupBoard *b)
+{
+    if (!memdedup_board_own(b)) {
+        b->slot = memdedup_board_claim(b);
+        if (b->slot < 0) {
+            return;
+        }
+        if (b->full_warned) {
+            info_report("memdedup: board '%s': got slot %d", b->path,
+                        b->slot);
+            b->full_warned = false;
+        }
+    }
+    qatomic_set(&memdedup_slot(b, b->slot)->heartbeat, memdedup_now_ns());
+}
+
+void memdedup_board_touch(MemdedupBoard *b)
+{
+    int slot = qatomic_read(&b->slot);
+
+    if (slot >= 0 &&
+        qatomic_read(&memdedup_slot(b, slot)->owner) == b->token) {
+        qatomic_set(&memdedup_slot(b, slot)->heartbeat, memdedup_now_ns());
+    }
+}
+
+/* Give the slot back: unreadable first, then free.  Any thread. */
+void memdedup_board_release(MemdedupBoard *b)
+{
+    int slot = qatomic_xchg(&b->slot, -1);
+    MemdedupBoardSlot *s;
+
+    if (slot < 0) {
+        return;
+    }
+    s = memdedup_slot(b, slot);
+    qatomic_set(&s->seq, qatomic_read(&s->seq) | 1);
+    smp_wmb();
+    qatomic_cmpxchg(&s->owner, b->token, 0);
+}
+
+/*
+ * Publication: begin (counting what will be published decides the
+ * threshold), add each fingerprint, end.  Scanner thread.
+ */
+bool memdedup_board_publish_begin(MemdedupBoard *b, uint64_t pages)
+{
+    MemdedupBoardSlot *s;
+    uint64_t seq;
+
+    if (!memdedup_board_own(b)) {
+        return false;
+    }
+    s = memdedup_slot(b, b->slot);
+    seq = qatomic_read(&s->seq);
+    qatomic_set(&s->seq, seq | 1);
+    smp_wmb();
+    s->threshold = memdedup_board_threshold(pages, s->filter_bits);
+    memset(memdedup_slot_filter(b, b->slot), 0, s->filter_bits / 8);
+    s->published = 0;
+    return true;
+}
+
+void memdedup_board_publish(MemdedupBoard *b, uint32_t fp)
+{
+    MemdedupBoardSlot *s = memdedup_slot(b, b->slot);
+
+    if (fp <= s->threshold) {
+        memdedup_bloom_add(memdedup_slot_filter(b, b->slot), s->filter_bits,
+                           fp);
+        s->published++;
+    }
+}
+
+void memdedup_board_publish_end(MemdedupBoard *b)
+{
+    MemdedupBoardSlot *s;
+
+    if (b->slot < 0) {
+        return;
+    }
+    s = memdedup_slot(b, b->slot);
+    if (memdedup_board_test_hook("stall-publish")) {
+        /* For tests: die here and the slot stays odd. */
+        g_usleep(3600ull * G_USEC_PER_SEC);
+    }
+    smp_wmb();
+    qatomic_set(&s->seq, (qatomic_read(&s->seq) | 1) + 1);
+    qatomic_set(&s->heartbeat, memdedup_now_ns());
+    trace_memdedup_board_published(b->path, b->slot, s->published,
+                                   s->threshold);
+}
+
+/* Lookup: begin, any number of lookups, end (false: some slot changed). */
+uint32_t memdedup_board_lookup_begin(MemdedupBoard *b)
+{
+    uint64_t now = memdedup_now_ns();
+    uint32_t i;
+
+    b->nr_readable = 0;
+    if (!memdedup_board_own(b)) {
+        return 0;               /* not on the board: no cross-VM view */
+    }
+    for (i = 0; i < b->nr_slots; i++) {
+        MemdedupBoardSlot *s = memdedup_slot(b, i);
+        uint64_t seq;
+
+        if (i == b->slot || !memdedup_slot_live(b, s, now)) {
+            continue;
+        }
+        seq = qatomic_read(&s->seq);
+        smp_rmb();
+        if ((seq & 1) || memcmp(s->domain, b->domain, sizeof(b->domain)) ||
+            s->filter_bits != memdedup_board_filter_bits(b->slot_bytes)) {
+            continue;
+        }
+        b->readable[b->nr_readable] = i;
+        b->readable_seq[b->nr_readable++] = seq;
+    }
+    return b->nr_readable;
+}
+
+bool memdedup_board_lookup(MemdedupBoard *b, uint32_t fp)
+{
+    uint32_t i;
+
+    for (i = 0; i < b->nr_readable; i++) {
+        MemdedupBoardSlot *s = memdedup_slot(b, b->readable[i]);
+
+        if (fp <= s->threshold &&
+            memdedup_bloom_test(memdedup_slot_filter(b, b->readable[i]),
+                                s->filter_bits, fp)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool memdedup_board_lookup_end(MemdedupBoard *b)
+{
+    bool intact = true;
+    uint32_t i;
+
+    smp_rmb();
+    for (i = 0; i < b->nr_readable; i++) {
+        if (qatomic_read(&memdedup_slot(b, b->readable[i])->seq) !=
+            b->readable_seq[i]) {
+            intact = false;
+        }
+    }
+    return intact;
+}
+
+/* Sum of the readable foreign slots' sequence numbers: changes when any
+ * other VM publishes, joins or leaves. */
+uint64_t memdedup_board_version(MemdedupBoard *b)
+{
+    uint64_t now = memdedup_now_ns(), v = 0;
+    uint32_t i;
+
+    for (i = 0; i < b->nr_slots; i++) {
+        MemdedupBoardSlot *s = memdedup_slot(b, i);
+
+        if (i != b->slot && memdedup_slot_live(b, s, now) &&
+            !memcmp(s->domain, b->domain, sizeof(b->domain))) {
+            v += qatomic_read(&s->seq) * (i + 1);
+        }
+    }
+    return v;
+}
+
+MemdedupBoardInfo *memdedup_board_info(MemdedupBoard *b)
+{
+    MemdedupBoardInfo *info = g_new0(MemdedupBoardInfo, 1);
+    uint64_t now = memdedup_now_ns();
+    uint32_t i;
+
+    info->path = g_strdup(b->path);
+    info->slots = b->nr_slots;
+    info->bytes_per_slot = b->slot_bytes;
+    info->joined = memdedup_board_own(b);
+    if (info->joined) {
+        MemdedupBoardSlot *s = memdedup_slot(b, b->slot);
+
+        info->has_slot = true;
+        info->slot = b->slot;
+        info->published_pages = s->published;
+        info->published_fraction = s->threshold == UINT32_MAX ? 100 :
+            (uint8_t)((uint64_t)s->threshold * 100 / UINT32_MAX);
+    }
+    for (i = 0; i < b->nr_slots; i++) {
+        MemdedupBoardSlot *s = memdedup_slot(b, i);
+
+        if (i != b->slot && memdedup_slot_live(b, s, now) &&
+            !memcmp(s->domain, b->domain, sizeof(b->domain))) {
+            info->peers++;
+        }
+    }
+    return info;
+}
+
+bool memdedup_board_test_hook(const char *what)
+{
+    const char *hook = getenv("QEMU_MEMDEDUP_BOARD_TEST");
+
+    return hook && !strcmp(hook, what);
+}
+
+/* ------------------------------------------------------------------ */
+/* The memdedup object's board properties                              */
+/* ------------------------------------------------------------------ */
+
+static MemdedupBoardConfig *memdedup_board_cfg(Object *obj, void *opaque)
+{
+    MemdedupBoardConfig **cfg = (MemdedupBoardConfig **)((char *)obj +
+                                                         (uintptr_t)opaque);
+
+    if (!*cfg) {
+        *cfg = g_new0(MemdedupBoardConfig, 1);
+        (*cfg)->size = MEMDEDUP_BOARD_SIZE_DEFAULT;
+        (*cfg)->slots = MEMDEDUP_BOARD_SLOTS_DEFAULT;
+        (*cfg)->timeout = MEMDEDUP_BOARD_TIMEOUT_DEFAULT;
+    }
+    return *cfg;
+}
+
+static bool memdedup_board_settable(Object *obj, void *opaque,
+                                    const char *name, Error **errp)
+{
+    if (memdedup_board_cfg(obj, opaque)->board) {
+        error_setg(errp, "property '%s' of %s cannot be changed once the "
+                   "board is open", name, TYPE_MEMDEDUP);
+        return false;
+    }
+    return true;
+}
+
+static void memdedup_board_get_str(Object *obj, Visitor *v, const char *name,
+                                   void *opaque, Error **errp)
+{
+    MemdedupBoardConfig *cfg = memdedup_board_cfg(obj, opaque);
+    char *value = g_strdup(!strcmp(name, "board") ? cfg->path : cfg->key_id);
+
+    if (!value) {
+        value = g_strdup("");
+    }
+    visit_type_str(v, name, &value, errp);
+    g_free(value);
+}
+
+static void memdedup_board_set_str(Object *obj, Visitor *v, const char *name,
+                                   void *opaque, Error **errp)
+{
+    MemdedupBoardConfig *cfg = memdedup_board_cfg(obj, opaque);
+    char *value;
+
+    if (!memdedup_board_settable(obj, opaque, name, errp) ||
+        !visit_type_str(v, name, &value, errp)) {
+        return;
+    }
+    if (!*value || strlen(value) >= PATH_MAX) {
+        error_setg(errp, "property '%s' of %s must not be empty or longer "
+                   "than a path", name, TYPE_MEMDEDUP);
+        g_free(value);
+        return;
+    }
+    if (!strcmp(name, "board")) {
+        g_free(cfg->path);
+        cfg->path = value;
+    } else {
+        g_free(cfg->key_id);
+        cfg->key_id = value;
+    }
+}
+
+static void memdedup_board_get_num(Object *obj, Visitor *v, const char *name,
+                                   void *opaque, Error **errp)
+{
+    MemdedupBoardConfig *cfg = memdedup_board_cfg(obj, opaque);
+    uint64_t value = !strcmp(name, "board-size") ? cfg->size :
+                     !strcmp(name, "board-slots") ? cfg->slots : cfg->timeout;
+
+    visit_type_size(v, name, &value, errp);
+}
+
+static void memdedup_board_set_num(Object *obj, Visitor *v, const char *name,
+                                   void *opaque, Error **errp)
+{
+    MemdedupBoardConfig *cfg = memdedup_board_cfg(obj, opaque);
+    uint64_t value, min, max;
+
+    if (!memdedup_board_settable(obj, opaque, name, errp) ||
+        !visit_type_size(v, name, &value, errp)) {
+        return;
+    }
+    if (!strcmp(name, "board-size")) {
+        min = MEMDEDUP_BOARD_SIZE_MIN;
+        max = MEMDEDUP_BOARD_SIZE_MAX;
+    } else if (!strcmp(name, "board-slots")) {
+        min = 2;
+        max = MEMDEDUP_BOARD_SLOTS_MAX;
+    } else {
+        min = MEMDEDUP_BOARD_TIMEOUT_MIN;
+        max = MEMDEDUP_BOARD_TIMEOUT_MAX;
+    }
+    if (value < min || value > max) {
+        error_setg(errp, "property '%s' of %s must be between %" PRIu64
+                   " and %" PRIu64 ", not %" PRIu64, name, TYPE_MEMDEDUP,
+                   min, max, value);
+        return;
+    }
+    if (!strcmp(name, "board-size")) {
+        cfg->size = value;
+    } else if (!strcmp(name, "board-slots")) {
+        cfg->slots = value;
+    } else {
+        cfg->timeout = value;
+    }
+}
+
+void memdedup_board_class_init(ObjectClass *oc, size_t offset)
+{
+    void *opaque = (void *)offset;
+
+    object_class_property_add(oc, "board", "str", memdedup_board_get_str,
+                              memdedup_board_set_str, NULL, opaque);
+    object_class_property_set_description(oc, "board",
+        "Cross-VM fingerprint board: a file name under /dev/shm or a path, "
+        "shared by the VMs of one trust domain (default: none)");
+    object_class_property_add(oc, "board-key", "str", memdedup_board_get_str,
+                              memdedup_board_set_str, NULL, opaque);
+    object_class_property_set_description(oc, "board-key",
+        "Id of the secret object that keys the board's fingerprints");
+    object_class_property_add(oc, "board-size", "size", memdedup_board_get_num,
+                              memdedup_board_set_num, NULL, opaque);
+    object_class_property_set_description(oc, "board-size",
+        "Size of the board file when this VM creates it (default 64M)");
+    object_class_property_add(oc, "board-slots", "uint32",
+                              memdedup_board_get_num, memdedup_board_set_num,
+                              NULL, opaque);
+    object_class_property_set_description(oc, "board-slots",
+        "VMs the board holds when this VM creates it, 2-1024 (default 16)");
+    object_class_property_add(oc, "board-timeout", "uint32",
+                              memdedup_board_get_num, memdedup_board_set_num,
+                              NULL, opaque);
+    object_class_property_set_description(oc, "board-timeout",
+        "Milliseconds without a heartbeat after which a VM's entries age "
+        "out, 1000-86400000 (default 30000)");
+}
+
+MemdedupBoard *memdedup_board_complete(MemdedupBoardConfig *cfg,
+                                       Error **errp)
+{
+    if (!cfg || !cfg->path) {
+        if (cfg && cfg->key_id) {
+            error_setg(errp, "property 'board-key' of %s needs 'board'",
+                       TYPE_MEMDEDUP);
+        }
+        return NULL;
+    }
+    if (cfg->size < MEMDEDUP_BOARD_HDR + cfg->slots *
+                    (MEMDEDUP_SLOT_HDR + 8)) {
+        error_setg(errp, "property 'board-size' of %s: %" PRIu64 " bytes "
+                   "cannot hold %u slots", TYPE_MEMDEDUP, cfg->size,
+                   cfg->slots);
+        return NULL;
+    }
+    cfg->board = memdedup_board_open(cfg, errp);
+    return cfg->board;
+}
+
+void memdedup_board_free(MemdedupBoardConfig *cfg)
+{
+    if (!cfg) {
+        return;
+    }
+    /* The engine stopped using the board (memdedup_engine_set_board). */
+    g_free(cfg->path);
+    g_free(cfg->key_id);
+    g_free(cfg);
+}
