@@ -202,6 +202,42 @@ bool memdedup_parse_smaps_ksm(const char *text, uint64_t start, uint64_t end,
                               uint64_t *ksm_bytes, uint64_t *mergeable_vmas,
                               uint64_t *mergeable_bytes);
 
+/*
+ * The VMAs of /proc/self/smaps, parsed once, so that many ranges can be
+ * looked up without parsing the text again (a backend may have a
+ * thousand registered ranges, the process several thousand VMAs).
+ */
+typedef struct MemdedupSmapsVma {
+    uint64_t start;             /* address of the first byte */
+    uint64_t end;               /* address after the last byte */
+    uint64_t ksm_bytes;         /* the "KSM:" line, at most the VMA's size */
+    bool mergeable;             /* VmFlags has "mg" */
+} MemdedupSmapsVma;
+
+typedef struct MemdedupSmapsView {
+    bool read;                  /* memdedup_smaps_view_read was called */
+    bool has_ksm;               /* the text has "KSM:" lines at all */
+    GArray *vmas;               /* MemdedupSmapsVma, by address; or NULL */
+} MemdedupSmapsView;
+
+/* Parse smaps text @text into @view (replacing what it held). */
+void memdedup_smaps_view_parse(MemdedupSmapsView *view, const char *text);
+
+/* Read and parse /proc/self/smaps; false (empty view) if unreadable. */
+bool memdedup_smaps_view_read(MemdedupSmapsView *view);
+
+/*
+ * Over the VMAs of @view that lie inside [@start, @end): the KSM bytes,
+ * and the number and bytes of those that are mergeable.
+ */
+void memdedup_smaps_view_sum(const MemdedupSmapsView *view, uint64_t start,
+                             uint64_t end, uint64_t *ksm_bytes,
+                             uint64_t *mergeable_vmas,
+                             uint64_t *mergeable_bytes);
+
+void memdedup_smaps_view_clear(MemdedupSmapsView *view);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(MemdedupSmapsView, memdedup_smaps_view_clear)
+
 /* MemAvailable and MemTotal from /proc/meminfo text, in bytes. */
 bool memdedup_parse_meminfo(const char *text, uint64_t *mem_available,
                             uint64_t *mem_total);

@@ -411,24 +411,23 @@ static void memdedup_forget_discarded(MemdedupBlock *blk,
 }
 
 /*
- * Bytes in [@start, @end) that the kernel reports merged, from the text
- * of /proc/self/smaps; -1 if unknown.  @smaps is read on first use and
- * kept for the caller's later calls (the caller frees it).
+ * Bytes in [@start, @end) that the kernel reports merged, from
+ * /proc/self/smaps; -1 if unknown.  @smaps is read and parsed on first
+ * use and kept for the caller's later calls (the caller clears it): one
+ * parse however many ranges are looked up.
  */
-static int64_t memdedup_merged_bytes(char **smaps, uint64_t start,
-                                     uint64_t end)
+static int64_t memdedup_merged_bytes(MemdedupSmapsView *smaps,
+                                     uint64_t start, uint64_t end)
 {
     uint64_t ksm_bytes, vmas, mergeable;
 
-    if (!*smaps &&
-        !g_file_get_contents("/proc/self/smaps", smaps, NULL, NULL)) {
-        *smaps = NULL;
+    if (!smaps->read) {
+        memdedup_smaps_view_read(smaps);
+    }
+    if (!smaps->has_ksm) {
         return -1;
     }
-    if (!memdedup_parse_smaps_ksm(*smaps, start, end, &ksm_bytes, &vmas,
-                                  &mergeable)) {
-        return -1;
-    }
+    memdedup_smaps_view_sum(smaps, start, end, &ksm_bytes, &vmas, &mergeable);
     return ksm_bytes;
 }
 
@@ -438,7 +437,8 @@ static int64_t memdedup_merged_bytes(char **smaps, uint64_t start,
  * @smaps as for memdedup_merged_bytes.
  */
 static bool memdedup_unmerge_check(MemdedupBlock *blk, uint64_t start,
-                                   uint64_t end, bool force, char **smaps,
+                                   uint64_t end, bool force,
+                                   MemdedupSmapsView *smaps,
                                    uint64_t *merged, Error **errp)
 {
     uint64_t available, total;
@@ -467,7 +467,7 @@ bool memdedup_block_set_params(MemdedupBlock *blk, const MemdedupParams *params,
 {
     MemdedupEngine *engine = &memdedup_engine;
     MemdedupParams old;
-    g_autofree char *smaps = NULL;
+    g_auto(MemdedupSmapsView) smaps = { 0 };
     uint64_t merged;
 
     qemu_mutex_lock(&engine->lock);
@@ -659,7 +659,8 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
     uint64_t n = blk->nr_regions, i, j;
     g_autofree bool *wanted = g_new(bool, n);
     g_autofree bool *thp = g_new0(bool, n);
-    g_autofree char *smaps = NULL;  /* read once, if anything unmerges */
+    /* Read once, if anything unmerges. */
+    g_auto(MemdedupSmapsView) smaps = { 0 };
     uint64_t region_size = blk->pages_per_region * blk->page_size;
     uint64_t failures = qatomic_read(&blk->advise_failures);
     bool thp_allowed;
@@ -1014,22 +1015,21 @@ static void memdedup_count_registration(MemdedupBlock *blk,
 /* Kernel-merged pages of every managed block, from one smaps read. */
 static void memdedup_refresh_kernel_view(MemdedupEngine *engine)
 {
-    g_autofree char *smaps = NULL;
+    g_auto(MemdedupSmapsView) smaps = { 0 };
     MemdedupBlock *blk;
-    bool have_smaps;
 
-    have_smaps = g_file_get_contents("/proc/self/smaps", &smaps, NULL, NULL);
+    /* Parsed once, outside the lock; each block is a lookup. */
+    memdedup_smaps_view_read(&smaps);
 
-    /* The list only changes under the lock, and parsing text is quick. */
     QEMU_LOCK_GUARD(&engine->lock);
     QTAILQ_FOREACH(blk, &engine->blocks, next) {
         uint64_t start = (uintptr_t)blk->host, end = start + blk->size;
         uint64_t ksm_bytes, vmas, mergeable;
 
         blk->stats.kernel_merged_pages = -1;
-        if (have_smaps &&
-            memdedup_parse_smaps_ksm(smaps, start, end, &ksm_bytes, &vmas,
-                                     &mergeable)) {
+        if (smaps.has_ksm) {
+            memdedup_smaps_view_sum(&smaps, start, end, &ksm_bytes, &vmas,
+                                    &mergeable);
             blk->stats.kernel_merged_pages = ksm_bytes / blk->page_size;
         }
     }

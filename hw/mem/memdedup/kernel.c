@@ -153,59 +153,148 @@ bool memdedup_read_meminfo(uint64_t *mem_available, uint64_t *mem_total)
     return memdedup_parse_meminfo(text, mem_available, mem_total);
 }
 
-bool memdedup_parse_smaps_ksm(const char *text, uint64_t start, uint64_t end,
-                              uint64_t *ksm_bytes, uint64_t *mergeable_vmas,
-                              uint64_t *mergeable_bytes)
+/* "start-end " at the start of @line, both hexadecimal, no blanks. */
+static bool memdedup_parse_vma_header(const char *line, uint64_t *start,
+                                      uint64_t *end)
+{
+    const char *p;
+
+    if (!g_ascii_isxdigit(line[0]) ||
+        qemu_strtou64(line, &p, 16, start) || *p != '-' ||
+        !g_ascii_isxdigit(p[1]) ||
+        qemu_strtou64(p + 1, &p, 16, end) || *p != ' ') {
+        return false;
+    }
+    return true;
+}
+
+static int memdedup_smaps_vma_cmp(gconstpointer a, gconstpointer b)
+{
+    const MemdedupSmapsVma *va = a, *vb = b;
+
+    return va->start < vb->start ? -1 : va->start > vb->start;
+}
+
+void memdedup_smaps_view_parse(MemdedupSmapsView *view, const char *text)
 {
     const char *line = text;
-    bool inside = false, seen_ksm = false;
-    uint64_t vma_start = 0, vma_end = 0;
+    MemdedupSmapsVma vma = { 0 };
+    bool in_vma = false;
 
-    *ksm_bytes = 0;
-    *mergeable_vmas = 0;
-    *mergeable_bytes = 0;
+    memdedup_smaps_view_clear(view);
+    view->vmas = g_array_new(false, false, sizeof(MemdedupSmapsVma));
 
     while (line && *line) {
         const char *next = strchr(line, '\n');
-        unsigned long long s, e;
+        uint64_t s, e;
         int64_t kb;
 
         /*
-         * A VMA header: "start-end perms offset dev inode [path]", the
-         * address a hex digit at the start of the line (sscanf alone
-         * would skip a newline and read the next line).
+         * A VMA header: "start-end perms offset dev inode [path]".  Not
+         * sscanf: it takes the length of the whole remaining text on
+         * every call, which made parsing quadratic in the number of VMAs.
          */
-        if (g_ascii_isxdigit(*line) &&
-            sscanf(line, "%llx-%llx ", &s, &e) == 2 && strchr(line, ' ') &&
-            strchr(line, '-') < strchr(line, ' ')) {
-            vma_start = s;
-            vma_end = e;
-            /* A malformed range is no VMA of ours. */
-            inside = vma_start < vma_end && vma_start >= start &&
-                     vma_end <= end;
-        } else if (!strncmp(line, "KSM:", 4)) {
-            seen_ksm = true;
-            /* The kernel never reports more than the VMA's size. */
-            if (inside && memdedup_find_field(line, "KSM", &kb) && kb > 0) {
-                *ksm_bytes += MIN((uint64_t)kb, (vma_end - vma_start) / KiB) *
-                              KiB;
+        if (memdedup_parse_vma_header(line, &s, &e)) {
+            if (in_vma) {
+                g_array_append_val(view->vmas, vma);
             }
-        } else if (!strncmp(line, "VmFlags:", 8) && inside) {
+            /* A malformed range is no VMA: its lines are ignored. */
+            in_vma = s < e;
+            vma = (MemdedupSmapsVma) { .start = s, .end = e };
+        } else if (!strncmp(line, "KSM:", 4)) {
+            view->has_ksm = true;
+            /* The kernel never reports more than the VMA's size. */
+            if (in_vma && memdedup_find_field(line, "KSM", &kb) && kb > 0) {
+                vma.ksm_bytes = MIN((uint64_t)kb, (vma.end - vma.start) / KiB) *
+                                KiB;
+            }
+        } else if (!strncmp(line, "VmFlags:", 8) && in_vma) {
             /* Flags are two-letter words; "mg" is VM_MERGEABLE. */
             const char *end_of_line = next ? next : line + strlen(line);
             const char *p;
             for (p = line + 8; p + 2 <= end_of_line; p++) {
                 if (p[0] == 'm' && p[1] == 'g' && p[-1] == ' ' &&
                     (p + 2 == end_of_line || p[2] == ' ')) {
-                    (*mergeable_vmas)++;
-                    *mergeable_bytes += vma_end - vma_start;
+                    vma.mergeable = true;
                     break;
                 }
             }
         }
         line = next ? next + 1 : NULL;
     }
-    return seen_ksm;
+    if (in_vma) {
+        g_array_append_val(view->vmas, vma);
+    }
+    /* The kernel lists VMAs in address order; any other text is sorted. */
+    g_array_sort(view->vmas, memdedup_smaps_vma_cmp);
+}
+
+bool memdedup_smaps_view_read(MemdedupSmapsView *view)
+{
+    g_autofree char *text = NULL;
+
+    memdedup_smaps_view_clear(view);
+    if (g_file_get_contents("/proc/self/smaps", &text, NULL, NULL)) {
+        memdedup_smaps_view_parse(view, text);
+    }
+    view->read = true;
+    return text != NULL;
+}
+
+void memdedup_smaps_view_sum(const MemdedupSmapsView *view, uint64_t start,
+                             uint64_t end, uint64_t *ksm_bytes,
+                             uint64_t *mergeable_vmas,
+                             uint64_t *mergeable_bytes)
+{
+    size_t lo = 0, hi = view->vmas ? view->vmas->len : 0, i;
+
+    *ksm_bytes = *mergeable_vmas = *mergeable_bytes = 0;
+    /* The first VMA that starts at or after @start. */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (g_array_index(view->vmas, MemdedupSmapsVma, mid).start < start) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    for (i = lo; view->vmas && i < view->vmas->len; i++) {
+        const MemdedupSmapsVma *vma = &g_array_index(view->vmas,
+                                                     MemdedupSmapsVma, i);
+
+        if (vma->start >= end) {
+            break;
+        }
+        if (vma->end > end) {
+            continue;
+        }
+        *ksm_bytes += vma->ksm_bytes;
+        if (vma->mergeable) {
+            (*mergeable_vmas)++;
+            *mergeable_bytes += vma->end - vma->start;
+        }
+    }
+}
+
+void memdedup_smaps_view_clear(MemdedupSmapsView *view)
+{
+    if (view->vmas) {
+        g_array_free(view->vmas, true);
+    }
+    *view = (MemdedupSmapsView) { 0 };
+}
+
+bool memdedup_parse_smaps_ksm(const char *text, uint64_t start, uint64_t end,
+                              uint64_t *ksm_bytes, uint64_t *mergeable_vmas,
+                              uint64_t *mergeable_bytes)
+{
+    g_auto(MemdedupSmapsView) view = { 0 };
+
+    memdedup_smaps_view_parse(&view, text);
+    memdedup_smaps_view_sum(&view, start, end, ksm_bytes, mergeable_vmas,
+                            mergeable_bytes);
+    return view.has_ksm;
 }
 
 int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
@@ -261,7 +350,8 @@ int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
  */
 typedef struct MemdedupMadviseFault {
     int err;                    /* errno to fail with, 0: none */
-    int64_t remaining;          /* calls still to fail; -1: all */
+    bool always;                /* fail every call */
+    int64_t remaining;          /* else: calls still to fail (may go < 0) */
 } MemdedupMadviseFault;
 
 static MemdedupMadviseFault memdedup_madvise_fault;
@@ -278,7 +368,7 @@ static gpointer memdedup_madvise_fault_init(gpointer data)
     const char *spec = g_getenv("QEMU_MEMDEDUP_MADVISE_FAULT");
     size_t i;
 
-    memdedup_madvise_fault.remaining = -1;
+    memdedup_madvise_fault.always = true;
     for (i = 0; spec && i < ARRAY_SIZE(names); i++) {
         size_t len = strlen(names[i].name);
         uint64_t count;
@@ -289,6 +379,7 @@ static gpointer memdedup_madvise_fault_init(gpointer data)
         if (spec[len] == ':' &&
             qemu_strtou64(spec + len + 1, NULL, 10, &count) == 0 &&
             count <= INT64_MAX) {
+            memdedup_madvise_fault.always = false;
             memdedup_madvise_fault.remaining = count;
         } else if (spec[len]) {
             break;
@@ -306,8 +397,7 @@ int memdedup_madvise(void *addr, size_t len, int advice)
     g_once(&once, memdedup_madvise_fault_init, NULL);
     if (fault->err &&
         (advice == MADV_MERGEABLE || advice == MADV_UNMERGEABLE) &&
-        (qatomic_read(&fault->remaining) < 0 ||
-         qatomic_fetch_dec(&fault->remaining) > 0)) {
+        (fault->always || qatomic_fetch_dec(&fault->remaining) > 0)) {
         errno = fault->err;
         return -1;
     }
