@@ -313,7 +313,7 @@ int memdedup_numa_one_node(void *opaque, unsigned long count, void **pages,
 uint64_t memdedup_numa_place_pages(MemdedupPlacementFn fn, void *opaque,
                                    uint8_t *base, uint64_t page_size,
                                    const bool *present, size_t n,
-                                   int16_t *nodes, void **addrs, int *status);
+                                   int8_t *nodes, void **addrs, int *status);
 
 /*
  * Parse a sysfs node list ("0", "0-3,8\n"): set bit i of @nodes (of
@@ -350,7 +350,7 @@ typedef struct MemdedupNumaIndex {
 /* The pages of one block as the index builder sees them. */
 typedef struct MemdedupNumaPages {
     const uint32_t *fps;        /* fingerprints (reserved values skipped) */
-    const int16_t *nodes;       /* host node of each page */
+    const int8_t *nodes;       /* host node of each page */
     uint64_t nr_pages;
 } MemdedupNumaPages;
 
@@ -413,7 +413,7 @@ void memdedup_numa_count(const MemdedupNumaIndex *idx,
  */
 bool memdedup_numa_count_merged(int pagemap_fd, int kpageflags_fd,
                                 uintptr_t start, uint64_t page_size,
-                                const int16_t *nodes, uint64_t nr_pages,
+                                const int8_t *nodes, uint64_t nr_pages,
                                 MemdedupNumaStats *stats);
 
 /* ------------------------------------------------------------------ */

@@ -464,7 +464,7 @@ static void test_numa_place_pages(void)
     uint8_t area[8 * PAGE];
     FakePlacement fake = { .base = area, .node = { 0, 0, 1, 1, 0, 1, 0, 1 } };
     bool present[8] = { true, true, true, false, true, true, true, true };
-    int16_t nodes[8];
+    int8_t nodes[8];
     void *addrs[8];
     int status[8];
     int i;
@@ -536,7 +536,7 @@ enum { FX = 100, FY, FW, FV, FU, FQ };
 typedef struct NumaFixture {
     uint8_t area[2][8 * PAGE];
     uint32_t fps[2][8];
-    int16_t nodes[2][8];
+    int8_t nodes[2][8];
     FakePlacement fake[2];
     MemdedupDupSet global;
     MemdedupNumaIndex idx;
@@ -778,7 +778,7 @@ static void test_numa_move_pages(void)
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     unsigned long online[BITS_TO_LONGS(MEMDEDUP_NUMA_NODES_MAX)];
     bool present[16];
-    int16_t nodes[16];
+    int8_t nodes[16];
     void *addrs[16];
     int status[16];
 

@@ -233,7 +233,7 @@ MemdedupBlock *memdedup_block_add(const char *id, void *host, uint64_t size,
         error_setg(errp, "memory-backend-ksm '%s': cannot allocate %" PRIu64
                    " MiB of memdedup metadata for its %" PRIu64 " GiB",
                    id, (blk->nr_pages * (sizeof(uint32_t) +
-                                         sizeof(int16_t)) +
+                                         sizeof(int8_t)) +
                         blk->nr_regions * sizeof(MemdedupRegion)) / MiB,
                    size / GiB);
         g_free(blk->fps);
@@ -1429,7 +1429,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         memdedup_count_registration(pb->blk, &stats[b]);
         registered += stats[b].registered_bytes;
         metadata += pb->blk->nr_pages * (sizeof(uint32_t) +
-                                         sizeof(int16_t)) +
+                                         sizeof(int8_t)) +
                     pb->blk->nr_regions * sizeof(MemdedupRegion);
     }
     metadata += engine->dupset.len * sizeof(uint32_t);

@@ -78,7 +78,7 @@ struct MemdedupBlock {
     uint32_t *fps;              /* nr_pages fingerprints */
     MemdedupRegion *regions;    /* nr_regions summaries */
     bool hinted;                /* registered from hints, not yet scanned */
-    int16_t *nodes;             /* nr_pages host nodes, or -1 (numa.c) */
+    int8_t *nodes;             /* nr_pages host nodes, or -1 (numa.c) */
 
     /* NUMA placement (numa-engine.c). */
     uint64_t rehomed_pages;     /* atomic: pages seen moving between nodes */

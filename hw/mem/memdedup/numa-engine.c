@@ -39,7 +39,7 @@ bool memdedup_numa_block_init(MemdedupBlock *blk)
 {
     uint64_t p;
 
-    blk->nodes = g_try_new(int16_t, blk->nr_pages);
+    blk->nodes = g_try_new(int8_t, blk->nr_pages);
     if (!blk->nodes) {
         return false;
     }

@@ -13,7 +13,7 @@
  *  - placement: while a region is hashed, move_pages(2) in query mode
  *    (nodes == NULL) gives the host node of each of its resident pages
  *    (on a host with one node, node 0 is known without asking),
- *    kept in one int16_t per page (2 bytes; with the 4-byte fingerprint
+ *    kept in one int8_t per page (1 byte; with the 4-byte fingerprint
  *    within the 8 bytes per page the design allows).  A page seen on
  *    another node than in the previous pass (NUMA balancing, migration
  *    between nodes, a changed binding) is counted as re-homed;
@@ -36,6 +36,7 @@
 #include "qemu/osdep.h"
 #include "qemu/bitmap.h"
 #include "qemu/ctype.h"
+#include "qemu/cutils.h"
 #include "sysemu/memdedup.h"
 #ifdef CONFIG_NUMA
 #include <numaif.h>
@@ -73,7 +74,7 @@ int memdedup_numa_one_node(void *opaque, unsigned long count, void **pages,
 uint64_t memdedup_numa_place_pages(MemdedupPlacementFn fn, void *opaque,
                                    uint8_t *base, uint64_t page_size,
                                    const bool *present, size_t n,
-                                   int16_t *nodes, void **addrs, int *status)
+                                   int8_t *nodes, void **addrs, int *status)
 {
     uint64_t rehomed = 0;
     size_t i, count = 0, k = 0;
@@ -87,10 +88,10 @@ uint64_t memdedup_numa_place_pages(MemdedupPlacementFn fn, void *opaque,
         count = 0;              /* nothing learned: all unknown */
     }
     for (i = 0; i < n; i++) {
-        int16_t node = MEMDEDUP_NODE_UNKNOWN;
+        int8_t node = MEMDEDUP_NODE_UNKNOWN;
 
         if (present[i]) {
-            if (k < count && status[k] >= 0 && status[k] <= INT16_MAX) {
+            if (k < count && status[k] >= 0 && status[k] <= INT8_MAX) {
                 node = status[k];
             }
             k++;
@@ -119,21 +120,16 @@ bool memdedup_parse_node_list(const char *text, unsigned long *nodes,
     }
     while (*p) {
         unsigned long first, last;
-        char *end;
 
-        if (!qemu_isdigit(*p)) {
+        if (!qemu_isdigit(*p) || qemu_strtoul(p, &p, 10, &first) < 0) {
             return false;
         }
-        first = strtoul(p, &end, 10);
         last = first;
-        p = end;
         if (*p == '-') {
             p++;
-            if (!qemu_isdigit(*p)) {
+            if (!qemu_isdigit(*p) || qemu_strtoul(p, &p, 10, &last) < 0) {
                 return false;
             }
-            last = strtoul(p, &end, 10);
-            p = end;
         }
         if (last < first || last >= max) {
             return false;
@@ -351,7 +347,7 @@ void memdedup_numa_count(const MemdedupNumaIndex *idx,
 
 bool memdedup_numa_count_merged(int pagemap_fd, int kpageflags_fd,
                                 uintptr_t start, uint64_t page_size,
-                                const int16_t *nodes, uint64_t nr_pages,
+                                const int8_t *nodes, uint64_t nr_pages,
                                 MemdedupNumaStats *stats)
 {
     const size_t batch = 4096;
@@ -374,7 +370,7 @@ bool memdedup_numa_count_merged(int pagemap_fd, int kpageflags_fd,
         }
         for (i = 0; i < n; i++) {
             uint64_t pfn = entries[i] & MEMDEDUP_PM_PFN_MASK;
-            int16_t where = nodes[done + i];
+            int8_t where = nodes[done + i];
             uint64_t flags;
 
             if (!(entries[i] & MEMDEDUP_PM_PRESENT)) {
