@@ -10,6 +10,7 @@ shielded a context manager that ignores SIGINT/SIGTERM/SIGHUP, so that
 """
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -248,9 +249,11 @@ class KsmKnobs:
     saved value on exit, even on an exception, SIGINT, SIGTERM or SIGHUP
     (SIGINT raises KeyboardInterrupt, the others SystemExit).  'run' is
     set and restored last.  merge_across_nodes and max_page_sharing can
-    only change while no KSM page is shared; a failure to restore them
-    is reported in .errors, not fatal.  Without write access, .active is
-    False and nothing changes.
+    only change while no KSM page is shared: when the kernel refuses
+    (EBUSY), everything is unmerged first (run=2, which every KSM user of
+    the host pays for) and run is put back.  A failure to set or restore
+    them is reported in .errors, not fatal.  Without write access,
+    .active is False and nothing changes.
 
     ksmd forgets the KSM pages of exited processes only while it runs, so
     before stopping it again, restore() gives it up to `settle` seconds
@@ -260,6 +263,9 @@ class KsmKnobs:
 
     KNOBS = ("pages_to_scan", "sleep_millisecs", "use_zero_pages",
              "max_page_sharing", "merge_across_nodes", "run")
+    # Knobs the kernel changes only while no KSM page is shared.
+    UNSHARED = ("max_page_sharing", "merge_across_nodes")
+    UNMERGE_TIMEOUT = 60.0        # seconds for run=2 to unshare everything
 
     def __init__(self, settle=5.0, **want):
         unknown = set(want) - set(self.KNOBS)
@@ -282,7 +288,26 @@ class KsmKnobs:
             with open(os.path.join(KSM_DIR, name), "w") as f:
                 f.write("%d\n" % value)
         except OSError as e:
+            if e.errno == errno.EBUSY and name in self.UNSHARED:
+                self._write_unshared(name, value)
+                return
             self.errors.append("%s=%d: %s" % (name, value, e.strerror))
+
+    def _write_unshared(self, name, value):
+        """Unmerge every KSM page (run=2), write name, put run back."""
+        run = ksm_read("run")
+        self._write("run", 2)
+        deadline = time.monotonic() + self.UNMERGE_TIMEOUT
+        while (ksm_read("pages_shared") or 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        try:
+            with open(os.path.join(KSM_DIR, name), "w") as f:
+                f.write("%d\n" % value)
+        except OSError as e:
+            self.errors.append("%s=%d (after unmerging): %s"
+                               % (name, value, e.strerror))
+        if run is not None:
+            self._write("run", run)
 
     def __enter__(self):
         run = os.path.join(KSM_DIR, "run")
