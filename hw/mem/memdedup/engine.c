@@ -1035,6 +1035,53 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine)
     }
 }
 
+/*
+ * KSM pages, through kpageflags, in the runs of regions of @blk for which
+ * @want says yes; -1 if unknown.  KSM pages exist only in registered
+ * regions (unregistering unmerges), so nothing else needs looking at.
+ * Scanner thread, lock not held.
+ */
+static int64_t memdedup_count_ksm_runs(MemdedupEngine *engine,
+                                       MemdedupPassBlock *pb,
+                                       bool (*want)(MemdedupPassBlock *pb,
+                                                    uint64_t region))
+{
+    MemdedupBlock *blk = pb->blk;
+    uint64_t region_size = blk->pages_per_region * blk->page_size;
+    uint64_t i, j;
+    int64_t total = 0;
+
+    if (engine->pagemap_fd < 0 || engine->kpageflags_fd < 0) {
+        return -1;
+    }
+    for (i = 0; i < blk->nr_regions && total >= 0; i = j) {
+        for (j = i; j < blk->nr_regions && want(pb, j); j++) {
+            /* extend the run */
+        }
+        if (j == i) {
+            j = i + 1;
+            continue;
+        }
+        WITH_RCU_READ_LOCK_GUARD() {
+            int64_t n = -1;
+
+            if (!qatomic_load_acquire(&blk->removed)) {
+                n = memdedup_count_ksm_pages(
+                    engine->pagemap_fd, engine->kpageflags_fd,
+                    (uintptr_t)blk->host + i * region_size,
+                    MIN((j - i) * region_size, blk->size - i * region_size));
+            }
+            total = n < 0 ? -1 : total + n;
+        }
+    }
+    return total;
+}
+
+static bool memdedup_region_registered(MemdedupPassBlock *pb, uint64_t i)
+{
+    return pb->blk->regions[i].registered;
+}
+
 /* Exact KSM page counts through kpageflags; scanner, lock not held. */
 static void memdedup_count_exact(MemdedupEngine *engine, MemdedupPass *pass,
                                  int64_t *exact)
@@ -1042,20 +1089,8 @@ static void memdedup_count_exact(MemdedupEngine *engine, MemdedupPass *pass,
     size_t b;
 
     for (b = 0; b < pass->nr_blocks; b++) {
-        MemdedupBlock *blk = pass->blocks[b].blk;
-
-        exact[b] = -1;
-        if (engine->pagemap_fd < 0 || engine->kpageflags_fd < 0) {
-            continue;
-        }
-        WITH_RCU_READ_LOCK_GUARD() {
-            if (!qatomic_load_acquire(&blk->removed)) {
-                exact[b] = memdedup_count_ksm_pages(engine->pagemap_fd,
-                                                    engine->kpageflags_fd,
-                                                    (uintptr_t)blk->host,
-                                                    blk->size);
-            }
-        }
+        exact[b] = memdedup_count_ksm_runs(engine, &pass->blocks[b],
+                                           memdedup_region_registered);
     }
 }
 
@@ -1188,9 +1223,15 @@ static void memdedup_pass_publish(MemdedupPass *pass)
 
 /*
  * KSM pages in the registered regions that are wanted only for their
- * cross-VM duplicates: what the board saved.  Through kpageflags, when
- * readable; scanner thread, lock not held.
+ * cross-VM duplicates: what the board saved.
  */
+static bool memdedup_region_registered_cross(MemdedupPassBlock *pb,
+                                             uint64_t i)
+{
+    return pb->blk->regions[i].registered &&
+           memdedup_region_cross_only(&pb->params, &pb->blk->regions[i]);
+}
+
 static void memdedup_count_cross_merged(MemdedupEngine *engine,
                                         MemdedupPass *pass,
                                         MemdedupBlockStats *stats)
@@ -1198,39 +1239,8 @@ static void memdedup_count_cross_merged(MemdedupEngine *engine,
     size_t b;
 
     for (b = 0; b < pass->nr_blocks; b++) {
-        MemdedupBlock *blk = pass->blocks[b].blk;
-        uint64_t region_size = blk->pages_per_region * blk->page_size;
-        uint64_t i, j;
-        int64_t total = 0;
-
-        stats[b].cross_vm_merged_pages = -1;
-        if (engine->pagemap_fd < 0 || engine->kpageflags_fd < 0) {
-            continue;
-        }
-        for (i = 0; i < blk->nr_regions; i = j) {
-            for (j = i; j < blk->nr_regions && blk->regions[j].registered &&
-                 memdedup_region_cross_only(&pass->blocks[b].params,
-                                            &blk->regions[j]); j++) {
-                /* extend the run */
-            }
-            if (j == i) {
-                j = i + 1;
-                continue;
-            }
-            WITH_RCU_READ_LOCK_GUARD() {
-                int64_t n = -1;
-
-                if (!qatomic_load_acquire(&blk->removed)) {
-                    n = memdedup_count_ksm_pages(
-                        engine->pagemap_fd, engine->kpageflags_fd,
-                        (uintptr_t)blk->host + i * region_size,
-                        MIN((j - i) * region_size,
-                            blk->size - i * region_size));
-                }
-                total = n < 0 || total < 0 ? -1 : total + n;
-            }
-        }
-        stats[b].cross_vm_merged_pages = total;
+        stats[b].cross_vm_merged_pages = memdedup_count_ksm_runs(
+            engine, &pass->blocks[b], memdedup_region_registered_cross);
     }
 }
 

@@ -304,21 +304,27 @@ int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
     size_t page_size = qemu_real_host_page_size();
     size_t pages = len / page_size, done = 0;
     g_autofree uint64_t *entries = g_new(uint64_t, batch);
+    g_autofree uint64_t *flags = g_new(uint64_t, batch);
     int64_t ksm_pages = 0;
     bool saw_pfn = false, saw_present = false;
 
     while (done < pages) {
-        size_t n = MIN(batch, pages - done), i;
+        size_t n = MIN(batch, pages - done), i, j;
         off_t off = (off_t)((start / page_size) + done) * sizeof(uint64_t);
 
         if (pread(pagemap_fd, entries, n * sizeof(uint64_t), off) !=
             (ssize_t)(n * sizeof(uint64_t))) {
             return -1;
         }
-        for (i = 0; i < n; i++) {
+        /*
+         * One kpageflags read per run of physically consecutive pages
+         * (most memory that is not merged), not one per page.
+         */
+        for (i = 0; i < n; i = j) {
             uint64_t pfn = entries[i] & MEMDEDUP_PM_PFN_MASK;
-            uint64_t flags;
+            ssize_t want;
 
+            j = i + 1;
             if (!(entries[i] & MEMDEDUP_PM_PRESENT)) {
                 continue;
             }
@@ -327,11 +333,18 @@ int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
                 continue;
             }
             saw_pfn = true;
-            if (pread(kpageflags_fd, &flags, sizeof(flags),
-                      (off_t)(pfn * sizeof(uint64_t))) != sizeof(flags)) {
+            while (j < n && (entries[j] & MEMDEDUP_PM_PRESENT) &&
+                   (entries[j] & MEMDEDUP_PM_PFN_MASK) == pfn + (j - i)) {
+                j++;
+            }
+            want = (j - i) * sizeof(uint64_t);
+            if (pread(kpageflags_fd, flags, want,
+                      (off_t)(pfn * sizeof(uint64_t))) != want) {
                 return -1;
             }
-            ksm_pages += (flags >> MEMDEDUP_KPF_KSM) & 1;
+            for (size_t k = 0; k < j - i; k++) {
+                ksm_pages += (flags[k] >> MEMDEDUP_KPF_KSM) & 1;
+            }
         }
         done += n;
     }
