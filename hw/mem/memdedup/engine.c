@@ -545,9 +545,9 @@ static const char *memdedup_advice_name(int advice)
 /*
  * The kernel refused a registration change of @blk with @err.  Counted
  * and reported in query-memdedup; warned about once per backend.  Out of
- * VMAs (ENOMEM: vm.max_map_count reached, or no memory to split a VMA),
- * the backend's range budget is halved, so that later passes coalesce
- * into fewer VMAs.  Scanner threads.
+ * VMAs (vm.max_map_count reached, or no memory to split a VMA), the
+ * backend's range budget is halved, so that later passes coalesce into
+ * fewer VMAs.  Scanner threads.
  */
 static void memdedup_advise_failed(MemdedupBlock *blk, int advice, int err)
 {
@@ -555,15 +555,22 @@ static void memdedup_advise_failed(MemdedupBlock *blk, int advice, int err)
 
     qatomic_inc(&blk->advise_failures);
     qatomic_set(&blk->advise_errno, err);
-    if (err == ENOMEM && ranges > 1) {
+    /*
+     * Out of VMAs (madvise reports a failed split as EAGAIN, or ENOMEM
+     * on older kernels): halve the range budget, once per policy
+     * application however many regions were refused.
+     */
+    if ((err == EAGAIN || err == ENOMEM) && ranges > 1 &&
+        !qatomic_xchg(&blk->budget_cut, true)) {
         ranges = MAX(ranges / 2, 1);
         qatomic_set(&blk->max_ranges, ranges);
     }
     if (!qatomic_xchg(&blk->advise_warned, true)) {
         warn_report("memdedup: backend '%s': the kernel refused %s: %s%s",
                     blk->id, memdedup_advice_name(advice), strerror(err),
-                    err == ENOMEM ? " (vm.max_map_count reached?); "
-                    "registering fewer, larger ranges" : "");
+                    err == EAGAIN || err == ENOMEM ?
+                    " (vm.max_map_count reached?); registering fewer, "
+                    "larger ranges" : "");
     }
 }
 
@@ -668,6 +675,7 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
     for (i = 0; i < n; i++) {
         wanted[i] = memdedup_region_wanted(params, &blk->regions[i]);
     }
+    qatomic_set(&blk->budget_cut, false);
     memdedup_coalesce_ranges(wanted, n, qatomic_read(&blk->max_ranges));
     for (i = 0; i < n; i++) {
         uint64_t pages = MIN(blk->pages_per_region,

@@ -56,6 +56,7 @@ struct MemdedupBlock {
     uint64_t advise_failures;   /* registration changes the kernel refused */
     int advise_errno;           /* errno of the last, 0 once applied again */
     bool advise_warned;         /* a refusal was warned about */
+    bool budget_cut;            /* max_ranges was halved in this apply */
     /*
      * Plugged pages, one bit each, when a RamDiscardManager (virtio-mem)
      * decides which parts exist; NULL: all of it.  Set once, freed with

@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+"""Kernel faults: the engine degrades, reports, and never lies.
+
+- vm.max_map_count reached for real (the sysctl lowered just above QEMU's
+  own VMA count, restored on every exit path): madvise fails with
+  ENOMEM; the engine warns once, counts the refusals, registers fewer,
+  larger ranges, and what it reports as registered is exactly what the
+  kernel's smaps shows as mergeable, during the fault and after;
+- EINVAL (always) and EAGAIN (the first calls only) injected through
+  QEMU_MEMDEDUP_MADVISE_FAULT: nothing half-registered, a warning, and
+  recovery once the kernel accepts again;
+- /proc/kpageflags unreadable (bind-mounted over in a private mount
+  namespace): the exact count is absent, everything else works;
+- ksmd stopped, started and stopped again, and merge_across_nodes
+  flipped at runtime (KSM knobs borrowed and restored): warnings follow
+  the host's state, registration is untouched, merging resumes.
+Guest memory reads back byte-identical in each.
+"""
+
+import os
+import random
+import re
+import sys
+import time
+
+import harness
+from harness import (KNOWN_CANDIDATES, KNOWN_DUP_BLOCK, KNOWN_ZERO, MiB,
+                     PAGE, Skip, backend, check, digest_known, fill_known,
+                     mergeable_vmas, qmp, run_pass, run_tests,
+                     start_qtest_vm, wait_for)
+
+MAX_MAP_COUNT = "/proc/sys/vm/max_map_count"
+
+
+class MaxMapCount:
+    """with MaxMapCount() as m: m.set(n) ...
+
+    Borrows vm.max_map_count: saves it on entry and restores it on exit,
+    even on an exception, SIGINT, SIGTERM or SIGHUP (as qmp.KsmKnobs
+    does).  The limit is global: keep the window short and the value
+    above what other processes use.
+    """
+
+    def __init__(self):
+        self.saved = None
+        self._old = {}
+
+    def __enter__(self):
+        if os.geteuid() != 0 or not os.access(MAX_MAP_COUNT, os.W_OK):
+            raise Skip("not root: cannot set vm.max_map_count")
+        self._old = {s: qmp.signal.signal(s, qmp._raise_exit)
+                     for s in qmp._SIGNALS}
+        with open(MAX_MAP_COUNT) as f:
+            self.saved = int(f.read())
+        return self
+
+    def set(self, value):
+        with open(MAX_MAP_COUNT, "w") as f:
+            f.write("%d\n" % value)
+
+    def __exit__(self, *exc):
+        with qmp.shielded():
+            if self.saved is not None:
+                self.set(self.saved)
+                with open(MAX_MAP_COUNT) as f:
+                    now = int(f.read())
+                if now != self.saved:
+                    print("MaxMapCount: could not restore %d (now %d)"
+                          % (self.saved, now), file=sys.stderr)
+        for s, h in self._old.items():
+            qmp.signal.signal(s, h)
+        return False
+
+
+def map_count(pid):
+    with open("/proc/%d/maps" % pid) as f:
+        return sum(1 for _ in f)
+
+
+def mergeable_bytes(pid):
+    return sum(e - s for s, e in mergeable_vmas(pid))
+
+
+def registered_total(info):
+    return sum(b["registered-bytes"] for b in info["backends"])
+
+
+def check_truthful(vm, when):
+    """What the engine reports registered is what the kernel has."""
+    info = vm.qmp.cmd("query-memdedup")
+    reg, mg = registered_total(info), mergeable_bytes(vm.pid)
+    check(reg == mg, "%s: engine reports %d bytes registered, the kernel "
+          "%d" % (when, reg, mg))
+    return info
+
+
+def warnings_in(vm, text):
+    return len(re.findall(re.escape(text), vm.stderr()))
+
+
+# 3 backends of 128 MiB as guest NUMA nodes, 64 KiB regions.  m0 and m1
+# hold alternating zero and random regions (1024 candidate runs each), so
+# that QEMU holds several thousand VMAs and the lowered limit stays far
+# above what any other process on the host uses; m2 starts all zero (one
+# range, one VMA) and then turns alternating, which needs a thousand new
+# VMAs the limit does not leave.
+NODES, NODE_SIZE, REGION = 3, 128 * MiB, 64 * 1024
+FIRST = 1 * MiB                     # skip the legacy VGA/BIOS hole
+
+
+def write_alternating(qt, rnd, node):
+    """Zero and random regions in turn, in guest node @node."""
+    for addr in range(max(node * NODE_SIZE, FIRST), (node + 1) * NODE_SIZE,
+                      2 * REGION):
+        qt.memset(addr, REGION, 0)
+        qt.write(addr + REGION, rnd.randbytes(REGION))
+
+
+def test_max_map_count(workdir):
+    if not os.path.exists("/sys/kernel/mm/ksm/run"):
+        raise Skip("the host has no KSM")
+    args = ["-machine", "pc,mem-merge=off", "-m", "%dM" % (NODES * 128),
+            "-object", "memdedup,id=engine,rescan-interval=3600000"]
+    for n in range(NODES):
+        args += ["-object", "memory-backend-ksm,id=m%d,size=128M,"
+                 "region-size=64K" % n,
+                 "-numa", "node,nodeid=%d,memdev=m%d" % (n, n)]
+    vm, qt = start_qtest_vm(workdir, "maps", args)
+    try:
+        rnd = random.Random(5)
+        write_alternating(qt, rnd, 0)
+        write_alternating(qt, rnd, 1)
+        qt.memset(2 * NODE_SIZE, NODE_SIZE, 0)
+        info = run_pass(vm)
+        check_truthful(vm, "before the fault")
+        ranges = [b["registered-ranges"] for b in info["backends"]]
+        check(min(ranges[:2]) >= 1000 and ranges[2] == 1,
+              "registered ranges %s" % ranges)
+        print("  QEMU holds %d VMAs, ranges %s" % (map_count(vm.pid), ranges))
+
+        write_alternating(qt, rnd, 2)
+        with MaxMapCount() as limit:
+            limit.set(map_count(vm.pid) + 16)
+            info = run_pass(vm, timeout=60)
+            failures = [b["registration-failures"] for b in info["backends"]]
+            check(failures[2] > 0 and failures[:2] == [0, 0],
+                  "failures at the map limit: %s" % failures)
+            info = check_truthful(vm, "at the map limit")
+            # A failed VMA split: EAGAIN (ENOMEM on older kernels).
+            check(re.search("Resource temporarily unavailable|Cannot "
+                            "allocate memory", info.get("warning", "")),
+                  "warning: %r" % info.get("warning"))
+            print("  at the limit: %d refusals, m2 %d bytes registered in "
+                  "%d ranges" % (failures[2], info["backends"][2][
+                      "registered-bytes"], info["backends"][2][
+                      "registered-ranges"]))
+            # A second pass under the limit: smaller budget, still true.
+            run_pass(vm, timeout=60)
+            check_truthful(vm, "second pass at the map limit")
+        check(vm.alive(), "QEMU died at the map limit")
+        check(warnings_in(vm, "the kernel refused MADV_") == 1,
+              "not warned exactly once:\n" + vm.stderr())
+
+        # Limit restored: the next passes converge, in fewer ranges.
+        run_pass(vm)
+        info = run_pass(vm)
+        check_truthful(vm, "after the limit was restored")
+        b = info["backends"][2]
+        check(b["registered-ranges"] <= 512,
+              "m2: %d ranges after ENOMEM" % b["registered-ranges"])
+        check(b["registered-bytes"] >= b["candidate-regions"] * REGION,
+              "m2: %d bytes registered for %d candidate regions"
+              % (b["registered-bytes"], b["candidate-regions"]))
+        check(b["candidate-regions"] == 1024,
+              "m2: %d candidate regions" % b["candidate-regions"])
+        failures_after = b["registration-failures"]
+        info = run_pass(vm)
+        check(info["backends"][2]["registration-failures"] == failures_after,
+              "madvise still failing after the restore")
+        check("refused" not in info.get("warning", ""),
+              "stale warning: %r" % info.get("warning"))
+        print("  restored: m2 %d bytes in %d ranges"
+              % (info["backends"][2]["registered-bytes"],
+                 info["backends"][2]["registered-ranges"]))
+    finally:
+        vm.stop()
+        qt.close()
+
+
+def known_vm(workdir, name, env=None):
+    """The known content in a 256 MiB guest; returns (vm, qt, digest)."""
+    saved = {}
+    for k, v in (env or {}).items():
+        saved[k] = os.environ.get(k)
+        os.environ[k] = v
+    try:
+        vm, qt = start_qtest_vm(workdir, name, [
+            "-machine", "pc,memory-backend=m0,mem-merge=off", "-m", "256M",
+            "-object", "memdedup,id=engine,rescan-interval=3600000",
+            "-object", "memory-backend-ksm,id=m0,size=256M"])
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    fill_known(qt, random.Random(1))
+    return vm, qt, digest_known(qt)
+
+
+def test_madvise_einval(workdir):
+    if not os.path.exists("/sys/kernel/mm/ksm/run"):
+        raise Skip("the host has no KSM")
+    vm, qt, digest = known_vm(workdir, "einval",
+                              {"QEMU_MEMDEDUP_MADVISE_FAULT": "EINVAL"})
+    try:
+        for _ in range(3):
+            run_pass(vm)
+        b = backend(vm, "m0")
+        check(b["candidate-regions"] * 2 * MiB == KNOWN_CANDIDATES,
+              "candidates %d" % b["candidate-regions"])
+        check(b["registered-bytes"] == 0, "registered %d bytes the kernel "
+              "refused" % b["registered-bytes"])
+        check(b["registration-failures"] >= 3,
+              "failures %d" % b["registration-failures"])
+        info = check_truthful(vm, "EINVAL")
+        check("Invalid argument" in info.get("warning", ""),
+              "warning: %r" % info.get("warning"))
+        check(warnings_in(vm, "the kernel refused MADV_MERGEABLE") == 1,
+              "not warned exactly once:\n" + vm.stderr())
+        check(digest_known(qt) == digest, "guest memory changed")
+    finally:
+        vm.stop()
+        qt.close()
+
+
+def test_madvise_eagain_transient(workdir):
+    if not os.path.exists("/sys/kernel/mm/ksm/run"):
+        raise Skip("the host has no KSM")
+    # Early registration and the end-of-pass policy make several calls:
+    # the first 3 fail, the rest go through.
+    vm, qt, digest = known_vm(workdir, "eagain",
+                              {"QEMU_MEMDEDUP_MADVISE_FAULT": "EAGAIN:3"})
+    try:
+        run_pass(vm)
+        b = backend(vm, "m0")
+        check(b["registration-failures"] == 3,
+              "failures %d" % b["registration-failures"])
+        check_truthful(vm, "EAGAIN")
+        # Refused regions are retried: the next pass completes the set.
+        run_pass(vm)
+        b = backend(vm, "m0")
+        check(b["registered-bytes"] == KNOWN_CANDIDATES,
+              "registered %d after the retry" % b["registered-bytes"])
+        info = check_truthful(vm, "after EAGAIN")
+        check("refused" not in info.get("warning", ""),
+              "stale warning: %r" % info.get("warning"))
+        check(digest_known(qt) == digest, "guest memory changed")
+    finally:
+        vm.stop()
+        qt.close()
+
+
+def test_kpageflags_unreadable(workdir):
+    if os.geteuid() != 0:
+        raise Skip("not root: no exact count to lose")
+    if not os.path.exists("/sys/kernel/mm/ksm/run"):
+        raise Skip("the host has no KSM")
+    # QEMU in a private mount namespace in which /proc/kpageflags is
+    # empty: a script standing in for the binary.
+    script = os.path.join(workdir, "qemu-nokpf")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\nexec unshare -m sh -c 'mount --bind /dev/null "
+                "/proc/kpageflags && exec \"$0\" \"$@\"' %s \"$@\"\n"
+                % harness.QEMU)
+    os.chmod(script, 0o755)
+    real, harness.QEMU = harness.QEMU, script
+    try:
+        vm, qt, digest = known_vm(workdir, "nokpf")
+    finally:
+        harness.QEMU = real
+    try:
+        run_pass(vm)
+        b = backend(vm, "m0")
+        check("kernel-merged-pages-exact" not in b,
+              "exact count %r without kpageflags"
+              % b.get("kernel-merged-pages-exact"))
+        check("kernel-merged-pages" in b, "smaps count missing too")
+        check(b["registered-bytes"] == KNOWN_CANDIDATES,
+              "registered %d" % b["registered-bytes"])
+        check(b["zero-pages"] == KNOWN_ZERO[1] // PAGE,
+              "zero pages %d" % b["zero-pages"])
+        check(digest_known(qt) == digest, "guest memory changed")
+    finally:
+        vm.stop()
+        qt.close()
+
+
+def ksm_write(name, value):
+    with open(os.path.join(qmp.KSM_DIR, name), "w") as f:
+        f.write("%d\n" % value)
+
+
+def ksm_reset_all():
+    """Unmerge everything (run=2), so that merge_across_nodes may change."""
+    ksm_write("run", 2)
+    wait_for("KSM to unmerge everything",
+             lambda: qmp.ksm_read("pages_shared") == 0, timeout=60)
+
+
+def test_ksmd_stopped_and_knobs_flipped(workdir):
+    if not os.path.exists("/sys/kernel/mm/ksm/run"):
+        raise Skip("the host has no KSM")
+    if os.geteuid() != 0:
+        raise Skip("not root: cannot start ksmd")
+    goal = 0.9 * (KNOWN_ZERO[1] + 4 * KNOWN_DUP_BLOCK) // PAGE
+    with qmp.KsmKnobs(run=0, pages_to_scan=2000, sleep_millisecs=10,
+                      merge_across_nodes=1) as ksm:
+        if not ksm.active:
+            raise Skip(ksm.reason)
+        vm, qt, digest = known_vm(workdir, "ksmd")
+        try:
+            # Stopped: registration happens, nothing merges, a warning.
+            run_pass(vm)
+            info = vm.qmp.cmd("query-memdedup")
+            check("ksmd is not running" in info.get("warning", ""),
+                  "warning: %r" % info.get("warning"))
+            check(backend(vm, "m0")["registered-bytes"] == KNOWN_CANDIDATES,
+                  "registration depends on ksmd")
+
+            # Started at runtime: merging follows, the warning goes.
+            ksm_write("run", 1)
+            wait_for("ksmd to merge", lambda: backend(vm, "m0").get(
+                "kernel-merged-pages", 0) >= goal, timeout=60)
+            info = vm.qmp.cmd("query-memdedup")
+            check("warning" not in info, "warning %r" % info.get("warning"))
+
+            # Stopped again: merged pages stay merged, the engine goes on.
+            ksm_write("run", 0)
+            run_pass(vm)
+            info = vm.qmp.cmd("query-memdedup")
+            check("ksmd is not running" in info.get("warning", ""),
+                  "warning: %r" % info.get("warning"))
+            merged = backend(vm, "m0").get("kernel-merged-pages", 0)
+            check(merged >= goal, "stopping ksmd lost merges: %d" % merged)
+
+            # merge_across_nodes flipped (only possible with nothing
+            # merged host-wide): reported, registration kept, merging
+            # resumes.
+            ksm_reset_all()
+            ksm_write("merge_across_nodes", 0)
+            ksm_write("run", 1)
+            wait_for("the flip to show", lambda: vm.qmp.cmd(
+                "query-memdedup")["host-ksm"]["merge-across-nodes"] == 0)
+            run_pass(vm)
+            check(backend(vm, "m0")["registered-bytes"] == KNOWN_CANDIDATES,
+                  "registration changed with merge_across_nodes")
+            wait_for("ksmd to merge again", lambda: backend(vm, "m0").get(
+                "kernel-merged-pages", 0) >= goal, timeout=60)
+            check(digest_known(qt) == digest, "guest memory changed")
+        finally:
+            vm.stop()
+            qt.close()
+            # Back to merge_across_nodes=1 while nothing is shared, so
+            # that KsmKnobs can restore it.
+            if qmp.ksm_read("merge_across_nodes") != 1:
+                ksm_reset_all()
+                ksm_write("merge_across_nodes", 1)
+
+
+if __name__ == "__main__":
+    sys.exit(run_tests([
+        ("faults/max-map-count", test_max_map_count),
+        ("faults/madvise-einval", test_madvise_einval),
+        ("faults/madvise-eagain-transient", test_madvise_eagain_transient),
+        ("faults/kpageflags-unreadable", test_kpageflags_unreadable),
+        ("faults/ksmd-stopped-and-knobs-flipped",
+         test_ksmd_stopped_and_knobs_flipped),
+    ]))
