@@ -127,9 +127,9 @@ class Qemu:
         for p in (self.qmp_path, self.serial_log):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
-        # The log is the first serial port (ttyS0), before any in args.
-        argv = [self.binary, "-serial", "file:%s" % self.serial_log] + \
-            self.args + ["-qmp", "unix:%s,server=on,wait=off" % self.qmp_path]
+        argv = [self.binary] + self.args + [
+            "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
+            "-serial", "file:%s" % self.serial_log]
         if "-display" not in self.args and "-nographic" not in self.args:
             argv += ["-display", "none"]
         if "-L" not in self.args:

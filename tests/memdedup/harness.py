@@ -225,8 +225,9 @@ class GuestShell:
         self.sock = None
 
     def args(self):
+        # COM2 whatever the order of the options: the log is -serial.
         return ["-chardev", "socket,id=guestcmd,path=%s,server=on,wait=off"
-                % self.path, "-serial", "chardev:guestcmd"]
+                % self.path, "-device", "isa-serial,chardev=guestcmd,index=1"]
 
     def run(self, vm, cmd, timeout=180):
         """Run cmd in the guest; return (status, console output)."""

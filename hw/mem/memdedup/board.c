@@ -115,6 +115,7 @@ struct MemdedupBoard {
     uint8_t domain[16];
     uint64_t token;
     int slot;                   /* ours, or -1 (board full) */
+    int pub_slot;               /* the slot a publication writes */
     bool full_warned;
 
     /* Lookup: foreign slots readable when it began, and their seq. */
@@ -500,35 +501,33 @@ bool memdedup_board_publish_begin(MemdedupBoard *b, uint64_t pages)
     if (!memdedup_board_own(b)) {
         return false;
     }
-    s = memdedup_slot(b, b->slot);
+    /* The slot may be given back meanwhile: keep writing where we began. */
+    b->pub_slot = b->slot;
+    s = memdedup_slot(b, b->pub_slot);
     seq = qatomic_read(&s->seq);
     qatomic_set(&s->seq, seq | 1);
     smp_wmb();
     s->threshold = memdedup_board_threshold(pages, s->filter_bits);
-    memset(memdedup_slot_filter(b, b->slot), 0, s->filter_bits / 8);
+    memset(memdedup_slot_filter(b, b->pub_slot), 0, s->filter_bits / 8);
     s->published = 0;
     return true;
 }
 
 void memdedup_board_publish(MemdedupBoard *b, uint32_t fp)
 {
-    MemdedupBoardSlot *s = memdedup_slot(b, b->slot);
+    MemdedupBoardSlot *s = memdedup_slot(b, b->pub_slot);
 
     if (fp <= s->threshold) {
-        memdedup_bloom_add(memdedup_slot_filter(b, b->slot), s->filter_bits,
-                           fp);
+        memdedup_bloom_add(memdedup_slot_filter(b, b->pub_slot),
+                           s->filter_bits, fp);
         s->published++;
     }
 }
 
 void memdedup_board_publish_end(MemdedupBoard *b)
 {
-    MemdedupBoardSlot *s;
+    MemdedupBoardSlot *s = memdedup_slot(b, b->pub_slot);
 
-    if (b->slot < 0) {
-        return;
-    }
-    s = memdedup_slot(b, b->slot);
     if (memdedup_board_test_hook("stall-publish")) {
         /* For tests: die here and the slot stays odd. */
         g_usleep(3600ull * G_USEC_PER_SEC);
@@ -536,7 +535,7 @@ void memdedup_board_publish_end(MemdedupBoard *b)
     smp_wmb();
     qatomic_set(&s->seq, (qatomic_read(&s->seq) | 1) + 1);
     qatomic_set(&s->heartbeat, memdedup_now_ns());
-    trace_memdedup_board_published(b->path, b->slot, s->published,
+    trace_memdedup_board_published(b->path, b->pub_slot, s->published,
                                    s->threshold);
 }
 
