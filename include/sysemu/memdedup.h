@@ -394,6 +394,7 @@ typedef struct MemdedupNumaStats {
     MemdedupNumaNodeStats node[MEMDEDUP_NUMA_NODES_MAX];
     uint64_t unknown;           /* resident pages of unknown host node */
     bool merged_known;          /* node[].merged is valid */
+    bool one_node;              /* placed by memdedup_numa_one_node */
 } MemdedupNumaStats;
 
 /*

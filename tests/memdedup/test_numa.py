@@ -431,7 +431,8 @@ def test_two_node(workdir):
         g.knob("run", 2)
         wait_for("unmerging", lambda: g.knob("pages_shared") == 0, 120)
         check(g.knob("merge_across_nodes", 1) == 1, "knob")
-        g.knob("run", 1)
+        # ksmd stays stopped until the new registration has been checked.
+        g.knob("run", 0)
         info = wait_for("repartition", lambda: (lambda i: i if not
                         i["numa"]["per-node-trees"] else None)(g.run_pass()),
                         60)
@@ -447,6 +448,7 @@ def test_two_node(workdir):
             check(b["duplicate-pages"] == per_backend, "dup %r" % b)
             check(b["registered-bytes"] == per_backend * PAGE,
                   "registered %r" % b["registered-bytes"])
+        g.knob("run", 1)
         t3 = time.monotonic()
 
         def merged_all():

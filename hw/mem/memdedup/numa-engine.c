@@ -168,8 +168,13 @@ static void memdedup_numa_block_summarize(MemdedupEngine *engine,
     };
 
     memdedup_numa_count(&engine->numa, &engine->dupset, &pages, stats);
+    /*
+     * On one node, the node's KSM pages are the backend's, which the pass
+     * counts through kpageflags anyway: do not read it twice.
+     */
+    stats->one_node = engine->placement == memdedup_numa_one_node;
     WITH_RCU_READ_LOCK_GUARD() {
-        if (!qatomic_load_acquire(&blk->removed)) {
+        if (!stats->one_node && !qatomic_load_acquire(&blk->removed)) {
             memdedup_numa_count_merged(engine->pagemap_fd,
                                        engine->kpageflags_fd,
                                        (uintptr_t)blk->host, blk->page_size,
@@ -319,6 +324,7 @@ void memdedup_numa_query(MemdedupEngine *engine, MemdedupInfo *info)
         numa->unplaced_pages += st->unknown;
         for (n = 0; n < MEMDEDUP_NUMA_NODES_MAX; n++) {
             const MemdedupNumaNodeStats *ns = &st->node[n];
+            int64_t exact = blk->stats.kernel_merged_pages_exact;
             MemdedupNumaPlacement *row;
 
             if (!ns->resident) {
@@ -328,8 +334,14 @@ void memdedup_numa_query(MemdedupEngine *engine, MemdedupInfo *info)
             row->resident_pages += ns->resident;
             row->duplicate_pages += ns->duplicate;
             row->cross_node_duplicate_pages += ns->cross_node;
-            row->kernel_merged_pages += ns->merged;
-            row->has_kernel_merged_pages &= st->merged_known;
+            if (st->one_node) {
+                /* Every page is on node 0: the backend's own count. */
+                row->kernel_merged_pages += MAX(exact, 0);
+                row->has_kernel_merged_pages &= exact >= 0;
+            } else {
+                row->kernel_merged_pages += ns->merged;
+                row->has_kernel_merged_pages &= st->merged_known;
+            }
             row->has_bound &= bound;
             row->bound &= bound && test_bit(n, backend->host_nodes);
         }

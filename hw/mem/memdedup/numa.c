@@ -350,51 +350,28 @@ bool memdedup_numa_count_merged(int pagemap_fd, int kpageflags_fd,
                                 const int8_t *nodes, uint64_t nr_pages,
                                 MemdedupNumaStats *stats)
 {
-    const size_t batch = 4096;
-    g_autofree uint64_t *entries = g_new(uint64_t, batch);
     uint64_t counts[MEMDEDUP_NUMA_NODES_MAX] = { 0 };
-    bool saw_pfn = false, saw_present = false;
-    uint64_t done = 0;
+    uint64_t first, end;
     unsigned node;
 
-    if (pagemap_fd < 0 || kpageflags_fd < 0) {
-        return false;
-    }
-    while (done < nr_pages) {
-        size_t n = MIN(batch, nr_pages - done), i;
-        off_t off = (off_t)(start / page_size + done) * sizeof(uint64_t);
+    /* One count per run of pages on the same node (long, when bound). */
+    for (first = 0; first < nr_pages; first = end) {
+        int where = nodes[first];
+        int64_t ksm;
 
-        if (pread(pagemap_fd, entries, n * sizeof(uint64_t), off) !=
-            (ssize_t)(n * sizeof(uint64_t))) {
-            return false;
+        for (end = first + 1; end < nr_pages && nodes[end] == where; end++) {
+            /* extend the run */
         }
-        for (i = 0; i < n; i++) {
-            uint64_t pfn = entries[i] & MEMDEDUP_PM_PFN_MASK;
-            int8_t where = nodes[done + i];
-            uint64_t flags;
-
-            if (!(entries[i] & MEMDEDUP_PM_PRESENT)) {
-                continue;
-            }
-            saw_present = true;
-            if (!pfn) {
-                continue;
-            }
-            saw_pfn = true;
-            if (where < 0 || where >= MEMDEDUP_NUMA_NODES_MAX) {
-                continue;
-            }
-            if (pread(kpageflags_fd, &flags, sizeof(flags),
-                      (off_t)(pfn * sizeof(uint64_t))) != sizeof(flags)) {
-                return false;
-            }
-            counts[where] += (flags >> MEMDEDUP_KPF_KSM) & 1;
+        if (where < 0 || where >= MEMDEDUP_NUMA_NODES_MAX) {
+            continue;           /* not resident, or not reported */
         }
-        done += n;
-    }
-    /* Unprivileged readers see present pages with PFN 0. */
-    if (saw_present && !saw_pfn) {
-        return false;
+        ksm = memdedup_count_ksm_pages(pagemap_fd, kpageflags_fd,
+                                       start + first * page_size,
+                                       (end - first) * page_size);
+        if (ksm < 0) {
+            return false;       /* PFNs hidden, or a read failed */
+        }
+        counts[where] += ksm;
     }
     for (node = 0; node < MEMDEDUP_NUMA_NODES_MAX; node++) {
         stats->node[node].merged += counts[node];
