@@ -21,7 +21,6 @@ import os
 import random
 import re
 import sys
-import time
 
 import harness
 from harness import (KNOWN_CANDIDATES, KNOWN_DUP_BLOCK, KNOWN_ZERO, MiB,
