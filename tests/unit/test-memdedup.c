@@ -644,6 +644,15 @@ static void numa_fixture_index(NumaFixture *f)
     memdedup_numa_index_build(&f->idx, pages, 2);
 }
 
+/* The next pass: place the pages, then rebuild the index; re-homed. */
+static uint64_t numa_fixture_pass(NumaFixture *f)
+{
+    uint64_t rehomed = numa_fixture_place(f);
+
+    numa_fixture_index(f);
+    return rehomed;
+}
+
 static void numa_fixture_init(NumaFixture *f)
 {
     static const uint32_t fps[2][8] = {
@@ -662,8 +671,7 @@ static void numa_fixture_init(NumaFixture *f)
         }
     }
     f->fake[1].node[7] = 0;
-    numa_fixture_place(f);
-    numa_fixture_index(f);
+    numa_fixture_pass(f);
 }
 
 static void numa_fixture_free(NumaFixture *f)
@@ -763,18 +771,14 @@ static void test_numa_rehome(void)
 
     /* B's X moves to node 0 (NUMA balancing): noticed, then re-homed. */
     f.fake[1].node[0] = 0;
-    g_assert_cmpuint(numa_fixture_place(&f), ==, 1);
-    memdedup_dupset_clear(&f.global);
-    numa_fixture_index(&f);
+    g_assert_cmpuint(numa_fixture_pass(&f), ==, 1);
     g_assert_cmpint(numa_kind(&f, 0, 0), ==, MEMDEDUP_DUP_WITHIN_NODE);
     g_assert_cmpint(numa_kind(&f, 1, 0), ==, MEMDEDUP_DUP_WITHIN_NODE);
     g_assert_true(memdedup_numa_candidate(&f.idx, numa_kind(&f, 1, 0)));
 
     /* U of B moves back to node 1: now U has twins only across. */
     f.fake[1].node[7] = 1;
-    g_assert_cmpuint(numa_fixture_place(&f), ==, 1);
-    memdedup_dupset_clear(&f.global);
-    numa_fixture_index(&f);
+    g_assert_cmpuint(numa_fixture_pass(&f), ==, 1);
     g_assert_cmpint(numa_kind(&f, 0, 7), ==, MEMDEDUP_DUP_CROSS_NODE);
     g_assert_cmpint(numa_kind(&f, 1, 7), ==, MEMDEDUP_DUP_CROSS_NODE);
 
@@ -782,9 +786,7 @@ static void test_numa_rehome(void)
     for (i = 0; i < 8; i++) {
         f.fake[1].node[i] = 0;
     }
-    g_assert_cmpuint(numa_fixture_place(&f), ==, 7);   /* all but X */
-    memdedup_dupset_clear(&f.global);
-    numa_fixture_index(&f);
+    g_assert_cmpuint(numa_fixture_pass(&f), ==, 7);   /* all but X */
     g_assert_cmpuint(f.idx.nr_nodes, ==, 0);
     for (i = 0; i < 8; i++) {
         if (f.fps[0][i] > MEMDEDUP_FP_ZERO) {
