@@ -69,7 +69,17 @@ uint32_t memdedup_page_classify(const void *page, size_t size, uint64_t seed);
 typedef struct MemdedupDupSet {
     uint32_t *fps;              /* sorted, distinct duplicated fingerprints */
     size_t len;                 /* entries in fps */
+    /*
+     * Where each range of top bits starts in fps (2^bucket_bits + 1
+     * entries, about one per four fingerprints), so that a lookup
+     * searches a handful of entries, not the whole set; NULL when small.
+     */
+    uint32_t *bucket;
+    unsigned bucket_bits;
 } MemdedupDupSet;
+
+/* Bytes a dup set takes. */
+size_t memdedup_dupset_bytes(const MemdedupDupSet *set);
 
 /* Sort @n fingerprints in place (LSD radix sort, O(n)); @tmp holds @n. */
 void memdedup_fp_sort(uint32_t *fps, uint32_t *tmp, size_t n);

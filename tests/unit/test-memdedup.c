@@ -169,6 +169,42 @@ static void test_dupset(void)
     memdedup_dupset_clear(&set);
 }
 
+/* A large set is indexed by top bits: every member found, no other. */
+static void test_dupset_indexed(void)
+{
+    const size_t n = 20000;
+    g_autofree uint32_t *fps = g_new(uint32_t, 2 * n);
+    g_autofree uint32_t *tmp = g_new(uint32_t, 2 * n);
+    g_autoptr(GRand) rand = g_rand_new_with_seed(7);
+    MemdedupDupSet set = { 0 };
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        /* Even values twice (duplicates), plus odd extremes once. */
+        fps[2 * i] = fps[2 * i + 1] = g_rand_int(rand) & ~1u;
+    }
+    fps[0] = 0;
+    fps[1] = 0;
+    fps[2] = fps[3] = 0xfffffffeu;
+    memdedup_fp_sort(fps, tmp, 2 * n);
+    memdedup_dupset_build(&set, fps, 2 * n);
+    g_assert_nonnull(set.bucket);
+    g_assert_cmpuint(set.bucket[(1u << set.bucket_bits)], ==, set.len);
+    g_assert_cmpuint(memdedup_dupset_bytes(&set), <=,
+                     set.len * sizeof(uint32_t) * 5 / 4 + 8);
+    for (i = 0; i < 2 * n; i++) {
+        ssize_t idx = memdedup_dupset_find(&set, fps[i]);
+
+        g_assert_cmpint(idx, >=, 0);
+        g_assert_cmpuint(set.fps[idx], ==, fps[i]);
+        /* Odd values were never inserted. */
+        g_assert_cmpint(memdedup_dupset_find(&set, fps[i] | 1), ==, -1);
+    }
+    g_assert_cmpint(memdedup_dupset_find(&set, 0xffffffffu), ==, -1);
+    memdedup_dupset_clear(&set);
+    g_assert_null(set.bucket);
+}
+
 static MemdedupParams params_for(MemdedupPolicy policy, uint8_t threshold)
 {
     MemdedupParams p = {
@@ -869,6 +905,7 @@ int main(int argc, char **argv)
     g_test_add_func("/memdedup/hostile-collisions", test_hostile_collisions);
     g_test_add_func("/memdedup/sort", test_sort);
     g_test_add_func("/memdedup/dupset", test_dupset);
+    g_test_add_func("/memdedup/dupset-indexed", test_dupset_indexed);
     g_test_add_func("/memdedup/region-wanted", test_region_wanted);
     g_test_add_func("/memdedup/region-thp", test_region_thp);
     g_test_add_func("/memdedup/coalesce", test_coalesce);

@@ -1450,7 +1450,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
                                          sizeof(int8_t)) +
                     pb->blk->nr_regions * sizeof(MemdedupRegion);
     }
-    metadata += engine->dupset.len * sizeof(uint32_t);
+    metadata += memdedup_dupset_bytes(&engine->dupset);
     if (rescan) {
         memdedup_count_exact(engine, &pass, exact);
     }

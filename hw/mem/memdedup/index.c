@@ -72,8 +72,46 @@ void memdedup_fp_sort(uint32_t *fps, uint32_t *tmp, size_t n)
 void memdedup_dupset_clear(MemdedupDupSet *set)
 {
     g_free(set->fps);
+    g_free(set->bucket);
     set->fps = NULL;
+    set->bucket = NULL;
+    set->bucket_bits = 0;
     set->len = 0;
+}
+
+size_t memdedup_dupset_bytes(const MemdedupDupSet *set)
+{
+    return set->len * sizeof(uint32_t) +
+           (set->bucket ? ((1ull << set->bucket_bits) + 1) * sizeof(uint32_t)
+                        : 0);
+}
+
+/*
+ * Fingerprints are uniform (hashes): index the set by its top bits, one
+ * bucket per four entries, so that a lookup touches one or two cache
+ * lines instead of ~log2(len) scattered ones.
+ */
+static void memdedup_dupset_index(MemdedupDupSet *set)
+{
+    unsigned bits = 0;
+    size_t i, b, nb;
+
+    while (bits < 24 && (4ull << (bits + 1)) <= set->len) {
+        bits++;
+    }
+    if (bits < 4) {
+        return;                 /* small: a binary search is as quick */
+    }
+    nb = 1ull << bits;
+    set->bucket = g_new(uint32_t, nb + 1);
+    set->bucket_bits = bits;
+    for (i = 0, b = 0; b < nb; b++) {
+        while (i < set->len && (set->fps[i] >> (32 - bits)) < b) {
+            i++;
+        }
+        set->bucket[b] = i;
+    }
+    set->bucket[nb] = set->len;
 }
 
 void memdedup_dupset_build(MemdedupDupSet *set, const uint32_t *sorted,
@@ -107,11 +145,19 @@ void memdedup_dupset_build(MemdedupDupSet *set, const uint32_t *sorted,
         i = j;
     }
     set->len = out;
+    memdedup_dupset_index(set);
 }
 
 ssize_t memdedup_dupset_find(const MemdedupDupSet *set, uint32_t fp)
 {
     size_t lo = 0, hi = set->len;
+
+    if (set->bucket) {
+        uint32_t b = fp >> (32 - set->bucket_bits);
+
+        lo = set->bucket[b];
+        hi = set->bucket[b + 1];
+    }
 
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
