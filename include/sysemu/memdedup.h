@@ -258,6 +258,7 @@ bool memdedup_read_meminfo(uint64_t *mem_available, uint64_t *mem_total);
 #define MEMDEDUP_PM_SWAPPED   (1ULL << 62)
 #define MEMDEDUP_PM_PFN_MASK  ((1ULL << 55) - 1)
 #define MEMDEDUP_KPF_KSM      21
+#define MEMDEDUP_KPF_ZERO_PAGE 24
 
 /*
  * memdedup_count_ksm_pages: count the pages of [@start, @start + @len)

@@ -255,6 +255,19 @@ class GuestShell:
             self.sock = None
 
 
+def host_address(pid, size):
+    """Start of the only VMA of exactly @size bytes: a backend's RAM,
+    looked up before anything split it."""
+    found = []
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            s, e = (int(x, 16) for x in line.split()[0].split("-"))
+            if e - s == size:
+                found.append(s)
+    check(len(found) == 1, "%d VMAs of %d bytes" % (len(found), size))
+    return found[0]
+
+
 def wait_for(what, cond, timeout=30):
     """Poll cond() until it returns something true, and return that."""
     deadline = time.monotonic() + timeout

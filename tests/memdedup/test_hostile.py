@@ -26,7 +26,8 @@ for an unseeded hash are the unit test's /memdedup/hostile-collisions.)
 import os
 import sys
 
-from harness import MiB, PAGE, Skip, check, qmp, run_pass, run_tests
+from harness import (MiB, PAGE, Skip, check, host_address, qmp, run_pass,
+                     run_tests)
 
 SIZE = 4096 * MiB
 PAGES = SIZE // PAGE
@@ -35,18 +36,6 @@ CHUNK_PAGES = 16384               # pages per write (64 MiB)
 ROUNDS = 2
 RATIO_LIMIT = 2.0
 KINDS = ("distinct", "pairs", "identical", "flip")
-
-
-def host_address(pid, size):
-    """Start of the only VMA of exactly @size bytes: the backend's RAM."""
-    found = []
-    with open("/proc/%d/maps" % pid) as f:
-        for line in f:
-            s, e = (int(x, 16) for x in line.split()[0].split("-"))
-            if e - s == size:
-                found.append(s)
-    check(len(found) == 1, "%d VMAs of %d bytes" % (len(found), size))
-    return found[0]
 
 
 class GuestWriter:

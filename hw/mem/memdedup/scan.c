@@ -67,11 +67,33 @@ void memdedup_learn_zero_pfns(MemdedupEngine *engine)
     munmap(area, 2 * huge);
 }
 
+/*
+ * Does @pfn belong to the kernel's zero page?  The small zero page never
+ * moves.  The huge zero page is freed under memory pressure and
+ * allocated again elsewhere, and its old frames go to ordinary pages:
+ * a PFN in the range learned at start is only trusted when
+ * /proc/kpageflags still says KPF_ZERO_PAGE (or cannot be asked).
+ */
 static bool memdedup_is_zero_pfn(MemdedupEngine *engine, uint64_t pfn)
 {
-    return pfn && (pfn == engine->zero_pfn ||
-                   (engine->huge_zero_pfn &&
-                    pfn - engine->huge_zero_pfn < 2 * MiB / 4096));
+    uint64_t flags;
+
+    if (!pfn) {
+        return false;
+    }
+    if (pfn == engine->zero_pfn) {
+        return true;
+    }
+    if (!engine->huge_zero_pfn ||
+        pfn - engine->huge_zero_pfn >= 2 * MiB / 4096) {
+        return false;
+    }
+    if (engine->kpageflags_fd < 0 ||
+        pread(engine->kpageflags_fd, &flags, sizeof(flags),
+              (off_t)(pfn * sizeof(uint64_t))) != sizeof(flags)) {
+        return true;
+    }
+    return (flags >> MEMDEDUP_KPF_ZERO_PAGE) & 1;
 }
 
 /*
