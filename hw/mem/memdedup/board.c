@@ -218,6 +218,15 @@ static bool memdedup_slot_live(MemdedupBoard *b, MemdedupBoardSlot *s,
     return qatomic_read(&s->owner) && now - hb < b->timeout_ns;
 }
 
+/* Is slot @i another live VM of our trust domain? */
+static bool memdedup_slot_peer(MemdedupBoard *b, uint32_t i, uint64_t now)
+{
+    MemdedupBoardSlot *s = memdedup_slot(b, i);
+
+    return i != b->slot && memdedup_slot_live(b, s, now) &&
+           !memcmp(s->domain, b->domain, sizeof(b->domain));
+}
+
 /* Claim a free or dead slot; -1 if every slot is live. */
 static int memdedup_board_claim(MemdedupBoard *b)
 {
@@ -553,13 +562,12 @@ uint32_t memdedup_board_lookup_begin(MemdedupBoard *b)
         MemdedupBoardSlot *s = memdedup_slot(b, i);
         uint64_t seq;
 
-        if (i == b->slot || !memdedup_slot_live(b, s, now)) {
+        if (!memdedup_slot_peer(b, i, now)) {
             continue;
         }
         seq = qatomic_read(&s->seq);
         smp_rmb();
-        if ((seq & 1) || memcmp(s->domain, b->domain, sizeof(b->domain)) ||
-            s->filter_bits != memdedup_board_filter_bits(b->slot_bytes)) {
+        if ((seq & 1) || s->filter_bits != memdedup_board_filter_bits(b->slot_bytes)) {
             continue;
         }
         b->readable[b->nr_readable] = i;
@@ -607,11 +615,8 @@ uint64_t memdedup_board_version(MemdedupBoard *b)
     uint32_t i;
 
     for (i = 0; i < b->nr_slots; i++) {
-        MemdedupBoardSlot *s = memdedup_slot(b, i);
-
-        if (i != b->slot && memdedup_slot_live(b, s, now) &&
-            !memcmp(s->domain, b->domain, sizeof(b->domain))) {
-            v += qatomic_read(&s->seq) * (i + 1);
+        if (memdedup_slot_peer(b, i, now)) {
+            v += qatomic_read(&memdedup_slot(b, i)->seq) * (i + 1);
         }
     }
     return v;
@@ -637,12 +642,7 @@ MemdedupBoardInfo *memdedup_board_info(MemdedupBoard *b)
             (uint8_t)((uint64_t)s->threshold * 100 / UINT32_MAX);
     }
     for (i = 0; i < b->nr_slots; i++) {
-        MemdedupBoardSlot *s = memdedup_slot(b, i);
-
-        if (i != b->slot && memdedup_slot_live(b, s, now) &&
-            !memcmp(s->domain, b->domain, sizeof(b->domain))) {
-            info->peers++;
-        }
+        info->peers += memdedup_slot_peer(b, i, now);
     }
     return info;
 }

@@ -654,6 +654,27 @@ static void memdedup_advise_regions(MemdedupBlock *blk, uint64_t first,
 }
 
 /*
+ * Register regions [@first, @end) with one call: small pages first, so
+ * that KSM can merge them.  False (nothing marked) if the kernel refused.
+ * Scanner thread.
+ */
+static bool memdedup_register_run(MemdedupBlock *blk, uint64_t first,
+                                  uint64_t end)
+{
+    uint64_t k;
+
+    memdedup_advise(blk, first, end - first, MADV_NOHUGEPAGE);
+    if (!memdedup_advise(blk, first, end - first, MADV_MERGEABLE)) {
+        return false;
+    }
+    for (k = first; k < end; k++) {
+        blk->regions[k].registered = true;
+        blk->regions[k].huge = false;
+    }
+    return true;
+}
+
+/*
  * Bring the registration of @blk in line with @params and the region
  * summaries: register wanted regions, unregister unwanted ones (subject
  * to admission control), give stable unique regions THP back.  Runs of
@@ -698,13 +719,7 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
             continue;
         }
         if (want) {
-            memdedup_advise(blk, i, j - i, MADV_NOHUGEPAGE);
-            if (memdedup_advise(blk, i, j - i, MADV_MERGEABLE)) {
-                for (uint64_t k = i; k < j; k++) {
-                    blk->regions[k].registered = true;
-                    blk->regions[k].huge = false;
-                }
-            } else {
+            if (!memdedup_register_run(blk, i, j)) {
                 memdedup_advise_regions(blk, i, j, true);
             }
         } else {
@@ -1147,13 +1162,7 @@ static void memdedup_apply_pending_hints(MemdedupEngine *engine)
             first = find_first_bit(bits, blk->nr_regions);
             while (first < blk->nr_regions) {
                 last = find_next_zero_bit(bits, blk->nr_regions, first);
-                memdedup_advise(blk, first, last - first, MADV_NOHUGEPAGE);
-                if (memdedup_advise(blk, first, last - first,
-                                    MADV_MERGEABLE)) {
-                    for (uint64_t k = first; k < last; k++) {
-                        blk->regions[k].registered = true;
-                        blk->regions[k].huge = false;
-                    }
+                if (memdedup_register_run(blk, first, last)) {
                     hinted += last - first;
                 }
                 first = find_next_bit(bits, blk->nr_regions, last);
