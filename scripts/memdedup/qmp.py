@@ -281,6 +281,13 @@ class KsmKnobs:
         self._old_handlers = {}
         self._lockfd = None
 
+    def set(self, name, value):
+        """Change one borrowed knob while borrowed (restored on exit)."""
+        if name not in self.want:
+            raise ValueError("%s is not borrowed" % name)
+        if self.active:
+            self._write(name, value)
+
     def _write(self, name, value):
         if ksm_read(name) == value:
             return

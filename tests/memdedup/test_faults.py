@@ -222,6 +222,10 @@ def test_madvise_einval(workdir):
               "refused" % b["registered-bytes"])
         check(b["registration-failures"] >= 3,
               "failures %d" % b["registration-failures"])
+        hmp = vm.qmp.cmd("human-monitor-command",
+                         **{"command-line": "info memdedup"})
+        check("m0: %d registration changes refused by the kernel"
+              % b["registration-failures"] in hmp, "HMP:\n" + hmp)
         info = check_truthful(vm, "EINVAL")
         check("Invalid argument" in info.get("warning", ""),
               "warning: %r" % info.get("warning"))

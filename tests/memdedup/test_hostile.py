@@ -113,7 +113,10 @@ def test_hostile_content(workdir):
         "-machine", "none", "-nodefaults",
         "-object", "memdedup,id=engine,scan-rate=1T,"
                    "rescan-interval=3600000",
-        "-object", "memory-backend-ksm,id=m0,size=%dM" % (SIZE // MiB)],
+        # dump=off: a VMA flag no neighbour has, so none merges into it
+        # and host_address() finds it.
+        "-object", "memory-backend-ksm,id=m0,size=%dM,dump=off"
+                   % (SIZE // MiB)],
         workdir, "hostile").start()
     writer = None
     try:

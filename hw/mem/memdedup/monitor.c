@@ -167,6 +167,13 @@ void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
                        b->registered_ranges, merged,
                        (double)b->estimated_saving / MiB);
     }
+    for (l = info->backends; l; l = l->next) {
+        if (l->value->registration_failures) {
+            monitor_printf(mon, "  %s: %" PRIu64 " registration changes "
+                           "refused by the kernel\n", l->value->id,
+                           l->value->registration_failures);
+        }
+    }
 
     hmp_info_memdedup_numa(mon, info);
 
