@@ -54,6 +54,30 @@ uint32_t memdedup_page_fingerprint(const void *page, size_t size,
  */
 uint32_t memdedup_page_classify(const void *page, size_t size, uint64_t seed);
 
+/*
+ * memdedup_hash_impl: the instruction set the page hash runs on ("avx2",
+ * "sse2" or "scalar"), chosen once from the CPU.
+ */
+const char *memdedup_hash_impl(void);
+
+/*
+ * XXH3 derives a 192-byte secret from the seed for inputs over 240 bytes;
+ * deriving it once per seed instead of once per page is worth 6 %.  With
+ * that secret, XXH3_64bits_withSecret() equals XXH3_64bits_withSeed().
+ */
+#define MEMDEDUP_XXH3_SECRET_SIZE 192
+#define MEMDEDUP_XXH3_MIDSIZE_MAX 240
+
+#if defined(__x86_64__)
+#define MEMDEDUP_HAVE_AVX2
+/*
+ * XXH3-64 of @data with @seed, compiled for AVX2 (index-avx2.c); @secret
+ * is the one derived from @seed.  Only call it if the CPU has AVX2.
+ */
+uint64_t memdedup_xxh3_avx2(const void *data, size_t len, uint64_t seed,
+                            const void *secret);
+#endif
+
 /* ------------------------------------------------------------------ */
 /* Duplicate index                                                     */
 /* ------------------------------------------------------------------ */
@@ -94,6 +118,23 @@ void memdedup_dupset_build(MemdedupDupSet *set, const uint32_t *sorted,
 
 /* Index of @fp in @set, or -1 if it is not a duplicate. */
 ssize_t memdedup_dupset_find(const MemdedupDupSet *set, uint32_t fp);
+
+/* How many pages ahead loops over fingerprints prefetch their lookups. */
+#define MEMDEDUP_LOOKAHEAD 8
+
+/*
+ * memdedup_dupset_prefetch: start loading what memdedup_dupset_find(@set,
+ * @fp) will read (its bucket, and where @fp lands if fingerprints are
+ * uniform), so that a loop can look up one page while the next loads.
+ */
+static inline void memdedup_dupset_prefetch(const MemdedupDupSet *set,
+                                            uint32_t fp)
+{
+    if (set->bucket) {
+        __builtin_prefetch(&set->bucket[fp >> (32 - set->bucket_bits)]);
+        __builtin_prefetch(&set->fps[((uint64_t)fp * set->len) >> 32]);
+    }
+}
 
 void memdedup_dupset_clear(MemdedupDupSet *set);
 

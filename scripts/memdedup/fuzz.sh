@@ -41,7 +41,7 @@ cflags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 libs="$bld/libqemuutil.a $(pkg-config --libs glib-2.0 libxxhash) -lnuma -lm
  -pthread"
 core="$src/hw/mem/memdedup/kernel.c $src/hw/mem/memdedup/policy.c
- $src/hw/mem/memdedup/index.c"
+ $src/hw/mem/memdedup/index.c $src/hw/mem/memdedup/index-avx2.c"
 
 for t in $targets; do
     bin=$out/fuzz-$t

@@ -13,6 +13,9 @@
 #include "qemu/bitmap.h"
 #include "sysemu/memdedup.h"
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #define PAGE 4096
 
 static void test_fingerprint(void)
@@ -38,6 +41,45 @@ static void test_fingerprint(void)
     memcpy(b, a, PAGE);
     g_assert_cmpuint(memdedup_page_fingerprint(b, PAGE, 42), ==, fa);
     g_assert_cmpuint(memdedup_page_fingerprint(b, PAGE, 43), !=, fa);
+}
+
+/*
+ * The fingerprint is XXH3-64 with the seed, folded, on every instruction
+ * set and however the seed's secret is kept: fingerprints must match
+ * those of other QEMUs (the board, migration hints).
+ */
+static void test_fingerprint_is_xxh3(void)
+{
+    static const size_t sizes[] = { 64, 240, 241, 4096, 65536 };
+    g_autofree uint8_t *page = g_malloc(65536);
+    uint8_t secret[XXH3_SECRET_DEFAULT_SIZE];
+    size_t i, s;
+    uint64_t seed;
+
+    g_test_message("page hash on %s", memdedup_hash_impl());
+    for (i = 0; i < 65536; i++) {
+        page[i] = i * 131 + (i >> 8);
+    }
+    for (seed = 0; seed < 4000000000ull; seed += 399999999) {
+        XXH3_generateSecret_fromSeed(secret, seed);
+        for (s = 0; s < ARRAY_SIZE(sizes); s++) {
+            uint64_t h = XXH3_64bits_withSeed(page, sizes[s], seed);
+            uint32_t fp = (uint32_t)(h ^ (h >> 32));
+
+            fp = fp <= MEMDEDUP_FP_ZERO ? fp + 2 : fp;
+            g_assert_cmpuint(memdedup_page_fingerprint(page, sizes[s], seed),
+                             ==, fp);
+            /* Alternating seeds and sizes refresh the cached secret. */
+            g_assert_cmpuint(memdedup_page_classify(page, sizes[s], seed),
+                             ==, fp);
+#ifdef MEMDEDUP_HAVE_AVX2
+            if (__builtin_cpu_supports("avx2")) {
+                g_assert_cmpuint(memdedup_xxh3_avx2(page, sizes[s], seed,
+                                                    secret), ==, h);
+            }
+#endif
+        }
+    }
 }
 
 static void test_fingerprint_reserved(void)
@@ -900,6 +942,8 @@ int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/memdedup/fingerprint", test_fingerprint);
+    g_test_add_func("/memdedup/fingerprint-is-xxh3",
+                    test_fingerprint_is_xxh3);
     g_test_add_func("/memdedup/fingerprint-reserved",
                     test_fingerprint_reserved);
     g_test_add_func("/memdedup/hostile-collisions", test_hostile_collisions);

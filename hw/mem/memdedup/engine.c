@@ -61,6 +61,16 @@
 #define MEMDEDUP_RESCAN_INTERVAL_MAX     86400000    /* ms, one day */
 /* How often the kernel's merged counts are refreshed between passes. */
 #define MEMDEDUP_KERNEL_REFRESH_MS       1000
+/*
+ * Reading smaps walks every page table entry of the process (half of
+ * the engine's CPU in a steady state): while what the kernel merged
+ * stays the same, the view is read half as often each time, down to
+ * this; a change or a pass brings it back to every second, and a query
+ * finds it at most MEMDEDUP_KERNEL_QUERY_STALE_MS old.
+ */
+#define MEMDEDUP_KERNEL_REFRESH_MAX_MS   16000
+/* A query finding the view older than this has it read at once. */
+#define MEMDEDUP_KERNEL_QUERY_STALE_MS   5000
 /* How often a migration destination looks for the end of the incoming. */
 #define MEMDEDUP_INCOMING_POLL_MS        100
 /* Longest sleep of the rate limiter before it looks at quit again. */
@@ -973,6 +983,10 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
             for (p = first; p < last; p++) {
                 ssize_t idx;
 
+                if (p + MEMDEDUP_LOOKAHEAD < last) {
+                    memdedup_dupset_prefetch(&engine->dupset,
+                                             blk->fps[p + MEMDEDUP_LOOKAHEAD]);
+                }
                 if (blk->fps[p] <= MEMDEDUP_FP_ZERO) {
                     continue;
                 }
@@ -1035,11 +1049,15 @@ static void memdedup_count_registration(MemdedupBlock *blk,
     }
 }
 
-/* Kernel-merged pages of every managed block, from one smaps read. */
-static void memdedup_refresh_kernel_view(MemdedupEngine *engine)
+/*
+ * Kernel-merged pages of every managed block, from one smaps read.
+ * Returns whether any block's count changed.
+ */
+static bool memdedup_refresh_kernel_view(MemdedupEngine *engine)
 {
     g_auto(MemdedupSmapsView) smaps = { 0 };
     MemdedupBlock *blk;
+    bool changed = false;
 
     /* Parsed once, outside the lock; each block is a lookup. */
     memdedup_smaps_view_read(&smaps);
@@ -1048,14 +1066,19 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine)
     QTAILQ_FOREACH(blk, &engine->blocks, next) {
         uint64_t start = (uintptr_t)blk->host, end = start + blk->size;
         uint64_t ksm_bytes, vmas, mergeable;
+        int64_t merged = -1;
 
-        blk->stats.kernel_merged_pages = -1;
         if (smaps.has_ksm) {
             memdedup_smaps_view_sum(&smaps, start, end, &ksm_bytes, &vmas,
                                     &mergeable);
-            blk->stats.kernel_merged_pages = ksm_bytes / blk->page_size;
+            merged = ksm_bytes / blk->page_size;
         }
+        changed |= blk->stats.kernel_merged_pages != merged;
+        blk->stats.kernel_merged_pages = merged;
     }
+    engine->view_time = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+    engine->view_wanted = false;
+    return changed;
 }
 
 /*
@@ -1554,7 +1577,8 @@ static void memdedup_board_tick(MemdedupEngine *engine)
 static void *memdedup_thread(void *opaque)
 {
     MemdedupEngine *engine = opaque;
-    int64_t next_pass = 0, next_refresh = 0;
+    int64_t next_pass = 0, next_refresh = 0, next_view = 0;
+    int64_t view_interval = MEMDEDUP_KERNEL_REFRESH_MS;
 
     rcu_register_thread();
     for (;;) {
@@ -1572,6 +1596,7 @@ static void *memdedup_thread(void *opaque)
             apply = (engine->params_dirty || engine->discards_pending ||
                      engine->board_dirty) && !engine->paused;
             if (rescan || apply || now >= next_refresh ||
+                engine->view_wanted ||
                 (engine->paused && engine->incoming)) {
                 break;
             }
@@ -1604,13 +1629,22 @@ static void *memdedup_thread(void *opaque)
         }
 
         if (rescan || apply) {
+            /* The pass ends with a fresh kernel view. */
             memdedup_run_pass(engine, rescan);
             now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
             if (rescan) {
                 next_pass = now + qatomic_read(&engine->rescan_interval);
             }
+            view_interval = MEMDEDUP_KERNEL_REFRESH_MS;
+            next_view = now + view_interval;
         } else {
-            memdedup_refresh_kernel_view(engine);
+            if (now >= next_view || qatomic_read(&engine->view_wanted)) {
+                view_interval = memdedup_refresh_kernel_view(engine) ?
+                                MEMDEDUP_KERNEL_REFRESH_MS :
+                                MIN(view_interval * 2,
+                                    MEMDEDUP_KERNEL_REFRESH_MAX_MS);
+                next_view = now + view_interval;
+            }
             memdedup_numa_watch(engine);
         }
         memdedup_board_tick(engine);
@@ -1670,6 +1704,17 @@ MemdedupInfo *memdedup_query(Error **errp)
 
     memdedup_engine_init();
     qemu_mutex_lock(&engine->lock);
+    /*
+     * Someone is watching: if the kernel view is more than 5 s old (it
+     * is read less often while nothing changes), have it read now, for
+     * this caller's next query.
+     */
+    if (engine->thread_started && !engine->view_wanted &&
+        qemu_clock_get_ms(QEMU_CLOCK_REALTIME) - engine->view_time >
+        MEMDEDUP_KERNEL_QUERY_STALE_MS) {
+        engine->view_wanted = true;
+        qemu_cond_signal(&engine->wakeup);
+    }
     info->state = engine->paused ? MEMDEDUP_STATE_PAUSED : engine->state;
     if (engine->paused) {
         info->has_paused_reason = true;

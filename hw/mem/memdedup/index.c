@@ -21,27 +21,124 @@
 
 #include "qemu/osdep.h"
 #include "qemu/cutils.h"
+#include "qemu/atomic.h"
 #include "sysemu/memdedup.h"
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
-uint32_t memdedup_page_fingerprint(const void *page, size_t size,
-                                   uint64_t seed)
+static uint64_t memdedup_xxh3_baseline(const void *data, size_t len,
+                                       uint64_t seed, const void *secret)
 {
-    uint64_t h = XXH3_64bits_withSeed(page, size, seed);
+    if (len > MEMDEDUP_XXH3_MIDSIZE_MAX) {
+        return XXH3_64bits_withSecret(data, len, secret,
+                                      MEMDEDUP_XXH3_SECRET_SIZE);
+    }
+    return XXH3_64bits_withSeed(data, len, seed);
+}
+
+typedef uint64_t (*MemdedupXxh3Fn)(const void *, size_t, uint64_t,
+                                   const void *);
+
+/* The hash for this CPU, chosen on first use (both give equal results). */
+static MemdedupXxh3Fn memdedup_xxh3;
+
+static MemdedupXxh3Fn memdedup_choose_hash(void)
+{
+    MemdedupXxh3Fn fn = qatomic_read(&memdedup_xxh3);
+
+    if (likely(fn)) {
+        return fn;
+    }
+    fn = memdedup_xxh3_baseline;
+#ifdef MEMDEDUP_HAVE_AVX2
+    /* Also checks that the kernel saves the AVX state (XGETBV). */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) {
+        fn = memdedup_xxh3_avx2;
+    }
+#endif
+    qatomic_set(&memdedup_xxh3, fn);
+    return fn;
+}
+
+const char *memdedup_hash_impl(void)
+{
+#ifdef MEMDEDUP_HAVE_AVX2
+    if (memdedup_choose_hash() == memdedup_xxh3_avx2) {
+        return "avx2";
+    }
+#endif
+#if defined(__SSE2__)
+    return "sse2";
+#else
+    return "scalar";
+#endif
+}
+
+/*
+ * What hashing with one seed needs, kept per thread for the last seed
+ * and page size used: XXH3's secret for the seed, and the hash of a zero
+ * page (see memdedup_page_classify).
+ */
+typedef struct MemdedupHashKey {
+    bool valid;
+    uint64_t seed;
+    size_t size;
+    uint64_t zero_hash;
+    uint8_t secret[MEMDEDUP_XXH3_SECRET_SIZE] QEMU_ALIGNED(64);
+} MemdedupHashKey;
+
+static __thread MemdedupHashKey memdedup_hash_key;
+
+static inline const MemdedupHashKey *memdedup_key_for(uint64_t seed,
+                                                      size_t size)
+{
+    MemdedupHashKey *k = &memdedup_hash_key;
+
+    if (unlikely(!k->valid || k->seed != seed || k->size != size)) {
+        g_autofree void *zero = g_malloc0(size);
+
+        QEMU_BUILD_BUG_ON(sizeof(k->secret) < XXH3_SECRET_DEFAULT_SIZE);
+        XXH3_generateSecret_fromSeed(k->secret, seed);
+        k->seed = seed;
+        k->size = size;
+        k->zero_hash = memdedup_choose_hash()(zero, size, seed, k->secret);
+        k->valid = true;
+    }
+    return k;
+}
+
+static inline uint32_t memdedup_fold(uint64_t h)
+{
     uint32_t fp = (uint32_t)(h ^ (h >> 32));
 
     /* Keep clear of the reserved values. */
     return fp <= MEMDEDUP_FP_ZERO ? fp + 2 : fp;
 }
 
+uint32_t memdedup_page_fingerprint(const void *page, size_t size,
+                                   uint64_t seed)
+{
+    const MemdedupHashKey *k = memdedup_key_for(seed, size);
+
+    return memdedup_fold(memdedup_choose_hash()(page, size, seed, k->secret));
+}
+
+/*
+ * Hash first: a page is zero only if its hash is the zero page's, and
+ * then buffer_is_zero() confirms it from the cache.  A non-zero page is
+ * read once.
+ */
 uint32_t memdedup_page_classify(const void *page, size_t size, uint64_t seed)
 {
-    if (buffer_is_zero(page, size)) {
+    const MemdedupHashKey *k = memdedup_key_for(seed, size);
+    uint64_t h = memdedup_choose_hash()(page, size, seed, k->secret);
+
+    if (h == k->zero_hash && buffer_is_zero(page, size)) {
         return MEMDEDUP_FP_ZERO;
     }
-    return memdedup_page_fingerprint(page, size, seed);
+    return memdedup_fold(h);
 }
 
 void memdedup_fp_sort(uint32_t *fps, uint32_t *tmp, size_t n)
@@ -154,9 +251,17 @@ ssize_t memdedup_dupset_find(const MemdedupDupSet *set, uint32_t fp)
 
     if (set->bucket) {
         uint32_t b = fp >> (32 - set->bucket_bits);
+        size_t i;
 
+        /* About four entries a bucket: a scan beats a binary search. */
         lo = set->bucket[b];
         hi = set->bucket[b + 1];
+        for (i = lo; i < hi; i++) {
+            if (set->fps[i] >= fp) {
+                return set->fps[i] == fp ? (ssize_t)i : -1;
+            }
+        }
+        return -1;
     }
 
     while (lo < hi) {

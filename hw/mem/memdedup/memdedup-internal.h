@@ -106,6 +106,8 @@ typedef struct MemdedupEngine {
     MemdedupBoard *board;       /* the cross-VM board, or NULL */
     MemdedupBoard *board_retired;  /* closed by the scanner thread */
     bool board_dirty;           /* other VMs published: look up again */
+    int64_t view_time;          /* kernel view last read (ms, realtime) */
+    bool view_wanted;           /* a query found it stale: read it now */
     uint64_t board_version;     /* of the others' slots, last looked up */
     char *paused_reason;        /* why paused, or NULL */
     bool incoming;              /* paused until the incoming migration ends */
@@ -152,6 +154,7 @@ typedef struct MemdedupScanBuffers {
     bool *present;              /* residency of each page of one region */
     void **addrs;               /* move_pages arguments, one per page */
     int *status;                /* move_pages results, one per page */
+    uint32_t *fps;              /* new fingerprints of one region */
 } MemdedupScanBuffers;
 
 /* Learn the zero pages' PFNs, when pagemap shows PFNs.  Once, at init. */

@@ -320,6 +320,10 @@ void memdedup_numa_count(const MemdedupNumaIndex *idx,
         int node = pages->nodes[p];
         MemdedupNumaNodeStats *ns;
 
+        if (p + MEMDEDUP_LOOKAHEAD < pages->nr_pages) {
+            memdedup_dupset_prefetch(global,
+                                     pages->fps[p + MEMDEDUP_LOOKAHEAD]);
+        }
         if (fp == MEMDEDUP_FP_ABSENT) {
             continue;
         }
