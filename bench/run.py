@@ -72,8 +72,8 @@ DEFAULT_STEPS = [
     ("off", "1000/20", "mixed", "stock,targeted,board,proxy,ideal"),
     ("off", "1000/20", "volatile", "stock,targeted,board"),
     ("off", "1000/20", "guests", "stock,targeted,board"),
-    ("off", "100/20", "mixed", "stock,targeted"),
-    ("on", "1000/20", "mixed", "stock,targeted"),
+    ("off", "100/20", "mixed", "stock,targeted,board"),
+    ("on", "1000/20", "mixed", "stock,targeted,board"),
 ]
 QUICK_STEPS = [
     ("off", "1000/20", "mixed", "stock,targeted"),
@@ -399,8 +399,12 @@ def ratios(runs):
                 st["ksmd_cpu_steady_per_min"])
             row["t90_own_vs_stock_own"] = ratio(s["t90_own_s"],
                                                 st["t90_own_s"])
-            row["thp_kept"] = s.get("thp_kept_unique_frac")
-            row["stock_thp_kept"] = st.get("thp_kept_unique_frac")
+            # With THP off there are no huge pages to keep.
+            thp_on = thp == "on"
+            row["thp_kept"] = (s.get("thp_kept_unique_frac") if thp_on
+                               else None)
+            row["stock_thp_kept"] = (st.get("thp_kept_unique_frac")
+                                     if thp_on else None)
             row["metadata_per_page"] = s.get("metadata_bytes_per_page")
             if ideal and config != "ideal":
                 si = ideal["summary"]

@@ -63,10 +63,9 @@
 #define MEMDEDUP_KERNEL_REFRESH_MS       1000
 /*
  * Reading smaps walks every page table entry of the process (half of
- * the engine's CPU in a steady state): while what the kernel merged
- * stays the same, the view is read half as often each time, down to
- * this; a change or a pass brings it back to every second, and a query
- * finds it at most MEMDEDUP_KERNEL_QUERY_STALE_MS old.
+ * the engine's CPU in a steady state when read every second): after a
+ * pass the view is read 1 s later, then at intervals that double, up to
+ * this; a query finds it at most MEMDEDUP_KERNEL_QUERY_STALE_MS old.
  */
 #define MEMDEDUP_KERNEL_REFRESH_MAX_MS   16000
 /* A query finding the view older than this has it read at once. */
@@ -1049,15 +1048,11 @@ static void memdedup_count_registration(MemdedupBlock *blk,
     }
 }
 
-/*
- * Kernel-merged pages of every managed block, from one smaps read.
- * Returns whether any block's count changed.
- */
-static bool memdedup_refresh_kernel_view(MemdedupEngine *engine)
+/* Kernel-merged pages of every managed block, from one smaps read. */
+static void memdedup_refresh_kernel_view(MemdedupEngine *engine)
 {
     g_auto(MemdedupSmapsView) smaps = { 0 };
     MemdedupBlock *blk;
-    bool changed = false;
 
     /* Parsed once, outside the lock; each block is a lookup. */
     memdedup_smaps_view_read(&smaps);
@@ -1066,19 +1061,16 @@ static bool memdedup_refresh_kernel_view(MemdedupEngine *engine)
     QTAILQ_FOREACH(blk, &engine->blocks, next) {
         uint64_t start = (uintptr_t)blk->host, end = start + blk->size;
         uint64_t ksm_bytes, vmas, mergeable;
-        int64_t merged = -1;
 
+        blk->stats.kernel_merged_pages = -1;
         if (smaps.has_ksm) {
             memdedup_smaps_view_sum(&smaps, start, end, &ksm_bytes, &vmas,
                                     &mergeable);
-            merged = ksm_bytes / blk->page_size;
+            blk->stats.kernel_merged_pages = ksm_bytes / blk->page_size;
         }
-        changed |= blk->stats.kernel_merged_pages != merged;
-        blk->stats.kernel_merged_pages = merged;
     }
     engine->view_time = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
     engine->view_wanted = false;
-    return changed;
 }
 
 /*
@@ -1639,9 +1631,8 @@ static void *memdedup_thread(void *opaque)
             next_view = now + view_interval;
         } else {
             if (now >= next_view || qatomic_read(&engine->view_wanted)) {
-                view_interval = memdedup_refresh_kernel_view(engine) ?
-                                MEMDEDUP_KERNEL_REFRESH_MS :
-                                MIN(view_interval * 2,
+                memdedup_refresh_kernel_view(engine);
+                view_interval = MIN(view_interval * 2,
                                     MEMDEDUP_KERNEL_REFRESH_MAX_MS);
                 next_view = now + view_interval;
             }
