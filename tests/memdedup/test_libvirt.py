@@ -173,7 +173,10 @@ class Libvirt:
             # unshare and sh exec: the process we started becomes libvirtd.
             self.mntns = wait_for("the daemons' mount namespace",
                                   self._namespace, 10)
-            # virtlogd joins the namespace as our child, so that we reap it.
+            # libvirtd answering means the namespace's mounts are in place.
+            wait_for("libvirtd", self._answers, DAEMON_TIMEOUT)
+            # virtlogd joins the namespace as our child, so that we reap it;
+            # domains start only once its socket is there.
             with open(os.path.join(self.root, "virtlogd.log"), "wb") as log:
                 self.virtlogd = subprocess.Popen(
                     ["nsenter", "-m", "-t", str(self.proc.pid), "virtlogd",
@@ -181,7 +184,8 @@ class Libvirt:
                      "-p", "/run/virtlogd.pid"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                     start_new_session=True)
-            wait_for("libvirtd", self._answers, DAEMON_TIMEOUT)
+            wait_for("virtlogd's socket", self._virtlogd_ready,
+                     DAEMON_TIMEOUT)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -195,6 +199,15 @@ class Libvirt:
         if self.proc.poll() is not None:
             raise AssertionError("libvirtd exited:\n" + self.daemon_log())
         return None
+
+    def _virtlogd_ready(self):
+        if self.virtlogd.poll() is not None:
+            with open(os.path.join(self.root, "virtlogd.log"),
+                      errors="replace") as f:
+                raise AssertionError("virtlogd exited:\n" + f.read()[-3000:])
+        # /run in the namespace is our directory run/.
+        return os.path.exists(os.path.join(self.root, "run", "libvirt",
+                                           "virtlogd-sock"))
 
     def _answers(self):
         if self.proc.poll() is not None:
