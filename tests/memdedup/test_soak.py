@@ -15,9 +15,10 @@ requested, and 64 KiB guest writes mirrored in the test.  At the end:
 - every backend added was announced and every deleted one removed
   (events), and only the machine's backend is left;
 - after two quiet passes (ksmd stopped) the engine's counts match the
-  content exactly (zero and resident pages, less the zero pages the kernel
-  remapped to its shared zero page when ksmd split their huge page; duplicate + unique, with a tolerance of two
-  pages for 32-bit fingerprint collisions between duplicate and unique);
+  content exactly (zero and resident pages, less the zero pages the
+  kernel remapped to its shared zero page when ksmd split their huge
+  page; duplicate + unique, with a tolerance of two pages for 32-bit
+  fingerprint collisions between duplicate and unique);
 - what the engine reports registered is what the kernel's smaps shows
   as mergeable, and its merged count is smaps' KSM count;
 - guest memory reads back byte-identical to the mirror.
@@ -32,9 +33,8 @@ import sys
 import time
 
 from harness import (MiB, PAGE, Skip, check, fill_known, host_address,
-                     mergeable_vmas,
-                     qmp, run_pass, run_tests, smaps_merged_pages,
-                     start_qtest_vm, wait_for)
+                     mergeable_vmas, qmp, run_pass, run_tests,
+                     smaps_merged_pages, start_qtest_vm, wait_for)
 
 SIZE = 256 * MiB
 LOW = 16 * MiB                      # below: legacy holes and ROMs

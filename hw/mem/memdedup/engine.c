@@ -1574,7 +1574,7 @@ static void *memdedup_thread(void *opaque)
 
     rcu_register_thread();
     for (;;) {
-        bool rescan = false, apply = false, incoming;
+        bool rescan = false, apply = false, incoming, view_wanted;
         int64_t now;
 
         qemu_mutex_lock(&engine->lock);
@@ -1596,6 +1596,7 @@ static void *memdedup_thread(void *opaque)
                                 MIN(next_pass, next_refresh) - now);
         }
         incoming = engine->paused && engine->incoming;
+        view_wanted = engine->view_wanted;
         qemu_mutex_unlock(&engine->lock);
         if (qatomic_read(&engine->quit)) {
             break;
@@ -1630,7 +1631,7 @@ static void *memdedup_thread(void *opaque)
             view_interval = MEMDEDUP_KERNEL_REFRESH_MS;
             next_view = now + view_interval;
         } else {
-            if (now >= next_view || qatomic_read(&engine->view_wanted)) {
+            if (now >= next_view || view_wanted) {
                 memdedup_refresh_kernel_view(engine);
                 view_interval = MIN(view_interval * 2,
                                     MEMDEDUP_KERNEL_REFRESH_MAX_MS);

@@ -15,7 +15,7 @@
  */
 
 #include "qemu/osdep.h"
-#include "memdedup-internal.h"
+#include "sysemu/memdedup.h"
 
 #ifdef MEMDEDUP_HAVE_AVX2
 
@@ -32,15 +32,12 @@
 #define XXH_INLINE_ALL
 #define XXH_VECTOR XXH_AVX2
 #include <xxhash.h>
+#include "index-xxh3.h"
 
 uint64_t memdedup_xxh3_avx2(const void *data, size_t len, uint64_t seed,
                             const void *secret)
 {
-    if (len > MEMDEDUP_XXH3_MIDSIZE_MAX) {
-        return XXH3_64bits_withSecret(data, len, secret,
-                                      MEMDEDUP_XXH3_SECRET_SIZE);
-    }
-    return XXH3_64bits_withSeed(data, len, seed);
+    return memdedup_xxh3_inline(data, len, seed, secret);
 }
 
 #if defined(__clang__)

@@ -26,15 +26,12 @@
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
+#include "index-xxh3.h"
 
 static uint64_t memdedup_xxh3_baseline(const void *data, size_t len,
                                        uint64_t seed, const void *secret)
 {
-    if (len > MEMDEDUP_XXH3_MIDSIZE_MAX) {
-        return XXH3_64bits_withSecret(data, len, secret,
-                                      MEMDEDUP_XXH3_SECRET_SIZE);
-    }
-    return XXH3_64bits_withSeed(data, len, seed);
+    return memdedup_xxh3_inline(data, len, seed, secret);
 }
 
 typedef uint64_t (*MemdedupXxh3Fn)(const void *, size_t, uint64_t,
