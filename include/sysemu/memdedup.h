@@ -120,19 +120,33 @@ void memdedup_dupset_build(MemdedupDupSet *set, const uint32_t *sorted,
 ssize_t memdedup_dupset_find(const MemdedupDupSet *set, uint32_t fp);
 
 /* How many pages ahead loops over fingerprints prefetch their lookups. */
-#define MEMDEDUP_LOOKAHEAD 8
+#define MEMDEDUP_LOOKAHEAD 16
 
 /*
- * memdedup_dupset_prefetch: start loading what memdedup_dupset_find(@set,
- * @fp) will read (its bucket, and where @fp lands if fingerprints are
- * uniform), so that a loop can look up one page while the next loads.
+ * memdedup_dupset_prefetch: in a loop that looks up @fps[0..@n) in @set
+ * in order, call at @i to start loading what the lookups ahead will read:
+ * the bucket of the page 2 * MEMDEDUP_LOOKAHEAD ahead, and the entries of
+ * the page MEMDEDUP_LOOKAHEAD ahead (its bucket was loaded meanwhile), so
+ * that neither load of a lookup waits for memory.  Any value in @fps is
+ * fine: a prefetch changes nothing.  Always inlined: GCC judges a function
+ * that only prefetches to have no effect, and drops calls to it.
  */
-static inline void memdedup_dupset_prefetch(const MemdedupDupSet *set,
-                                            uint32_t fp)
+static inline QEMU_ALWAYS_INLINE
+void memdedup_dupset_prefetch(const MemdedupDupSet *set, const uint32_t *fps,
+                              size_t i, size_t n)
 {
-    if (set->bucket) {
-        __builtin_prefetch(&set->bucket[fp >> (32 - set->bucket_bits)]);
-        __builtin_prefetch(&set->fps[((uint64_t)fp * set->len) >> 32]);
+    unsigned shift = 32 - set->bucket_bits;
+
+    if (!set->bucket) {
+        return;
+    }
+    if (i + 2 * MEMDEDUP_LOOKAHEAD < n) {
+        __builtin_prefetch(&set->bucket[fps[i + 2 * MEMDEDUP_LOOKAHEAD] >>
+                                        shift]);
+    }
+    if (i + MEMDEDUP_LOOKAHEAD < n) {
+        __builtin_prefetch(&set->fps[set->bucket[fps[i + MEMDEDUP_LOOKAHEAD] >>
+                                                 shift]]);
     }
 }
 
@@ -229,6 +243,14 @@ bool memdedup_parse_ksm_stat(const char *text, MemdedupKsmStat *stat);
 bool memdedup_read_ksm_stat(MemdedupKsmStat *stat);
 
 /*
+ * False only when /proc/self/ksm_stat says that this process maps no page
+ * KSM merged, nor KSM's zero page: then every count of merged pages is 0
+ * without walking page tables (smaps, kpageflags), which costs time in
+ * proportion to the memory.  True when it cannot tell.
+ */
+bool memdedup_process_has_merged_pages(void);
+
+/*
  * A /sys/kernel/mm/ksm value: one unsigned decimal number, surrounding
  * blanks and newline allowed; false for anything else.
  */
@@ -276,6 +298,13 @@ void memdedup_smaps_view_parse(MemdedupSmapsView *view, const char *text);
 
 /* Read and parse /proc/self/smaps; false (empty view) if unreadable. */
 bool memdedup_smaps_view_read(MemdedupSmapsView *view);
+
+/*
+ * For the KSM bytes alone: as memdedup_smaps_view_read(), but when the
+ * process has no merged page (memdedup_process_has_merged_pages()), an
+ * empty view that says so -- every sum is 0 -- without reading smaps.
+ */
+bool memdedup_smaps_view_read_merged(MemdedupSmapsView *view);
 
 /*
  * Over the VMAs of @view that lie inside [@start, @end): the KSM bytes,
@@ -450,9 +479,13 @@ typedef struct MemdedupNumaStats {
 } MemdedupNumaStats;
 
 /*
+ * memdedup_numa_count_page: add one page, fingerprint @fp on host node
+ * @node and already classified as @kind, to @stats.
  * memdedup_numa_count: add each resident page of @pages to its node in
  * @stats, classified against @global and @idx (merged counts untouched).
  */
+void memdedup_numa_count_page(MemdedupNumaStats *stats, uint32_t fp,
+                              int node, MemdedupDupKind kind);
 void memdedup_numa_count(const MemdedupNumaIndex *idx,
                          const MemdedupDupSet *global,
                          const MemdedupNumaPages *pages,

@@ -33,7 +33,7 @@ SIZE = 4096 * MiB
 PAGES = SIZE // PAGE
 REGION_PAGES = 512                # 2 MiB regions
 CHUNK_PAGES = 16384               # pages per write (64 MiB)
-ROUNDS = 2
+ROUNDS = 3
 RATIO_LIMIT = 2.0
 KINDS = ("distinct", "pairs", "identical", "flip")
 

@@ -431,7 +431,7 @@ static int64_t memdedup_merged_bytes(MemdedupSmapsView *smaps,
     uint64_t ksm_bytes, vmas, mergeable;
 
     if (!smaps->read) {
-        memdedup_smaps_view_read(smaps);
+        memdedup_smaps_view_read_merged(smaps);
     }
     if (!smaps->has_ksm) {
         return -1;
@@ -799,6 +799,7 @@ typedef struct MemdedupPassBlock {
     MemdedupParams params;
     bool apply_only;            /* params changed; no need to rescan */
     bool hinted;                /* registered from hints, not yet scanned */
+    bool indexed;               /* its pages are in this pass's dup set */
     unsigned long *discarded;   /* regions to forget pages of, or NULL */
     uint64_t first_item;        /* index of its region 0 in the item space */
 } MemdedupPassBlock;
@@ -934,6 +935,7 @@ static void memdedup_pass_index(MemdedupPass *pass)
             qatomic_read(&blk->removed)) {
             continue;           /* a removed block leaves the index */
         }
+        pass->blocks[b].indexed = true;
         indexed[nr_indexed++] = blk;
         for (p = 0; p < blk->nr_pages; p++) {
             if (blk->fps[p] > MEMDEDUP_FP_ZERO) {
@@ -969,6 +971,9 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
                                     MemdedupBlockStats *st)
 {
     MemdedupBlock *blk = pb->blk;
+    /* The per-node statistics, from the same lookups (numa-engine.c). */
+    MemdedupNumaStats *numa = pb->indexed ? g_new0(MemdedupNumaStats, 1) :
+                                            NULL;
     uint64_t i, p;
 
     memset(st, 0, sizeof(*st));
@@ -982,14 +987,17 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
             for (p = first; p < last; p++) {
                 ssize_t idx;
 
-                if (p + MEMDEDUP_LOOKAHEAD < last) {
-                    memdedup_dupset_prefetch(&engine->dupset,
-                                             blk->fps[p + MEMDEDUP_LOOKAHEAD]);
-                }
+                memdedup_dupset_prefetch(&engine->dupset, blk->fps, p,
+                                         blk->nr_pages);
                 if (blk->fps[p] <= MEMDEDUP_FP_ZERO) {
+                    if (numa) {
+                        memdedup_numa_count_page(numa, blk->fps[p],
+                                                 blk->nodes[p],
+                                                 MEMDEDUP_DUP_NONE);
+                    }
                     continue;
                 }
-                idx = memdedup_numa_find(engine, blk, p);
+                idx = memdedup_numa_find(engine, blk, p, numa);
                 if (idx < 0) {
                     /* Unique here; held by another VM? */
                     cross_vm += board &&
@@ -1024,6 +1032,9 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
     st->scanned_pages = pb->params.policy == MEMDEDUP_POLICY_OFF ? 0 :
                         st->resident_pages;
     st->estimated_saving += st->zero_pages * blk->page_size;
+    if (numa) {
+        memdedup_numa_block_publish(engine, blk, numa);
+    }
 }
 
 /* Registered bytes, ranges and huge regions of @blk, from its regions. */
@@ -1055,7 +1066,7 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine)
     MemdedupBlock *blk;
 
     /* Parsed once, outside the lock; each block is a lookup. */
-    memdedup_smaps_view_read(&smaps);
+    memdedup_smaps_view_read_merged(&smaps);
 
     QEMU_LOCK_GUARD(&engine->lock);
     QTAILQ_FOREACH(blk, &engine->blocks, next) {
@@ -1091,6 +1102,9 @@ static int64_t memdedup_count_ksm_runs(MemdedupEngine *engine,
 
     if (engine->pagemap_fd < 0 || engine->kpageflags_fd < 0) {
         return -1;
+    }
+    if (!memdedup_process_has_merged_pages()) {
+        return 0;
     }
     for (i = 0; i < blk->nr_regions && total >= 0; i = j) {
         for (j = i; j < blk->nr_regions && want(pb, j); j++) {

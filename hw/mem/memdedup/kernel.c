@@ -124,6 +124,16 @@ bool memdedup_read_ksm_stat(MemdedupKsmStat *stat)
     return memdedup_parse_ksm_stat(text, stat);
 }
 
+bool memdedup_process_has_merged_pages(void)
+{
+    MemdedupKsmStat stat;
+
+    if (!memdedup_read_ksm_stat(&stat) || stat.merging_pages != 0) {
+        return true;            /* merged pages, or no way to tell */
+    }
+    return stat.zero_pages > 0;
+}
+
 bool memdedup_parse_meminfo(const char *text, uint64_t *mem_available,
                             uint64_t *mem_total)
 {
@@ -239,6 +249,17 @@ bool memdedup_smaps_view_read(MemdedupSmapsView *view)
     }
     view->read = true;
     return text != NULL;
+}
+
+bool memdedup_smaps_view_read_merged(MemdedupSmapsView *view)
+{
+    if (memdedup_process_has_merged_pages()) {
+        return memdedup_smaps_view_read(view);
+    }
+    memdedup_smaps_view_clear(view);
+    view->read = true;
+    view->has_ksm = true;
+    return true;
 }
 
 void memdedup_smaps_view_sum(const MemdedupSmapsView *view, uint64_t start,

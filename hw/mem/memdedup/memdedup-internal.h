@@ -282,12 +282,17 @@ void memdedup_adopt_free(MemdedupAdopt *adopt);
  * region @region (whose pages start at @base); inside the scanner's RCU
  * read-side section that saw @blk alive.
  * memdedup_numa_pass_index: rebuild the per-node sets from @blocks (the
- * blocks the global dup set was built from) and recount and publish
- * their per-node statistics.  Scanner thread, lock not held.
+ * blocks the global dup set was built from).  Scanner thread, lock not
+ * held.
  * memdedup_numa_find: the slot of page @page of @blk in the index if it
  * is a duplicate KSM can merge under the host's partitioning, else -1
- * (see memdedup_numa_classify).  Scanner thread, after the index.
- * memdedup_numa_slots() bounds the slots.
+ * (see memdedup_numa_classify); the page is also counted into @stats
+ * unless that is NULL, so that one lookup serves both.  Scanner thread,
+ * after the index.  memdedup_numa_slots() bounds the slots.
+ * memdedup_numa_block_publish: add the kernel's merged pages per node
+ * (when QEMU may read kpageflags) to @stats, @blk's per-node statistics
+ * from the pass, and publish them; takes @stats.  Scanner thread, lock
+ * not held.
  * memdedup_numa_watch: between passes: request a pass when
  * merge_across_nodes changed.  Scanner thread, lock not held.
  * memdedup_numa_query_backend / memdedup_numa_query: fill the NUMA parts
@@ -301,7 +306,9 @@ void memdedup_numa_scan_region(MemdedupBlock *blk, uint64_t region,
 void memdedup_numa_pass_index(MemdedupEngine *engine, MemdedupBlock **blocks,
                               size_t nr_blocks);
 ssize_t memdedup_numa_find(MemdedupEngine *engine, MemdedupBlock *blk,
-                           uint64_t page);
+                           uint64_t page, MemdedupNumaStats *stats);
+void memdedup_numa_block_publish(MemdedupEngine *engine, MemdedupBlock *blk,
+                                 MemdedupNumaStats *stats);
 void memdedup_numa_watch(MemdedupEngine *engine);
 void memdedup_numa_query_backend(MemdedupBlock *blk, MemdedupBackendInfo *bi);
 void memdedup_numa_query(MemdedupEngine *engine, MemdedupInfo *info);

@@ -121,11 +121,8 @@ void memdedup_numa_scan_region(MemdedupBlock *blk, uint64_t region,
     }
 }
 
-static void memdedup_numa_block_summarize(MemdedupEngine *engine,
-                                          MemdedupBlock *blk);
-
 ssize_t memdedup_numa_find(MemdedupEngine *engine, MemdedupBlock *blk,
-                           uint64_t page)
+                           uint64_t page, MemdedupNumaStats *stats)
 {
     ssize_t slot;
     MemdedupDupKind kind = memdedup_numa_classify(&engine->numa,
@@ -133,6 +130,10 @@ ssize_t memdedup_numa_find(MemdedupEngine *engine, MemdedupBlock *blk,
                                                   blk->fps[page],
                                                   blk->nodes[page], &slot);
 
+    if (stats) {
+        memdedup_numa_count_page(stats, blk->fps[page], blk->nodes[page],
+                                 kind);
+    }
     return memdedup_numa_candidate(&engine->numa, kind) ? slot : -1;
 }
 
@@ -149,25 +150,11 @@ void memdedup_numa_pass_index(MemdedupEngine *engine, MemdedupBlock **blocks,
         pages[b].nr_pages = blocks[b]->nr_pages;
     }
     memdedup_numa_index_build(&engine->numa, pages, nr_blocks);
-    for (b = 0; b < nr_blocks; b++) {
-        memdedup_numa_block_summarize(engine, blocks[b]);
-    }
 }
 
-/*
- * Recount @blk's per-node statistics, with the kernel's merged pages per
- * node when QEMU may read kpageflags, and publish them.  Scanner thread,
- * lock not held.
- */
-static void memdedup_numa_block_summarize(MemdedupEngine *engine,
-                                          MemdedupBlock *blk)
+void memdedup_numa_block_publish(MemdedupEngine *engine, MemdedupBlock *blk,
+                                 MemdedupNumaStats *stats)
 {
-    MemdedupNumaStats *stats = g_new0(MemdedupNumaStats, 1);
-    MemdedupNumaPages pages = {
-        .fps = blk->fps, .nodes = blk->nodes, .nr_pages = blk->nr_pages,
-    };
-
-    memdedup_numa_count(&engine->numa, &engine->dupset, &pages, stats);
     /*
      * On one node, the node's KSM pages are the backend's, which the pass
      * counts through kpageflags anyway: do not read it twice.

@@ -308,6 +308,35 @@ size_t memdedup_numa_slots(const MemdedupNumaIndex *idx,
 /* Statistics                                                          */
 /* ------------------------------------------------------------------ */
 
+void memdedup_numa_count_page(MemdedupNumaStats *stats, uint32_t fp,
+                              int node, MemdedupDupKind kind)
+{
+    MemdedupNumaNodeStats *ns;
+
+    if (fp == MEMDEDUP_FP_ABSENT) {
+        return;
+    }
+    if (node < 0 || node >= MEMDEDUP_NUMA_NODES_MAX) {
+        stats->unknown++;
+        return;
+    }
+    ns = &stats->node[node];
+    ns->resident++;
+    if (fp == MEMDEDUP_FP_ZERO) {
+        return;
+    }
+    switch (kind) {
+    case MEMDEDUP_DUP_WITHIN_NODE:
+        ns->duplicate++;
+        break;
+    case MEMDEDUP_DUP_CROSS_NODE:
+        ns->cross_node++;
+        break;
+    default:
+        break;
+    }
+}
+
 void memdedup_numa_count(const MemdedupNumaIndex *idx,
                          const MemdedupDupSet *global,
                          const MemdedupNumaPages *pages,
@@ -318,34 +347,14 @@ void memdedup_numa_count(const MemdedupNumaIndex *idx,
     for (p = 0; p < pages->nr_pages; p++) {
         uint32_t fp = pages->fps[p];
         int node = pages->nodes[p];
-        MemdedupNumaNodeStats *ns;
+        MemdedupDupKind kind = MEMDEDUP_DUP_NONE;
 
-        if (p + MEMDEDUP_LOOKAHEAD < pages->nr_pages) {
-            memdedup_dupset_prefetch(global,
-                                     pages->fps[p + MEMDEDUP_LOOKAHEAD]);
+        memdedup_dupset_prefetch(global, pages->fps, p, pages->nr_pages);
+        if (fp > MEMDEDUP_FP_ZERO && node >= 0 &&
+            node < MEMDEDUP_NUMA_NODES_MAX) {
+            kind = memdedup_numa_classify(idx, global, fp, node, NULL);
         }
-        if (fp == MEMDEDUP_FP_ABSENT) {
-            continue;
-        }
-        if (node < 0 || node >= MEMDEDUP_NUMA_NODES_MAX) {
-            stats->unknown++;
-            continue;
-        }
-        ns = &stats->node[node];
-        ns->resident++;
-        if (fp == MEMDEDUP_FP_ZERO) {
-            continue;
-        }
-        switch (memdedup_numa_classify(idx, global, fp, node, NULL)) {
-        case MEMDEDUP_DUP_WITHIN_NODE:
-            ns->duplicate++;
-            break;
-        case MEMDEDUP_DUP_CROSS_NODE:
-            ns->cross_node++;
-            break;
-        default:
-            break;
-        }
+        memdedup_numa_count_page(stats, fp, node, kind);
     }
 }
 
