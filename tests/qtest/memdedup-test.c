@@ -394,6 +394,75 @@ static void test_policy_runtime(void)
     machine_stop(&m);
 }
 
+static uint64_t next_rescan_interval(QTestState *qts)
+{
+    QDict *resp = qtest_qmp(qts, "{ 'execute': 'query-memdedup' }");
+    uint64_t next = qdict_get_int(qdict_get_qdict(resp, "return"),
+                                  "next-rescan-interval");
+
+    qobject_unref(resp);
+    return next;
+}
+
+/*
+ * Quiet passes (at most 1 % of the resident pages changed, appeared or
+ * gone) double the wait before the next pass up to rescan-backoff times
+ * rescan-interval; a busier pass or a settings change goes back.  The
+ * interval is an hour, so that only memdedup-scan runs passes.
+ */
+static void test_rescan_backoff(void)
+{
+    g_autoptr(GRand) rand = g_rand_new_with_seed(7);
+    g_autofree uint8_t *buf = g_malloc(4 * REGION);
+    const uint64_t hour = 3600000;
+    g_autofree char *hmp = NULL;
+    QTestState *qts;
+
+    qts = qtest_initf("-machine pc,memory-backend=m0,mem-merge=off "
+                      "-m %lluM "
+                      "-object memdedup,id=engine,rescan-interval=3600000,"
+                      "rescan-backoff=4 "
+                      "-object memory-backend-ksm,id=m0,size=%llu",
+                      (unsigned long long)(RAM_SIZE / MiB),
+                      (unsigned long long)RAM_SIZE);
+    fill_pattern(buf, 4 * REGION, rand);
+    qtest_bufwrite(qts, REGION, buf, 4 * REGION);
+    run_pass(qts);
+    /* 2048 pages appeared since the start: not quiet. */
+    g_assert_cmpuint(next_rescan_interval(qts), ==, hour);
+    run_pass(qts);
+    g_assert_cmpuint(next_rescan_interval(qts), ==, 2 * hour);
+    hmp = qtest_hmp(qts, "info memdedup");
+    g_assert(strstr(hmp, "rescan every 3600000 ms (next in 7200000 ms"));
+    run_pass(qts);
+    g_assert_cmpuint(next_rescan_interval(qts), ==, 4 * hour);
+    run_pass(qts);
+    g_assert_cmpuint(next_rescan_interval(qts), ==, 4 * hour);
+
+    /* One page of 2048 and more resident changes: still quiet. */
+    buf[0] ^= 0xff;
+    qtest_bufwrite(qts, REGION, buf, PAGE);
+    run_pass(qts);
+    g_assert_cmpuint(next_rescan_interval(qts), ==, 4 * hour);
+
+    /* A region rewritten: 512 pages changed, over 1 %. */
+    fill_pattern(buf, REGION, rand);
+    qtest_bufwrite(qts, REGION, buf, REGION);
+    run_pass(qts);
+    g_assert_cmpuint(next_rescan_interval(qts), ==, hour);
+    run_pass(qts);
+    g_assert_cmpuint(next_rescan_interval(qts), ==, 2 * hour);
+
+    /* A settings change goes back to the interval; 1 keeps it fixed. */
+    qtest_qmp_assert_success(qts, "{ 'execute': 'qom-set', 'arguments': "
+                             "{ 'path': '/objects/engine', "
+                             "'property': 'rescan-backoff', 'value': 1 } }");
+    g_assert_cmpuint(next_rescan_interval(qts), ==, hour);
+    run_pass(qts);
+    g_assert_cmpuint(next_rescan_interval(qts), ==, hour);
+    qtest_quit(qts);
+}
+
 /* Guest memory is never written by the engine. */
 static void test_content_preserved(void)
 {
@@ -530,6 +599,9 @@ static const BadInput bad_inputs[] = {
     { ADD_ENGINE("'rescan-interval': 86400001"), "rescan-interval" },
     { ADD_ENGINE("'rescan-interval': 4294967295"), "rescan-interval" },
     { ADD_ENGINE("'rescan-interval': -100"), "rescan-interval" },
+    { ADD_ENGINE("'rescan-backoff': 0"), "rescan-backoff" },
+    { ADD_ENGINE("'rescan-backoff': 65"), "rescan-backoff" },
+    { ADD_ENGINE("'rescan-backoff': -1"), "rescan-backoff" },
     { ADD_ENGINE("'migrate-hints': 'yes'"), "migrate-hints" },
     { ADD_ENGINE("'bogus': 1"), "bogus" },
 
@@ -565,6 +637,8 @@ static const BadInput bad_inputs[] = {
     { SET("/objects/engine", "scan-rate", "'1G'"), "scan-rate" },
     { SET("/objects/engine", "rescan-interval", "0"), "rescan-interval" },
     { SET("/objects/engine", "rescan-interval", "-1"), "rescan-interval" },
+    { SET("/objects/engine", "rescan-backoff", "0"), "rescan-backoff" },
+    { SET("/objects/engine", "rescan-backoff", "65"), "rescan-backoff" },
     { SET("/objects/engine", "migrate-hints", "'x'"), "migrate-hints" },
 
     /* QMP commands and their arguments */
@@ -603,7 +677,8 @@ static char *snapshot_state(QTestState *qts)
         "force-unmerge", "merge", "share", "size", "prealloc",
     };
     static const char *const engine_props[] = {
-        "scan-rate", "scan-threads", "rescan-interval", "migrate-hints",
+        "scan-rate", "scan-threads", "rescan-interval", "rescan-backoff",
+        "migrate-hints",
     };
     GString *out = g_string_new("");
     QDict *resp, *info;
@@ -848,6 +923,7 @@ int main(int argc, char **argv)
                    test_counts_three_threads);
     qtest_add_func("/memdedup/policy-runtime", test_policy_runtime);
     qtest_add_func("/memdedup/content-preserved", test_content_preserved);
+    qtest_add_func("/memdedup/rescan-backoff", test_rescan_backoff);
     qtest_add_func("/memdedup/bad-input", test_bad_input);
     qtest_add_func("/memdedup/no-ksm", test_no_ksm);
     qtest_add_func("/memdedup/hmp-and-dimm", test_hmp_and_dimm);

@@ -59,6 +59,13 @@
 #define MEMDEDUP_RESCAN_INTERVAL_DEFAULT 10000       /* ms */
 #define MEMDEDUP_RESCAN_INTERVAL_MIN     100         /* ms */
 #define MEMDEDUP_RESCAN_INTERVAL_MAX     86400000    /* ms, one day */
+/*
+ * Each quiet pass (MEMDEDUP_QUIET_PERCENT) doubles the wait before the
+ * next, up to rescan-backoff times rescan-interval; any other pass goes
+ * back to rescan-interval.
+ */
+#define MEMDEDUP_RESCAN_BACKOFF_DEFAULT  8
+#define MEMDEDUP_RESCAN_BACKOFF_MAX      64
 /* How often the kernel's merged counts are refreshed between passes. */
 #define MEMDEDUP_KERNEL_REFRESH_MS       1000
 /*
@@ -93,6 +100,8 @@ static void memdedup_engine_init(void)
     engine->scan_rate = MEMDEDUP_SCAN_RATE_DEFAULT;
     engine->scan_threads = MEMDEDUP_SCAN_THREADS_DEFAULT;
     engine->rescan_interval = MEMDEDUP_RESCAN_INTERVAL_DEFAULT;
+    engine->rescan_backoff = MEMDEDUP_RESCAN_BACKOFF_DEFAULT;
+    engine->rescan_factor = 1;
     engine->state = MEMDEDUP_STATE_DISABLED;
     qemu_guest_getrandom_nofail(&engine->seed, sizeof(engine->seed));
     engine->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -363,6 +372,13 @@ void memdedup_block_track_plugged(MemdedupBlock *blk)
     }
 }
 
+void memdedup_rescan_hurry_locked(MemdedupEngine *engine)
+{
+    engine->rescan_factor = 1;
+    engine->rescan_hurry = true;
+    qemu_cond_signal(&engine->wakeup);
+}
+
 void memdedup_block_plug(MemdedupBlock *blk, uint64_t first, uint64_t count,
                          bool plugged)
 {
@@ -375,6 +391,7 @@ void memdedup_block_plug(MemdedupBlock *blk, uint64_t first, uint64_t count,
                         count * blk->page_size, plugged);
     if (plugged) {
         bitmap_set(blk->plugged, first, count);
+        memdedup_rescan_hurry_locked(&memdedup_engine);
         return;
     }
     bitmap_clear(blk->plugged, first, count);
@@ -811,6 +828,7 @@ typedef struct MemdedupPass {
     uint64_t nr_items;          /* regions to scan, over all blocks */
     uint64_t next_item;         /* atomic: next region to take */
     uint64_t bytes_hashed;      /* atomic */
+    uint64_t churn;             /* atomic: see MemdedupScanBuffers */
     uint64_t scan_rate;         /* bytes per second */
     int64_t start_ns;           /* QEMU_CLOCK_REALTIME */
     uint64_t cpu_time;          /* atomic, ns */
@@ -893,6 +911,7 @@ static void memdedup_pass_work(MemdedupPass *pass)
                     pb->blk->pages_per_region);
         memdedup_throttle(pass);
     }
+    qatomic_add(&pass->churn, buf.churn);
     memdedup_scan_buffers_free(&buf);
     qatomic_add(&pass->cpu_time, memdedup_thread_cpu_ns() - cpu_start);
 }
@@ -1371,6 +1390,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     if (rescan) {
         engine->state = MEMDEDUP_STATE_SCANNING;
         engine->scan_requested = false;
+        engine->rescan_hurry = false;
     }
     qemu_mutex_unlock(&engine->lock);
 
@@ -1531,6 +1551,21 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     engine->metadata_bytes = metadata;
     engine->scanner_cpu_time += pass.cpu_time;
     if (rescan) {
+        uint64_t resident = 0;
+
+        for (b = 0; b < pass.nr_blocks; b++) {
+            resident += stats[b].resident_pages;
+        }
+        /* Memory that hardly changes is rescanned less often. */
+        if (!engine->rescan_hurry &&
+            pass.churn * 100 <= resident * MEMDEDUP_QUIET_PERCENT) {
+            engine->rescan_factor = MIN(engine->rescan_factor * 2,
+                                        engine->rescan_backoff);
+        } else {
+            engine->rescan_factor = 1;
+        }
+        trace_memdedup_pass_churn(pass.churn, resident,
+                                  engine->rescan_factor);
         engine->passes_completed++;
         engine->last_pass_duration = duration;
         engine->state = QTAILQ_EMPTY(&engine->blocks) ?
@@ -1583,7 +1618,7 @@ static void memdedup_board_tick(MemdedupEngine *engine)
 static void *memdedup_thread(void *opaque)
 {
     MemdedupEngine *engine = opaque;
-    int64_t next_pass = 0, next_refresh = 0, next_view = 0;
+    int64_t last_pass = 0, next_pass, next_refresh = 0, next_view = 0;
     int64_t view_interval = MEMDEDUP_KERNEL_REFRESH_MS;
 
     rcu_register_thread();
@@ -1597,6 +1632,9 @@ static void *memdedup_thread(void *opaque)
             if (engine->quit) {
                 break;
             }
+            /* Read each time round: a hurry takes effect at once. */
+            next_pass = last_pass + (int64_t)engine->rescan_interval *
+                                    engine->rescan_factor;
             rescan = !engine->paused && !QTAILQ_EMPTY(&engine->blocks) &&
                      (engine->scan_requested || now >= next_pass);
             apply = (engine->params_dirty || engine->discards_pending ||
@@ -1640,7 +1678,7 @@ static void *memdedup_thread(void *opaque)
             memdedup_run_pass(engine, rescan);
             now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
             if (rescan) {
-                next_pass = now + qatomic_read(&engine->rescan_interval);
+                last_pass = now;
             }
             view_interval = MEMDEDUP_KERNEL_REFRESH_MS;
             next_view = now + view_interval;
@@ -1732,6 +1770,9 @@ MemdedupInfo *memdedup_query(Error **errp)
     info->metadata_bytes = engine->metadata_bytes;
     info->scan_rate = engine->scan_rate;
     info->rescan_interval = engine->rescan_interval;
+    info->rescan_backoff = engine->rescan_backoff;
+    info->next_rescan_interval = (uint64_t)engine->rescan_interval *
+                                 engine->rescan_factor;
     total = qatomic_read(&engine->pass_pages_total);
     done = qatomic_read(&engine->pass_pages_done);
     info->pass_progress = (engine->state == MEMDEDUP_STATE_SCANNING && total) ?
@@ -1839,6 +1880,7 @@ struct MemdedupSettings {
     uint64_t scan_rate;         /* bytes per second */
     uint32_t scan_threads;
     uint32_t rescan_interval;   /* milliseconds */
+    uint32_t rescan_backoff;    /* factor, 1-64 */
     bool migrate_hints;         /* send registered regions when migrating */
     MemdedupAdopt *adopt;       /* adopt, adopt-ram (adopt.c), or NULL */
     MemdedupBoardConfig *board; /* board* properties (board.c), or NULL */
@@ -1857,7 +1899,8 @@ static void memdedup_settings_apply(MemdedupSettings *s)
     engine->scan_threads = s->scan_threads;
     engine->send_hints = s->migrate_hints;
     qatomic_set(&engine->rescan_interval, s->rescan_interval);
-    qemu_cond_signal(&engine->wakeup);
+    engine->rescan_backoff = s->rescan_backoff;
+    memdedup_rescan_hurry_locked(engine);
 }
 
 static bool memdedup_settings_get_migrate_hints(Object *obj, Error **errp)
@@ -1925,6 +1968,9 @@ static void memdedup_settings_set_u32(Object *obj, Visitor *v,
     if (field == &s->scan_threads) {
         min = 1;
         max = MEMDEDUP_SCAN_THREADS_MAX;
+    } else if (field == &s->rescan_backoff) {
+        min = 1;
+        max = MEMDEDUP_RESCAN_BACKOFF_MAX;
     } else {
         min = MEMDEDUP_RESCAN_INTERVAL_MIN;
         max = MEMDEDUP_RESCAN_INTERVAL_MAX;
@@ -2022,6 +2068,7 @@ static void memdedup_settings_init(Object *obj)
     s->scan_rate = MEMDEDUP_SCAN_RATE_DEFAULT;
     s->scan_threads = MEMDEDUP_SCAN_THREADS_DEFAULT;
     s->rescan_interval = MEMDEDUP_RESCAN_INTERVAL_DEFAULT;
+    s->rescan_backoff = MEMDEDUP_RESCAN_BACKOFF_DEFAULT;
 }
 
 static void memdedup_settings_finalize(Object *obj)
@@ -2056,6 +2103,8 @@ static void memdedup_settings_finalize(Object *obj)
     engine->scan_rate = MEMDEDUP_SCAN_RATE_DEFAULT;
     engine->scan_threads = MEMDEDUP_SCAN_THREADS_DEFAULT;
     qatomic_set(&engine->rescan_interval, MEMDEDUP_RESCAN_INTERVAL_DEFAULT);
+    engine->rescan_backoff = MEMDEDUP_RESCAN_BACKOFF_DEFAULT;
+    memdedup_rescan_hurry_locked(engine);
 }
 
 static void memdedup_settings_class_init(ObjectClass *oc, void *data)
@@ -2084,6 +2133,15 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
     object_class_property_set_description(oc, "rescan-interval",
         "Milliseconds between the end of a scan pass and the next, "
         "100-86400000 (default 10000)");
+    object_class_property_add(oc, "rescan-backoff", "uint32",
+                              memdedup_settings_get_u32,
+                              memdedup_settings_set_u32, NULL,
+                              (void *)offsetof(MemdedupSettings,
+                                               rescan_backoff));
+    object_class_property_set_description(oc, "rescan-backoff",
+        "Most times rescan-interval the wait may grow to while passes find "
+        "guest memory quiet, 1-64; each quiet pass doubles it (default 8, "
+        "1: a fixed interval)");
     object_class_property_add_bool(oc, "migrate-hints",
                                    memdedup_settings_get_migrate_hints,
                                    memdedup_settings_set_migrate_hints);

@@ -99,6 +99,9 @@ typedef struct MemdedupEngine {
     uint64_t scan_rate;         /* bytes per second */
     uint32_t scan_threads;      /* 1-8 */
     uint32_t rescan_interval;   /* milliseconds */
+    uint32_t rescan_backoff;    /* most a quiet pass may stretch it, 1-64 */
+    uint32_t rescan_factor;     /* the stretch now: 1, 2, 4 .. backoff */
+    bool rescan_hurry;          /* since the pass began: no stretching */
     bool settings_object;       /* a memdedup object exists */
     bool send_hints;            /* migrate-hints: send regions to the dest */
     bool hints_pending;         /* some block has hints to apply */
@@ -155,10 +158,25 @@ typedef struct MemdedupScanBuffers {
     void **addrs;               /* move_pages arguments, one per page */
     int *status;                /* move_pages results, one per page */
     uint32_t *fps;              /* new fingerprints of one region */
+    uint64_t churn;             /* pages changed, appeared or gone so far */
 } MemdedupScanBuffers;
 
 /* Learn the zero pages' PFNs, when pagemap shows PFNs.  Once, at init. */
 void memdedup_learn_zero_pfns(MemdedupEngine *engine);
+
+/*
+ * After a rescan: pages whose fingerprint changed, appeared or went are
+ * the pass's churn.  A pass is quiet when its churn is at most this
+ * percentage of the resident pages.
+ */
+#define MEMDEDUP_QUIET_PERCENT 1
+
+/*
+ * Something happened that the next pass must not be stretched over (new
+ * memory plugged, settings changed): back to the configured interval.
+ * Engine lock held.
+ */
+void memdedup_rescan_hurry_locked(MemdedupEngine *engine);
 
 void memdedup_scan_buffers_init(MemdedupScanBuffers *buf, uint64_t pages);
 void memdedup_scan_buffers_free(MemdedupScanBuffers *buf);

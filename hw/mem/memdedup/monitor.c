@@ -130,12 +130,17 @@ void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
     }
     monitor_printf(mon, ", %" PRIu64 " passes, last %.3f s, "
                    "scanner CPU %.3f s, metadata %.1f KiB, "
-                   "scan rate %" PRIu64 " MiB/s, rescan every %u ms\n",
+                   "scan rate %" PRIu64 " MiB/s, rescan every %u ms",
                    info->passes_completed,
                    info->last_pass_duration / 1e9,
                    info->scanner_cpu_time / 1e9,
                    info->metadata_bytes / 1024.0,
                    info->scan_rate / MiB, info->rescan_interval);
+    if (info->next_rescan_interval != info->rescan_interval) {
+        monitor_printf(mon, " (next in %" PRIu64 " ms: memory quiet)",
+                       info->next_rescan_interval);
+    }
+    monitor_printf(mon, "\n");
     if (info->warning) {
         monitor_printf(mon, "warning: %s\n", info->warning);
     }
