@@ -107,6 +107,16 @@ static void memdedup_engine_init(void)
     engine->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     engine->kpageflags_fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
     memdedup_learn_zero_pfns(engine);
+    /* Opened but unreadable (another file mounted over it): none. */
+    if (engine->kpageflags_fd >= 0) {
+        uint64_t flags;
+
+        if (pread(engine->kpageflags_fd, &flags, sizeof(flags),
+                  engine->zero_pfn * sizeof(flags)) != sizeof(flags)) {
+            close(engine->kpageflags_fd);
+            engine->kpageflags_fd = -1;
+        }
+    }
     memdedup_migration_init(engine);
 }
 
@@ -1122,7 +1132,8 @@ static int64_t memdedup_count_ksm_runs(MemdedupEngine *engine,
     if (engine->pagemap_fd < 0 || engine->kpageflags_fd < 0) {
         return -1;
     }
-    if (!memdedup_process_has_merged_pages()) {
+    /* Nothing merged, and PFNs visible, so that a walk would say so. */
+    if (engine->zero_pfn && !memdedup_process_has_merged_pages()) {
         return 0;
     }
     for (i = 0; i < blk->nr_regions && total >= 0; i = j) {
@@ -1623,7 +1634,7 @@ static void *memdedup_thread(void *opaque)
 
     rcu_register_thread();
     for (;;) {
-        bool rescan = false, apply = false, incoming, view_wanted;
+        bool rescan = false, apply = false, can_rescan, incoming, view_wanted;
         int64_t now;
 
         qemu_mutex_lock(&engine->lock);
@@ -1635,7 +1646,8 @@ static void *memdedup_thread(void *opaque)
             /* Read each time round: a hurry takes effect at once. */
             next_pass = last_pass + (int64_t)engine->rescan_interval *
                                     engine->rescan_factor;
-            rescan = !engine->paused && !QTAILQ_EMPTY(&engine->blocks) &&
+            can_rescan = !engine->paused && !QTAILQ_EMPTY(&engine->blocks);
+            rescan = can_rescan &&
                      (engine->scan_requested || now >= next_pass);
             apply = (engine->params_dirty || engine->discards_pending ||
                      engine->board_dirty) && !engine->paused;
@@ -1644,8 +1656,14 @@ static void *memdedup_thread(void *opaque)
                 (engine->paused && engine->incoming)) {
                 break;
             }
+            /*
+             * Never a negative wait: qemu_cond_timedwait() would make an
+             * invalid deadline of it.  A pass that cannot run (paused, no
+             * backend) is no reason to wake up.
+             */
             qemu_cond_timedwait(&engine->wakeup, &engine->lock,
-                                MIN(next_pass, next_refresh) - now);
+                                MAX((can_rescan ? MIN(next_pass, next_refresh)
+                                                : next_refresh) - now, 0));
         }
         incoming = engine->paused && engine->incoming;
         view_wanted = engine->view_wanted;
