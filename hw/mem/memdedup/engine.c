@@ -2125,6 +2125,16 @@ static void memdedup_settings_finalize(Object *obj)
     memdedup_rescan_hurry_locked(engine);
 }
 
+/* A uint32 property of the memdedup object, in MemdedupSettings. */
+static void memdedup_settings_add_u32(ObjectClass *oc, const char *name,
+                                      size_t offset, const char *description)
+{
+    object_class_property_add(oc, name, "uint32", memdedup_settings_get_u32,
+                              memdedup_settings_set_u32, NULL,
+                              (void *)offset);
+    object_class_property_set_description(oc, name, description);
+}
+
 static void memdedup_settings_class_init(ObjectClass *oc, void *data)
 {
     UserCreatableClass *ucc = USER_CREATABLE_CLASS(oc);
@@ -2136,30 +2146,19 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
                               memdedup_settings_set_scan_rate, NULL, NULL);
     object_class_property_set_description(oc, "scan-rate",
         "Scan budget in bytes of guest memory per second (default 1G)");
-    object_class_property_add(oc, "scan-threads", "uint32",
-                              memdedup_settings_get_u32,
-                              memdedup_settings_set_u32, NULL,
-                              (void *)offsetof(MemdedupSettings,
-                                               scan_threads));
-    object_class_property_set_description(oc, "scan-threads",
-        "Number of scanner threads, 1-8 (default 1)");
-    object_class_property_add(oc, "rescan-interval", "uint32",
-                              memdedup_settings_get_u32,
-                              memdedup_settings_set_u32, NULL,
-                              (void *)offsetof(MemdedupSettings,
-                                               rescan_interval));
-    object_class_property_set_description(oc, "rescan-interval",
-        "Milliseconds between the end of a scan pass and the next, "
-        "100-86400000 (default 10000)");
-    object_class_property_add(oc, "rescan-backoff", "uint32",
-                              memdedup_settings_get_u32,
-                              memdedup_settings_set_u32, NULL,
-                              (void *)offsetof(MemdedupSettings,
-                                               rescan_backoff));
-    object_class_property_set_description(oc, "rescan-backoff",
-        "Most times rescan-interval the wait may grow to while passes find "
-        "guest memory quiet, 1-64; each quiet pass doubles it (default 8, "
-        "1: a fixed interval)");
+    memdedup_settings_add_u32(oc, "scan-threads",
+                              offsetof(MemdedupSettings, scan_threads),
+                              "Number of scanner threads, 1-8 (default 1)");
+    memdedup_settings_add_u32(oc, "rescan-interval",
+                              offsetof(MemdedupSettings, rescan_interval),
+                              "Milliseconds between the end of a scan pass "
+                              "and the next, 100-86400000 (default 10000)");
+    memdedup_settings_add_u32(oc, "rescan-backoff",
+                              offsetof(MemdedupSettings, rescan_backoff),
+                              "Most times rescan-interval the wait may grow "
+                              "to while passes find guest memory quiet, "
+                              "1-64; each quiet pass doubles it (default 8, "
+                              "1: a fixed interval)");
     object_class_property_add_bool(oc, "migrate-hints",
                                    memdedup_settings_get_migrate_hints,
                                    memdedup_settings_set_migrate_hints);
