@@ -62,7 +62,7 @@ CONFIG_ORDER = ("stock", "targeted", "board", "proxy", "ideal", "nomanage")
 # (almost) nothing for the first ~3 minutes at 1000/20 on this host, so
 # THP-on runs are longer.
 SECONDS = {("1000/20", "off"): 75, ("1000/20", "on"): 240,
-           ("100/20", "off"): 180, ("100/20", "on"): 240}
+           ("100/20", "off"): 360, ("100/20", "on"): 480}
 QUICK_SECONDS = 40
 WORKLOAD_CONFIGS = {"mixed": "stock,targeted,board,proxy,ideal",
                     "volatile": "stock,targeted,board,ideal",
@@ -708,7 +708,7 @@ def main():
                     default=int(os.environ.get("MEMDEDUP_BENCH_SECONDS", 0)),
                     help="measurement seconds per run at 1000/20 with THP "
                          "off (default 75; the other runs scale with it: "
-                         "240 s with THP on, 180 s at 100/20); env "
+                         "240 s with THP on, 360 s at 100/20); env "
                          "MEMDEDUP_BENCH_SECONDS")
     ap.add_argument("--vm-mib", type=int, help="MiB per qtest VM")
     ap.add_argument("--guest-mib", type=int, help="MiB per real guest")

@@ -15,10 +15,11 @@ import re
 import sys
 import time
 
-from harness import (KNOWN_DUP_BLOCK, KNOWN_UNIQUE, KNOWN_ZERO,
-                     MiB, PAGE, Skip, backend, check, digest_known,
-                     fill_known, mergeable_vmas, qmp, rss_bytes, run_pass,
-                     run_tests, start_qtest_vm, wait_for)
+from harness import (KNOWN_DUP_AT, KNOWN_DUP_BLOCK, KNOWN_UNIQUE,
+                     KNOWN_ZERO, MiB, PAGE, Skip, backend, check,
+                     digest_known, fill_known, mergeable_vmas, qmp,
+                     rss_bytes, run_pass, run_tests, smaps_merged_pages,
+                     start_qtest_vm, wait_for)
 
 SIZE = 256 * MiB
 ZERO, UNIQUE = KNOWN_ZERO, KNOWN_UNIQUE
@@ -42,13 +43,15 @@ def test_kernel_merges_registered(workdir):
         # can make the host look short of memory.
         meminfo = os.path.join(workdir, "meminfo")
         write_meminfo(meminfo, None)
+        trace = os.path.join(workdir, "view.trace")
         os.environ["QEMU_MEMDEDUP_MEMINFO"] = meminfo
         # mem-merge=off keeps QEMU's firmware blocks out of the count.
         vm, qt = start_qtest_vm(workdir, "ksm", [
             "-machine", "pc,memory-backend=m0,mem-merge=off",
             "-m", "%dM" % (SIZE // MiB),
             "-object", "memdedup,id=engine,rescan-interval=3600000",
-            "-object", "memory-backend-ksm,id=m0,size=%dM" % (SIZE // MiB)])
+            "-object", "memory-backend-ksm,id=m0,size=%dM" % (SIZE // MiB),
+            "-trace", "enable=memdedup_kernel_view,file=%s" % trace])
         try:
             fill_known(qt, random.Random(1))
             before = digest_known(qt)
@@ -90,6 +93,8 @@ def test_kernel_merges_registered(workdir):
                 exact = backend(vm, "m0")["kernel-merged-pages-exact"]
                 check(exact >= goal, "kpageflags KSM pages %d" % exact)
 
+            check_quiet_view(vm, qt, trace)
+
             # Unique memory was never registered, so never merged.
             b = backend(vm, "m0")
             check(b["registered-bytes"] == want, "registration drifted")
@@ -101,6 +106,56 @@ def test_kernel_merges_registered(workdir):
             os.environ.pop("QEMU_MEMDEDUP_MEMINFO", None)
             vm.stop()
             qt.close()
+
+
+def view_reads(trace):
+    """(smaps reads, refreshes spared) of the kernel view so far."""
+    with open(trace) as f:
+        text = f.read()
+    return (len(re.findall(r"memdedup_kernel_view smaps read 1", text)),
+            len(re.findall(r"memdedup_kernel_view smaps read 0", text)))
+
+
+def check_quiet_view(vm, qt, trace):
+    """Nothing merges or unmerges: a monitor polling twice a second has
+    the kernel view refreshed without reading smaps, and it stays what
+    smaps says.  A page the guest writes is seen once ksmd notices."""
+    # ksmd done: merging-pages unchanged for 3 s.
+    last = [None, time.monotonic()]
+
+    def settled():
+        n = vm.qmp.cmd("query-memdedup")["process-ksm"]["merging-pages"]
+        if n != last[0]:
+            last[0], last[1] = n, time.monotonic()
+        return time.monotonic() - last[1] >= 3
+    wait_for("ksmd to finish merging", settled, timeout=60)
+    reads0, spared0 = view_reads(trace)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 12:
+        vm.qmp.cmd("query-memdedup")
+        time.sleep(0.5)
+    reads, spared = view_reads(trace)
+    print("  12 s of polling, nothing merging: %d smaps reads, %d spared"
+          % (reads - reads0, spared - spared0))
+    # Stale after 5 s, so refreshed twice; smaps is due again after 16 s.
+    check(spared - spared0 >= 2 and reads - reads0 <= 1,
+          "%d smaps reads and %d spared in 12 quiet seconds"
+          % (reads - reads0, spared - spared0))
+    b = backend(vm, "m0")
+    check(b["kernel-merged-pages"] == smaps_merged_pages(vm.pid),
+          "view %d, smaps %d" % (b["kernel-merged-pages"],
+                                 smaps_merged_pages(vm.pid)))
+
+    # The guest writes one merged page (a copy of the duplicate block):
+    # ksmd discounts it at its next scan, and the next refresh reads.
+    addr = KNOWN_DUP_AT
+    page = qt.read(addr, PAGE)
+    qt.write(addr, bytes(b ^ 0xff for b in page))
+    wait_for("the view to see the written page", lambda: (
+        backend(vm, "m0")["kernel-merged-pages"] ==
+        smaps_merged_pages(vm.pid) and view_reads(trace)[0] > reads),
+        timeout=20)
+    qt.write(addr, page)
 
 
 def write_meminfo(path, available_kb):

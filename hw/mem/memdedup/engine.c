@@ -1088,11 +1088,36 @@ static void memdedup_count_registration(MemdedupBlock *blk,
     }
 }
 
-/* Kernel-merged pages of every managed block, from one smaps read. */
-static void memdedup_refresh_kernel_view(MemdedupEngine *engine)
+/*
+ * Kernel-merged pages of every managed block, from one smaps read.
+ *
+ * Between passes (@force false) the read is skipped while
+ * /proc/self/ksm_stat shows the same merged and zero-page counts as at
+ * the last read, for up to MEMDEDUP_KERNEL_REFRESH_MAX_MS after it:
+ * merging and unmerging move those counts, and registration only changes
+ * in a pass.  A page the guest wrote is discounted by ksmd when it next
+ * scans it; until then the skipped view may count it, at most that long.
+ */
+static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
 {
     g_auto(MemdedupSmapsView) smaps = { 0 };
+    MemdedupKsmStat stat = { .merging_pages = -1, .zero_pages = -1 };
+    bool have_stat = memdedup_read_ksm_stat(&stat) &&
+                     stat.merging_pages >= 0;
+    int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
     MemdedupBlock *blk;
+
+    if (!force && have_stat && engine->view_read_time &&
+        now - engine->view_read_time < MEMDEDUP_KERNEL_REFRESH_MAX_MS &&
+        stat.merging_pages == engine->view_merging_pages &&
+        stat.zero_pages == engine->view_zero_pages) {
+        QEMU_LOCK_GUARD(&engine->lock);
+        engine->view_time = now;
+        engine->view_wanted = false;
+        trace_memdedup_kernel_view(false, stat.merging_pages,
+                                   stat.zero_pages);
+        return;
+    }
 
     /* Parsed once, outside the lock; each block is a lookup. */
     memdedup_smaps_view_read_merged(&smaps);
@@ -1109,8 +1134,14 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine)
             blk->stats.kernel_merged_pages = ksm_bytes / blk->page_size;
         }
     }
-    engine->view_time = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+    engine->view_time = now;
     engine->view_wanted = false;
+    /* Read before smaps: a change meanwhile makes the next read happen. */
+    engine->view_read_time = have_stat ? now : 0;
+    engine->view_merging_pages = stat.merging_pages;
+    engine->view_zero_pages = stat.zero_pages;
+    trace_memdedup_kernel_view(true, have_stat ? stat.merging_pages : -1,
+                               have_stat ? stat.zero_pages : -1);
 }
 
 /*
@@ -1591,7 +1622,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     }
     g_free(pass.blocks);
 
-    memdedup_refresh_kernel_view(engine);
+    memdedup_refresh_kernel_view(engine, true);
     if (rescan) {
         trace_memdedup_pass_done(pass_no, duration, scanned, zero, duplicate,
                                  registered);
@@ -1702,7 +1733,7 @@ static void *memdedup_thread(void *opaque)
             next_view = now + view_interval;
         } else {
             if (now >= next_view || view_wanted) {
-                memdedup_refresh_kernel_view(engine);
+                memdedup_refresh_kernel_view(engine, false);
                 view_interval = MIN(view_interval * 2,
                                     MEMDEDUP_KERNEL_REFRESH_MAX_MS);
                 next_view = now + view_interval;

@@ -109,8 +109,11 @@ typedef struct MemdedupEngine {
     MemdedupBoard *board;       /* the cross-VM board, or NULL */
     MemdedupBoard *board_retired;  /* closed by the scanner thread */
     bool board_dirty;           /* other VMs published: look up again */
-    int64_t view_time;          /* kernel view last read (ms, realtime) */
+    int64_t view_time;          /* kernel view last current (ms, realtime) */
     bool view_wanted;           /* a query found it stale: read it now */
+    int64_t view_read_time;     /* smaps last read (ms, realtime), or 0 */
+    int64_t view_merging_pages; /* ksm_stat's counts at that read */
+    int64_t view_zero_pages;
     uint64_t board_version;     /* of the others' slots, last looked up */
     char *paused_reason;        /* why paused, or NULL */
     bool incoming;              /* paused until the incoming migration ends */
