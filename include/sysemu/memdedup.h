@@ -480,16 +480,11 @@ typedef struct MemdedupNumaStats {
 
 /*
  * memdedup_numa_count_page: add one page, fingerprint @fp on host node
- * @node and already classified as @kind, to @stats.
- * memdedup_numa_count: add each resident page of @pages to its node in
- * @stats, classified against @global and @idx (merged counts untouched).
+ * @node and already classified as @kind, to @stats (the engine does so
+ * for each page while it summarizes a block).
  */
 void memdedup_numa_count_page(MemdedupNumaStats *stats, uint32_t fp,
                               int node, MemdedupDupKind kind);
-void memdedup_numa_count(const MemdedupNumaIndex *idx,
-                         const MemdedupDupSet *global,
-                         const MemdedupNumaPages *pages,
-                         MemdedupNumaStats *stats);
 
 /*
  * memdedup_numa_count_merged: count into @stats->node[].merged the

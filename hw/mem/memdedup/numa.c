@@ -337,27 +337,6 @@ void memdedup_numa_count_page(MemdedupNumaStats *stats, uint32_t fp,
     }
 }
 
-void memdedup_numa_count(const MemdedupNumaIndex *idx,
-                         const MemdedupDupSet *global,
-                         const MemdedupNumaPages *pages,
-                         MemdedupNumaStats *stats)
-{
-    uint64_t p;
-
-    for (p = 0; p < pages->nr_pages; p++) {
-        uint32_t fp = pages->fps[p];
-        int node = pages->nodes[p];
-        MemdedupDupKind kind = MEMDEDUP_DUP_NONE;
-
-        memdedup_dupset_prefetch(global, pages->fps, p, pages->nr_pages);
-        if (fp > MEMDEDUP_FP_ZERO && node >= 0 &&
-            node < MEMDEDUP_NUMA_NODES_MAX) {
-            kind = memdedup_numa_classify(idx, global, fp, node, NULL);
-        }
-        memdedup_numa_count_page(stats, fp, node, kind);
-    }
-}
-
 bool memdedup_numa_count_merged(int pagemap_fd, int kpageflags_fd,
                                 uintptr_t start, uint64_t page_size,
                                 const int8_t *nodes, uint64_t nr_pages,
