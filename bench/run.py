@@ -67,7 +67,7 @@ QUICK_SECONDS = 40
 WORKLOAD_CONFIGS = {"mixed": "stock,targeted,board,proxy,ideal",
                     "volatile": "stock,targeted,board,ideal",
                     "guests": "stock,targeted,board"}
-# (THP, rate, workload, configurations): make bench (~30 min) and --quick.
+# (THP, rate, workload, configurations): make bench (~45 min) and --quick.
 DEFAULT_STEPS = [
     ("off", "1000/20", "mixed", "stock,targeted,board,proxy,ideal"),
     ("off", "1000/20", "volatile", "stock,targeted,board"),
@@ -687,7 +687,7 @@ def main():
                "ideal), volatile and guests (stock, targeted) at ksmd "
                "1000/20, mixed (stock, targeted) at 100/20; THP on: mixed "
                "(stock, targeted) at 1000/20; then the scanner "
-               "micro-benchmark (about 30 minutes).  Any of --workloads, "
+               "micro-benchmark (about 45 minutes).  Any of --workloads, "
                "--thp, --rates selects the product of the lists given "
                "instead (unspecified: all workloads, THP off,on, 1000/20), "
                "each workload with its applicable configurations unless "
