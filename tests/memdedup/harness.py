@@ -8,6 +8,7 @@ Skip       raise it to skip a test (host lacks a feature)
 """
 
 import base64
+import math
 import os
 import re
 import socket
@@ -266,6 +267,20 @@ def host_address(pid, size):
                 found.append(s)
     check(len(found) == 1, "%d VMAs of %d bytes" % (len(found), size))
     return found[0]
+
+
+def fingerprint_slack(distinct):
+    """How many pages a pass may count as duplicates beyond the true ones.
+
+    The engine compares 32-bit fingerprints, not content (see the manual's
+    "fingerprint"): among `distinct` distinct non-zero pages, about
+    distinct^2 / 2^33 pairs collide by accident, and each pair adds at
+    most two pages.  The slack covers four times the expected number of
+    pages plus two pairs, so an honest engine exceeds it with a chance
+    below 1e-4, while a real miscount of a region still fails.
+    """
+    expected = 2 * distinct * distinct / 2 ** 33
+    return 4 + int(math.ceil(4 * expected))
 
 
 def wait_for(what, cond, timeout=30):

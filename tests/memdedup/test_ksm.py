@@ -17,7 +17,8 @@ import time
 
 from harness import (KNOWN_DUP_AT, KNOWN_DUP_BLOCK, KNOWN_UNIQUE,
                      KNOWN_ZERO, MiB, PAGE, Skip, backend, check,
-                     digest_known, fill_known, mergeable_vmas, qmp,
+                     digest_known, fill_known, fingerprint_slack,
+                     mergeable_vmas, qmp,
                      rss_bytes, run_pass, run_tests, smaps_merged_pages,
                      start_qtest_vm, wait_for)
 
@@ -60,9 +61,15 @@ def test_kernel_merges_registered(workdir):
             dup_pages = 3 * DUP_BLOCK // PAGE + DUP_BLOCK // PAGE
             zero_pages = ZERO[1] // PAGE
             check(b["zero-pages"] == zero_pages, "zero pages %d" % b["zero-pages"])
-            check(b["duplicate-pages"] == dup_pages,
-                  "duplicate pages %d" % b["duplicate-pages"])
-            check(b["unique-pages"] == UNIQUE[1] // PAGE,
+            # Fingerprints may collide by accident: a unique page can be
+            # counted as a duplicate, never the reverse.
+            distinct = DUP_BLOCK // PAGE + UNIQUE[1] // PAGE
+            extra = b["duplicate-pages"] - dup_pages
+            check(0 <= extra <= fingerprint_slack(distinct),
+                  "duplicate pages %d, want %d" % (b["duplicate-pages"],
+                                                   dup_pages))
+            check(b["duplicate-pages"] + b["unique-pages"]
+                  == dup_pages + UNIQUE[1] // PAGE,
                   "unique pages %d" % b["unique-pages"])
             want = ZERO[1] + 4 * DUP_BLOCK
             check(b["registered-bytes"] == want,
