@@ -190,6 +190,8 @@ typedef struct MemdedupParams {
 #define MEMDEDUP_THP_UNIQUE_PERCENT  95
 /* ... and unchanged for this many passes. */
 #define MEMDEDUP_THP_STABLE_PASSES   2
+/* ksmd full scans after the first registration before MADV_COLLAPSE. */
+#define MEMDEDUP_COLLAPSE_AFTER_SCANS 3
 /* Registered ranges (VMAs) allowed per backend before gaps are filled. */
 #define MEMDEDUP_MAX_RANGES_DEFAULT  1024
 

@@ -18,7 +18,7 @@ import time
 from harness import (KNOWN_DUP_AT, KNOWN_DUP_BLOCK, KNOWN_UNIQUE,
                      KNOWN_ZERO, MiB, PAGE, Skip, backend, check,
                      digest_known, fill_known, fingerprint_slack,
-                     mergeable_vmas, qmp,
+                     host_address, mergeable_vmas, qmp,
                      rss_bytes, run_pass, run_tests, smaps_merged_pages,
                      start_qtest_vm, wait_for)
 
@@ -282,9 +282,134 @@ def test_scan_does_not_grow_rss(workdir):
         qt.close()
 
 
+# MEMDEDUP_COLLAPSE_AFTER_SCANS: ksmd full scans, after the engine's first
+# registration, before unique regions are collapsed into huge pages.
+COLLAPSE_AFTER_SCANS = 3
+UNIQUE_REGIONS = UNIQUE[1] // (2 * MiB)
+
+
+def anon_huge_bytes(pid, start, end):
+    """AnonHugePages of the VMAs inside [start, end) (kernel's view)."""
+    total, inside = 0, False
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            head = line.split(" ", 1)[0]
+            if "-" in head and ":" not in head:
+                s, e = (int(x, 16) for x in head.split("-"))
+                inside = s >= start and e <= end
+            elif inside and line.startswith("AnonHugePages:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def start_thp_vm(workdir, name):
+    """A 256 MiB qtest VM with the known content, passes on request only."""
+    vm, qt = start_qtest_vm(workdir, name, [
+        "-machine", "pc,memory-backend=m0,mem-merge=off",
+        "-m", "%dM" % (SIZE // MiB),
+        "-object", "memdedup,id=engine,rescan-interval=3600000",
+        # dump=off: a flag no neighbour has, so the RAM is one VMA.
+        "-object", "memory-backend-ksm,id=m0,size=%dM,dump=off"
+                   % (SIZE // MiB)])
+    base = host_address(vm.pid, SIZE)
+    fill_known(qt, random.Random(2))
+    return vm, qt, base
+
+
+def check_unique_huge(vm, base):
+    """Every stable unique region is a huge page again, as the kernel has
+    it (AnonHugePages), and nothing else is."""
+    b = backend(vm, "m0")
+    check(b["huge-regions"] == UNIQUE_REGIONS,
+          "huge regions %d, want %d" % (b["huge-regions"], UNIQUE_REGIONS))
+    huge = anon_huge_bytes(vm.pid, base + UNIQUE[0],
+                           base + UNIQUE[0] + UNIQUE[1])
+    total = anon_huge_bytes(vm.pid, base, base + SIZE)
+    print("  AnonHugePages: %d MiB in the unique range, %d MiB in all"
+          % (huge // MiB, total // MiB))
+    check(huge >= 0.9 * UNIQUE[1], "unique range: %d MiB on huge pages"
+          % (huge // MiB))
+    check(total == huge, "huge pages outside the unique range: %d MiB"
+          % ((total - huge) // MiB))
+
+
+def test_collapse_waits_for_ksmd(workdir):
+    """Unique regions get huge pages back (MADV_COLLAPSE copies them) only
+    once ksmd has had its full scans over what was registered: the copying
+    must not compete with ksmd while it merges."""
+    need_ksm_root()
+    with qmp.ThpMode() as thp, qmp.KsmKnobs(run=1, pages_to_scan=1000,
+                                            sleep_millisecs=100) as ksm:
+        if not ksm.active or not thp.active:
+            raise Skip(ksm.reason or thp.reason)
+        if qmp.thp_read() == "never":
+            thp.set("madvise")
+        vm, qt, base = start_thp_vm(workdir, "collapse")
+        try:
+            before = digest_known(qt)
+            scans0 = qmp.ksm_read("full_scans")
+            candidates = (ZERO[1] + 4 * DUP_BLOCK) // PAGE
+            held = 0
+            deadline = time.monotonic() + 90
+            while True:
+                run_pass(vm)
+                scans = qmp.ksm_read("full_scans")
+                b = backend(vm, "m0")
+                merged = b.get("kernel-merged-pages", 0)
+                if scans < scans0 + COLLAPSE_AFTER_SCANS:
+                    # Read after the pass decided: fewer scans then.
+                    check(b["huge-regions"] == 0, "collapsed after %d of "
+                          "ksmd's full scans" % (scans - scans0))
+                    held += 1
+                elif b["huge-regions"]:
+                    break
+                check(time.monotonic() < deadline,
+                      "no collapse in 90 s (%d full scans)"
+                      % (scans - scans0))
+                time.sleep(0.5)
+            print("  held for %d passes; collapsed after %d full scans "
+                  "with %d of %d candidate pages merged"
+                  % (held, scans - scans0, merged, candidates))
+            # Three passes make a region stable: the wait must have
+            # mattered, and ksmd must have merged before the copying.
+            check(held >= 3, "collapse held back for %d passes" % held)
+            check(merged >= 0.9 * candidates, "only %d pages merged at "
+                  "the collapse" % merged)
+            check_unique_huge(vm, base)
+            check(digest_known(qt) == before, "guest memory changed")
+        finally:
+            vm.stop()
+            qt.close()
+
+
+def test_collapse_without_ksmd(workdir):
+    """ksmd stopped: stable unique regions are collapsed at once (after
+    the passes that make them stable), since nothing competes."""
+    need_ksm_root()
+    with qmp.ThpMode() as thp, qmp.KsmKnobs(run=0) as ksm:
+        if not ksm.active or not thp.active:
+            raise Skip(ksm.reason or thp.reason)
+        if qmp.thp_read() == "never":
+            thp.set("madvise")
+        vm, qt, base = start_thp_vm(workdir, "nocollapse")
+        try:
+            before = digest_known(qt)
+            for _ in range(3):
+                run_pass(vm)
+            check_unique_huge(vm, base)
+            check(backend(vm, "m0")["registered-bytes"]
+                  == ZERO[1] + 4 * DUP_BLOCK, "registration")
+            check(digest_known(qt) == before, "guest memory changed")
+        finally:
+            vm.stop()
+            qt.close()
+
+
 if __name__ == "__main__":
     sys.exit(run_tests([
         ("ksm/kernel-merges-registered", test_kernel_merges_registered),
         ("ksm/scan-does-not-grow-rss", test_scan_does_not_grow_rss),
         ("ksm/scan-rate-is-honoured", test_scan_rate_is_honoured),
+        ("ksm/collapse-waits-for-ksmd", test_collapse_waits_for_ksmd),
+        ("ksm/collapse-without-ksmd", test_collapse_without_ksmd),
     ]))

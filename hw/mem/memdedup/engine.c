@@ -102,6 +102,7 @@ static void memdedup_engine_init(void)
     engine->rescan_interval = MEMDEDUP_RESCAN_INTERVAL_DEFAULT;
     engine->rescan_backoff = MEMDEDUP_RESCAN_BACKOFF_DEFAULT;
     engine->rescan_factor = 1;
+    engine->collapse_after_scans = -1;
     engine->state = MEMDEDUP_STATE_DISABLED;
     qemu_guest_getrandom_nofail(&engine->seed, sizeof(engine->seed));
     engine->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -718,7 +719,7 @@ static bool memdedup_register_run(MemdedupBlock *blk, uint64_t first,
  */
 static void memdedup_apply_policy(MemdedupBlock *blk,
                                   const MemdedupParams *params,
-                                  uint64_t *refusals)
+                                  bool collapse, uint64_t *refusals)
 {
     uint64_t n = blk->nr_regions, i, j;
     g_autofree bool *wanted = g_new(bool, n);
@@ -796,7 +797,7 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
      * unless the host administrator turned THP off (MADV_COLLAPSE would
      * ignore that).
      */
-    thp_allowed = memdedup_host_thp_allowed();
+    thp_allowed = collapse && memdedup_host_thp_allowed();
     for (i = 0; i < n && thp_allowed; i = j) {
         for (j = i; j < n && thp[j] && !blk->regions[j].huge &&
              !blk->regions[j].registered; j++) {
@@ -845,6 +846,50 @@ typedef struct MemdedupPass {
     uint64_t max_region_pages;
     MemdedupBoard *board;       /* the cross-VM board, or NULL */
 } MemdedupPass;
+
+/*
+ * May stable unique regions get huge pages back in this pass?
+ * MADV_COLLAPSE copies each of them into a new huge page: CPU time and
+ * memory bandwidth taken from ksmd while it merges what the engine just
+ * registered.  So collapsing waits until ksmd has completed
+ * MEMDEDUP_COLLAPSE_AFTER_SCANS full scans (/sys/kernel/mm/ksm/full_scans)
+ * since the engine's first registration: one to end the scan in
+ * progress, one in which KSM records the new pages' checksums, one in
+ * which it merges them.  After that, collapsing is never held back again.
+ * Nothing to wait for while nothing is registered, ksmd is not running
+ * (run is not 1) or its counters cannot be read.  Scanner thread.
+ */
+static bool memdedup_collapse_allowed(MemdedupEngine *engine,
+                                      const MemdedupPass *pass)
+{
+    uint64_t run, scans;
+    bool registered = false;
+    size_t b;
+
+    if (engine->collapse_released) {
+        return true;
+    }
+    for (b = 0; b < pass->nr_blocks && !registered; b++) {
+        const MemdedupBlock *blk = pass->blocks[b].blk;
+
+        for (uint64_t i = 0; i < blk->nr_regions && !registered; i++) {
+            registered = blk->regions[i].registered;
+        }
+    }
+    if (!registered || !memdedup_read_ksm_knob("run", &run) || run != 1 ||
+        !memdedup_read_ksm_knob("full_scans", &scans)) {
+        return true;
+    }
+    if (engine->collapse_after_scans < 0) {
+        engine->collapse_after_scans = scans + MEMDEDUP_COLLAPSE_AFTER_SCANS;
+    }
+    if (scans < (uint64_t)engine->collapse_after_scans) {
+        trace_memdedup_collapse_held(scans, engine->collapse_after_scans);
+        return false;
+    }
+    engine->collapse_released = true;
+    return true;
+}
 
 static uint64_t memdedup_thread_cpu_ns(void)
 {
@@ -1381,6 +1426,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     uint64_t metadata = 0, pass_no, duration;
     uint32_t nr_threads, t;
     MemdedupBlock *blk;
+    bool collapse;              /* huge pages back to unique regions */
     bool summarize = rescan;    /* recount statistics */
     bool fps_changed = rescan;  /* publish to the board */
     bool board_eval = false;    /* peers published: decide again */
@@ -1441,12 +1487,14 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     exact = g_new0(int64_t, pass.nr_blocks);
 
     /* Policy changes, on the summaries already known. */
+    collapse = memdedup_collapse_allowed(engine, &pass);
     for (b = 0; b < pass.nr_blocks; b++) {
         MemdedupPassBlock *pb = &pass.blocks[b];
 
         if (pb->apply_only && !pb->hinted &&
             !qatomic_read(&pb->blk->removed)) {
-            memdedup_apply_policy(pb->blk, &pb->params, &refusals[b]);
+            memdedup_apply_policy(pb->blk, &pb->params, collapse,
+                                  &refusals[b]);
         }
     }
     /* Show that registration now, not at the end of a long pass. */
@@ -1538,11 +1586,13 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     }
 
     /* Register, unregister, THP. */
+    collapse = memdedup_collapse_allowed(engine, &pass);
     for (b = 0; b < pass.nr_blocks; b++) {
         MemdedupPassBlock *pb = &pass.blocks[b];
         if (!qatomic_read(&pb->blk->removed) &&
             (rescan || ((pb->apply_only || board_eval) && !pb->hinted))) {
-            memdedup_apply_policy(pb->blk, &pb->params, &refusals[b]);
+            memdedup_apply_policy(pb->blk, &pb->params, collapse,
+                                  &refusals[b]);
         }
         memdedup_count_registration(pb->blk, &stats[b]);
         registered += stats[b].registered_bytes;

@@ -114,6 +114,8 @@ typedef struct MemdedupEngine {
     int64_t view_read_time;     /* smaps last read (ms, realtime), or 0 */
     int64_t view_merging_pages; /* ksm_stat's counts at that read */
     int64_t view_zero_pages;
+    int64_t collapse_after_scans; /* ksmd full_scans before collapsing */
+    bool collapse_released;     /* ... reached: collapse from now on */
     uint64_t board_version;     /* of the others' slots, last looked up */
     char *paused_reason;        /* why paused, or NULL */
     bool incoming;              /* paused until the incoming migration ends */
