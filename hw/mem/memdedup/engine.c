@@ -103,6 +103,7 @@ static void memdedup_engine_init(void)
     engine->rescan_backoff = MEMDEDUP_RESCAN_BACKOFF_DEFAULT;
     engine->rescan_factor = 1;
     engine->collapse_after_scans = -1;
+    engine->view_outside_pages = -1;
     engine->state = MEMDEDUP_STATE_DISABLED;
     qemu_guest_getrandom_nofail(&engine->seed, sizeof(engine->seed));
     engine->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -191,6 +192,7 @@ static char *memdedup_block_detach_locked(MemdedupBlock *blk)
 
     qatomic_store_release(&blk->removed, true);
     QTAILQ_REMOVE(&memdedup_engine.blocks, blk, next);
+    memdedup_engine.blocks_gen++;
     trace_memdedup_block_removed(blk->id);
     memdedup_block_unref(blk);
     return id;
@@ -300,6 +302,7 @@ MemdedupBlock *memdedup_block_add(const char *id, void *host, uint64_t size,
         ram_block_notifier_add(&engine->notifier);
     }
     QTAILQ_INSERT_TAIL(&engine->blocks, blk, next);
+    engine->blocks_gen++;
     engine->params_dirty = true;
     if (engine->state == MEMDEDUP_STATE_DISABLED) {
         engine->state = MEMDEDUP_STATE_IDLE;
@@ -1134,14 +1137,48 @@ static void memdedup_count_registration(MemdedupBlock *blk,
 }
 
 /*
- * Kernel-merged pages of every managed block, from one smaps read.
- *
- * Between passes (@force false) the read is skipped while
- * /proc/self/ksm_stat shows the same merged and zero-page counts as at
- * the last read, for up to MEMDEDUP_KERNEL_REFRESH_MAX_MS after it:
- * merging and unmerging move those counts, and registration only changes
- * in a pass.  A page the guest wrote is discounted by ksmd when it next
- * scans it; until then the skipped view may count it, at most that long.
+ * Bring the kernel view up to date from /proc/self/ksm_stat alone, if
+ * that is enough: true if so.  It is while ksm_stat shows the same merged
+ * and zero-page counts as at the last smaps read: merging and unmerging
+ * move those counts.  With one block, it also is when the counts moved:
+ * what the process has merged, less what lay outside the block at the
+ * last smaps read (firmware and other RAM: it hardly changes), is the
+ * block's.  Either way only up to MEMDEDUP_KERNEL_REFRESH_MAX_MS after
+ * that read.  A page the guest wrote is discounted by ksmd when it next
+ * scans it; until then the view may count it, at most that long.
+ */
+static bool memdedup_view_from_ksm_stat(MemdedupEngine *engine,
+                                        const MemdedupKsmStat *stat,
+                                        int64_t now)
+{
+    MemdedupBlock *blk;
+
+    QEMU_LOCK_GUARD(&engine->lock);
+    if (!engine->view_read_time ||
+        now - engine->view_read_time >= MEMDEDUP_KERNEL_REFRESH_MAX_MS) {
+        return false;
+    }
+    blk = QTAILQ_FIRST(&engine->blocks);
+    if (stat->merging_pages != engine->view_merging_pages ||
+        stat->zero_pages != engine->view_zero_pages) {
+        if (engine->view_outside_pages < 0 || !blk ||
+            engine->view_blocks_gen != engine->blocks_gen) {
+            return false;
+        }
+        blk->stats.kernel_merged_pages =
+            MAX(stat->merging_pages - engine->view_outside_pages, 0);
+    }
+    engine->view_time = now;
+    engine->view_wanted = false;
+    trace_memdedup_kernel_view(false, stat->merging_pages, stat->zero_pages);
+    return true;
+}
+
+/*
+ * Kernel-merged pages of every managed block, from one smaps read --
+ * unless ksm_stat is enough (see above) and @force is false.  Passes
+ * force the read when registration shrank: unregistering unmerges at
+ * once, but ksm_stat shows it only after ksmd's next scan.
  */
 static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
 {
@@ -1151,16 +1188,11 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
                      stat.merging_pages >= 0;
     int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
     MemdedupBlock *blk;
+    uint64_t nr_blocks = 0;
+    int64_t block_pages = -1;
 
-    if (!force && have_stat && engine->view_read_time &&
-        now - engine->view_read_time < MEMDEDUP_KERNEL_REFRESH_MAX_MS &&
-        stat.merging_pages == engine->view_merging_pages &&
-        stat.zero_pages == engine->view_zero_pages) {
-        QEMU_LOCK_GUARD(&engine->lock);
-        engine->view_time = now;
-        engine->view_wanted = false;
-        trace_memdedup_kernel_view(false, stat.merging_pages,
-                                   stat.zero_pages);
+    if (!force && have_stat &&
+        memdedup_view_from_ksm_stat(engine, &stat, now)) {
         return;
     }
 
@@ -1172,10 +1204,14 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
         uint64_t start = (uintptr_t)blk->host, end = start + blk->size;
         uint64_t ksm_bytes, vmas, mergeable;
 
+        nr_blocks++;
         blk->stats.kernel_merged_pages = -1;
         if (smaps.has_ksm) {
             memdedup_smaps_view_sum(&smaps, start, end, &ksm_bytes, &vmas,
                                     &mergeable);
+            /* ksm_stat counts base pages, as smaps's KSM: lines do. */
+            block_pages = blk->page_size == qemu_real_host_page_size() ?
+                          (int64_t)(ksm_bytes / blk->page_size) : -1;
             blk->stats.kernel_merged_pages = ksm_bytes / blk->page_size;
         }
     }
@@ -1185,6 +1221,10 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
     engine->view_read_time = have_stat ? now : 0;
     engine->view_merging_pages = stat.merging_pages;
     engine->view_zero_pages = stat.zero_pages;
+    engine->view_outside_pages =
+        nr_blocks == 1 && block_pages >= 0 && have_stat ?
+        MAX(stat.merging_pages - block_pages, 0) : -1;
+    engine->view_blocks_gen = engine->blocks_gen;
     trace_memdedup_kernel_view(true, have_stat ? stat.merging_pages : -1,
                                have_stat ? stat.zero_pages : -1);
 }
@@ -1427,6 +1467,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     uint32_t nr_threads, t;
     MemdedupBlock *blk;
     bool collapse;              /* huge pages back to unique regions */
+    bool shrank = false;        /* some block's registration shrank */
     bool summarize = rescan;    /* recount statistics */
     bool fps_changed = rescan;  /* publish to the board */
     bool board_eval = false;    /* peers published: decide again */
@@ -1615,6 +1656,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         MemdedupBlock *blk = pass.blocks[b].blk;
         MemdedupBlockStats *st = &blk->stats;
 
+        shrank |= stats[b].registered_bytes < st->registered_bytes;
         if (summarize) {
             uint64_t merged = st->kernel_merged_pages;
             uint64_t refused = st->unmerge_refusals;
@@ -1672,7 +1714,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     }
     g_free(pass.blocks);
 
-    memdedup_refresh_kernel_view(engine, true);
+    memdedup_refresh_kernel_view(engine, shrank);
     if (rescan) {
         trace_memdedup_pass_done(pass_no, duration, scanned, zero, duplicate,
                                  registered);

@@ -114,6 +114,9 @@ typedef struct MemdedupEngine {
     int64_t view_read_time;     /* smaps last read (ms, realtime), or 0 */
     int64_t view_merging_pages; /* ksm_stat's counts at that read */
     int64_t view_zero_pages;
+    int64_t view_outside_pages; /* KSM pages outside the one block, or -1 */
+    uint64_t view_blocks_gen;   /* blocks_gen at that read */
+    uint64_t blocks_gen;        /* counts changes to the list of blocks */
     int64_t collapse_after_scans; /* ksmd full_scans before collapsing */
     bool collapse_released;     /* ... reached: collapse from now on */
     uint64_t board_version;     /* of the others' slots, last looked up */
