@@ -315,8 +315,13 @@ def start_thp_vm(workdir, name, trace):
         "-object", "memory-backend-ksm,id=m0,size=%dM,dump=off"
                    % (SIZE // MiB),
         "-trace", "enable=memdedup_kernel_view,file=%s" % trace])
-    base = host_address(vm.pid, SIZE)
-    fill_known(qt, random.Random(2))
+    try:
+        base = host_address(vm.pid, SIZE)
+        fill_known(qt, random.Random(2))
+    except BaseException:
+        vm.stop()
+        qt.close()
+        raise
     return vm, qt, base
 
 
