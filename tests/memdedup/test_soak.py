@@ -281,7 +281,7 @@ def test_soak(workdir):
                     (lambda b: b.get("kernel-merged-pages") ==
                      smaps_merged_pages(vm.pid))(
                          vm.qmp.cmd("query-memdedup")["backends"][0])),
-                    timeout=15)
+                    timeout=30)
 
             # Byte-identical guest memory.
             got = raw_qt.read(LOW, SIZE - LOW)

@@ -68,11 +68,17 @@
 #define MEMDEDUP_RESCAN_BACKOFF_MAX      64
 /* How often the kernel's merged counts are refreshed between passes. */
 #define MEMDEDUP_KERNEL_REFRESH_MS       1000
+/* MADV_COLLAPSE waits for ksmd's full scans at most this long. */
+#define MEMDEDUP_COLLAPSE_MAX_WAIT_MS    (5 * 60 * 1000)
+/* Pages merged outside the one block may differ by this between reads. */
+#define MEMDEDUP_VIEW_OUTSIDE_SLACK      16
 /*
  * Reading smaps walks every page table entry of the process (half of
  * the engine's CPU in a steady state when read every second): after a
- * pass the view is read 1 s later, then at intervals that double, up to
- * this; a query finds it at most MEMDEDUP_KERNEL_QUERY_STALE_MS old.
+ * pass the view is refreshed 1 s later, then at intervals that double,
+ * up to this; a query finds it at most MEMDEDUP_KERNEL_QUERY_STALE_MS
+ * old.  A refresh that ksm_stat can answer does not read smaps, but
+ * smaps is read at least this often.
  */
 #define MEMDEDUP_KERNEL_REFRESH_MAX_MS   16000
 /* A query finding the view older than this has it read at once. */
@@ -104,6 +110,8 @@ static void memdedup_engine_init(void)
     engine->rescan_factor = 1;
     engine->collapse_after_scans = -1;
     engine->view_outside_pages = -1;
+    engine->view_outside_last = -1;
+    engine->view_block_pages = -1;
     engine->state = MEMDEDUP_STATE_DISABLED;
     qemu_guest_getrandom_nofail(&engine->seed, sizeof(engine->seed));
     engine->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -718,12 +726,14 @@ static bool memdedup_register_run(MemdedupBlock *blk, uint64_t first,
  * Bring the registration of @blk in line with @params and the region
  * summaries: register wanted regions, unregister unwanted ones (subject
  * to admission control), give stable unique regions THP back.  Runs of
- * equal decisions are advised with one call.  Scanner thread only.
+ * equal decisions are advised with one call.  True if some memory was
+ * unregistered (and so unmerged).  Scanner thread only.
  */
-static void memdedup_apply_policy(MemdedupBlock *blk,
+static bool memdedup_apply_policy(MemdedupBlock *blk,
                                   const MemdedupParams *params,
                                   bool collapse, uint64_t *refusals)
 {
+    bool unregistered = false;
     uint64_t n = blk->nr_regions, i, j;
     g_autofree bool *wanted = g_new(bool, n);
     g_autofree bool *thp = g_new0(bool, n);
@@ -779,6 +789,7 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
                 (*refusals)++;
                 continue;
             }
+            unregistered = true;
             if (memdedup_advise(blk, i, j - i, MADV_UNMERGEABLE)) {
                 for (uint64_t k = i; k < j; k++) {
                     blk->regions[k].registered = false;
@@ -818,6 +829,7 @@ static void memdedup_apply_policy(MemdedupBlock *blk,
             }
         }
     }
+    return unregistered;
 }
 
 /* ------------------------------------------------------------------ */
@@ -860,7 +872,9 @@ typedef struct MemdedupPass {
  * progress, one in which KSM records the new pages' checksums, one in
  * which it merges them.  After that, collapsing is never held back again.
  * Nothing to wait for while nothing is registered, ksmd is not running
- * (run is not 1) or its counters cannot be read.  Scanner thread.
+ * (run is not 1) or its counters cannot be read; and never longer than
+ * MEMDEDUP_COLLAPSE_MAX_WAIT_MS (full scans of a host with much more
+ * mergeable memory, at a slow rate, can take hours).  Scanner thread.
  */
 static bool memdedup_collapse_allowed(MemdedupEngine *engine,
                                       const MemdedupPass *pass)
@@ -885,8 +899,11 @@ static bool memdedup_collapse_allowed(MemdedupEngine *engine,
     }
     if (engine->collapse_after_scans < 0) {
         engine->collapse_after_scans = scans + MEMDEDUP_COLLAPSE_AFTER_SCANS;
+        engine->collapse_wait_start = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
     }
-    if (scans < (uint64_t)engine->collapse_after_scans) {
+    if (scans < (uint64_t)engine->collapse_after_scans &&
+        qemu_clock_get_ms(QEMU_CLOCK_REALTIME) - engine->collapse_wait_start <
+        MEMDEDUP_COLLAPSE_MAX_WAIT_MS) {
         trace_memdedup_collapse_held(scans, engine->collapse_after_scans);
         return false;
     }
@@ -1138,14 +1155,18 @@ static void memdedup_count_registration(MemdedupBlock *blk,
 
 /*
  * Bring the kernel view up to date from /proc/self/ksm_stat alone, if
- * that is enough: true if so.  It is while ksm_stat shows the same merged
- * and zero-page counts as at the last smaps read: merging and unmerging
- * move those counts.  With one block, it also is when the counts moved:
- * what the process has merged, less what lay outside the block at the
- * last smaps read (firmware and other RAM: it hardly changes), is the
- * block's.  Either way only up to MEMDEDUP_KERNEL_REFRESH_MAX_MS after
- * that read.  A page the guest wrote is discounted by ksmd when it next
- * scans it; until then the view may count it, at most that long.
+ * that is enough: true if so.  Only up to MEMDEDUP_KERNEL_REFRESH_MAX_MS
+ * after the last smaps read, and with the same blocks as then.  It is
+ * enough while ksm_stat shows the same merged and zero-page counts as
+ * at that read: merging and unmerging move those counts, and the view
+ * is then what smaps said.  With one block, it also is when the counts
+ * moved, once two smaps reads found the same number of merged pages
+ * outside the block (firmware, video RAM; a memory-backend-ram with
+ * merge=on that ksmd is merging keeps failing that test): the block has
+ * what the process has merged, less that.  A merged page the guest
+ * wrote is discounted by ksm_stat only when ksmd next scans it, so the
+ * view may count it until then -- or, written before an smaps read and
+ * discounted after it, miss as many -- at most that long.
  */
 static bool memdedup_view_from_ksm_stat(MemdedupEngine *engine,
                                         const MemdedupKsmStat *stat,
@@ -1155,18 +1176,21 @@ static bool memdedup_view_from_ksm_stat(MemdedupEngine *engine,
 
     QEMU_LOCK_GUARD(&engine->lock);
     if (!engine->view_read_time ||
-        now - engine->view_read_time >= MEMDEDUP_KERNEL_REFRESH_MAX_MS) {
+        now - engine->view_read_time >= MEMDEDUP_KERNEL_REFRESH_MAX_MS ||
+        engine->view_blocks_gen != engine->blocks_gen) {
         return false;
     }
     blk = QTAILQ_FIRST(&engine->blocks);
-    if (stat->merging_pages != engine->view_merging_pages ||
-        stat->zero_pages != engine->view_zero_pages) {
-        if (engine->view_outside_pages < 0 || !blk ||
-            engine->view_blocks_gen != engine->blocks_gen) {
-            return false;
+    if (stat->merging_pages == engine->view_merging_pages &&
+        stat->zero_pages == engine->view_zero_pages) {
+        if (blk && engine->view_block_pages >= 0) {
+            blk->stats.kernel_merged_pages = engine->view_block_pages;
         }
+    } else if (blk && engine->view_outside_pages >= 0) {
         blk->stats.kernel_merged_pages =
             MAX(stat->merging_pages - engine->view_outside_pages, 0);
+    } else {
+        return false;
     }
     engine->view_time = now;
     engine->view_wanted = false;
@@ -1177,19 +1201,20 @@ static bool memdedup_view_from_ksm_stat(MemdedupEngine *engine,
 /*
  * Kernel-merged pages of every managed block, from one smaps read --
  * unless ksm_stat is enough (see above) and @force is false.  Passes
- * force the read when registration shrank: unregistering unmerges at
- * once, but ksm_stat shows it only after ksmd's next scan.
+ * force the read when they unregistered memory: that unmerges at once,
+ * but ksm_stat shows it only after ksmd's next scan.
  */
 static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
 {
     g_auto(MemdedupSmapsView) smaps = { 0 };
     MemdedupKsmStat stat = { .merging_pages = -1, .zero_pages = -1 };
+    MemdedupKsmStat after = { .merging_pages = -1 };
     bool have_stat = memdedup_read_ksm_stat(&stat) &&
                      stat.merging_pages >= 0;
     int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
-    MemdedupBlock *blk;
+    int64_t block_pages = -1, outside = -1, race = 0;
     uint64_t nr_blocks = 0;
-    int64_t block_pages = -1;
+    MemdedupBlock *blk;
 
     if (!force && have_stat &&
         memdedup_view_from_ksm_stat(engine, &stat, now)) {
@@ -1215,15 +1240,31 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
             blk->stats.kernel_merged_pages = ksm_bytes / blk->page_size;
         }
     }
+    /*
+     * Merged outside the one block: ksm_stat before and after the walk
+     * bracket what smaps saw, so take the middle; a previous read that
+     * found as many (within both reads' uncertainty) makes it usable.
+     */
+    if (nr_blocks == 1 && block_pages >= 0 && have_stat &&
+        memdedup_read_ksm_stat(&after) && after.merging_pages >= 0) {
+        race = ABS(after.merging_pages - stat.merging_pages);
+        outside = MAX((stat.merging_pages + after.merging_pages) / 2 -
+                      block_pages, 0);
+    }
+    engine->view_outside_pages =
+        outside >= 0 && engine->view_outside_last >= 0 &&
+        ABS(outside - engine->view_outside_last) <=
+            race + engine->view_outside_race + MEMDEDUP_VIEW_OUTSIDE_SLACK ?
+        outside : -1;
+    engine->view_outside_last = outside;
+    engine->view_outside_race = race;
+    engine->view_block_pages = nr_blocks == 1 ? block_pages : -1;
     engine->view_time = now;
     engine->view_wanted = false;
     /* Read before smaps: a change meanwhile makes the next read happen. */
     engine->view_read_time = have_stat ? now : 0;
     engine->view_merging_pages = stat.merging_pages;
     engine->view_zero_pages = stat.zero_pages;
-    engine->view_outside_pages =
-        nr_blocks == 1 && block_pages >= 0 && have_stat ?
-        MAX(stat.merging_pages - block_pages, 0) : -1;
     engine->view_blocks_gen = engine->blocks_gen;
     trace_memdedup_kernel_view(true, have_stat ? stat.merging_pages : -1,
                                have_stat ? stat.zero_pages : -1);
@@ -1467,7 +1508,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     uint32_t nr_threads, t;
     MemdedupBlock *blk;
     bool collapse;              /* huge pages back to unique regions */
-    bool shrank = false;        /* some block's registration shrank */
+    bool unregistered = false;  /* unmerged: ksm_stat lags behind */
     bool summarize = rescan;    /* recount statistics */
     bool fps_changed = rescan;  /* publish to the board */
     bool board_eval = false;    /* peers published: decide again */
@@ -1534,8 +1575,8 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
 
         if (pb->apply_only && !pb->hinted &&
             !qatomic_read(&pb->blk->removed)) {
-            memdedup_apply_policy(pb->blk, &pb->params, collapse,
-                                  &refusals[b]);
+            unregistered |= memdedup_apply_policy(pb->blk, &pb->params,
+                                                  collapse, &refusals[b]);
         }
     }
     /* Show that registration now, not at the end of a long pass. */
@@ -1632,8 +1673,8 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         MemdedupPassBlock *pb = &pass.blocks[b];
         if (!qatomic_read(&pb->blk->removed) &&
             (rescan || ((pb->apply_only || board_eval) && !pb->hinted))) {
-            memdedup_apply_policy(pb->blk, &pb->params, collapse,
-                                  &refusals[b]);
+            unregistered |= memdedup_apply_policy(pb->blk, &pb->params,
+                                                  collapse, &refusals[b]);
         }
         memdedup_count_registration(pb->blk, &stats[b]);
         registered += stats[b].registered_bytes;
@@ -1656,7 +1697,6 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         MemdedupBlock *blk = pass.blocks[b].blk;
         MemdedupBlockStats *st = &blk->stats;
 
-        shrank |= stats[b].registered_bytes < st->registered_bytes;
         if (summarize) {
             uint64_t merged = st->kernel_merged_pages;
             uint64_t refused = st->unmerge_refusals;
@@ -1714,7 +1754,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     }
     g_free(pass.blocks);
 
-    memdedup_refresh_kernel_view(engine, shrank);
+    memdedup_refresh_kernel_view(engine, unregistered);
     if (rescan) {
         trace_memdedup_pass_done(pass_no, duration, scanned, zero, duplicate,
                                  registered);

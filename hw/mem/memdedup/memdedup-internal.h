@@ -115,9 +115,13 @@ typedef struct MemdedupEngine {
     int64_t view_merging_pages; /* ksm_stat's counts at that read */
     int64_t view_zero_pages;
     int64_t view_outside_pages; /* KSM pages outside the one block, or -1 */
+    int64_t view_outside_last;  /* as measured at that read, or -1 */
+    int64_t view_outside_race;  /* ksm_stat moved by this during it */
+    int64_t view_block_pages;   /* the one block's KSM pages then, or -1 */
     uint64_t view_blocks_gen;   /* blocks_gen at that read */
     uint64_t blocks_gen;        /* counts changes to the list of blocks */
     int64_t collapse_after_scans; /* ksmd full_scans before collapsing */
+    int64_t collapse_wait_start;  /* ms (realtime) the wait began */
     bool collapse_released;     /* ... reached: collapse from now on */
     uint64_t board_version;     /* of the others' slots, last looked up */
     char *paused_reason;        /* why paused, or NULL */
