@@ -184,18 +184,27 @@ def rss_bytes(pid):
     raise AssertionError("no VmRSS")
 
 
-def mergeable_vmas(pid):
-    """[(start, end)] of QEMU's VMAs with the 'mg' (VM_MERGEABLE) flag."""
-    out, start, end = [], 0, 0
+def smaps_vmas(pid):
+    """[(start, end, fields)] of a process's VMAs in /proc/PID/smaps;
+    fields maps each line's name ('AnonHugePages', 'VmFlags', ...) to the
+    rest of that line."""
+    out = []
     with open("/proc/%d/smaps" % pid) as f:
         for line in f:
             head = line.split(" ", 1)[0]
             if "-" in head and ":" not in head:
                 s, e = head.split("-")
-                start, end = int(s, 16), int(e, 16)
-            elif line.startswith("VmFlags:") and " mg" in line:
-                out.append((start, end))
+                out.append((int(s, 16), int(e, 16), {}))
+            elif out and ":" in head:
+                name, rest = line.split(":", 1)
+                out[-1][2][name] = rest.strip()
     return out
+
+
+def mergeable_vmas(pid):
+    """[(start, end)] of QEMU's VMAs with the 'mg' (VM_MERGEABLE) flag."""
+    return [(s, e) for s, e, fields in smaps_vmas(pid)
+            if "mg" in fields.get("VmFlags", "").split()]
 
 
 # The test guest (make guest): boot arguments and a shell on its ttyS1.

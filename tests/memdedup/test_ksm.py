@@ -20,7 +20,7 @@ from harness import (KNOWN_DUP_AT, KNOWN_DUP_BLOCK, KNOWN_UNIQUE,
                      digest_known, fill_known, fingerprint_slack,
                      host_address, mergeable_vmas, qmp,
                      rss_bytes, run_pass, run_tests, smaps_merged_pages,
-                     start_qtest_vm, wait_for)
+                     smaps_vmas, start_qtest_vm, wait_for)
 
 SIZE = 256 * MiB
 ZERO, UNIQUE = KNOWN_ZERO, KNOWN_UNIQUE
@@ -293,16 +293,9 @@ UNIQUE_REGIONS = UNIQUE[1] // (2 * MiB)
 
 def anon_huge_bytes(pid, start, end):
     """AnonHugePages of the VMAs inside [start, end) (kernel's view)."""
-    total, inside = 0, False
-    with open("/proc/%d/smaps" % pid) as f:
-        for line in f:
-            head = line.split(" ", 1)[0]
-            if "-" in head and ":" not in head:
-                s, e = (int(x, 16) for x in head.split("-"))
-                inside = s >= start and e <= end
-            elif inside and line.startswith("AnonHugePages:"):
-                total += int(line.split()[1]) * 1024
-    return total
+    return sum(int(fields.get("AnonHugePages", "0 kB").split()[0]) * 1024
+               for s, e, fields in smaps_vmas(pid)
+               if s >= start and e <= end)
 
 
 def start_thp_vm(workdir, name, trace):
