@@ -248,9 +248,10 @@ bool memdedup_read_ksm_stat(MemdedupKsmStat *stat);
  * False only when /proc/self/ksm_stat says that this process maps no page
  * KSM merged, nor KSM's zero page: then every count of merged pages is 0
  * without walking page tables (smaps, kpageflags), which costs time in
- * proportion to the memory.  True when it cannot tell.
+ * proportion to the memory.  True when it cannot tell.  @stat: ksm_stat
+ * as the caller just read it, or NULL to read it here.
  */
-bool memdedup_process_has_merged_pages(void);
+bool memdedup_process_has_merged_pages(const MemdedupKsmStat *stat);
 
 /*
  * A /sys/kernel/mm/ksm value: one unsigned decimal number, surrounding
@@ -303,10 +304,11 @@ bool memdedup_smaps_view_read(MemdedupSmapsView *view);
 
 /*
  * For the KSM bytes alone: as memdedup_smaps_view_read(), but when the
- * process has no merged page (memdedup_process_has_merged_pages()), an
- * empty view that says so -- every sum is 0 -- without reading smaps.
+ * process has no merged page (memdedup_process_has_merged_pages(@stat)),
+ * an empty view that says so -- every sum is 0 -- without reading smaps.
  */
-bool memdedup_smaps_view_read_merged(MemdedupSmapsView *view);
+bool memdedup_smaps_view_read_merged(MemdedupSmapsView *view,
+                                     const MemdedupKsmStat *stat);
 
 /*
  * Over the VMAs of @view that lie inside [@start, @end): the KSM bytes,

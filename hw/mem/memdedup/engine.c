@@ -470,7 +470,7 @@ static int64_t memdedup_merged_bytes(MemdedupSmapsView *smaps,
     uint64_t ksm_bytes, vmas, mergeable;
 
     if (!smaps->read) {
-        memdedup_smaps_view_read_merged(smaps);
+        memdedup_smaps_view_read_merged(smaps, NULL);
     }
     if (!smaps->has_ksm) {
         return -1;
@@ -1222,7 +1222,7 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
     }
 
     /* Parsed once, outside the lock; each block is a lookup. */
-    memdedup_smaps_view_read_merged(&smaps);
+    memdedup_smaps_view_read_merged(&smaps, have_stat ? &stat : NULL);
 
     QEMU_LOCK_GUARD(&engine->lock);
     QTAILQ_FOREACH(blk, &engine->blocks, next) {
@@ -1290,7 +1290,7 @@ static int64_t memdedup_count_ksm_runs(MemdedupEngine *engine,
         return -1;
     }
     /* Nothing merged, and PFNs visible, so that a walk would say so. */
-    if (engine->zero_pfn && !memdedup_process_has_merged_pages()) {
+    if (engine->zero_pfn && !memdedup_process_has_merged_pages(NULL)) {
         return 0;
     }
     for (i = 0; i < blk->nr_regions && total >= 0; i = j) {

@@ -124,14 +124,20 @@ bool memdedup_read_ksm_stat(MemdedupKsmStat *stat)
     return memdedup_parse_ksm_stat(text, stat);
 }
 
-bool memdedup_process_has_merged_pages(void)
+bool memdedup_process_has_merged_pages(const MemdedupKsmStat *stat)
 {
-    MemdedupKsmStat stat;
+    MemdedupKsmStat read;
 
-    if (!memdedup_read_ksm_stat(&stat) || stat.merging_pages != 0) {
+    if (!stat) {
+        if (!memdedup_read_ksm_stat(&read)) {
+            return true;        /* no way to tell */
+        }
+        stat = &read;
+    }
+    if (stat->merging_pages != 0) {
         return true;            /* merged pages, or no way to tell */
     }
-    return stat.zero_pages > 0;
+    return stat->zero_pages > 0;
 }
 
 bool memdedup_parse_meminfo(const char *text, uint64_t *mem_available,
@@ -251,9 +257,10 @@ bool memdedup_smaps_view_read(MemdedupSmapsView *view)
     return text != NULL;
 }
 
-bool memdedup_smaps_view_read_merged(MemdedupSmapsView *view)
+bool memdedup_smaps_view_read_merged(MemdedupSmapsView *view,
+                                     const MemdedupKsmStat *stat)
 {
-    if (memdedup_process_has_merged_pages()) {
+    if (memdedup_process_has_merged_pages(stat)) {
         return memdedup_smaps_view_read(view);
     }
     memdedup_smaps_view_clear(view);
