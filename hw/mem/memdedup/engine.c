@@ -112,6 +112,7 @@ static void memdedup_engine_init(void)
     engine->view_outside_pages = -1;
     engine->view_outside_last = -1;
     engine->view_block_pages = -1;
+    engine->view_derived_merging = -1;
     engine->state = MEMDEDUP_STATE_DISABLED;
     qemu_guest_getrandom_nofail(&engine->seed, sizeof(engine->seed));
     engine->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -1186,10 +1187,17 @@ static bool memdedup_view_from_ksm_stat(MemdedupEngine *engine,
         if (blk && engine->view_block_pages >= 0) {
             blk->stats.kernel_merged_pages = engine->view_block_pages;
         }
-    } else if (blk && engine->view_outside_pages >= 0) {
+    } else if (blk && engine->view_outside_pages >= 0 &&
+               stat->merging_pages != engine->view_derived_merging) {
         blk->stats.kernel_merged_pages =
             MAX(stat->merging_pages - engine->view_outside_pages, 0);
+        engine->view_derived_merging = stat->merging_pages;
     } else {
+        /*
+         * Also when ksmd stopped moving the count since the last derived
+         * refresh: the outside count is only as exact as the read that
+         * measured it, so one more read makes the quiet view exact.
+         */
         return false;
     }
     engine->view_time = now;
@@ -1259,6 +1267,7 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
     engine->view_outside_last = outside;
     engine->view_outside_race = race;
     engine->view_block_pages = nr_blocks == 1 ? block_pages : -1;
+    engine->view_derived_merging = -1;
     engine->view_time = now;
     engine->view_wanted = false;
     /* Read before smaps: a change meanwhile makes the next read happen. */
