@@ -113,6 +113,7 @@ static void memdedup_engine_init(void)
     engine->view_outside_last = -1;
     engine->view_block_pages = -1;
     engine->view_derived_merging = -1;
+    engine->dupset_gen = 1;     /* a new block's judged_gen 0 never matches */
     engine->state = MEMDEDUP_STATE_DISABLED;
     qemu_guest_getrandom_nofail(&engine->seed, sizeof(engine->seed));
     engine->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -452,6 +453,7 @@ static void memdedup_forget_discarded(MemdedupBlock *blk,
         r->zero = zero;
         r->volatile_pages = MIN(r->volatile_pages, resident);
         r->duplicate = 0;       /* recounted by the summary */
+        blk->judged_gen = 0;
         r->unique = resident - zero;
         if (!resident) {
             r->stable_passes = 0;
@@ -1042,6 +1044,7 @@ static void memdedup_pass_index(MemdedupPass *pass)
     memdedup_dupset_build(&engine->dupset, all, n);
     /* The per-node sets and per-node statistics (numa-engine.c). */
     memdedup_numa_pass_index(engine, indexed, nr_indexed);
+    engine->dupset_gen++;
 }
 
 /* Recount one block's regions against the new dup set; returns stats. */
@@ -1126,6 +1129,9 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
     }
     st->scanned_pages = pb->params.policy == MEMDEDUP_POLICY_OFF ? 0 :
                         st->resident_pages;
+    /* Each region's duplicates are counted: the next scan may reuse them. */
+    blk->judged_gen = pb->params.policy == MEMDEDUP_POLICY_OFF ? 0 :
+                      engine->dupset_gen;
     st->estimated_saving += st->zero_pages * blk->page_size;
     if (numa) {
         memdedup_numa_block_publish(engine, blk, numa);

@@ -80,6 +80,12 @@ struct MemdedupBlock {
     MemdedupRegion *regions;    /* nr_regions summaries */
     bool hinted;                /* registered from hints, not yet scanned */
     int8_t *nodes;             /* nr_pages host nodes, or -1 (numa.c) */
+    /*
+     * engine->dupset_gen when the last summary counted every region's
+     * duplicates (MemdedupRegion.duplicate) against the dup set; 0: not
+     * counted against the current one.
+     */
+    uint64_t judged_gen;
 
     /* NUMA placement (numa-engine.c). */
     uint64_t rehomed_pages;     /* atomic: pages seen moving between nodes */
@@ -156,6 +162,7 @@ typedef struct MemdedupEngine {
      */
     MemdedupDupSet dupset;
     MemdedupNumaIndex numa;     /* per host node sets, next to dupset */
+    uint64_t dupset_gen;        /* counts changes to dupset and numa, >= 1 */
     MemdedupPlacementFn placement;  /* move_pages, or node 0 on one node */
 
     /* Under lock: the host's NUMA view as of the last pass (numa-engine.c) */
@@ -170,6 +177,7 @@ typedef struct MemdedupScanBuffers {
     bool *present;              /* residency of each page of one region */
     void **addrs;               /* move_pages arguments, one per page */
     int *status;                /* move_pages results, one per page */
+    int8_t *nodes;              /* one region's nodes before placement */
     uint32_t *fps;              /* new fingerprints of one region */
     uint64_t churn;             /* pages changed, appeared or gone so far */
 } MemdedupScanBuffers;
@@ -311,7 +319,8 @@ void memdedup_adopt_free(MemdedupAdopt *adopt);
  * every block's policy applied again).  Scanner thread, lock not held.
  * memdedup_numa_scan_region: learn the host node of the present pages of
  * region @region (whose pages start at @base); inside the scanner's RCU
- * read-side section that saw @blk alive.
+ * read-side section that saw @blk alive.  True if every page of the
+ * region has the node (or unknown node) it had before.
  * memdedup_numa_pass_index: rebuild the per-node sets from @blocks (the
  * blocks the global dup set was built from).  Scanner thread, lock not
  * held.
@@ -332,7 +341,7 @@ void memdedup_adopt_free(MemdedupAdopt *adopt);
  */
 bool memdedup_numa_block_init(MemdedupBlock *blk);
 bool memdedup_numa_pass_begin(MemdedupEngine *engine);
-void memdedup_numa_scan_region(MemdedupBlock *blk, uint64_t region,
+bool memdedup_numa_scan_region(MemdedupBlock *blk, uint64_t region,
                                uint8_t *base, MemdedupScanBuffers *buf);
 void memdedup_numa_pass_index(MemdedupEngine *engine, MemdedupBlock **blocks,
                               size_t nr_blocks);

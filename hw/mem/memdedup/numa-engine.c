@@ -78,6 +78,9 @@ bool memdedup_numa_pass_begin(MemdedupEngine *engine)
     qemu_mutex_unlock(&engine->lock);
 
     /* Scanner-owned; no worker thread runs yet. */
+    if (engine->numa.partitioned != partitioned) {
+        engine->dupset_gen++;   /* duplicates count differently now */
+    }
     engine->numa.partitioned = partitioned;
     engine->placement = nodes > 1 ? memdedup_numa_move_pages :
                                     memdedup_numa_one_node;
@@ -101,7 +104,7 @@ void memdedup_numa_watch(MemdedupEngine *engine)
     }
 }
 
-void memdedup_numa_scan_region(MemdedupBlock *blk, uint64_t region,
+bool memdedup_numa_scan_region(MemdedupBlock *blk, uint64_t region,
                                uint8_t *base, MemdedupScanBuffers *buf)
 {
     uint64_t first = region * blk->pages_per_region;
@@ -111,6 +114,7 @@ void memdedup_numa_scan_region(MemdedupBlock *blk, uint64_t region,
                                     memdedup_numa_move_pages;
     uint64_t rehomed;
 
+    memcpy(buf->nodes, blk->nodes + first, pages);
     rehomed = memdedup_numa_place_pages(placement, NULL, base,
                                         blk->page_size, buf->present, pages,
                                         blk->nodes + first, buf->addrs,
@@ -119,6 +123,7 @@ void memdedup_numa_scan_region(MemdedupBlock *blk, uint64_t region,
         qatomic_add(&blk->rehomed_pages, rehomed);
         trace_memdedup_numa_rehomed(blk->id, region, rehomed);
     }
+    return !memcmp(buf->nodes, blk->nodes + first, pages);
 }
 
 ssize_t memdedup_numa_find(MemdedupEngine *engine, MemdedupBlock *blk,

@@ -159,21 +159,26 @@ void memdedup_prefetch_next(const MemdedupScanBuffers *buf,
 
 /*
  * Store a region's new fingerprints (@buf->fps, for the pages present)
- * and count them against the dup set.  Each lookup is a cache miss or
- * two in a large set, so the lookups a few pages ahead load meanwhile.
+ * and count them against the dup set.  The last summary counted this
+ * region against the same dup set (@blk->judged_gen): when no page of
+ * it changed, appeared, went or moved to another node (@placed_same),
+ * its count is still right and no page is looked up -- in a quiet guest,
+ * nearly every region of every pass.  Otherwise each page is looked up;
+ * a lookup is a cache miss or two in a large set, so the lookups a few
+ * pages ahead load meanwhile.
  */
 static void memdedup_judge_region(MemdedupEngine *engine, MemdedupBlock *blk,
-                                  uint64_t first, uint64_t pages,
-                                  MemdedupScanBuffers *buf,
+                                  uint64_t region, uint64_t pages,
+                                  MemdedupScanBuffers *buf, bool placed_same,
                                   uint32_t *resident, uint32_t *zero,
                                   uint32_t *duplicate, uint32_t *changed)
 {
+    uint64_t first = region * blk->pages_per_region;
     uint64_t i, moved = 0;
 
     for (i = 0; i < pages; i++) {
         uint32_t old = blk->fps[first + i], fp = buf->fps[i];
 
-        memdedup_dupset_prefetch(&engine->dupset, buf->fps, i, pages);
         if (!buf->present[i]) {
             moved += old != MEMDEDUP_FP_ABSENT;
             blk->fps[first + i] = MEMDEDUP_FP_ABSENT;
@@ -182,20 +187,27 @@ static void memdedup_judge_region(MemdedupEngine *engine, MemdedupBlock *blk,
         moved += old == MEMDEDUP_FP_ABSENT;
         blk->fps[first + i] = fp;
         (*resident)++;
-        if (fp == MEMDEDUP_FP_ZERO) {
-            (*zero)++;
-        } else if (memdedup_numa_candidate(&engine->numa,
-                       memdedup_numa_classify(&engine->numa,
-                                              &engine->dupset, fp,
-                                              blk->nodes[first + i],
-                                              NULL))) {
-            (*duplicate)++;
-        }
-        if (old != MEMDEDUP_FP_ABSENT && old != fp) {
-            (*changed)++;
-        }
+        *zero += fp == MEMDEDUP_FP_ZERO;
+        *changed += old != MEMDEDUP_FP_ABSENT && old != fp;
     }
     buf->churn += moved + *changed;
+
+    if (placed_same && !moved && !*changed &&
+        blk->judged_gen == engine->dupset_gen) {
+        *duplicate = blk->regions[region].duplicate;
+        return;
+    }
+    for (i = 0; i < pages; i++) {
+        uint32_t fp = buf->fps[i];
+
+        memdedup_dupset_prefetch(&engine->dupset, buf->fps, i, pages);
+        if (buf->present[i] && fp != MEMDEDUP_FP_ZERO &&
+            memdedup_numa_candidate(&engine->numa,
+                memdedup_numa_classify(&engine->numa, &engine->dupset, fp,
+                                       blk->nodes[first + i], NULL))) {
+            (*duplicate)++;
+        }
+    }
 }
 
 bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
@@ -219,6 +231,7 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
     WITH_RCU_READ_LOCK_GUARD() {
         unsigned long *plugged;
         uint8_t *base;
+        bool placed_same;
 
         if (qatomic_load_acquire(&blk->removed)) {
             return false;
@@ -234,7 +247,7 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
             buf->present[i] &= test_bit(first + i, plugged);
         }
         /* The host node of each present page (numa-engine.c). */
-        memdedup_numa_scan_region(blk, region, base, buf);
+        placed_same = memdedup_numa_scan_region(blk, region, base, buf);
         /* Hash every resident page, loading the next one meanwhile. */
         for (i = 0; i < pages; i++) {
             if (buf->present[i]) {
@@ -246,8 +259,8 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
                 buf->fps[i] = MEMDEDUP_FP_ABSENT;
             }
         }
-        memdedup_judge_region(engine, blk, first, pages, buf, &resident,
-                              &zero, &duplicate, &changed);
+        memdedup_judge_region(engine, blk, region, pages, buf, placed_same,
+                              &resident, &zero, &duplicate, &changed);
     }
     *bytes_hashed = (uint64_t)resident * blk->page_size;
 
@@ -268,6 +281,7 @@ void memdedup_scan_buffers_init(MemdedupScanBuffers *buf, uint64_t pages)
     buf->addrs = g_new(void *, pages);
     buf->status = g_new(int, pages);
     buf->fps = g_new(uint32_t, pages);
+    buf->nodes = g_new(int8_t, pages);
     buf->churn = 0;
 }
 
@@ -278,4 +292,5 @@ void memdedup_scan_buffers_free(MemdedupScanBuffers *buf)
     g_free(buf->addrs);
     g_free(buf->status);
     g_free(buf->fps);
+    g_free(buf->nodes);
 }
