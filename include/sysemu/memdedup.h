@@ -152,6 +152,19 @@ void memdedup_dupset_prefetch(const MemdedupDupSet *set, const uint32_t *fps,
 
 void memdedup_dupset_clear(MemdedupDupSet *set);
 
+/*
+ * The cross-VM board's Bloom filter (bloom.c), blocked: the
+ * MEMDEDUP_BLOOM_PROBES bits of a fingerprint lie in one 64-byte line of
+ * the filter of @bits bits (a power of two, at least 64).
+ * memdedup_bloom_line: the line holding @fp's bits, to prefetch.
+ */
+#define MEMDEDUP_BLOOM_PROBES 8
+
+void memdedup_bloom_add(uint8_t *filter, uint64_t bits, uint32_t fp);
+bool memdedup_bloom_test(const uint8_t *filter, uint64_t bits, uint32_t fp);
+const uint8_t *memdedup_bloom_line(const uint8_t *filter, uint64_t bits,
+                                   uint32_t fp);
+
 /* ------------------------------------------------------------------ */
 /* Regions and policy                                                  */
 /* ------------------------------------------------------------------ */

@@ -56,11 +56,10 @@
 #include "trace.h"
 
 #define MEMDEDUP_BOARD_MAGIC    0x314452414f42444dull   /* "MDBOARD1" */
-#define MEMDEDUP_BOARD_VERSION  1
+#define MEMDEDUP_BOARD_VERSION  2           /* 2: blocked filter */
 #define MEMDEDUP_BOARD_HDR      4096        /* bytes before slot 0 */
 #define MEMDEDUP_SLOT_HDR       128         /* bytes before a filter */
 #define MEMDEDUP_BITS_PER_PAGE  16          /* at full capacity */
-#define MEMDEDUP_BOARD_HASHES   8
 #define MEMDEDUP_BOARD_DIR      "/dev/shm"
 
 #define MEMDEDUP_BOARD_SIZE_DEFAULT     (64 * MiB)
@@ -143,46 +142,12 @@ static uint64_t memdedup_now_ns(void)
     return ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
-/* Bloom positions of a fingerprint: double hashing of a 64-bit mix. */
-static uint64_t memdedup_mix64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
 uint64_t memdedup_board_filter_bits(uint64_t slot_bytes)
 {
     uint64_t bytes = slot_bytes > MEMDEDUP_SLOT_HDR ?
                      slot_bytes - MEMDEDUP_SLOT_HDR : 0;
 
     return bytes >= 8 ? pow2floor(bytes) * 8 : 0;
-}
-
-void memdedup_bloom_add(uint8_t *filter, uint64_t bits, uint32_t fp)
-{
-    uint64_t h1 = memdedup_mix64(fp), h2 = memdedup_mix64(h1) | 1;
-    int i;
-
-    for (i = 0; i < MEMDEDUP_BOARD_HASHES; i++) {
-        uint64_t pos = (h1 + i * h2) & (bits - 1);
-        filter[pos / 8] |= 1 << (pos % 8);
-    }
-}
-
-bool memdedup_bloom_test(const uint8_t *filter, uint64_t bits, uint32_t fp)
-{
-    uint64_t h1 = memdedup_mix64(fp), h2 = memdedup_mix64(h1) | 1;
-    int i;
-
-    for (i = 0; i < MEMDEDUP_BOARD_HASHES; i++) {
-        uint64_t pos = (h1 + i * h2) & (bits - 1);
-        if (!(qatomic_read(&filter[pos / 8]) & (1 << (pos % 8)))) {
-            return false;
-        }
-    }
-    return true;
 }
 
 uint32_t memdedup_board_threshold(uint64_t pages, uint64_t filter_bits)
@@ -590,6 +555,20 @@ bool memdedup_board_lookup(MemdedupBoard *b, uint32_t fp)
         }
     }
     return false;
+}
+
+void memdedup_board_prefetch(MemdedupBoard *b, uint32_t fp)
+{
+    uint32_t i;
+
+    for (i = 0; i < b->nr_readable; i++) {
+        MemdedupBoardSlot *s = memdedup_slot(b, b->readable[i]);
+
+        if (fp <= s->threshold) {
+            __builtin_prefetch(memdedup_bloom_line(
+                memdedup_slot_filter(b, b->readable[i]), s->filter_bits, fp));
+        }
+    }
 }
 
 bool memdedup_board_lookup_end(MemdedupBoard *b)

@@ -1087,6 +1087,11 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
 
                 memdedup_dupset_prefetch(&engine->dupset, blk->fps, p,
                                          blk->nr_pages);
+                if (board && p + MEMDEDUP_LOOKAHEAD < blk->nr_pages &&
+                    blk->fps[p + MEMDEDUP_LOOKAHEAD] > MEMDEDUP_FP_ZERO) {
+                    memdedup_board_prefetch(board,
+                                            blk->fps[p + MEMDEDUP_LOOKAHEAD]);
+                }
                 if (blk->fps[p] <= MEMDEDUP_FP_ZERO) {
                     if (numa) {
                         memdedup_numa_count_page(numa, blk->fps[p],

@@ -235,18 +235,21 @@ void memdedup_board_release(MemdedupBoard *b);
 bool memdedup_board_publish_begin(MemdedupBoard *b, uint64_t pages);
 void memdedup_board_publish(MemdedupBoard *b, uint32_t fp);
 void memdedup_board_publish_end(MemdedupBoard *b);
-/* Look up: begin (number of peers readable), lookups, end (false: torn). */
+/*
+ * Look up: begin (number of peers readable), lookups, end (false: torn).
+ * memdedup_board_prefetch: start loading what a lookup of @fp reads (one
+ * cache line per peer), a few lookups ahead.
+ */
 uint32_t memdedup_board_lookup_begin(MemdedupBoard *b);
 bool memdedup_board_lookup(MemdedupBoard *b, uint32_t fp);
+void memdedup_board_prefetch(MemdedupBoard *b, uint32_t fp);
 bool memdedup_board_lookup_end(MemdedupBoard *b);
 /* Changes whenever another VM of our domain publishes, joins or leaves. */
 uint64_t memdedup_board_version(MemdedupBoard *b);
 MemdedupBoardInfo *memdedup_board_info(MemdedupBoard *b);
 bool memdedup_board_test_hook(const char *what);
-/* The filter logic, exposed for the unit test. */
+/* A slot's filter size, and the highest fingerprint a slot publishes. */
 uint64_t memdedup_board_filter_bits(uint64_t slot_bytes);
-void memdedup_bloom_add(uint8_t *filter, uint64_t bits, uint32_t fp);
-bool memdedup_bloom_test(const uint8_t *filter, uint64_t bits, uint32_t fp);
 uint32_t memdedup_board_threshold(uint64_t pages, uint64_t filter_bits);
 
 /* The engine singleton (engine.c). */
