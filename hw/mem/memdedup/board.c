@@ -498,6 +498,16 @@ void memdedup_board_publish(MemdedupBoard *b, uint32_t fp)
     }
 }
 
+void memdedup_board_publish_prefetch(MemdedupBoard *b, uint32_t fp)
+{
+    MemdedupBoardSlot *s = memdedup_slot(b, b->pub_slot);
+
+    if (fp <= s->threshold) {
+        __builtin_prefetch(memdedup_bloom_line(
+            memdedup_slot_filter(b, b->pub_slot), s->filter_bits, fp), 1);
+    }
+}
+
 void memdedup_board_publish_end(MemdedupBoard *b)
 {
     MemdedupBoardSlot *s = memdedup_slot(b, b->pub_slot);

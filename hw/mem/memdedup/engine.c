@@ -1459,6 +1459,12 @@ static void memdedup_pass_publish(MemdedupPass *pass)
                     continue;
                 }
                 for (p = first; p < last; p++) {
+                    /* A random line of the filter each: load ahead. */
+                    if (round && p + MEMDEDUP_LOOKAHEAD < last &&
+                        blk->fps[p + MEMDEDUP_LOOKAHEAD] > MEMDEDUP_FP_ZERO) {
+                        memdedup_board_publish_prefetch(
+                            pass->board, blk->fps[p + MEMDEDUP_LOOKAHEAD]);
+                    }
                     if (blk->fps[p] <= MEMDEDUP_FP_ZERO) {
                         continue;
                     }

@@ -231,9 +231,14 @@ uint64_t memdedup_board_seed(MemdedupBoard *b);
 void memdedup_board_heartbeat(MemdedupBoard *b);
 void memdedup_board_touch(MemdedupBoard *b);
 void memdedup_board_release(MemdedupBoard *b);
-/* Publish @pages fingerprints: begin, publish each, end. */
+/*
+ * Publish @pages fingerprints: begin, publish each, end.
+ * memdedup_board_publish_prefetch: start loading the line that
+ * publishing @fp writes, a few fingerprints ahead.
+ */
 bool memdedup_board_publish_begin(MemdedupBoard *b, uint64_t pages);
 void memdedup_board_publish(MemdedupBoard *b, uint32_t fp);
+void memdedup_board_publish_prefetch(MemdedupBoard *b, uint32_t fp);
 void memdedup_board_publish_end(MemdedupBoard *b);
 /*
  * Look up: begin (number of peers readable), lookups, end (false: torn).
