@@ -22,6 +22,13 @@ The read bandwidth comes from a C loop (XOR of 64-bit words, compiled
 here with the system cc at -O3 -march=native, so SIMD loads) over a
 buffer of the same size on small pages, best of five sweeps; a scalar
 loop (one 64-bit load at a time) is reported beside it.
+
+Two threads share the memory bandwidth: per CPU, neither reading nor
+hashing is as fast as alone.  So the same read loop, and a plain XXH3
+loop over 4 KiB pages (the scanner's hash and prefetch, nothing else),
+also run in one and in two threads at once (each over its own buffer,
+each sweep started on a barrier), and the scanner's hashing per CPU is
+given as a ratio to both at the same number of threads.
 """
 
 import os
@@ -106,6 +113,146 @@ int main(int argc, char **argv)
 """
 
 
+LOOPS_C = r"""
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+static size_t size;
+static int reps, hash;
+static pthread_barrier_t start;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* XXH3 of every 4 KiB page, the next page prefetched: the scanner's
+ * inner loop without pagemap, dup set or QEMU. */
+static uint64_t sweep_hash(const uint8_t *buf)
+{
+    uint64_t acc = 0;
+
+    for (size_t off = 0; off < size; off += 4096) {
+        if (off + 4096 < size) {
+            for (int l = 0; l < 4096; l += 64) {
+                __builtin_prefetch(buf + off + 4096 + l);
+            }
+        }
+        acc += XXH3_64bits(buf + off, 4096);
+    }
+    return acc;
+}
+
+/* The read loop of READ_LOOP_C. */
+static uint64_t sweep_read(const uint64_t *buf)
+{
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+
+    for (size_t i = 0; i < size / 8; i += 4) {
+        a0 ^= buf[i];
+        a1 ^= buf[i + 1];
+        a2 ^= buf[i + 2];
+        a3 ^= buf[i + 3];
+    }
+    return a0 ^ a1 ^ a2 ^ a3;
+}
+
+typedef struct {
+    uint8_t *buf;
+    double best;
+    uint64_t acc;
+} Worker;
+
+/* Every sweep starts with all threads at once, so that they overlap. */
+static void *work(void *opaque)
+{
+    Worker *w = opaque;
+
+    for (int r = 0; r < reps; r++) {
+        double t0, t;
+
+        pthread_barrier_wait(&start);
+        t0 = now();
+        w->acc ^= hash ? sweep_hash(w->buf) : sweep_read((uint64_t *)w->buf);
+        t = now() - t0;
+        if (size / t / 1e9 > w->best) {
+            w->best = size / t / 1e9;
+        }
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    int threads = atoi(argv[4]);
+    pthread_t tid[8];
+    Worker w[8];
+    double sum = 0;
+    uint64_t acc = 0;
+
+    hash = !strcmp(argv[1], "xxh3");
+    size = strtoull(argv[2], NULL, 0) << 20;
+    reps = atoi(argv[3]);
+    pthread_barrier_init(&start, NULL, threads);
+    for (int t = 0; t < threads; t++) {
+        w[t].buf = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (w[t].buf == MAP_FAILED) {
+            perror("mmap");
+            return 1;
+        }
+        madvise(w[t].buf, size, MADV_NOHUGEPAGE);
+        for (size_t i = 0; i < size / 8; i++) {
+            ((uint64_t *)w[t].buf)[i] = (i + t) * 0x9e3779b97f4a7c15ull;
+        }
+        w[t].best = 0;
+        w[t].acc = 0;
+    }
+    for (int t = 0; t < threads; t++) {
+        pthread_create(&tid[t], NULL, work, &w[t]);
+    }
+    for (int t = 0; t < threads; t++) {
+        pthread_join(tid[t], NULL);
+        sum += w[t].best;
+        acc ^= w[t].acc;
+    }
+    printf("%.3f %llu\n", sum / threads, (unsigned long long)acc);
+    return 0;
+}
+"""
+
+
+def concurrent_loop(kind, size_mib, workdir, threads):
+    """GB/s per thread of @threads threads sweeping their own buffer of
+    @size_mib MiB at once (each sweep starts on a barrier), best of five:
+    kind "read" is the read loop, "xxh3" XXH3 over 4 KiB pages with the
+    next one prefetched, as the scanner hashes (compiled for AVX2 when
+    the CPU has it, as the scanner picks at run time)."""
+    src = os.path.join(workdir, "loops.c")
+    exe = os.path.join(workdir, "loops")
+    if not os.path.exists(exe):
+        with open(src, "w") as f:
+            f.write(LOOPS_C)
+        with open("/proc/cpuinfo") as f:
+            avx2 = " avx2" in f.read()
+        flags = ["-mavx2", "-DXXH_VECTOR=XXH_AVX2"] if avx2 else []
+        subprocess.run(["cc", "-O3"] + flags + ["-pthread", "-o", exe, src],
+                       check=True)
+    out = subprocess.run([exe, kind, str(size_mib), "5", str(threads)],
+                         check=True, stdout=subprocess.PIPE,
+                         universal_newlines=True).stdout
+    return float(out.split()[0])
+
+
 def read_bandwidth(size_mib, workdir):
     """Single-core read bandwidth in GB/s (1e9 bytes per second): the
     compiler's SIMD loop, and a scalar loop for reference."""
@@ -149,6 +296,17 @@ def run(ctx, log, reps=3):
         bw, scalar = read_bandwidth(size_mib, d)
         out["read_gbps"], out["read_scalar_gbps"] = bw, scalar
         log("micro: %.2f GB/s (scalar loop: %.2f GB/s)" % (bw, scalar))
+        # Per thread, with one and with two threads at once.
+        out["read_gbps_per_thread"], out["xxh3_gbps"] = {}, {}
+        for threads in (1, 2):
+            out["read_gbps_per_thread"][threads] = concurrent_loop(
+                "read", size_mib, d, threads)
+            out["xxh3_gbps"][threads] = concurrent_loop(
+                "xxh3", size_mib, d, threads)
+            log("micro: %d thread(s) at once, per thread: read %.2f GB/s, "
+                "XXH3 %.2f GB/s" % (threads,
+                                    out["read_gbps_per_thread"][threads],
+                                    out["xxh3_gbps"][threads]))
         for unpriv in (False, True):
             priv = "no SYS_ADMIN" if unpriv else "root"
             args = ["-machine", "pc,memory-backend=m0",
@@ -178,6 +336,13 @@ def run(ctx, log, reps=3):
                            if cpu > 0 else 0.0}
                     row["pass_ratio"] = row["pass_gbps"] / bw
                     row["hash_ratio"] = row["hash_gbps_per_cpu"] / bw
+                    # Per CPU against what a CPU reads, or hashes, while
+                    # as many threads run.
+                    row["hash_ratio_same_threads"] = (
+                        row["hash_gbps_per_cpu"] /
+                        out["read_gbps_per_thread"][threads])
+                    row["hash_xxh3_ratio"] = (row["hash_gbps_per_cpu"] /
+                                              out["xxh3_gbps"][threads])
                     out["rows"].append(row)
                     log("micro: %d thread(s), %s: pass %.3f s (%.2f GB/s, "
                         "%.2fx), hashing %.2f GB/s per CPU (%.2fx)"
