@@ -192,6 +192,57 @@ def test_killed_publisher(workdir):
         fleet.close()
 
 
+def slot_seq(board, vm):
+    seqs = [sl["seq"] for sl in board_slots(board)
+            if sl["owner"] and sl["pid"] == vm.pid]
+    check(len(seqs) == 1, "vm has %d slots" % len(seqs))
+    return seqs[0]
+
+
+def test_quiet_publication(workdir):
+    """A pass in which nothing changed does not publish again (the peers
+    would look everything up for nothing); one after a change does, and
+    the peers see the change."""
+    fleet = Fleet(workdir)
+    try:
+        a = fleet.add("a")
+        b = fleet.add("b")
+        run_pass(b)
+        # Pages appear (that pass publishes), and so may more when
+        # MADV_COLLAPSE fills unique regions with huge pages; each pass
+        # with changes, and the quiet one after it, publish.  Then the
+        # passes of a guest that does not change must stop publishing.
+        seqs = []
+        for _ in range(8):
+            run_pass(a)
+            seqs.append(slot_seq(fleet.board, a))
+            if len(seqs) >= 4 and len(set(seqs[-3:])) == 1:
+                break
+        print("  slot seq after each pass: %s" % seqs)
+        check(len(seqs) >= 4 and len(set(seqs[-3:])) == 1,
+              "quiet passes kept publishing: seq %s" % seqs)
+        seq = seqs[-1]
+        wait_cross(b)
+        check(backend(b, "m0")["cross-vm-pages"] >= CROSS_PAGES * 0.98,
+              "b lost the cross-VM block")
+        # a changes a quarter of its copy of the shared block.
+        changed = CROSS[1] // 4
+        _, qt = fleet.vms[0]
+        qt.write(CROSS[0], random.Random(99).randbytes(changed))
+        run_pass(a)
+        after = slot_seq(fleet.board, a)
+        check(after != seq and after % 2 == 0,
+              "a pass with changes did not publish (seq %d)" % after)
+        want = CROSS_PAGES - changed // PAGE
+        wait_for("b to see a's change", lambda: abs(
+            backend(b, "m0")["cross-vm-pages"] - want) <= want // 50)
+        print("  quiet passes kept seq %d; after the change b counts %d "
+              "cross-VM pages (expected %d)" % (
+                  seq, backend(b, "m0")["cross-vm-pages"], want))
+    finally:
+        fleet.close()
+
+
 def test_board_full(workdir):
     fleet = Fleet(workdir)
     opts = ",board-slots=2"
@@ -291,6 +342,7 @@ if __name__ == "__main__":
     sys.exit(run_tests([
         ("board/cross-vm", test_cross_vm),
         ("board/killed-publisher", test_killed_publisher),
+        ("board/quiet-publication", test_quiet_publication),
         ("board/full", test_board_full),
         ("board/small-slot", test_small_slot),
         ("board/bad-input", test_bad_input),

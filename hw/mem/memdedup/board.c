@@ -115,6 +115,9 @@ struct MemdedupBoard {
     uint64_t token;
     int slot;                   /* ours, or -1 (board full) */
     int pub_slot;               /* the slot a publication writes */
+    uint64_t claims;            /* slots claimed so far */
+    uint64_t pub_claims;        /* claims when the publication began */
+    uint64_t published_claims;  /* claims at the last complete one, or 0 */
     bool full_warned;
 
     /* Lookup: foreign slots readable when it began, and their seq. */
@@ -218,6 +221,7 @@ static int memdedup_board_claim(MemdedupBoard *b)
         s->threshold = 0;
         s->filter_bits = memdedup_board_filter_bits(b->slot_bytes);
         smp_wmb();
+        b->claims++;
         trace_memdedup_board_slot(b->path, i, owner != 0);
         return i;
     }
@@ -477,6 +481,8 @@ bool memdedup_board_publish_begin(MemdedupBoard *b, uint64_t pages)
     }
     /* The slot may be given back meanwhile: keep writing where we began. */
     b->pub_slot = b->slot;
+    b->pub_claims = b->claims;
+    b->published_claims = 0;
     s = memdedup_slot(b, b->pub_slot);
     seq = qatomic_read(&s->seq);
     qatomic_set(&s->seq, seq | 1);
@@ -519,8 +525,15 @@ void memdedup_board_publish_end(MemdedupBoard *b)
     smp_wmb();
     qatomic_set(&s->seq, (qatomic_read(&s->seq) | 1) + 1);
     qatomic_set(&s->heartbeat, memdedup_now_ns());
+    b->published_claims = b->pub_claims;
     trace_memdedup_board_published(b->path, b->pub_slot, s->published,
                                    s->threshold);
+}
+
+bool memdedup_board_published(MemdedupBoard *b)
+{
+    return b->published_claims && b->published_claims == b->claims &&
+           b->pub_slot == b->slot && memdedup_board_own(b);
 }
 
 /* Lookup: begin, any number of lookups, end (false: some slot changed). */

@@ -863,6 +863,8 @@ typedef struct MemdedupPass {
     uint64_t cpu_time;          /* atomic, ns */
     uint64_t max_region_pages;
     MemdedupBoard *board;       /* the cross-VM board, or NULL */
+    uint64_t blocks_gen;        /* the engine's when the pass began */
+    bool inputs_changed;        /* pages discarded, or parameters changed */
 } MemdedupPass;
 
 /*
@@ -1430,6 +1432,24 @@ static void memdedup_apply_pending_hints(MemdedupEngine *engine)
  * in the pass): counted first, so that the board can choose a subset if
  * they don't all fit.  Scanner thread, after the summaries.
  */
+/*
+ * Would publishing after this pass write what the last publication
+ * wrote?  Yes if it was published by a pass in which nothing changed,
+ * and nothing changed since: no page changed, appeared or went (so no
+ * region turned volatile or stable), no block came or went, no
+ * parameter changed, and our slot still holds it.  Then the filter is
+ * left as it is, and the peers need not look everything up again.
+ */
+static bool memdedup_pass_publication_current(MemdedupPass *pass)
+{
+    MemdedupEngine *engine = pass->engine;
+
+    return !pass->churn && !pass->inputs_changed &&
+           engine->board_published_quiet &&
+           engine->board_published_gen == pass->blocks_gen &&
+           memdedup_board_published(pass->board);
+}
+
 static void memdedup_pass_publish(MemdedupPass *pass)
 {
     uint64_t n = 0;
@@ -1478,6 +1498,9 @@ static void memdedup_pass_publish(MemdedupPass *pass)
         }
     }
     memdedup_board_publish_end(pass->board);
+    pass->engine->board_published_quiet = !pass->churn &&
+                                          !pass->inputs_changed;
+    pass->engine->board_published_gen = pass->blocks_gen;
 }
 
 /*
@@ -1562,6 +1585,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
         blk->discarded = NULL;
         summarize |= pb->discarded != NULL;
         fps_changed |= pb->discarded != NULL;
+        pass.inputs_changed |= pb->discarded || pb->apply_only;
         /* A hinted block is judged by the policy once it was scanned. */
         pb->hinted = blk->hinted;
         if (rescan) {
@@ -1577,6 +1601,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     engine->params_dirty = false;
     engine->discards_pending = false;
     pass.board = engine->board;
+    pass.blocks_gen = engine->blocks_gen;
     if (engine->board_dirty && pass.board) {
         board_eval = summarize = true;
     }
@@ -1687,7 +1712,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
                 engine->board_dirty = true;
                 qemu_mutex_unlock(&engine->lock);
             }
-            if (fps_changed) {
+            if (fps_changed && !memdedup_pass_publication_current(&pass)) {
                 memdedup_pass_publish(&pass);
             }
         }

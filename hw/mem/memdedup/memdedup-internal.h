@@ -131,6 +131,14 @@ typedef struct MemdedupEngine {
     int64_t collapse_wait_start;  /* ms (realtime) the wait began */
     bool collapse_released;     /* ... reached: collapse from now on */
     uint64_t board_version;     /* of the others' slots, last looked up */
+    /*
+     * Scanner-owned: the last publication came from a pass in which no
+     * page changed, appeared or went (so no region was volatile), with
+     * the blocks of board_published_gen: a quiet pass after it would
+     * publish the same filter again, and does not.
+     */
+    bool board_published_quiet;
+    uint64_t board_published_gen;
     char *paused_reason;        /* why paused, or NULL */
     bool incoming;              /* paused until the incoming migration ends */
     MemdedupState state;        /* idle, scanning or disabled */
@@ -239,6 +247,8 @@ void memdedup_board_release(MemdedupBoard *b);
 bool memdedup_board_publish_begin(MemdedupBoard *b, uint64_t pages);
 void memdedup_board_publish(MemdedupBoard *b, uint32_t fp);
 void memdedup_board_publish_prefetch(MemdedupBoard *b, uint32_t fp);
+/* Our slot holds a complete publication of ours (not claimed since). */
+bool memdedup_board_published(MemdedupBoard *b);
 void memdedup_board_publish_end(MemdedupBoard *b);
 /*
  * Look up: begin (number of peers readable), lookups, end (false: torn).
