@@ -81,6 +81,14 @@
  * smaps is read at least this often.
  */
 #define MEMDEDUP_KERNEL_REFRESH_MAX_MS   16000
+/*
+ * ... and while reads at that age find nothing changed, the age doubles
+ * up to this many times it; smaps reads also never take more than one
+ * part in MEMDEDUP_KERNEL_READ_SHARE of the scanner thread's time (a
+ * large guest: about 2 s of CPU per read for 64 GiB).
+ */
+#define MEMDEDUP_KERNEL_REFRESH_BACKOFF  8
+#define MEMDEDUP_KERNEL_READ_SHARE       100
 /* A query finding the view older than this has it read at once. */
 #define MEMDEDUP_KERNEL_QUERY_STALE_MS   5000
 /* How often a migration destination looks for the end of the incoming. */
@@ -113,6 +121,8 @@ static void memdedup_engine_init(void)
     engine->view_outside_last = -1;
     engine->view_block_pages = -1;
     engine->view_derived_merging = -1;
+    engine->view_age_factor = 1;
+    engine->view_max_age = MEMDEDUP_KERNEL_REFRESH_MAX_MS;
     engine->dupset_gen = 1;     /* a new block's judged_gen 0 never matches */
     engine->state = MEMDEDUP_STATE_DISABLED;
     qemu_guest_getrandom_nofail(&engine->seed, sizeof(engine->seed));
@@ -1190,7 +1200,7 @@ static bool memdedup_view_from_ksm_stat(MemdedupEngine *engine,
 
     QEMU_LOCK_GUARD(&engine->lock);
     if (!engine->view_read_time ||
-        now - engine->view_read_time >= MEMDEDUP_KERNEL_REFRESH_MAX_MS ||
+        now - engine->view_read_time >= engine->view_max_age ||
         engine->view_blocks_gen != engine->blocks_gen) {
         return false;
     }
@@ -1215,7 +1225,8 @@ static bool memdedup_view_from_ksm_stat(MemdedupEngine *engine,
     }
     engine->view_time = now;
     engine->view_wanted = false;
-    trace_memdedup_kernel_view(false, stat->merging_pages, stat->zero_pages);
+    trace_memdedup_kernel_view(false, stat->merging_pages, stat->zero_pages,
+                               engine->view_max_age);
     return true;
 }
 
@@ -1233,8 +1244,9 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
     bool have_stat = memdedup_read_ksm_stat(&stat) &&
                      stat.merging_pages >= 0;
     int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
-    int64_t block_pages = -1, outside = -1, race = 0;
-    uint64_t nr_blocks = 0;
+    int64_t block_pages = -1, outside = -1, race = 0, cost_ms;
+    uint64_t nr_blocks = 0, cpu0;
+    bool same;
     MemdedupBlock *blk;
 
     if (!force && have_stat &&
@@ -1243,12 +1255,20 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
     }
 
     /* Parsed once, outside the lock; each block is a lookup. */
+    cpu0 = memdedup_thread_cpu_ns();
     memdedup_smaps_view_read_merged(&smaps, have_stat ? &stat : NULL);
+    cost_ms = (memdedup_thread_cpu_ns() - cpu0) / SCALE_MS;
 
     QEMU_LOCK_GUARD(&engine->lock);
+    /* Nothing changed since the last read: ksm_stat, blocks, counts. */
+    same = engine->view_read_time && have_stat &&
+           stat.merging_pages == engine->view_merging_pages &&
+           stat.zero_pages == engine->view_zero_pages &&
+           engine->view_blocks_gen == engine->blocks_gen;
     QTAILQ_FOREACH(blk, &engine->blocks, next) {
         uint64_t start = (uintptr_t)blk->host, end = start + blk->size;
         uint64_t ksm_bytes, vmas, mergeable;
+        int64_t before = blk->stats.kernel_merged_pages;
 
         nr_blocks++;
         blk->stats.kernel_merged_pages = -1;
@@ -1260,6 +1280,7 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
                           (int64_t)(ksm_bytes / blk->page_size) : -1;
             blk->stats.kernel_merged_pages = ksm_bytes / blk->page_size;
         }
+        same &= blk->stats.kernel_merged_pages == before;
     }
     /*
      * Merged outside the one block: ksm_stat before and after the walk
@@ -1272,6 +1293,15 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
         outside = MAX((stat.merging_pages + after.merging_pages) / 2 -
                       block_pages, 0);
     }
+    /*
+     * Reads that find nothing changed come less often; any change, and
+     * any read forced by a pass or a change of the blocks, starts over.
+     */
+    engine->view_age_factor = same ?
+        MIN(engine->view_age_factor * 2, MEMDEDUP_KERNEL_REFRESH_BACKOFF) : 1;
+    engine->view_max_age = MAX((int64_t)MEMDEDUP_KERNEL_REFRESH_MAX_MS *
+                               engine->view_age_factor,
+                               cost_ms * MEMDEDUP_KERNEL_READ_SHARE);
     engine->view_outside_pages =
         outside >= 0 && engine->view_outside_last >= 0 &&
         ABS(outside - engine->view_outside_last) <=
@@ -1289,7 +1319,8 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
     engine->view_zero_pages = stat.zero_pages;
     engine->view_blocks_gen = engine->blocks_gen;
     trace_memdedup_kernel_view(true, have_stat ? stat.merging_pages : -1,
-                               have_stat ? stat.zero_pages : -1);
+                               have_stat ? stat.zero_pages : -1,
+                               engine->view_max_age);
 }
 
 /*

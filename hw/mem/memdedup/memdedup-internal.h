@@ -125,6 +125,8 @@ typedef struct MemdedupEngine {
     int64_t view_outside_race;  /* ksm_stat moved by this during it */
     int64_t view_block_pages;   /* the one block's KSM pages then, or -1 */
     int64_t view_derived_merging; /* ksm_stat's at the last derived view */
+    int64_t view_max_age;       /* ms: smaps is read again at this age */
+    uint32_t view_age_factor;   /* its multiple of the base age, 1-8 */
     uint64_t view_blocks_gen;   /* blocks_gen at that read */
     uint64_t blocks_gen;        /* counts changes to the list of blocks */
     int64_t collapse_after_scans; /* ksmd full_scans before collapsing */
