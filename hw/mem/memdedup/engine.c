@@ -1261,7 +1261,7 @@ static void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
 
     QEMU_LOCK_GUARD(&engine->lock);
     /* Nothing changed since the last read: ksm_stat, blocks, counts. */
-    same = engine->view_read_time && have_stat &&
+    same = !force && engine->view_read_time && have_stat &&
            stat.merging_pages == engine->view_merging_pages &&
            stat.zero_pages == engine->view_zero_pages &&
            engine->view_blocks_gen == engine->blocks_gen;
