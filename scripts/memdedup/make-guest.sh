@@ -136,15 +136,20 @@ fill unique /dev/urandom "$unique"
 echo
 echo "memdedup: shared=${shared}MiB copies=$copies zero=${zero}MiB" \
      "unique=${unique}MiB, $(du -sm /mnt/fill | cut -f1) MiB in /mnt/fill"
-echo MEMDEDUP-GUEST-READY
-
 # Commands from the host, one per line on ttyS1, when it is connected;
 # each one's output goes to the console, followed by its exit status.
+# The port is open before READY is printed, and stays open: the host
+# sends its first command as soon as it sees READY, and bytes that reach
+# a closed port are lost when the driver opens it (it clears the UART).
 if stty -F /dev/ttyS1 raw -echo 2>/dev/null; then
-    while read -r cmd; do
-        sh -c "$cmd"
+    exec 3</dev/ttyS1
+    echo MEMDEDUP-GUEST-READY
+    while read -r cmd <&3; do
+        sh -c "$cmd" 3<&-
         echo "MEMDEDUP-CMD-DONE $?"
-    done </dev/ttyS1
+    done
+else
+    echo MEMDEDUP-GUEST-READY
 fi
 while :; do sleep 3600; done
 EOF
