@@ -38,81 +38,6 @@ import tempfile
 import probe
 import workloads as wl
 
-READ_LOOP_C = r"""
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* The same sweep without SIMD, for reference. */
-__attribute__((optimize("no-tree-vectorize")))
-static uint64_t sweep_scalar(const uint64_t *buf, size_t n)
-{
-    uint64_t a = 0;
-    for (size_t i = 0; i < n; i++) {
-        a += buf[i];
-    }
-    return a;
-}
-
-int main(int argc, char **argv)
-{
-    size_t size = strtoull(argv[1], NULL, 0) << 20;
-    int reps = argc > 2 ? atoi(argv[2]) : 5;
-    size_t n = size / sizeof(uint64_t), i;
-    uint64_t *buf = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    uint64_t acc = 0;
-    double best = 0;
-
-    if (buf == MAP_FAILED) {
-        perror("mmap");
-        return 1;
-    }
-    /* Small pages, like memory-backend-ksm with manage-thp=on. */
-    madvise(buf, size, MADV_NOHUGEPAGE);
-    for (i = 0; i < n; i++) {
-        buf[i] = i * 0x9e3779b97f4a7c15ull;
-    }
-    for (int r = 0; r < reps; r++) {
-        uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-        double t0 = now(), t;
-        for (i = 0; i < n; i += 4) {
-            a0 ^= buf[i];
-            a1 ^= buf[i + 1];
-            a2 ^= buf[i + 2];
-            a3 ^= buf[i + 3];
-        }
-        t = now() - t0;
-        acc ^= a0 ^ a1 ^ a2 ^ a3;
-        if (size / t / 1e9 > best) {
-            best = size / t / 1e9;
-        }
-    }
-    double scalar = 0;
-    for (int r = 0; r < reps; r++) {
-        double t0 = now(), t;
-        acc ^= sweep_scalar(buf, n);
-        t = now() - t0;
-        if (size / t / 1e9 > scalar) {
-            scalar = size / t / 1e9;
-        }
-    }
-    printf("%.3f %.3f %llu\n", best, scalar, (unsigned long long)acc);
-    return 0;
-}
-"""
-
-
 LOOPS_C = r"""
 #include <pthread.h>
 #include <stdint.h>
@@ -125,7 +50,8 @@ LOOPS_C = r"""
 #include <xxhash.h>
 
 static size_t size;
-static int reps, hash;
+static int reps;
+static const char *kind;
 static pthread_barrier_t start;
 
 static double now(void)
@@ -152,7 +78,7 @@ static uint64_t sweep_hash(const uint8_t *buf)
     return acc;
 }
 
-/* The read loop of READ_LOOP_C. */
+/* The read loop: XOR of 64-bit words, SIMD loads at -march=native. */
 static uint64_t sweep_read(const uint64_t *buf)
 {
     uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
@@ -164,6 +90,18 @@ static uint64_t sweep_read(const uint64_t *buf)
         a3 ^= buf[i + 3];
     }
     return a0 ^ a1 ^ a2 ^ a3;
+}
+
+/* The same sweep without SIMD, for reference. */
+__attribute__((optimize("no-tree-vectorize")))
+static uint64_t sweep_scalar(const uint64_t *buf)
+{
+    uint64_t a = 0;
+
+    for (size_t i = 0; i < size / 8; i++) {
+        a += buf[i];
+    }
+    return a;
 }
 
 typedef struct {
@@ -182,7 +120,13 @@ static void *work(void *opaque)
 
         pthread_barrier_wait(&start);
         t0 = now();
-        w->acc ^= hash ? sweep_hash(w->buf) : sweep_read((uint64_t *)w->buf);
+        if (!strcmp(kind, "xxh3")) {
+            w->acc ^= sweep_hash(w->buf);
+        } else if (!strcmp(kind, "scalar")) {
+            w->acc ^= sweep_scalar((uint64_t *)w->buf);
+        } else {
+            w->acc ^= sweep_read((uint64_t *)w->buf);
+        }
         t = now() - t0;
         if (size / t / 1e9 > w->best) {
             w->best = size / t / 1e9;
@@ -199,7 +143,7 @@ int main(int argc, char **argv)
     double sum = 0;
     uint64_t acc = 0;
 
-    hash = !strcmp(argv[1], "xxh3");
+    kind = argv[1];
     size = strtoull(argv[2], NULL, 0) << 20;
     reps = atoi(argv[3]);
     pthread_barrier_init(&start, NULL, threads);
@@ -234,9 +178,10 @@ int main(int argc, char **argv)
 def concurrent_loop(kind, size_mib, workdir, threads):
     """GB/s per thread of @threads threads sweeping their own buffer of
     @size_mib MiB at once (each sweep starts on a barrier), best of five:
-    kind "read" is the read loop, "xxh3" XXH3 over 4 KiB pages with the
-    next one prefetched, as the scanner hashes (compiled for AVX2 when
-    the CPU has it, as the scanner picks at run time)."""
+    kind "read" is the read loop, "scalar" the same without SIMD, "xxh3"
+    XXH3 over 4 KiB pages with the next one prefetched, as the scanner
+    hashes (its AVX2 code when the CPU has it, as the scanner picks at
+    run time)."""
     src = os.path.join(workdir, "loops.c")
     exe = os.path.join(workdir, "loops")
     if not os.path.exists(exe):
@@ -244,9 +189,9 @@ def concurrent_loop(kind, size_mib, workdir, threads):
             f.write(LOOPS_C)
         with open("/proc/cpuinfo") as f:
             avx2 = " avx2" in f.read()
-        flags = ["-mavx2", "-DXXH_VECTOR=XXH_AVX2"] if avx2 else []
-        subprocess.run(["cc", "-O3"] + flags + ["-pthread", "-o", exe, src],
-                       check=True)
+        flags = ["-DXXH_VECTOR=XXH_AVX2"] if avx2 else []
+        subprocess.run(["cc", "-O3", "-march=native"] + flags +
+                       ["-pthread", "-o", exe, src], check=True)
     out = subprocess.run([exe, kind, str(size_mib), "5", str(threads)],
                          check=True, stdout=subprocess.PIPE,
                          universal_newlines=True).stdout
@@ -256,16 +201,8 @@ def concurrent_loop(kind, size_mib, workdir, threads):
 def read_bandwidth(size_mib, workdir):
     """Single-core read bandwidth in GB/s (1e9 bytes per second): the
     compiler's SIMD loop, and a scalar loop for reference."""
-    src = os.path.join(workdir, "readloop.c")
-    exe = os.path.join(workdir, "readloop")
-    with open(src, "w") as f:
-        f.write(READ_LOOP_C)
-    subprocess.run(["cc", "-O3", "-march=native", "-o", exe, src],
-                   check=True)
-    out = subprocess.run([exe, str(size_mib), "5"], check=True,
-                         stdout=subprocess.PIPE,
-                         universal_newlines=True).stdout
-    return float(out.split()[0]), float(out.split()[1])
+    return (concurrent_loop("read", size_mib, workdir, 1),
+            concurrent_loop("scalar", size_mib, workdir, 1))
 
 
 def _start(workdir, name, args, unprivileged):
@@ -297,10 +234,11 @@ def run(ctx, log, reps=3):
         out["read_gbps"], out["read_scalar_gbps"] = bw, scalar
         log("micro: %.2f GB/s (scalar loop: %.2f GB/s)" % (bw, scalar))
         # Per thread, with one and with two threads at once.
-        out["read_gbps_per_thread"], out["xxh3_gbps"] = {}, {}
+        out["read_gbps_per_thread"], out["xxh3_gbps"] = {1: bw}, {}
         for threads in (1, 2):
-            out["read_gbps_per_thread"][threads] = concurrent_loop(
-                "read", size_mib, d, threads)
+            if threads > 1:
+                out["read_gbps_per_thread"][threads] = concurrent_loop(
+                    "read", size_mib, d, threads)
             out["xxh3_gbps"][threads] = concurrent_loop(
                 "xxh3", size_mib, d, threads)
             log("micro: %d thread(s) at once, per thread: read %.2f GB/s, "
