@@ -19,6 +19,7 @@
 #include "qapi/qmp/qdict.h"
 #include "qapi/qmp/qlist.h"
 #include "qapi/qmp/qjson.h"
+#include "hw/acpi/pc-hotplug.h"
 
 #define PAGE        4096
 #define REGION      (2 * MiB)
@@ -231,20 +232,74 @@ static bool host_has_ksm(void)
     return access("/sys/kernel/mm/ksm/run", R_OK) == 0;
 }
 
+/*
+ * QEMU arguments that log the passes which found nothing changed since
+ * the last summary (and so kept its counts) to a new file, @*path.
+ */
+static char *trace_unchanged_args(char **path)
+{
+    int fd = g_file_open_tmp("memdedup-test-XXXXXX.trace", path, NULL);
+
+    g_assert(fd >= 0);
+    close(fd);
+    return g_strdup_printf("-trace enable=memdedup_pass_unchanged,file=%s",
+                           *path);
+}
+
+/* How many such passes the log at @path shows. */
+static int unchanged_passes(const char *path)
+{
+    g_autofree char *text = NULL;
+    const char *p;
+    int n = 0;
+
+    g_assert(g_file_get_contents(path, &text, NULL, NULL));
+    for (p = text; (p = strstr(p, "memdedup_pass_unchanged ")); p++) {
+        n++;
+    }
+    return n;
+}
+
+/* Every count query-memdedup reports for the backend, as one string. */
+static char *backend_counts(QTestState *qts)
+{
+    static const char *const keys[] = {
+        "resident-pages", "scanned-pages", "zero-pages", "duplicate-pages",
+        "unique-pages", "volatile-pages", "candidate-regions",
+        "estimated-saving", "registered-bytes", "registered-ranges",
+    };
+    QDict *b = query_backend(qts, NULL);
+    GString *s = g_string_new("");
+    size_t i;
+
+    for (i = 0; i < G_N_ELEMENTS(keys); i++) {
+        g_string_append_printf(s, "%s=%" PRId64 " ", keys[i],
+                               qdict_get_int(b, keys[i]));
+    }
+    qobject_unref(b);
+    return g_string_free(s, false);
+}
+
 /* Exact counts, and registration of exactly the qualifying regions. */
 static void test_counts_threads(int threads)
 {
     TestMachine m;
     QDict *b;
     uint64_t vmas, mg;
+    g_autofree char *trace = NULL;
+    g_autofree char *trace_args = trace_unchanged_args(&trace);
+    g_autofree char *counts = NULL;
+    g_autofree char *counts_again = NULL;
 
     if (!host_has_ksm()) {
         g_test_skip("the host has no KSM");
+        unlink(trace);
         return;
     }
-    machine_start_threads(&m, "", NULL, threads);
+    machine_start_threads(&m, "", trace_args, threads);
     write_content(m.qts);
     run_pass(m.qts);
+    g_assert_cmpint(unchanged_passes(trace), ==, 0);
 
     b = query_backend(m.qts, NULL);
     g_assert_cmpstr(qdict_get_str(b, "policy"), ==, "targeted");
@@ -278,12 +333,19 @@ static void test_counts_threads(int threads)
     g_assert_cmpint(mg, ==, 9 * REGION);
     g_assert_cmpint(vmas, ==, 2);
 
-    /* A second pass sees nothing change. */
+    /*
+     * A second pass sees nothing change.  Every region keeps the counts
+     * the first pass gave it, without looking its pages up again.
+     */
+    counts = backend_counts(m.qts);
     run_pass(m.qts);
     b = query_backend(m.qts, NULL);
     g_assert_cmpint(qdict_get_int(b, "volatile-pages"), ==, 0);
     g_assert_cmpint(qdict_get_int(b, "registered-bytes"), ==, 9 * REGION);
     qobject_unref(b);
+    counts_again = backend_counts(m.qts);
+    g_assert_cmpstr(counts_again, ==, counts);
+    g_assert_cmpint(unchanged_passes(trace), ==, 1);
 
     /* Rewrite one duplicated region with unique data: it is dropped. */
     {
@@ -302,8 +364,11 @@ static void test_counts_threads(int threads)
     qobject_unref(b);
     mg = smaps_mergeable(m.pid, &vmas);
     g_assert_cmpint(mg, ==, 8 * REGION);
+    /* That pass counted every page again. */
+    g_assert_cmpint(unchanged_passes(trace), ==, 1);
 
     machine_stop(&m);
+    unlink(trace);
 }
 
 static void test_counts(void)
@@ -849,6 +914,86 @@ static void test_hmp_and_dimm(void)
     qtest_quit(qts);
 }
 
+/* query-memdedup's @key for backend @id. */
+static int64_t backend_int(QTestState *qts, const char *id, const char *key)
+{
+    QDict *resp = qtest_qmp(qts, "{ 'execute': 'query-memdedup' }");
+    QList *backends = qdict_get_qlist(qdict_get_qdict(resp, "return"),
+                                      "backends");
+    QListEntry *e;
+    int64_t value = -1;
+
+    QLIST_FOREACH_ENTRY(backends, e) {
+        QDict *b = qobject_to(QDict, qlist_entry_obj(e));
+
+        if (!strcmp(qdict_get_str(b, "id"), id)) {
+            value = qdict_get_int(b, key);
+        }
+    }
+    qobject_unref(resp);
+    g_assert_cmpint(value, >=, 0);
+    return value;
+}
+
+/*
+ * Pages are duplicates only of a DIMM's pages.  Passes in which nothing
+ * changed keep their count; once the DIMM is unplugged and its backend
+ * deleted, the next pass counts them again, as unique.
+ */
+static void test_unplug_after_quiet_pass(void)
+{
+    g_autofree char *trace = NULL;
+    g_autofree char *trace_args = trace_unchanged_args(&trace);
+    g_autoptr(GRand) rand = g_rand_new_with_seed(11);
+    g_autofree uint8_t *buf = g_malloc(REGION);
+    QTestState *qts;
+    QDict *resp;
+
+    if (!host_has_ksm()) {
+        g_test_skip("the host has no KSM");
+        unlink(trace);
+        return;
+    }
+    qts = qtest_initf("-machine pc,memory-backend=m0,mem-merge=off "
+                      "-m 64M,slots=2,maxmem=1G "
+                      "-object memdedup,id=engine,rescan-interval=3600000 "
+                      "-object memory-backend-ksm,id=m0,size=64M "
+                      "-object memory-backend-ksm,id=d0,size=64M "
+                      "-device pc-dimm,id=dimm0,memdev=d0 %s", trace_args);
+    /* The same 2 MiB in RAM and at the start of the DIMM (4 GiB). */
+    fill_pattern(buf, REGION, rand);
+    qtest_bufwrite(qts, DUP_FIRST * REGION, buf, REGION);
+    qtest_bufwrite(qts, 4 * GiB, buf, REGION);
+    run_pass(qts);
+    g_assert_cmpint(backend_int(qts, "m0", "duplicate-pages"), ==,
+                    PAGES_PER_REGION);
+    g_assert_cmpint(backend_int(qts, "d0", "duplicate-pages"), ==,
+                    PAGES_PER_REGION);
+    run_pass(qts);
+    g_assert_cmpint(unchanged_passes(trace), ==, 1);
+    g_assert_cmpint(backend_int(qts, "m0", "duplicate-pages"), ==,
+                    PAGES_PER_REGION);
+
+    /* Unplug, ejecting as the guest's ACPI code would (slot 0). */
+    qtest_qmp_assert_success(qts, "{ 'execute': 'device_del', "
+                             "'arguments': { 'id': 'dimm0' } }");
+    qtest_outl(qts, ACPI_MEMORY_HOTPLUG_BASE, 0);
+    qtest_outb(qts, ACPI_MEMORY_HOTPLUG_BASE + 0x14, 8);
+    qtest_qmp_eventwait(qts, "DEVICE_DELETED");
+    qtest_qmp_assert_success(qts, "{ 'execute': 'object-del', "
+                             "'arguments': { 'id': 'd0' } }");
+    resp = qtest_qmp_eventwait_ref(qts, "MEMDEDUP_BACKEND_REMOVED");
+    qobject_unref(resp);
+
+    /* (The removal may start a pass of its own: count no passes here.) */
+    run_pass(qts);
+    g_assert_cmpint(backend_int(qts, "m0", "duplicate-pages"), ==, 0);
+    g_assert_cmpint(backend_int(qts, "m0", "unique-pages"), ==,
+                    PAGES_PER_REGION);
+    qtest_quit(qts);
+    unlink(trace);
+}
+
 /*
  * Backends come and go at runtime, also while a pass hashes them: the
  * engine follows, and never touches RAM after its removal.  (Run the
@@ -927,6 +1072,8 @@ int main(int argc, char **argv)
     qtest_add_func("/memdedup/bad-input", test_bad_input);
     qtest_add_func("/memdedup/no-ksm", test_no_ksm);
     qtest_add_func("/memdedup/hmp-and-dimm", test_hmp_and_dimm);
+    qtest_add_func("/memdedup/unplug-after-quiet-pass",
+                   test_unplug_after_quiet_pass);
     qtest_add_func("/memdedup/add-remove-during-pass",
                    test_add_remove_during_pass);
 

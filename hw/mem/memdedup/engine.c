@@ -868,6 +868,7 @@ typedef struct MemdedupPass {
     uint64_t next_item;         /* atomic: next region to take */
     uint64_t bytes_hashed;      /* atomic */
     uint64_t churn;             /* atomic: see MemdedupScanBuffers */
+    uint64_t reused;            /* atomic: see MemdedupScanBuffers */
     uint64_t scan_rate;         /* bytes per second */
     int64_t start_ns;           /* QEMU_CLOCK_REALTIME */
     uint64_t cpu_time;          /* atomic, ns */
@@ -1002,6 +1003,7 @@ static void memdedup_pass_work(MemdedupPass *pass)
         memdedup_throttle(pass);
     }
     qatomic_add(&pass->churn, buf.churn);
+    qatomic_add(&pass->reused, buf.reused);
     memdedup_scan_buffers_free(&buf);
     qatomic_add(&pass->cpu_time, memdedup_thread_cpu_ns() - cpu_start);
 }
@@ -1057,9 +1059,42 @@ static void memdedup_pass_index(MemdedupPass *pass)
     /* The per-node sets and per-node statistics (numa-engine.c). */
     memdedup_numa_pass_index(engine, indexed, nr_indexed);
     engine->dupset_gen++;
+    engine->indexed_blocks_gen = pass->blocks_gen;
 }
 
-/* Recount one block's regions against the new dup set; returns stats. */
+/*
+ * After hashing: would indexing and summarizing again give what the last
+ * summary gave?  They would when every region of every block was scanned
+ * and none had a page change, appear, go or move node since the last
+ * summary counted it against the current dup set (MemdedupScanBuffers
+ * .reused), the blocks are those the dup set was built from, nothing
+ * was discarded and no parameter changed, and no other VM published
+ * since we last looked up the board.  A quiet guest's rescan then costs
+ * its hashing and little more.
+ */
+static bool memdedup_pass_unchanged(MemdedupPass *pass, bool board_eval)
+{
+    MemdedupEngine *engine = pass->engine;
+    size_t b;
+
+    if (pass->reused != pass->nr_items || pass->churn ||
+        pass->inputs_changed || board_eval ||
+        engine->indexed_blocks_gen != pass->blocks_gen) {
+        return false;
+    }
+    if (pass->board &&
+        memdedup_board_version(pass->board) != engine->board_version) {
+        return false;
+    }
+    for (b = 0; b < pass->nr_blocks; b++) {
+        if (pass->blocks[b].hinted ||
+            qatomic_read(&pass->blocks[b].blk->removed)) {
+            return false;
+        }
+    }
+    return true;
+}
+
 /* Is @r wanted only because of its cross-VM duplicates? */
 static bool memdedup_region_cross_only(const MemdedupParams *params,
                                        const MemdedupRegion *r)
@@ -1074,27 +1109,45 @@ static bool memdedup_region_cross_only(const MemdedupParams *params,
            !memdedup_region_wanted(params, &alone);
 }
 
+/*
+ * Count @pb's regions against the dup set (and the board), into @st.
+ * Without @recount (memdedup_pass_unchanged), each region keeps the
+ * counts of the last summary, as do the estimated saving and the
+ * per-node statistics: only the sums, the regions' stability and what
+ * the kernel merged move.
+ */
 static void memdedup_pass_summarize(MemdedupEngine *engine,
                                     MemdedupPassBlock *pb,
                                     MemdedupBoard *board,
                                     unsigned long *first_seen,
+                                    bool recount,
                                     MemdedupBlockStats *st)
 {
     MemdedupBlock *blk = pb->blk;
-    /* The per-node statistics, from the same lookups (numa-engine.c). */
-    MemdedupNumaStats *numa = pb->indexed ? g_new0(MemdedupNumaStats, 1) :
-                                            NULL;
+    MemdedupNumaStats *numa = NULL;
     uint64_t i, p;
 
+    /*
+     * The per-node statistics, from the same lookups (numa-engine.c);
+     * the kernel's merged pages per node are counted again either way.
+     */
+    if (recount && pb->indexed) {
+        numa = g_new0(MemdedupNumaStats, 1);
+    } else if (!recount && pb->params.policy != MEMDEDUP_POLICY_OFF) {
+        numa = memdedup_numa_block_stats(blk);
+    }
     memset(st, 0, sizeof(*st));
     for (i = 0; i < blk->nr_regions; i++) {
         MemdedupRegion *r = &blk->regions[i];
         uint64_t first = i * blk->pages_per_region;
         uint64_t last = MIN(first + blk->pages_per_region, blk->nr_pages);
-        uint32_t duplicate = 0, cross_vm = 0;
+        uint32_t duplicate = r->duplicate, cross_vm = r->cross_vm;
 
         if (pb->params.policy != MEMDEDUP_POLICY_OFF) {
-            for (p = first; p < last; p++) {
+            if (recount) {
+                duplicate = cross_vm = 0;
+            }
+            for (p = first; recount && p < last; p++) {
                 ssize_t idx;
 
                 memdedup_dupset_prefetch(&engine->dupset, blk->fps, p,
@@ -1149,7 +1202,11 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
     /* Each region's duplicates are counted: the next scan may reuse them. */
     blk->judged_gen = pb->params.policy == MEMDEDUP_POLICY_OFF ? 0 :
                       engine->dupset_gen;
-    st->estimated_saving += st->zero_pages * blk->page_size;
+    if (recount) {
+        st->estimated_saving += st->zero_pages * blk->page_size;
+    } else {
+        st->estimated_saving = blk->stats.estimated_saving;
+    }
     if (numa) {
         memdedup_numa_block_publish(engine, blk, numa);
     }
@@ -1592,6 +1649,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     bool summarize = rescan;    /* recount statistics */
     bool fps_changed = rescan;  /* publish to the board */
     bool board_eval = false;    /* peers published: decide again */
+    bool recount = true;        /* index and count every page again */
     size_t b;
 
     /* Migration hints first: the source's registration, at once. */
@@ -1725,19 +1783,25 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     /* Then index and summarize. */
     memdedup_pass_forget_discarded(&pass);
     if (summarize) {
-        memdedup_pass_index(&pass);
-        first_seen = bitmap_new(MAX(memdedup_numa_slots(&engine->numa,
-                                                        &engine->dupset), 1));
-        if (pass.board) {
-            engine->board_version = memdedup_board_version(pass.board);
-            memdedup_board_lookup_begin(pass.board);
+        recount = !rescan || !memdedup_pass_unchanged(&pass, board_eval);
+        if (recount) {
+            memdedup_pass_index(&pass);
+            first_seen = bitmap_new(MAX(memdedup_numa_slots(&engine->numa,
+                                                            &engine->dupset),
+                                        1));
+            if (pass.board) {
+                engine->board_version = memdedup_board_version(pass.board);
+                memdedup_board_lookup_begin(pass.board);
+            }
+        } else {
+            trace_memdedup_pass_unchanged(pass.nr_items);
         }
         for (b = 0; b < pass.nr_blocks; b++) {
             memdedup_pass_summarize(engine, &pass.blocks[b], pass.board,
-                                    first_seen, &stats[b]);
+                                    first_seen, recount, &stats[b]);
         }
         if (pass.board) {
-            if (!memdedup_board_lookup_end(pass.board)) {
+            if (recount && !memdedup_board_lookup_end(pass.board)) {
                 /* A peer republished meanwhile: look again soon. */
                 qemu_mutex_lock(&engine->lock);
                 engine->board_dirty = true;

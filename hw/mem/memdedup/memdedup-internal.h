@@ -173,6 +173,7 @@ typedef struct MemdedupEngine {
     MemdedupDupSet dupset;
     MemdedupNumaIndex numa;     /* per host node sets, next to dupset */
     uint64_t dupset_gen;        /* counts changes to dupset and numa, >= 1 */
+    uint64_t indexed_blocks_gen;    /* blocks_gen when dupset was built */
     MemdedupPlacementFn placement;  /* move_pages, or node 0 on one node */
 
     /* Under lock: the host's NUMA view as of the last pass (numa-engine.c) */
@@ -190,6 +191,7 @@ typedef struct MemdedupScanBuffers {
     int8_t *nodes;              /* one region's nodes before placement */
     uint32_t *fps;              /* new fingerprints of one region */
     uint64_t churn;             /* pages changed, appeared or gone so far */
+    uint64_t reused;            /* regions whose last count still held */
 } MemdedupScanBuffers;
 
 /* Learn the zero pages' PFNs, when pagemap shows PFNs.  Once, at init. */
@@ -353,6 +355,10 @@ void memdedup_adopt_free(MemdedupAdopt *adopt);
  * (when QEMU may read kpageflags) to @stats, @blk's per-node statistics
  * from the pass, and publish them; takes @stats.  Scanner thread, lock
  * not held.
+ * memdedup_numa_block_stats: a copy of @blk's published per-node
+ * statistics without the kernel's merged pages, for a pass that keeps
+ * them (memdedup_numa_block_publish counts those again), or NULL if it
+ * has none.  Scanner thread.
  * memdedup_numa_watch: between passes: request a pass when
  * merge_across_nodes changed.  Scanner thread, lock not held.
  * memdedup_numa_query_backend / memdedup_numa_query: fill the NUMA parts
@@ -369,6 +375,7 @@ ssize_t memdedup_numa_find(MemdedupEngine *engine, MemdedupBlock *blk,
                            uint64_t page, MemdedupNumaStats *stats);
 void memdedup_numa_block_publish(MemdedupEngine *engine, MemdedupBlock *blk,
                                  MemdedupNumaStats *stats);
+MemdedupNumaStats *memdedup_numa_block_stats(MemdedupBlock *blk);
 void memdedup_numa_watch(MemdedupEngine *engine);
 void memdedup_numa_query_backend(MemdedupBlock *blk, MemdedupBackendInfo *bi);
 void memdedup_numa_query(MemdedupEngine *engine, MemdedupInfo *info);

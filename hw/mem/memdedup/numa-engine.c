@@ -179,6 +179,23 @@ void memdedup_numa_block_publish(MemdedupEngine *engine, MemdedupBlock *blk,
     qemu_mutex_unlock(&engine->lock);
 }
 
+MemdedupNumaStats *memdedup_numa_block_stats(MemdedupBlock *blk)
+{
+    MemdedupNumaStats *stats;
+    unsigned n;
+
+    /* Only the scanner thread replaces it: no lock to read it here. */
+    if (!blk->numa_stats) {
+        return NULL;
+    }
+    stats = g_memdup2(blk->numa_stats, sizeof(*stats));
+    for (n = 0; n < MEMDEDUP_NUMA_NODES_MAX; n++) {
+        stats->node[n].merged = 0;
+    }
+    stats->merged_known = false;
+    return stats;
+}
+
 /* ------------------------------------------------------------------ */
 /* Intended placement and the report (BQL held)                        */
 /* ------------------------------------------------------------------ */

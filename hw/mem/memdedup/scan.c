@@ -195,6 +195,7 @@ static void memdedup_judge_region(MemdedupEngine *engine, MemdedupBlock *blk,
     if (placed_same && !moved && !*changed &&
         blk->judged_gen == engine->dupset_gen) {
         *duplicate = blk->regions[region].duplicate;
+        buf->reused++;
         return;
     }
     for (i = 0; i < pages; i++) {
@@ -283,6 +284,7 @@ void memdedup_scan_buffers_init(MemdedupScanBuffers *buf, uint64_t pages)
     buf->fps = g_new(uint32_t, pages);
     buf->nodes = g_new(int8_t, pages);
     buf->churn = 0;
+    buf->reused = 0;
 }
 
 void memdedup_scan_buffers_free(MemdedupScanBuffers *buf)
