@@ -11,6 +11,9 @@
   recovery once the kernel accepts again;
 - /proc/kpageflags unreadable (bind-mounted over in a private mount
   namespace): the exact count is absent, everything else works;
+- page frame numbers hidden (QEMU without CAP_SYS_ADMIN, as under
+  libvirt): guest RAM that was only read maps the kernel's (huge) zero
+  page and is still not counted as resident;
 - ksmd stopped, started and stopped again, and merge_across_nodes
   flipped at runtime (KSM knobs borrowed and restored): warnings follow
   the host's state, registration is untouched, merging resumes.
@@ -299,6 +302,49 @@ def test_kpageflags_unreadable(workdir):
         qt.close()
 
 
+def test_zero_mapped_unprivileged(workdir):
+    """Memory only read maps the kernel's zero page: not resident, with
+    or without CAP_SYS_ADMIN (PFNs hidden: PAGEMAP_SCAN tells the zero
+    page apart; reading pagemap cannot)."""
+    if os.geteuid() != 0:
+        raise Skip("not root: cannot drop CAP_SYS_ADMIN to compare")
+    for wrapper in ((), ("setpriv", "--bounding-set", "-sys_admin",
+                         "--inh-caps", "-sys_admin")):
+        what = "without CAP_SYS_ADMIN" if wrapper else "as root"
+        vm, qt = start_qtest_vm(workdir, "zeromap", [
+            "-machine", "pc,memory-backend=m0,mem-merge=off", "-m", "256M",
+            "-object", "memdedup,id=engine,rescan-interval=3600000",
+            "-object", "memory-backend-ksm,id=m0,size=256M"], wrapper)
+        try:
+            rng = random.Random(3)
+            qt.write(16 * MiB, bytes(rng.getrandbits(8)
+                                     for _ in range(256 * 1024)) * 32)
+            qt.memset(32 * MiB, 4 * MiB, 0)
+            run_pass(vm)
+            before = backend(vm, "m0")
+            # Read, never written: the kernel maps its zero page.
+            check(qt.read(64 * MiB, 8 * MiB) == bytes(8 * MiB),
+                  "untouched RAM is not zero")
+            run_pass(vm)
+            after = backend(vm, "m0")
+            print("  %s: resident %d -> %d pages, zero %d -> %d" % (
+                what, before["resident-pages"], after["resident-pages"],
+                before["zero-pages"], after["zero-pages"]))
+            check(before["resident-pages"] >= 12 * MiB // PAGE,
+                  "%s: written pages not resident: %d"
+                  % (what, before["resident-pages"]))
+            check(after["resident-pages"] == before["resident-pages"],
+                  "%s: read-only RAM counted as resident: %d -> %d"
+                  % (what, before["resident-pages"],
+                     after["resident-pages"]))
+            check(after["zero-pages"] == before["zero-pages"],
+                  "%s: read-only RAM counted as zero pages: %d -> %d"
+                  % (what, before["zero-pages"], after["zero-pages"]))
+        finally:
+            vm.stop()
+            qt.close()
+
+
 def ksm_write(name, value):
     with open(os.path.join(qmp.KSM_DIR, name), "w") as f:
         f.write("%d\n" % value)
@@ -377,6 +423,7 @@ if __name__ == "__main__":
         ("faults/madvise-einval", test_madvise_einval),
         ("faults/madvise-eagain-transient", test_madvise_eagain_transient),
         ("faults/kpageflags-unreadable", test_kpageflags_unreadable),
+        ("faults/zero-mapped-unprivileged", test_zero_mapped_unprivileged),
         ("faults/ksmd-stopped-and-knobs-flipped",
          test_ksmd_stopped_and_knobs_flipped),
     ]))

@@ -127,6 +127,7 @@ static void memdedup_engine_init(void)
     engine->state = MEMDEDUP_STATE_DISABLED;
     qemu_guest_getrandom_nofail(&engine->seed, sizeof(engine->seed));
     engine->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    engine->pagemap_scan = engine->pagemap_fd >= 0;    /* until refused */
     engine->kpageflags_fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
     memdedup_learn_zero_pfns(engine);
     /* Opened but unreadable (another file mounted over it): none. */

@@ -159,6 +159,7 @@ typedef struct MemdedupEngine {
     /* Constant after init. */
     uint64_t seed;              /* per-process fingerprint seed */
     int pagemap_fd;             /* /proc/self/pagemap or -1 */
+    bool pagemap_scan;          /* atomic: its PAGEMAP_SCAN ioctl works */
     int kpageflags_fd;          /* /proc/kpageflags or -1 */
     uint64_t zero_pfn;          /* the shared zero page, 0 if unknown */
     uint64_t huge_zero_pfn;     /* first PFN of the huge zero page, or 0 */
@@ -185,6 +186,7 @@ typedef struct MemdedupEngine {
 
 typedef struct MemdedupScanBuffers {
     uint64_t *entries;          /* pagemap entries of one region */
+    void *ranges;               /* PAGEMAP_SCAN's output for one region */
     bool *present;              /* residency of each page of one region */
     void **addrs;               /* move_pages arguments, one per page */
     int *status;                /* move_pages results, one per page */
