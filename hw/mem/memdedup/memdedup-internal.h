@@ -196,7 +196,10 @@ typedef struct MemdedupScanBuffers {
     uint64_t reused;            /* regions whose last count still held */
 } MemdedupScanBuffers;
 
-/* Learn the zero pages' PFNs, when pagemap shows PFNs.  Once, at init. */
+/*
+ * Learn the zero pages' PFNs, when pagemap shows PFNs, and whether its
+ * PAGEMAP_SCAN ioctl tells them apart.  Once, at init.
+ */
 void memdedup_learn_zero_pfns(MemdedupEngine *engine);
 
 /*

@@ -42,10 +42,12 @@ static uint64_t memdedup_pfn_of(int pagemap_fd, const volatile uint8_t *addr)
     return entry & MEMDEDUP_PM_PFN_MASK;
 }
 
+static bool memdedup_scan_says_zero(MemdedupEngine *engine, uint8_t *addr);
+
 void memdedup_learn_zero_pfns(MemdedupEngine *engine)
 {
     const size_t huge = 2 * MiB;
-    uint8_t *area;
+    uint8_t *area, *aligned;
 
     if (engine->pagemap_fd < 0) {
         return;
@@ -55,9 +57,9 @@ void memdedup_learn_zero_pfns(MemdedupEngine *engine)
     if (area == MAP_FAILED) {
         return;
     }
+    aligned = QEMU_ALIGN_PTR_UP(area, huge);
     engine->zero_pfn = memdedup_pfn_of(engine->pagemap_fd, area);
     if (engine->zero_pfn) {
-        uint8_t *aligned = QEMU_ALIGN_PTR_UP(area, huge);
         uint64_t pfn;
 
         madvise(aligned, huge, MADV_HUGEPAGE);
@@ -65,6 +67,19 @@ void memdedup_learn_zero_pfns(MemdedupEngine *engine)
         if (pfn && pfn != engine->zero_pfn) {
             engine->huge_zero_pfn = pfn & ~(uint64_t)(huge / 4096 - 1);
         }
+    }
+    /*
+     * PAGEMAP_SCAN must tell these pages apart as well as the PFNs do:
+     * the first kernels with it compared a huge page's PFN with the small
+     * zero page's only, so did not flag the huge zero page.  Without
+     * PFNs it is used whatever it says of that: it still tells the
+     * small zero page apart, which the entries then cannot.
+     */
+    if (qatomic_read(&engine->pagemap_scan) &&
+        (!memdedup_scan_says_zero(engine, area) ||
+         (engine->huge_zero_pfn && !memdedup_scan_says_zero(engine,
+                                                            aligned)))) {
+        qatomic_set(&engine->pagemap_scan, false);
     }
     munmap(area, 2 * huge);
 }
@@ -175,6 +190,17 @@ static bool memdedup_scan_residency(MemdedupEngine *engine, uint8_t *addr,
         }
     }
     return true;
+}
+
+/* Does PAGEMAP_SCAN say the page at @addr maps the zero page? */
+static bool memdedup_scan_says_zero(MemdedupEngine *engine, uint8_t *addr)
+{
+    MemdedupPageRegion vec[1];
+    bool present[1];
+
+    return memdedup_scan_residency(engine, addr, 1,
+                                   qemu_real_host_page_size(), vec,
+                                   present) && !present[0];
 }
 
 /*
