@@ -204,14 +204,15 @@ static bool memdedup_scan_says_zero(MemdedupEngine *engine, uint8_t *addr)
 }
 
 /*
- * Fill @present with one flag per page of [@addr, @addr + @pages pages).
- * Returns false if residency cannot be learned at all.
+ * Fill @buf->present with one flag per page of [@addr, @addr + @pages
+ * pages).  Returns false if residency cannot be learned at all.
  */
 static bool memdedup_read_residency(MemdedupEngine *engine, uint8_t *addr,
                                     size_t pages, uint64_t page_size,
-                                    MemdedupScanBuffers *buf, bool *present)
+                                    MemdedupScanBuffers *buf)
 {
     uint64_t *entries = buf->entries;
+    bool *present = buf->present;
     size_t i;
 
     if (qatomic_read(&engine->pagemap_scan) &&
@@ -352,7 +353,7 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
         }
         base = blk->host + first * blk->page_size;
         if (!memdedup_read_residency(engine, base, pages, blk->page_size,
-                                     buf, buf->present)) {
+                                     buf)) {
             return false;
         }
         /* With virtio-mem, the parts not plugged are not guest memory. */
