@@ -212,10 +212,13 @@ def run_config(ctx, workload, config, thp, rate, seconds):
             probe.ksm_set(run=1)
             for p in procs:
                 if p.memdedup:
+                    # The pass first: the new interval would start one
+                    # at once (the last pass was before the fill), and
+                    # memdedup-scan during it would queue a second.
+                    p.vm.qmp.cmd("memdedup-scan")
                     p.vm.qmp.cmd("qom-set", path="/objects/" + wl.ENGINE_ID,
                                  property="rescan-interval",
                                  value=a.rescan_interval)
-                    p.vm.qmp.cmd("memdedup-scan")
             if workload == "volatile":
                 writer = wl.VolatileWriter(
                     [(p.qt, base_gpa) for p in procs

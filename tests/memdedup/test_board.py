@@ -243,6 +243,65 @@ def test_quiet_publication(workdir):
         fleet.close()
 
 
+def set_slot_seq(board, vm, seq):
+    """Write vm's slot sequence number in the board file, as vm itself
+    does around a publication (odd: publishing)."""
+    slots = board_slots(board)
+    i = [k for k, sl in enumerate(slots)
+         if sl["owner"] and sl["pid"] == vm.pid][0]
+    with open(board, "rb") as f:
+        _, slot_bytes = struct.unpack_from("=IQ", f.read(24), 12)
+    with open(board, "r+b") as f:
+        f.seek(4096 + i * slot_bytes + 16)
+        f.write(struct.pack("=Q", seq))
+
+
+def test_publishing_peer(workdir):
+    """A peer caught in the middle of publishing is not read, so its
+    fingerprints are not found: on that view no region may lose its
+    cross-VM duplicates (unregistering would unmerge them, and the next
+    look would register them again).  A complete view still decides:
+    once the peer has left, the block is unique and unregistered."""
+    fleet = Fleet(workdir)
+    try:
+        a = fleet.add("a")
+        b = fleet.add("b")
+        for vm in (a, b, a):
+            run_pass(vm)
+        wait_cross(a)
+        check(backend(a, "m0")["registered-bytes"] == CROSS[1],
+              "the cross-VM block is not registered")
+        # b is publishing again (its slot odd) while a looks.
+        seq = slot_seq(fleet.board, b)
+        set_slot_seq(fleet.board, b, seq | 1)
+        info = run_pass(a)
+        m = backend(a, "m0")
+        print("  with b mid-publication: a counts %d cross-VM pages, "
+              "registered %d MiB, board view %s" % (
+                  m["cross-vm-pages"], m["registered-bytes"] // MiB,
+                  info["board"]))
+        check(m["cross-vm-pages"] >= CROSS_PAGES * 0.98,
+              "a half-seen board took the cross-VM block away: %d pages"
+              % m["cross-vm-pages"])
+        check(m["registered-bytes"] == CROSS[1],
+              "a half-seen board unregistered the cross-VM block: %d"
+              % m["registered-bytes"])
+        # b's publication ends; a looks again and still finds it.
+        set_slot_seq(fleet.board, b, (seq | 1) + 1)
+        run_pass(a)
+        check(backend(a, "m0")["cross-vm-pages"] >= CROSS_PAGES * 0.98,
+              "the complete view lost the cross-VM block")
+        # b leaves: a complete view without it makes the block unique.
+        fleet.remove(b)
+        wait_for("a to see b leave", lambda: board_info(a)["peers"] == 0)
+        run_pass(a)
+        m = backend(a, "m0")
+        check(m["cross-vm-pages"] == 0 and m["registered-bytes"] == 0,
+              "b left, yet a keeps the cross-VM block: %s" % m)
+    finally:
+        fleet.close()
+
+
 def test_board_full(workdir):
     fleet = Fleet(workdir)
     opts = ",board-slots=2"
@@ -343,6 +402,7 @@ if __name__ == "__main__":
         ("board/cross-vm", test_cross_vm),
         ("board/killed-publisher", test_killed_publisher),
         ("board/quiet-publication", test_quiet_publication),
+        ("board/publishing-peer", test_publishing_peer),
         ("board/full", test_board_full),
         ("board/small-slot", test_small_slot),
         ("board/bad-input", test_bad_input),

@@ -124,6 +124,7 @@ struct MemdedupBoard {
     uint32_t nr_readable;
     uint32_t *readable;
     uint64_t *readable_seq;
+    bool partial;               /* a peer was mid-update when it began */
 };
 
 static MemdedupBoardSlot *memdedup_slot(MemdedupBoard *b, uint32_t i)
@@ -536,13 +537,14 @@ bool memdedup_board_published(MemdedupBoard *b)
            b->pub_slot == b->slot && memdedup_board_own(b);
 }
 
-/* Lookup: begin, any number of lookups, end (false: some slot changed). */
+/* Lookup: begin, any number of lookups, end (see memdedup-internal.h). */
 uint32_t memdedup_board_lookup_begin(MemdedupBoard *b)
 {
     uint64_t now = memdedup_now_ns();
     uint32_t i;
 
     b->nr_readable = 0;
+    b->partial = false;
     if (!memdedup_board_own(b)) {
         return 0;               /* not on the board: no cross-VM view */
     }
@@ -555,7 +557,11 @@ uint32_t memdedup_board_lookup_begin(MemdedupBoard *b)
         }
         seq = qatomic_read(&s->seq);
         smp_rmb();
-        if ((seq & 1) || s->filter_bits != memdedup_board_filter_bits(b->slot_bytes)) {
+        if (s->filter_bits != memdedup_board_filter_bits(b->slot_bytes)) {
+            continue;
+        }
+        if (seq & 1) {
+            b->partial = true;  /* publishing: not read, and so not seen */
             continue;
         }
         b->readable[b->nr_readable] = i;
@@ -594,10 +600,12 @@ void memdedup_board_prefetch(MemdedupBoard *b, uint32_t fp)
     }
 }
 
-bool memdedup_board_lookup_end(MemdedupBoard *b)
+bool memdedup_board_lookup_end(MemdedupBoard *b, bool *partial)
 {
     bool intact = true;
     uint32_t i;
+
+    *partial = b->partial;
 
     smp_rmb();
     for (i = 0; i < b->nr_readable; i++) {

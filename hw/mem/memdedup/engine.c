@@ -857,6 +857,7 @@ typedef struct MemdedupPassBlock {
     bool apply_only;            /* params changed; no need to rescan */
     bool hinted;                /* registered from hints, not yet scanned */
     bool indexed;               /* its pages are in this pass's dup set */
+    uint32_t *cross_before;     /* regions' cross_vm before the lookups */
     unsigned long *discarded;   /* regions to forget pages of, or NULL */
     uint64_t first_item;        /* index of its region 0 in the item space */
 } MemdedupPassBlock;
@@ -1110,6 +1111,63 @@ static bool memdedup_region_cross_only(const MemdedupParams *params,
            !memdedup_region_wanted(params, &alone);
 }
 
+/* Sum the region counts of @pb's block into @st. */
+static void memdedup_block_tally(MemdedupPassBlock *pb,
+                                 MemdedupBlockStats *st)
+{
+    MemdedupBlock *blk = pb->blk;
+    uint64_t i;
+
+    st->resident_pages = st->zero_pages = st->duplicate_pages = 0;
+    st->unique_pages = st->volatile_pages = st->candidate_regions = 0;
+    st->cross_vm_pages = st->cross_vm_regions = 0;
+    for (i = 0; i < blk->nr_regions; i++) {
+        MemdedupRegion *r = &blk->regions[i];
+
+        st->resident_pages += r->resident;
+        st->zero_pages += r->zero;
+        st->duplicate_pages += r->duplicate;
+        st->unique_pages += r->unique;
+        st->volatile_pages += r->volatile_pages;
+        st->candidate_regions += memdedup_region_wanted(&pb->params, r);
+        st->cross_vm_pages += r->cross_vm;
+        st->cross_vm_regions += memdedup_region_cross_only(&pb->params, r);
+    }
+}
+
+/*
+ * The board lookups of this pass missed a peer that was publishing, or
+ * read one that published again meanwhile: a fingerprint not found may
+ * just have been missed.  On such a view no region loses cross-VM
+ * duplicates -- it would be unregistered, unmerging what the kernel
+ * merged, and registered again once the peer has published.  The peer's
+ * new publication changes the board's version, and the engine looks
+ * again then (memdedup_board_tick).  Returns the regions kept.
+ */
+static uint64_t memdedup_pass_keep_cross(MemdedupPassBlock *pb,
+                                         MemdedupBlockStats *st)
+{
+    MemdedupBlock *blk = pb->blk;
+    uint64_t i, kept = 0;
+
+    if (!pb->cross_before) {
+        return 0;
+    }
+    for (i = 0; i < blk->nr_regions; i++) {
+        MemdedupRegion *r = &blk->regions[i];
+        uint32_t room = r->resident - r->zero - r->duplicate;
+        uint32_t before = MIN(pb->cross_before[i], room);
+
+        if (before > r->cross_vm) {
+            r->cross_vm = before;
+            r->unique = room - before;
+            kept++;
+        }
+    }
+    memdedup_block_tally(pb, st);
+    return kept;
+}
+
 /*
  * Count @pb's regions against the dup set (and the board), into @st.
  * Without @recount (memdedup_pass_unchanged), each region keeps the
@@ -1138,6 +1196,9 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
         numa = memdedup_numa_block_stats(blk);
     }
     memset(st, 0, sizeof(*st));
+    if (recount && board && pb->params.policy != MEMDEDUP_POLICY_OFF) {
+        pb->cross_before = g_new(uint32_t, blk->nr_regions);
+    }
     for (i = 0; i < blk->nr_regions; i++) {
         MemdedupRegion *r = &blk->regions[i];
         uint64_t first = i * blk->pages_per_region;
@@ -1145,6 +1206,9 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
         uint32_t duplicate = r->duplicate, cross_vm = r->cross_vm;
 
         if (pb->params.policy != MEMDEDUP_POLICY_OFF) {
+            if (pb->cross_before) {
+                pb->cross_before[i] = cross_vm;
+            }
             if (recount) {
                 duplicate = cross_vm = 0;
             }
@@ -1189,15 +1253,8 @@ static void memdedup_pass_summarize(MemdedupEngine *engine,
                 r->stable_passes++;
             }
         }
-        st->resident_pages += r->resident;
-        st->zero_pages += r->zero;
-        st->duplicate_pages += r->duplicate;
-        st->unique_pages += r->unique;
-        st->volatile_pages += r->volatile_pages;
-        st->candidate_regions += memdedup_region_wanted(&pb->params, r);
-        st->cross_vm_pages += r->cross_vm;
-        st->cross_vm_regions += memdedup_region_cross_only(&pb->params, r);
     }
+    memdedup_block_tally(pb, st);
     st->scanned_pages = pb->params.policy == MEMDEDUP_POLICY_OFF ? 0 :
                         st->resident_pages;
     /* Each region's duplicates are counted: the next scan may reuse them. */
@@ -1801,13 +1858,27 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
             memdedup_pass_summarize(engine, &pass.blocks[b], pass.board,
                                     first_seen, recount, &stats[b]);
         }
-        if (pass.board) {
-            if (recount && !memdedup_board_lookup_end(pass.board)) {
+        if (pass.board && recount) {
+            bool partial;
+
+            if (!memdedup_board_lookup_end(pass.board, &partial)) {
                 /* A peer republished meanwhile: look again soon. */
                 qemu_mutex_lock(&engine->lock);
                 engine->board_dirty = true;
                 qemu_mutex_unlock(&engine->lock);
+                partial = true;
             }
+            if (partial) {
+                uint64_t kept = 0;
+
+                for (b = 0; b < pass.nr_blocks; b++) {
+                    kept += memdedup_pass_keep_cross(&pass.blocks[b],
+                                                     &stats[b]);
+                }
+                trace_memdedup_board_view_partial(kept);
+            }
+        }
+        if (pass.board) {
             if (fps_changed && !memdedup_pass_publication_current(&pass)) {
                 memdedup_pass_publish(&pass);
             }
@@ -1897,6 +1968,7 @@ static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     qatomic_set(&engine->pass_pages_total, 0);
 
     for (b = 0; b < pass.nr_blocks; b++) {
+        g_free(pass.blocks[b].cross_before);
         memdedup_block_unref(pass.blocks[b].blk);
     }
     g_free(pass.blocks);

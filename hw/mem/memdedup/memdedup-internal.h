@@ -260,14 +260,18 @@ void memdedup_board_publish_prefetch(MemdedupBoard *b, uint32_t fp);
 bool memdedup_board_published(MemdedupBoard *b);
 void memdedup_board_publish_end(MemdedupBoard *b);
 /*
- * Look up: begin (number of peers readable), lookups, end (false: torn).
+ * Look up: begin (number of peers readable), lookups, end.  End returns
+ * false if a peer read published again meanwhile (the lookups may have
+ * read its filter half-written), and sets *@partial if a peer was in the
+ * middle of publishing at the begin (it was not read at all).  Either
+ * way, fingerprints not found may only have been missed.
  * memdedup_board_prefetch: start loading what a lookup of @fp reads (one
  * cache line per peer), a few lookups ahead.
  */
 uint32_t memdedup_board_lookup_begin(MemdedupBoard *b);
 bool memdedup_board_lookup(MemdedupBoard *b, uint32_t fp);
 void memdedup_board_prefetch(MemdedupBoard *b, uint32_t fp);
-bool memdedup_board_lookup_end(MemdedupBoard *b);
+bool memdedup_board_lookup_end(MemdedupBoard *b, bool *partial);
 /* Changes whenever another VM of our domain publishes, joins or leaves. */
 uint64_t memdedup_board_version(MemdedupBoard *b);
 MemdedupBoardInfo *memdedup_board_info(MemdedupBoard *b);
