@@ -20,6 +20,10 @@ Measured per configuration, from the kernel:
   ksmd CPU    /proc/<ksmd>/stat utime+stime, until the run's own saving
               reached 90 % of its final ('to converge') and per minute
               over the last quarter of the run ('steady')
+  ksmd page   steady ksmd CPU per page ksmd scanned then
+              (/sys/kernel/mm/ksm/pages_scanned): ksmd scans about
+              pages_to_scan pages per sleep_millisecs whatever it was
+              given, so the steady ratio is the ratio of these costs
   memdedup    CPU of the QEMU threads named memdedup* (all the engine's
               work) and query-memdedup's scanner-cpu-time (hashing only)
   rmap_items  ksm_rmap_items of the QEMUs' /proc/PID/ksm_stat
@@ -135,6 +139,7 @@ def sample(procs, ksmd, base):
          "pages_sharing": qmp.ksm_read("pages_sharing") or 0,
          "pages_shared": qmp.ksm_read("pages_shared") or 0,
          "full_scans": qmp.ksm_read("full_scans") or 0,
+         "pages_scanned": qmp.ksm_read("pages_scanned") or 0,
          "ksmd_cpu": probe.cpu_seconds(ksmd) or 0.0,
          "rss": [], "merging": 0, "rmap_items": 0, "ksm_zero": 0,
          "anon_huge": 0, "md_cpu": 0.0, "registered": 0,
@@ -168,6 +173,7 @@ def sample(procs, ksmd, base):
         "ksm_zero_pages": s["ksm_zero"],
         "anon_huge_bytes": s["anon_huge"],
         "full_scans": s["full_scans"] - base["full_scans"],
+        "pages_scanned": s["pages_scanned"] - base["pages_scanned"],
         "ksmd_cpu": round(s["ksmd_cpu"] - base["ksmd_cpu"], 3),
         "memdedup_cpu": round(s["md_cpu"] - base["md_cpu"], 3),
         "scanner_cpu": round(s["scanner_cpu"] - base["scanner_cpu"], 3),
@@ -317,6 +323,8 @@ def summarize(run, stock_final, ctx):
                  if run["workload"] != "guests"
                  else ctx.guest_mib * MiB // PAGE * 2)
     md = run.get("memdedup") or []
+    # Results of runs before pages_scanned was sampled have none.
+    scanned = end.get("pages_scanned", 0) - w0.get("pages_scanned", 0)
     summary = {
         "final_saving_bytes": int(final * PAGE),
         "t90_stock_s": st90["t"] if st90 else None,
@@ -330,6 +338,10 @@ def summarize(run, stock_final, ctx):
             (end["ksmd_cpu"] - w0["ksmd_cpu"]) * 60.0 / span, 3),
         "memdedup_cpu_steady_per_min": round(
             (end["memdedup_cpu"] - w0["memdedup_cpu"]) * 60.0 / span, 3),
+        "ksmd_pages_scanned_steady_per_s": round(scanned / span),
+        "ksmd_ns_per_page_steady": round(
+            (end["ksmd_cpu"] - w0["ksmd_cpu"]) * 1e9 / scanned)
+        if scanned > 0 else None,
         "memdedup_cpu_total_s": end["memdedup_cpu"],
         "scanner_cpu_total_s": end["scanner_cpu"],
         "converged": (end["saving_pages"] - w0["saving_pages"]) <=
@@ -403,6 +415,9 @@ def ratios(runs):
                 s["ksmd_cpu_steady_per_min"] +
                 s["memdedup_cpu_steady_per_min"],
                 st["ksmd_cpu_steady_per_min"])
+            # The steady ratio is this times the ratio of scan rates.
+            row["ksmd_page_cost"] = ratio(s.get("ksmd_ns_per_page_steady"),
+                                          st.get("ksmd_ns_per_page_steady"))
             row["t90_own_vs_stock_own"] = ratio(s["t90_own_s"],
                                                 st["t90_own_s"])
             # With THP off there are no huge pages to keep.
@@ -461,9 +476,13 @@ def check_targets(rows):
                 ok = False
             else:
                 ok = v >= limit if kind == "min" else v <= limit
-            out.append({"workload": r["workload"], "config": r["config"],
-                        "thp": r["thp"], "rate": r["rate"], "target": name,
-                        "value": v, "met": ok})
+            t = {"workload": r["workload"], "config": r["config"],
+                 "thp": r["thp"], "rate": r["rate"], "target": name,
+                 "value": v, "met": ok}
+            if key == "ksmd_cpu_steady" and r.get("ksmd_page_cost"):
+                t["note"] = ("ksmd CPU per scanned page %.2fx stock's"
+                             % r["ksmd_page_cost"])
+            out.append(t)
     return out
 
 
@@ -503,39 +522,44 @@ def table(result):
     """The text tables: absolute numbers and ratios."""
     lines = []
     lines.append("Absolute numbers (two VMs; saving from the kernel)")
-    hdr = ("%-9s %-4s %-7s %-9s %9s %7s %7s %8s %8s %8s %8s %9s %8s %6s"
-           % ("workload", "THP", "ksmd", "config", "saving", "t90",
-              "t90own", "ksmdconv", "ksmd/min", "md conv", "md/min",
-              "rmap", "AnonHuge", "conv"))
+    hdr = ("%-9s %-4s %-7s %-9s %9s %7s %7s %8s %8s %8s %8s %9s %8s %6s "
+           "%7s" % ("workload", "THP", "ksmd", "config", "saving", "t90",
+                    "t90own", "ksmdconv", "ksmd/min", "md conv", "md/min",
+                    "rmap", "AnonHuge", "conv", "ksmd"))
     lines.append(hdr)
-    lines.append("%-9s %-4s %-7s %-9s %9s %7s %7s %8s %8s %8s %8s %9s %8s %6s"
-                 % ("", "", "", "", "MiB", "s", "s", "CPU s", "CPU s",
-                    "CPU s", "CPU s", "items", "MiB", ""))
+    lines.append("%-9s %-4s %-7s %-9s %9s %7s %7s %8s %8s %8s %8s %9s %8s %6s "
+                 "%7s" % ("", "", "", "", "MiB", "s", "s", "CPU s", "CPU s",
+                          "CPU s", "CPU s", "items", "MiB", "",
+                          "ns/page"))
     for r in result["runs"]:
         s = r["summary"]
         lines.append(
             "%-9s %-4s %-7s %-9s %9.1f %7s %7s %8.2f %8.3f %8.2f %8.3f "
-            "%9d %8d %6s" % (
+            "%9d %8d %6s %7s" % (
                 r["workload"], r["thp"], r["rate"], r["config"],
                 s["final_saving_bytes"] / MiB, fmt(s["t90_stock_s"], 0),
                 fmt(s["t90_own_s"], 0), s["ksmd_cpu_converge_s"],
                 s["ksmd_cpu_steady_per_min"], s["memdedup_cpu_converge_s"],
                 s["memdedup_cpu_steady_per_min"], s["rmap_items"],
-                s["anon_huge_bytes"] // MiB, fmt(s["converged"])))
+                s["anon_huge_bytes"] // MiB, fmt(s["converged"]),
+                fmt(s.get("ksmd_ns_per_page_steady"), 0)))
     lines.append("")
     lines.append("Ratios to stock (same workload, THP mode and ksmd rate)")
-    lines.append("%-9s %-4s %-7s %-9s %6s %6s %8s %8s %6s %8s %8s %8s %6s"
-                 % ("workload", "THP", "ksmd", "config", "saving", "t90",
-                    "ksmdconv", "steady", "rmap", "totalCPU", "totSteady",
-                    "THPkept", "B/page"))
+    lines.append("%-9s %-4s %-7s %-9s %6s %6s %8s %8s %6s %8s %8s %8s %6s "
+                 "%6s" % ("workload", "THP", "ksmd", "config", "saving",
+                          "t90", "ksmdconv", "steady", "rmap", "totalCPU",
+                          "totSteady", "THPkept", "B/page", "ns/pg"))
     for r in result["ratios"]:
-        lines.append("%-9s %-4s %-7s %-9s %6s %6s %8s %8s %6s %8s %8s %8s %6s"
-                     % (r["workload"], r["thp"], r["rate"], r["config"],
-                        fmt(r["saving"]), fmt(r["t90"]),
-                        fmt(r["ksmd_cpu_conv"]), fmt(r["ksmd_cpu_steady"]),
-                        fmt(r["rmap_items"]), fmt(r["total_cpu_conv"]),
-                        fmt(r.get("total_cpu_steady")), fmt(r["thp_kept"]),
-                        fmt(r["metadata_per_page"])))
+        lines.append("%-9s %-4s %-7s %-9s %6s %6s %8s %8s %6s %8s %8s %8s %6s "
+                     "%6s" % (r["workload"], r["thp"], r["rate"], r["config"],
+                              fmt(r["saving"]), fmt(r["t90"]),
+                              fmt(r["ksmd_cpu_conv"]),
+                              fmt(r["ksmd_cpu_steady"]),
+                              fmt(r["rmap_items"]), fmt(r["total_cpu_conv"]),
+                              fmt(r.get("total_cpu_steady")),
+                              fmt(r["thp_kept"]),
+                              fmt(r["metadata_per_page"]),
+                              fmt(r.get("ksmd_page_cost"))))
     vs = [r for r in result["ratios"] if r.get("vs_ideal")]
     if vs:
         lines.append("")
@@ -579,9 +603,10 @@ def table(result):
         lines.append("")
         lines.append("Targets")
         for t in result["targets"]:
-            lines.append("  %-4s %-9s %-8s THP %-3s %-7s %-42s %s" % (
+            lines.append(("  %-4s %-9s %-8s THP %-3s %-7s %-42s %s" % (
                 "met" if t["met"] else "NOT", t["workload"], t["config"],
-                t["thp"], t["rate"], t["target"], fmt(t["value"])))
+                t["thp"], t["rate"], t["target"], fmt(t["value"])) +
+                ("   (%s)" % t["note"] if t.get("note") else "")))
     return "\n".join(lines)
 
 
@@ -611,12 +636,13 @@ def rst_tables(result):
                      "%.2f" % s["memdedup_cpu_converge_s"],
                      "%.2f" % s["memdedup_cpu_steady_per_min"],
                      "%d" % s["rmap_items"],
-                     "%d" % (s["anon_huge_bytes"] // MiB)))
+                     "%d" % (s["anon_huge_bytes"] // MiB),
+                     fmt(s.get("ksmd_ns_per_page_steady"), 0)))
     absolute = simple(("workload", "THP", "ksmd", "config", "saved MiB",
                        "t90 s", "own t90 s", "ksmd CPU conv s",
                        "ksmd CPU s/min", "memdedup CPU conv s",
                        "memdedup CPU s/min", "rmap_items",
-                       "AnonHuge MiB"), rows)
+                       "AnonHuge MiB", "ksmd ns/page"), rows)
     rows = []
     for r in result["ratios"]:
         rows.append((r["workload"], r["thp"], r["rate"], r["config"],
@@ -624,11 +650,12 @@ def rst_tables(result):
                      fmt(r["ksmd_cpu_conv"]), fmt(r["ksmd_cpu_steady"]),
                      fmt(r["rmap_items"]), fmt(r["total_cpu_conv"]),
                      fmt(r.get("total_cpu_steady")), fmt(r["thp_kept"]),
-                     fmt(r["metadata_per_page"])))
+                     fmt(r["metadata_per_page"]),
+                     fmt(r.get("ksmd_page_cost"))))
     ratio_t = simple(("workload", "THP", "ksmd", "config", "saving",
                       "t90", "ksmd CPU conv", "ksmd CPU steady",
                       "rmap_items", "total CPU conv", "total CPU steady",
-                      "THP kept", "meta B/page"), rows)
+                      "THP kept", "meta B/page", "ksmd CPU/page"), rows)
     return ratio_t, absolute
 
 
