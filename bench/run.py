@@ -510,6 +510,32 @@ def micro_targets(result):
     return out
 
 
+def run_hostile(ctx, log):
+    """Hostile guest content (scripts/memdedup/hostile.py): engine CPU
+    per pass of each hostile kind against normal passes, interleaved,
+    five rounds of two passes each."""
+    import hostile
+    from harness import run_pass
+    log("  hostile content: 4 GiB, %s against normal passes"
+        % ", ".join(hostile.KINDS))
+    r = hostile.measure(wl.QEMU, ctx.workdir, run_pass, rounds=5)
+    med = {k: hostile.median(v) for k, v in r["cpu"].items()}
+    wall = {k: hostile.median(v) for k, v in r["wall"].items()}
+    return {"size_mib": hostile.SIZE >> 20, "cpu_ns": med, "wall_ns": wall,
+            "ratios": hostile.ratios(r),
+            "metadata_per_page": {k: v / r["pages"]
+                                  for k, v in r["metadata"].items()},
+            "passes": {k: len(v) for k, v in r["cpu"].items()}}
+
+
+def hostile_targets(result):
+    h = result.get("hostile")
+    return [{"workload": "hostile", "config": kind, "thp": "-", "rate": "-",
+             "target": "engine CPU per pass <= 2x a normal pass",
+             "value": round(ratio, 3), "met": ratio <= 2.0}
+            for kind, ratio in sorted((h or {}).get("ratios", {}).items())]
+
+
 def fmt(v, digits=2):
     if v is None:
         return "-"
@@ -574,6 +600,20 @@ def table(result):
                 fmt(v["saving"]), fmt(v["ksmd_cpu_conv"]),
                 fmt(v["ksmd_cpu_steady"]), fmt(v["rmap_items"]),
                 fmt(v["total_cpu_conv"])))
+    h = result.get("hostile")
+    if h:
+        lines.append("")
+        lines.append("Hostile content (%d MiB resident; engine CPU per "
+                     "pass, median of %d; normal %.3f s CPU, %.3f s wall)"
+                     % (h["size_mib"], h["passes"]["distinct"],
+                        h["cpu_ns"]["normal"] / 1e9,
+                        h["wall_ns"]["normal"] / 1e9))
+        lines.append("%-10s %10s %8s %10s" % ("content", "CPU s", "ratio",
+                                             "B/page"))
+        for kind in sorted(h["ratios"]):
+            lines.append("%-10s %10.3f %8.2f %10.2f" % (
+                kind, h["cpu_ns"][kind] / 1e9, h["ratios"][kind],
+                h["metadata_per_page"][kind]))
     m = result.get("micro")
     if m:
         lines.append("")
@@ -715,7 +755,8 @@ def estimate_minutes(steps, with_micro):
     for _, _, w, configs, secs in steps:
         setup = 50 if w == "guests" else 14
         total += len(configs) * (secs + setup + 6)
-    return (total + (60 if with_micro else 0) + 20) / 60.0
+    # The micro-benchmark about a minute, the hostile content three.
+    return (total + (240 if with_micro else 0) + 20) / 60.0
 
 
 def binary_info(path):
@@ -790,7 +831,8 @@ def main():
         with open(a.report) as f:
             old = json.load(f)
         old["ratios"] = ratios(old["runs"])
-        old["targets"] = check_targets(old["ratios"]) + micro_targets(old)
+        old["targets"] = check_targets(old["ratios"]) + \
+            micro_targets(old) + hostile_targets(old)
         print(table(old))
         for t in rst_tables(old):
             print()
@@ -899,6 +941,7 @@ def main():
                 thpmode.set(host_thp)
                 import micro
                 result["micro"] = micro.run(ctx, log)
+                result["hostile"] = run_hostile(ctx, log)
             probe.ksm_reset()
     except KeyboardInterrupt:
         log("interrupted: QEMUs stopped, KSM knobs and THP mode restored")
@@ -907,7 +950,7 @@ def main():
         shutil.rmtree(ctx.workdir, ignore_errors=True)
     result["ratios"] = ratios(result["runs"])
     result["targets"] = check_targets(result["ratios"]) + \
-        micro_targets(result)
+        micro_targets(result) + hostile_targets(result)
     result["meta"]["minutes"] = round((time.monotonic() - t_all) / 60.0, 1)
     text = table(result)
     print()

@@ -2,12 +2,15 @@
 
 QTest      the text protocol of QEMU's qtest accelerator (-accel qtest):
            write and read guest memory from the test
-run_tests  runs test functions, prints one line per test and the closing
-           line "integration: N passed, N failed, N skipped"
+run_tests  runs test functions (all, or those named on the command
+           line: test_migration.py precopy), prints one line per test
+           and the closing line "integration: N passed, N failed, N
+           skipped"
 Skip       raise it to skip a test (host lacks a feature)
 """
 
 import base64
+import errno
 import math
 import os
 import re
@@ -156,8 +159,11 @@ def fill_known(qt, rnd):
 
 
 def digest_known(qt):
-    """Hash the known content as the guest sees it.  (Reading never-written
-    guest RAM would map the kernel's zero page there.)"""
+    """Hash the known content as the guest sees it.  Only what
+    fill_known wrote is read: reading never-written guest RAM maps the
+    kernel's zero page there on some kernels and allocates a zero-filled
+    page (or THP) on others, which would change what a later pass
+    counts."""
     import hashlib
     h = hashlib.sha256()
     for addr, size in (KNOWN_ZERO, (KNOWN_DUP_AT, 4 * KNOWN_DUP_BLOCK),
@@ -292,6 +298,140 @@ def fingerprint_slack(distinct):
     return 4 + int(math.ceil(4 * expected))
 
 
+# /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h).
+KPF_KSM = 21
+KPF_THP = 22
+KPF_ZERO_PAGE = 24
+PM_PRESENT = 1 << 63
+PM_SWAPPED = 1 << 62
+PM_PFN_MASK = (1 << 55) - 1
+
+
+def kernel_residency(pid, base, size):
+    """Which pages of [base, base + size) in process @pid hold memory of
+    their own, as the kernel has it: present in pagemap, not swapped,
+    and not the kernel's (small or huge) zero page by /proc/kpageflags.
+    A bytearray with one 0/1 flag per page; None when PFNs or page flags
+    cannot be read (not root).  This is what the engine calls resident,
+    whatever this kernel does on a read fault (some map the zero page,
+    some allocate a zero-filled page or THP)."""
+    pages = size // PAGE
+    try:
+        pm = open("/proc/%d/pagemap" % pid, "rb", buffering=0)
+        kf = open("/proc/kpageflags", "rb", buffering=0)
+    except OSError:
+        return None
+    out = bytearray(pages)
+    with pm, kf:
+        raw = os.pread(pm.fileno(), pages * 8, base // PAGE * 8)
+        if len(raw) != pages * 8:
+            return None
+        entries = memoryview(raw).cast("Q")
+        flags = {}
+        for i in range(pages):
+            e = entries[i]
+            if not e & PM_PRESENT or e & PM_SWAPPED:
+                continue
+            pfn = e & PM_PFN_MASK
+            if not pfn:
+                return None         # PFNs hidden
+            f = flags.get(pfn)
+            if f is None:
+                data = os.pread(kf.fileno(), 8, pfn * 8)
+                if len(data) != 8:
+                    return None
+                f = flags[pfn] = int.from_bytes(data, "little")
+            if not f >> KPF_ZERO_PAGE & 1:
+                out[i] = 1
+    return out
+
+
+def expected_registration(resident, classify, threshold=10,
+                          region=2 * MiB, kept=()):
+    """Bytes the targeted policy registers, from the kernel's residency
+    (kernel_residency) and the test's knowledge of the content:
+    classify(page) is True for a zero or duplicate page.  A region with
+    nothing resident counts only if it is in @kept (regions the engine
+    may have seen resident and registered before: it keeps them)."""
+    per = region // PAGE
+    total = 0
+    for r in range(len(resident) // per):
+        first = r * per
+        res = cand = 0
+        for p in range(first, first + per):
+            if resident[p]:
+                res += 1
+                cand += bool(classify(p))
+        if res == 0:
+            if r in kept:
+                total += region
+        elif cand and cand * 100 >= threshold * res:
+            total += region
+    return total
+
+
+def known_candidate(page):
+    """Is guest page @page (a 256 MiB known-content guest, RAM at guest
+    physical 0) a zero or duplicate page?  Everything but the random
+    range is: fill_known's zero and duplicate ranges, and memory never
+    written, which is zero."""
+    addr = page * PAGE
+    return not KNOWN_UNIQUE[0] <= addr < KNOWN_UNIQUE[0] + KNOWN_UNIQUE[1]
+
+
+def known_registered_regions():
+    """Region numbers (2 MiB) fill_known makes candidates."""
+    out = set()
+    for start, size in (KNOWN_ZERO, (KNOWN_DUP_AT, 4 * KNOWN_DUP_BLOCK)):
+        out.update(range(start // (2 * MiB), (start + size) // (2 * MiB)))
+    return out
+
+
+def has_pagemap_scan():
+    """Does /proc/PID/pagemap answer the PAGEMAP_SCAN ioctl (Linux 6.7)?"""
+    import fcntl
+    import struct
+    arg = bytearray(struct.pack("12Q", 96, *([0] * 11)))
+    request = (3 << 30) | (96 << 16) | (ord("f") << 8) | 16
+    with open("/proc/self/pagemap", "rb") as f:
+        try:
+            fcntl.ioctl(f.fileno(), request, arg)
+        except OSError as e:
+            return e.errno != errno.ENOTTY
+    return True
+
+
+def read_fault_allocates(huge=False):
+    """Does a read fault on untouched anonymous memory allocate a page of
+    its own (True) or map the kernel's zero page (False)?  With @huge,
+    in a 2 MiB-aligned MADV_HUGEPAGE mapping (a THP, or the huge zero
+    page).  Probed in this process through pagemap and kpageflags; None
+    if they cannot be read (not root).  Kernels differ: some allocate a
+    zero-filled page (or THP) on a read, and then guest memory that QEMU
+    or migration only reads is resident."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    prot_read, map_private_anon, madv_hugepage = 1, 0x22, 14
+    length = 4 * MiB
+    area = libc.mmap(None, length, prot_read, map_private_anon, -1, 0)
+    if area in (None, ctypes.c_void_p(-1).value):
+        return None
+    try:
+        addr = (area + 2 * MiB - 1) & ~(2 * MiB - 1) if huge else area
+        if huge:
+            libc.madvise(addr, 2 * MiB, madv_hugepage)
+        ctypes.c_char.from_address(addr).value      # the read fault
+        res = kernel_residency(os.getpid(), addr, PAGE)
+        return None if res is None else bool(res[0])
+    finally:
+        libc.munmap(area, length)
+
+
 def wait_for(what, cond, timeout=30):
     """Poll cond() until it returns something true, and return that."""
     deadline = time.monotonic() + timeout
@@ -308,9 +448,30 @@ def check(cond, message):
         raise AssertionError(message)
 
 
-def run_tests(tests):
-    """Run (name, fn(workdir)) pairs; return the process exit code."""
+def select_tests(tests, argv):
+    """The tests named on the command line: each argument selects the
+    tests whose name is it, ends with "/" + it, or starts with it + "/"
+    (test_migration.py precopy, or migration/precopy, or migration);
+    all of them without arguments."""
+    if not argv:
+        return tests
+    chosen = [(name, fn) for name, fn in tests
+              if any(name == a or name.endswith("/" + a) or
+                     name.startswith(a.rstrip("/") + "/") for a in argv)]
+    unknown = [a for a in argv if not any(
+        name == a or name.endswith("/" + a) or
+        name.startswith(a.rstrip("/") + "/") for name, _ in tests)]
+    if unknown:
+        raise SystemExit("no such test: %s (tests: %s)" % (
+            ", ".join(unknown), ", ".join(name for name, _ in tests)))
+    return chosen
+
+
+def run_tests(tests, argv=None):
+    """Run (name, fn(workdir)) pairs, or those named in @argv (default:
+    the command line; see select_tests); return the exit code."""
     passed = failed = skipped = 0
+    tests = select_tests(tests, sys.argv[1:] if argv is None else argv)
     for name, fn in tests:
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="memdedup-") as workdir:

@@ -112,7 +112,8 @@ class Fleet:
 
 def test_cross_vm(workdir):
     fleet = Fleet(workdir)
-    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10) as ksm:
+    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
+                      use_zero_pages=0) as ksm:
         try:
             a = fleet.add("a")
             b = fleet.add("b")

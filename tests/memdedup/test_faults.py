@@ -11,9 +11,13 @@
   recovery once the kernel accepts again;
 - /proc/kpageflags unreadable (bind-mounted over in a private mount
   namespace): the exact count is absent, everything else works;
-- page frame numbers hidden (QEMU without CAP_SYS_ADMIN, as under
-  libvirt): guest RAM that was only read maps the kernel's (huge) zero
-  page and is still not counted as resident;
+- guest RAM only read, as root and with page frame numbers hidden (QEMU
+  without CAP_SYS_ADMIN, as under libvirt): where the kernel maps its
+  (huge) zero page on a read fault, that memory is not counted as
+  resident; where it allocates a zero-filled page, it is resident zero
+  memory; either way the engine's resident and zero counts are the
+  kernel's (pagemap, kpageflags).  The side the host's kernel lacks is
+  skipped;
 - ksmd stopped, started and stopped again, and merge_across_nodes
   flipped at runtime (KSM knobs borrowed and restored): warnings follow
   the host's state, registration is untouched, merging resumes.
@@ -302,47 +306,107 @@ def test_kpageflags_unreadable(workdir):
         qt.close()
 
 
-def test_zero_mapped_unprivileged(workdir):
-    """Memory only read maps the kernel's zero page: not resident, with
-    or without CAP_SYS_ADMIN (PFNs hidden: PAGEMAP_SCAN tells the zero
-    page apart; reading pagemap cannot)."""
+def read_only_vm(workdir, wrapper):
+    """A QEMU with 8 MiB of non-zero content (32 copies of 256 KiB) and
+    4 MiB of written zeroes, scanned once, then 8 MiB read and never
+    written, scanned again.  Returns (backend before, after, the kernel's
+    residency of the RAM after)."""
+    vm, qt = start_qtest_vm(workdir, "zeromap", [
+        "-machine", "pc,memory-backend=m0,mem-merge=off", "-m", "256M",
+        "-object", "memdedup,id=engine,rescan-interval=3600000",
+        "-object", "memory-backend-ksm,id=m0,size=256M,dump=off"], wrapper)
+    try:
+        base = harness.host_address(vm.pid, 256 * MiB)
+        rng = random.Random(3)
+        qt.write(16 * MiB, bytes(rng.getrandbits(8)
+                                 for _ in range(256 * 1024)) * 32)
+        qt.memset(32 * MiB, 4 * MiB, 0)
+        run_pass(vm)
+        before = backend(vm, "m0")
+        check(qt.read(64 * MiB, 8 * MiB) == bytes(8 * MiB),
+              "untouched RAM is not zero")
+        run_pass(vm)
+        after = backend(vm, "m0")
+        return before, after, harness.kernel_residency(vm.pid, base,
+                                                       256 * MiB)
+    finally:
+        vm.stop()
+        qt.close()
+
+
+def check_counts_are_kernels(what, b, residency):
+    """The engine's resident and zero pages are the kernel's: resident
+    pages by pagemap and kpageflags, zero those outside the 8 MiB of
+    content."""
+    resident = sum(residency)
+    content = sum(residency[16 * MiB // PAGE:24 * MiB // PAGE])
+    print("  %s: engine resident %d zero %d, kernel resident %d of which "
+          "zero %d" % (what, b["resident-pages"], b["zero-pages"], resident,
+                       resident - content))
+    check(b["resident-pages"] == resident, "%s: resident %d, the kernel %d"
+          % (what, b["resident-pages"], resident))
+    check(b["zero-pages"] == resident - content, "%s: zero pages %d, the "
+          "kernel has %d resident zero pages"
+          % (what, b["zero-pages"], resident - content))
+
+
+WITHOUT_SYS_ADMIN = ("setpriv", "--bounding-set", "-sys_admin",
+                     "--inh-caps", "-sys_admin")
+
+
+def zero_mapped_cases(workdir, kernel_allocates):
+    """Run read_only_vm as root and without CAP_SYS_ADMIN, if this kernel
+    behaves as @kernel_allocates says on a read fault; else Skip."""
     if os.geteuid() != 0:
-        raise Skip("not root: cannot drop CAP_SYS_ADMIN to compare")
-    for wrapper in ((), ("setpriv", "--bounding-set", "-sys_admin",
-                         "--inh-caps", "-sys_admin")):
+        raise Skip("not root: cannot drop CAP_SYS_ADMIN or read PFNs")
+    small, huge = (harness.read_fault_allocates(),
+                   harness.read_fault_allocates(huge=True))
+    if (small or huge) != kernel_allocates:
+        raise Skip("this kernel %s on a read fault (small page %s, "
+                   "THP %s)" % ("allocates a page" if small or huge else
+                                "maps its zero page", small, huge))
+    results = []
+    for wrapper in ((), WITHOUT_SYS_ADMIN):
         what = "without CAP_SYS_ADMIN" if wrapper else "as root"
-        vm, qt = start_qtest_vm(workdir, "zeromap", [
-            "-machine", "pc,memory-backend=m0,mem-merge=off", "-m", "256M",
-            "-object", "memdedup,id=engine,rescan-interval=3600000",
-            "-object", "memory-backend-ksm,id=m0,size=256M"], wrapper)
-        try:
-            rng = random.Random(3)
-            qt.write(16 * MiB, bytes(rng.getrandbits(8)
-                                     for _ in range(256 * 1024)) * 32)
-            qt.memset(32 * MiB, 4 * MiB, 0)
-            run_pass(vm)
-            before = backend(vm, "m0")
-            # Read, never written: the kernel maps its zero page.
-            check(qt.read(64 * MiB, 8 * MiB) == bytes(8 * MiB),
-                  "untouched RAM is not zero")
-            run_pass(vm)
-            after = backend(vm, "m0")
-            print("  %s: resident %d -> %d pages, zero %d -> %d" % (
-                what, before["resident-pages"], after["resident-pages"],
-                before["zero-pages"], after["zero-pages"]))
-            check(before["resident-pages"] >= 12 * MiB // PAGE,
-                  "%s: written pages not resident: %d"
-                  % (what, before["resident-pages"]))
-            check(after["resident-pages"] == before["resident-pages"],
-                  "%s: read-only RAM counted as resident: %d -> %d"
-                  % (what, before["resident-pages"],
-                     after["resident-pages"]))
-            check(after["zero-pages"] == before["zero-pages"],
-                  "%s: read-only RAM counted as zero pages: %d -> %d"
-                  % (what, before["zero-pages"], after["zero-pages"]))
-        finally:
-            vm.stop()
-            qt.close()
+        before, after, residency = read_only_vm(workdir, wrapper)
+        check(residency is not None, "the test cannot read QEMU's PFNs")
+        check(before["resident-pages"] >= 12 * MiB // PAGE,
+              "%s: written pages not resident: %d"
+              % (what, before["resident-pages"]))
+        results.append((what, before, after, residency))
+    return results
+
+
+def test_zero_mapped_read(workdir):
+    """Where a read fault maps the kernel's zero page: memory only read
+    is not resident, with or without CAP_SYS_ADMIN (PFNs hidden:
+    PAGEMAP_SCAN tells the zero page apart; reading pagemap cannot)."""
+    for what, before, after, residency in zero_mapped_cases(workdir, False):
+        if what != "as root" and not harness.has_pagemap_scan():
+            print("  %s: skipped, no PAGEMAP_SCAN on this kernel: without "
+                  "PFNs the zero page cannot be told apart" % what)
+            continue
+        check(after["resident-pages"] == before["resident-pages"],
+              "%s: read-only RAM counted as resident: %d -> %d"
+              % (what, before["resident-pages"], after["resident-pages"]))
+        check(after["zero-pages"] == before["zero-pages"],
+              "%s: read-only RAM counted as zero pages: %d -> %d"
+              % (what, before["zero-pages"], after["zero-pages"]))
+        check_counts_are_kernels(what, after, residency)
+
+
+def test_read_allocates(workdir):
+    """Where a read fault allocates a zero-filled page (or THP): memory
+    only read is resident and zero, with or without CAP_SYS_ADMIN, and
+    the engine's counts are the kernel's."""
+    for what, before, after, residency in zero_mapped_cases(workdir, True):
+        read = sum(residency[64 * MiB // PAGE:72 * MiB // PAGE])
+        check(read == 8 * MiB // PAGE, "%s: the kernel has %d of the 2048 "
+              "read pages resident" % (what, read))
+        check(after["zero-pages"] >= before["zero-pages"] + read,
+              "%s: read pages not counted as zero: %d -> %d"
+              % (what, before["zero-pages"], after["zero-pages"]))
+        check_counts_are_kernels(what, after, residency)
 
 
 def ksm_write(name, value):
@@ -364,7 +428,7 @@ def test_ksmd_stopped_and_knobs_flipped(workdir):
         raise Skip("not root: cannot start ksmd")
     goal = 0.9 * (KNOWN_ZERO[1] + 4 * KNOWN_DUP_BLOCK) // PAGE
     with qmp.KsmKnobs(run=0, pages_to_scan=2000, sleep_millisecs=10,
-                      merge_across_nodes=1) as ksm:
+                      use_zero_pages=0, merge_across_nodes=1) as ksm:
         if not ksm.active:
             raise Skip(ksm.reason)
         vm, qt, digest = known_vm(workdir, "ksmd")
@@ -423,7 +487,8 @@ if __name__ == "__main__":
         ("faults/madvise-einval", test_madvise_einval),
         ("faults/madvise-eagain-transient", test_madvise_eagain_transient),
         ("faults/kpageflags-unreadable", test_kpageflags_unreadable),
-        ("faults/zero-mapped-unprivileged", test_zero_mapped_unprivileged),
+        ("faults/zero-mapped-read", test_zero_mapped_read),
+        ("faults/read-allocates", test_read_allocates),
         ("faults/ksmd-stopped-and-knobs-flipped",
          test_ksmd_stopped_and_knobs_flipped),
     ]))

@@ -25,7 +25,8 @@ def guest_vm(workdir, name):
 
 
 def test_guest_numbers(workdir):
-    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10) as ksm:
+    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
+                      use_zero_pages=0) as ksm:
         vm = guest_vm(workdir, "guest").start()
         try:
             t0 = time.monotonic()

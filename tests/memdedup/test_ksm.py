@@ -37,7 +37,8 @@ def need_ksm_root():
 
 def test_kernel_merges_registered(workdir):
     need_ksm_root()
-    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10) as ksm:
+    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
+                      use_zero_pages=0) as ksm:
         if not ksm.active:
             raise Skip(ksm.reason)
         # The engine reads MemAvailable from this file, so that the test
@@ -256,6 +257,7 @@ def test_scan_rate_is_honoured(workdir):
               "scanned %d" % backend(vm, "m0")["scanned-pages"])
         check(info["last-pass-duration"] >= 3.5e9,
               "pass took %d ns at 16 MiB/s" % info["last-pass-duration"])
+        slow = info["last-pass-duration"]
         check(info["scanner-cpu-time"] > 0, "no scanner CPU time")
         # Raising the budget at runtime takes effect for the next pass.
         vm.qmp.cmd("qom-set", path="/objects/engine", property="scan-rate",
@@ -263,8 +265,11 @@ def test_scan_rate_is_honoured(workdir):
         run_pass(vm)
         info = vm.qmp.cmd("query-memdedup")
         check(info["scan-rate"] == 1 << 30, "scan-rate %d" % info["scan-rate"])
-        check(info["last-pass-duration"] < 3e9,
-              "pass took %d ns at 1 GiB/s" % info["last-pass-duration"])
+        # 64 MiB at 1 GiB/s: a small fraction of the rate-limited pass
+        # (>= 3.5 s), held to half of it so that no machine is too slow.
+        check(info["last-pass-duration"] < slow / 2,
+              "pass took %d ns at 1 GiB/s, %d at 16 MiB/s"
+              % (info["last-pass-duration"], slow))
     finally:
         vm.stop()
         qt.close()

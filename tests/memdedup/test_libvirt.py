@@ -473,7 +473,8 @@ def test_libvirt(workdir):
     if not (os.path.exists(os.path.join(GUEST, "vmlinuz")) and
             os.path.exists(os.path.join(GUEST, "initramfs.cpio.gz"))):
         raise Skip("no guest image: run make guest")
-    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10) as ksm, \
+    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
+                      use_zero_pages=0) as ksm, \
             Libvirt(workdir) as lv:
         t0 = time.monotonic()
         doms = {}

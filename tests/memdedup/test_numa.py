@@ -69,7 +69,8 @@ def single_node_content(offset, own_tag):
 
 
 def test_single_node(workdir):
-    with qmp.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10) as ksm:
+    with qmp.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10,
+                      use_zero_pages=0) as ksm:
         vm, qt = start_qtest_vm(workdir, "numa1", [
             "-machine", "pc", "-m", "%dM" % (2 * SINGLE_MEM), "-smp", "2",
             "-object", "memdedup,id=engine,rescan-interval=1000",
@@ -475,11 +476,7 @@ def test_two_node(workdir):
 
 
 if __name__ == "__main__":
-    tests = [("numa/single-node", test_single_node),
-             ("numa/knob", test_knob),
-             ("numa/bad-input", test_bad_input),
-             ("numa/two-node", test_two_node)]
-    # Arguments: run only the tests with these names.
-    if sys.argv[1:]:
-        tests = [t for t in tests if t[0] in sys.argv[1:]]
-    sys.exit(run_tests(tests))
+    sys.exit(run_tests([("numa/single-node", test_single_node),
+                        ("numa/knob", test_knob),
+                        ("numa/bad-input", test_bad_input),
+                        ("numa/two-node", test_two_node)]))

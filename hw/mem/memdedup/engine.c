@@ -129,17 +129,17 @@ static void memdedup_engine_init(void)
     engine->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     engine->pagemap_scan = engine->pagemap_fd >= 0;    /* until refused */
     engine->kpageflags_fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
-    memdedup_learn_zero_pfns(engine);
     /* Opened but unreadable (another file mounted over it): none. */
     if (engine->kpageflags_fd >= 0) {
         uint64_t flags;
 
-        if (pread(engine->kpageflags_fd, &flags, sizeof(flags),
-                  engine->zero_pfn * sizeof(flags)) != sizeof(flags)) {
+        if (pread(engine->kpageflags_fd, &flags, sizeof(flags), 0) !=
+                sizeof(flags)) {
             close(engine->kpageflags_fd);
             engine->kpageflags_fd = -1;
         }
     }
+    memdedup_learn_zero_pfns(engine);
     memdedup_migration_init(engine);
 }
 
@@ -1458,7 +1458,7 @@ static int64_t memdedup_count_ksm_runs(MemdedupEngine *engine,
         return -1;
     }
     /* Nothing merged, and PFNs visible, so that a walk would say so. */
-    if (engine->zero_pfn && !memdedup_process_has_merged_pages(NULL)) {
+    if (engine->pfns_visible && !memdedup_process_has_merged_pages(NULL)) {
         return 0;
     }
     for (i = 0; i < blk->nr_regions && total >= 0; i = j) {

@@ -161,7 +161,9 @@ typedef struct MemdedupEngine {
     int pagemap_fd;             /* /proc/self/pagemap or -1 */
     bool pagemap_scan;          /* atomic: its PAGEMAP_SCAN ioctl works */
     int kpageflags_fd;          /* /proc/kpageflags or -1 */
-    uint64_t zero_pfn;          /* the shared zero page, 0 if unknown */
+    bool pfns_visible;          /* pagemap shows PFNs (CAP_SYS_ADMIN) */
+    uint64_t zero_pfn;          /* the shared zero page, 0 if unknown or */
+                                /* never mapped on a read fault */
     uint64_t huge_zero_pfn;     /* first PFN of the huge zero page, or 0 */
     QemuThread thread;
     RAMBlockNotifier notifier;

@@ -23,65 +23,130 @@
 #include "memdedup-internal.h"
 
 /*
- * PFN of the kernel's shared zero page, and the first PFN of its huge
- * zero page, as this process sees them through pagemap; 0 if unknown
- * (PFNs are hidden without CAP_SYS_ADMIN).  Pages the guest only read
- * while empty map these: they cost no memory and are not resident.
+ * One probe of what a read fault maps: a private anonymous mapping of
+ * its own (2 MiB-aligned and MADV_HUGEPAGE for the huge zero page), read
+ * once, its first page's PFN taken from pagemap.  Each probe has its own
+ * mapping: a page read before MADV_HUGEPAGE would keep its small-page
+ * PTE there, and the huge zero page would never be seen.
  */
-static uint64_t memdedup_pfn_of(int pagemap_fd, const volatile uint8_t *addr)
-{
-    uint64_t entry;
-    off_t off = (off_t)((uintptr_t)addr / qemu_real_host_page_size()) *
-                sizeof(entry);
+typedef struct MemdedupZeroProbe {
+    uint8_t *area;              /* the mapping, or NULL */
+    size_t length;              /* bytes mapped */
+    uint8_t *page;              /* the page read */
+    uint64_t pfn;               /* what pagemap shows there; 0 if hidden */
+} MemdedupZeroProbe;
 
-    (void)*addr;                /* a read fault maps the zero page */
-    if (pread(pagemap_fd, &entry, sizeof(entry), off) != sizeof(entry) ||
-        !(entry & MEMDEDUP_PM_PRESENT)) {
-        return 0;
+static void memdedup_zero_probe_map(MemdedupEngine *engine,
+                                    MemdedupZeroProbe *probe, bool huge)
+{
+    const size_t huge_size = 2 * MiB;
+    uint64_t entry;
+    off_t off;
+
+    probe->length = huge ? 2 * huge_size : qemu_real_host_page_size();
+    probe->area = mmap(NULL, probe->length, PROT_READ,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (probe->area == MAP_FAILED) {
+        probe->area = NULL;
+        return;
     }
-    return entry & MEMDEDUP_PM_PFN_MASK;
+    probe->page = probe->area;
+    if (huge) {
+        probe->page = QEMU_ALIGN_PTR_UP(probe->area, huge_size);
+        madvise(probe->page, huge_size, MADV_HUGEPAGE);
+    }
+    (void)*(volatile uint8_t *)probe->page;         /* the read fault */
+    off = (off_t)((uintptr_t)probe->page / qemu_real_host_page_size()) *
+          sizeof(entry);
+    if (pread(engine->pagemap_fd, &entry, sizeof(entry), off) ==
+            sizeof(entry) && (entry & MEMDEDUP_PM_PRESENT)) {
+        probe->pfn = entry & MEMDEDUP_PM_PFN_MASK;
+    }
+}
+
+static void memdedup_zero_probe_unmap(MemdedupZeroProbe *probe)
+{
+    if (probe->area) {
+        munmap(probe->area, probe->length);
+    }
+}
+
+/*
+ * Did two probes mapped at the same time find the kernel's zero page?
+ * Some kernels map it on a read fault; others allocate a zero-filled
+ * page (or THP) there, an ordinary frame that is freed at munmap and
+ * may later hold guest RAM, so it must never be learned as "zero".
+ * /proc/kpageflags says so where it can be read (KPF_ZERO_PAGE, for
+ * the small and the huge zero page alike); without it, two mappings
+ * read at once share a frame only if it is the zero page.
+ */
+static bool memdedup_zero_probes_agree(MemdedupEngine *engine,
+                                       const MemdedupZeroProbe probe[2],
+                                       uint64_t frame_mask)
+{
+    uint64_t flags;
+
+    if (!probe[0].pfn || !probe[1].pfn) {
+        return false;
+    }
+    if (engine->kpageflags_fd >= 0 &&
+        pread(engine->kpageflags_fd, &flags, sizeof(flags),
+              (off_t)(probe[0].pfn * sizeof(flags))) == sizeof(flags)) {
+        return (flags >> MEMDEDUP_KPF_ZERO_PAGE) & 1;
+    }
+    return (probe[0].pfn & ~frame_mask) == (probe[1].pfn & ~frame_mask);
 }
 
 static bool memdedup_scan_says_zero(MemdedupEngine *engine, uint8_t *addr);
+static bool memdedup_is_zero_pfn(MemdedupEngine *engine, uint64_t pfn);
 
+/*
+ * Learn the PFNs of the kernel's zero pages (small and huge), where
+ * this kernel maps them on a read fault and this process may see PFNs
+ * (CAP_SYS_ADMIN); pages that map them cost no memory and are not
+ * resident.  Also decide whether PAGEMAP_SCAN can be trusted to tell
+ * the zero page apart.
+ */
 void memdedup_learn_zero_pfns(MemdedupEngine *engine)
 {
-    const size_t huge = 2 * MiB;
-    uint8_t *area, *aligned;
+    const uint64_t huge_frames = 2 * MiB / qemu_real_host_page_size();
+    MemdedupZeroProbe small[2] = { 0 }, huge[2] = { 0 };
+    MemdedupZeroProbe *all[] = { &small[0], &small[1], &huge[0], &huge[1] };
+    size_t i;
 
     if (engine->pagemap_fd < 0) {
         return;
     }
-    area = mmap(NULL, 2 * huge, PROT_READ,
-                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (area == MAP_FAILED) {
-        return;
+    for (i = 0; i < 2; i++) {
+        memdedup_zero_probe_map(engine, &small[i], false);
+        memdedup_zero_probe_map(engine, &huge[i], true);
     }
-    aligned = QEMU_ALIGN_PTR_UP(area, huge);
-    engine->zero_pfn = memdedup_pfn_of(engine->pagemap_fd, area);
-    if (engine->zero_pfn) {
-        uint64_t pfn;
-
-        madvise(aligned, huge, MADV_HUGEPAGE);
-        pfn = memdedup_pfn_of(engine->pagemap_fd, aligned);
-        if (pfn && pfn != engine->zero_pfn) {
-            engine->huge_zero_pfn = pfn & ~(uint64_t)(huge / 4096 - 1);
-        }
+    engine->pfns_visible = small[0].pfn || huge[0].pfn;
+    if (memdedup_zero_probes_agree(engine, small, 0)) {
+        engine->zero_pfn = small[0].pfn;
+    }
+    if (memdedup_zero_probes_agree(engine, huge, huge_frames - 1) &&
+        huge[0].pfn != engine->zero_pfn) {
+        engine->huge_zero_pfn = huge[0].pfn & ~(huge_frames - 1);
     }
     /*
-     * PAGEMAP_SCAN must tell these pages apart as well as the PFNs do:
-     * the first kernels with it compared a huge page's PFN with the small
-     * zero page's only, so did not flag the huge zero page.  Without
-     * PFNs it is used whatever it says of that: it still tells the
-     * small zero page apart, which the entries then cannot.
+     * PAGEMAP_SCAN must tell these pages apart as the PFNs do: the first
+     * kernels with it compared a huge page's PFN with the small zero
+     * page's only, so did not flag the huge zero page; and where a read
+     * allocates a page, it must not flag that page.  Without PFNs it is
+     * used whatever it says: it still tells the small zero page apart,
+     * which the entries then cannot.
      */
-    if (qatomic_read(&engine->pagemap_scan) &&
-        (!memdedup_scan_says_zero(engine, area) ||
-         (engine->huge_zero_pfn && !memdedup_scan_says_zero(engine,
-                                                            aligned)))) {
-        qatomic_set(&engine->pagemap_scan, false);
+    for (i = 0; i < ARRAY_SIZE(all); i++) {
+        if (qatomic_read(&engine->pagemap_scan) && all[i]->pfn &&
+            memdedup_scan_says_zero(engine, all[i]->page) !=
+                memdedup_is_zero_pfn(engine, all[i]->pfn)) {
+            qatomic_set(&engine->pagemap_scan, false);
+        }
     }
-    munmap(area, 2 * huge);
+    for (i = 0; i < ARRAY_SIZE(all); i++) {
+        memdedup_zero_probe_unmap(all[i]);
+    }
 }
 
 /*
