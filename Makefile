@@ -19,7 +19,8 @@ S := $(TOP)/scripts/memdedup
 export CCACHE_DIR ?= $(TOP)/build/ccache
 
 .PHONY: all build deps source run check check-unit check-qtest \
-        check-integration check-qemu check-asan bench guest tools clean \
+        check-integration check-qemu check-style check-asan bench guest \
+        tools clean \
         distclean
 
 all: build
@@ -67,7 +68,7 @@ run: build guest
 check: build guest
 	$(S)/check.sh
 
-check-unit check-qtest check-integration check-qemu check-fuzz: build guest
+check-style check-unit check-qtest check-integration check-qemu check-fuzz: build guest
 	$(S)/check.sh $(patsubst check-%,%,$@)
 
 # Parsers of kernel files and the policy under libFuzzer (clang, ASan,

@@ -1,12 +1,12 @@
 #!/bin/bash
-# memdedup's test suites (make check).  Usage: check.sh [unit|qtest|qemu|fuzz|integration]...
-# (default: all).  Builds the test programs it needs, runs each suite and
+# memdedup's test suites (make check).  Usage:
+# check.sh [style|unit|qtest|qemu|fuzz|integration]... (default: all).  Builds the test programs it needs, runs each suite and
 # ends with the line "check: N passed, N failed, N skipped".
 set -u
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
 bld=${MEMDEDUP_BUILD:-$top/build/qemu-src/build}
-suites=${*:-unit qtest qemu fuzz integration}
+suites=${*:-style unit qtest qemu fuzz integration}
 passed=0 failed=0 skipped=0
 export PATH=/usr/bin:/bin:$PATH
 # For make check-asan: fail on the first error; QEMU itself leaks at exit;
@@ -70,6 +70,36 @@ esac
 for s in $suites; do
     echo "== memdedup check: $s"
     case $s in
+    style)
+        # QEMU's checkpatch on our C files (errors fail, warnings are
+        # printed), and no call loop among the engine's files.
+        # Paths relative to the top: checkpatch applies its rules by path
+        # (tests/ may use g_assert_cmpint and the like).
+        n=0
+        for f in $(cd "$top" && echo hw/mem/ksm-backend.c hw/mem/memdedup/*.[ch]) \
+                 include/sysemu/memdedup.h tests/unit/test-memdedup.c \
+                 tests/qtest/memdedup-test.c; do
+            out=$(cd "$top" && "$bld/../scripts/checkpatch.pl" --no-tree -q \
+                  -f "$f" 2>&1)
+            if echo "$out" | grep -q '^ERROR'; then
+                echo "$out"
+                n=$((n + 1))
+            else
+                echo "$out" | grep -A2 '^WARNING' || true
+            fi
+        done
+        if [ "$n" = 0 ]; then
+            echo "PASS style/checkpatch"
+            passed=$((passed + 1))
+        else
+            echo "FAIL style/checkpatch: $n files with errors"
+            failed=$((failed + 1))
+        fi
+        if python3 "$top/scripts/memdedup/layers.py" --quiet; then
+            passed=$((passed + 1))
+        else
+            failed=$((failed + 1))
+        fi ;;
     unit) meson_test test-memdedup ;;
     qtest) meson_test qtest-x86_64/memdedup-test ;;
     qemu)

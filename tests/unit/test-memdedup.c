@@ -12,7 +12,7 @@
 #include "qemu/units.h"
 #include "qemu/bitmap.h"
 #include "qemu/host-utils.h"
-#include "sysemu/memdedup.h"
+#include "../../hw/mem/memdedup/memdedup-core.h"
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>

@@ -43,7 +43,6 @@
 struct MemdedupAdopt {
     strList *ids;               /* "adopt": backend ids named by the user */
     bool all_ram;               /* "adopt-ram": every memory-backend-ram */
-    bool completed;             /* the owning object is complete */
     Notifier machine_done;      /* adoption at machine-init-done */
     bool notifier_added;        /* machine_done is registered */
     GPtrArray *blocks;          /* MemdedupBlock handles of adopted RAM */
@@ -54,18 +53,6 @@ typedef struct MemdedupAdoptRun {
     MemdedupAdopt *adopt;
     GPtrArray *backends;        /* HostMemoryBackend adopted in this run */
 } MemdedupAdoptRun;
-
-static MemdedupAdopt *memdedup_adopt_get(Object *obj, void *opaque)
-{
-    MemdedupAdopt **adopt = (MemdedupAdopt **)((char *)obj +
-                                               (uintptr_t)opaque);
-
-    if (!*adopt) {
-        *adopt = g_new0(MemdedupAdopt, 1);
-        (*adopt)->blocks = g_ptr_array_new();
-    }
-    return *adopt;
-}
 
 /* Can the engine manage @obj, named @id by the "adopt" property? */
 static bool memdedup_adopt_check(Object *obj, const char *id, Error **errp)
@@ -197,15 +184,20 @@ static void memdedup_adopt_machine_done(Notifier *notifier, void *data)
     }
 }
 
-bool memdedup_adopt_complete(MemdedupAdopt *adopt, Error **errp)
+bool memdedup_adopt_complete(strList *ids, bool all_ram,
+                             MemdedupAdopt **adoptp, Error **errp)
 {
-    if (!adopt) {
-        return true;            /* neither property was touched */
-    }
-    adopt->completed = true;
-    if (!adopt->ids && !adopt->all_ram) {
+    MemdedupAdopt *adopt;
+
+    *adoptp = NULL;
+    if (!ids && !all_ram) {
         return true;
     }
+    /* Set before adopting: what a failure adopted is released with it. */
+    adopt = *adoptp = g_new0(MemdedupAdopt, 1);
+    adopt->blocks = g_ptr_array_new();
+    adopt->ids = QAPI_CLONE(strList, ids);
+    adopt->all_ram = all_ram;
     if (phase_check(PHASE_MACHINE_READY)) {
         return memdedup_adopt_all(adopt, errp);
     }
@@ -234,77 +226,3 @@ void memdedup_adopt_free(MemdedupAdopt *adopt)
     g_free(adopt);
 }
 
-static bool memdedup_adopt_check_mutable(MemdedupAdopt *adopt,
-                                         const char *name, Error **errp)
-{
-    if (adopt->completed) {
-        error_setg(errp, "cannot change property '%s' of %s after it is "
-                   "created", name, TYPE_MEMDEDUP);
-        return false;
-    }
-    return true;
-}
-
-static void memdedup_adopt_get_ids(Object *obj, Visitor *v, const char *name,
-                                   void *opaque, Error **errp)
-{
-    MemdedupAdopt *adopt = memdedup_adopt_get(obj, opaque);
-    strList *ids = QAPI_CLONE(strList, adopt->ids);
-
-    visit_type_strList(v, name, &ids, errp);
-    qapi_free_strList(ids);
-}
-
-static void memdedup_adopt_set_ids(Object *obj, Visitor *v, const char *name,
-                                   void *opaque, Error **errp)
-{
-    MemdedupAdopt *adopt = memdedup_adopt_get(obj, opaque);
-    strList *ids = NULL;
-
-    if (!memdedup_adopt_check_mutable(adopt, name, errp) ||
-        !visit_type_strList(v, name, &ids, errp)) {
-        return;
-    }
-    qapi_free_strList(adopt->ids);
-    adopt->ids = ids;
-}
-
-static void memdedup_adopt_get_all_ram(Object *obj, Visitor *v,
-                                       const char *name, void *opaque,
-                                       Error **errp)
-{
-    MemdedupAdopt *adopt = memdedup_adopt_get(obj, opaque);
-
-    visit_type_bool(v, name, &adopt->all_ram, errp);
-}
-
-static void memdedup_adopt_set_all_ram(Object *obj, Visitor *v,
-                                       const char *name, void *opaque,
-                                       Error **errp)
-{
-    MemdedupAdopt *adopt = memdedup_adopt_get(obj, opaque);
-    bool value;
-
-    if (!memdedup_adopt_check_mutable(adopt, name, errp) ||
-        !visit_type_bool(v, name, &value, errp)) {
-        return;
-    }
-    adopt->all_ram = value;
-}
-
-void memdedup_adopt_class_init(ObjectClass *oc, size_t offset)
-{
-    object_class_property_add(oc, "adopt", "strList",
-                              memdedup_adopt_get_ids, memdedup_adopt_set_ids,
-                              NULL, (void *)offset);
-    object_class_property_set_description(oc, "adopt",
-        "Ids of memory-backend-ram objects to manage like memory-backend-ksm "
-        "with the default policy");
-    object_class_property_add(oc, "adopt-ram", "bool",
-                              memdedup_adopt_get_all_ram,
-                              memdedup_adopt_set_all_ram, NULL,
-                              (void *)offset);
-    object_class_property_set_description(oc, "adopt-ram",
-        "Manage every memory-backend-ram like memory-backend-ksm with the "
-        "default policy (default off)");
-}

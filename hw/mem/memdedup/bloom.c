@@ -16,7 +16,7 @@
 
 #include "qemu/osdep.h"
 #include "qemu/atomic.h"
-#include "sysemu/memdedup.h"
+#include "memdedup-core.h"
 
 #define MEMDEDUP_BLOOM_LINE_BITS    512
 

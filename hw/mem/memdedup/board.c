@@ -62,15 +62,6 @@
 #define MEMDEDUP_BITS_PER_PAGE  16          /* at full capacity */
 #define MEMDEDUP_BOARD_DIR      "/dev/shm"
 
-#define MEMDEDUP_BOARD_SIZE_DEFAULT     (64 * MiB)
-#define MEMDEDUP_BOARD_SIZE_MIN         (64 * KiB)
-#define MEMDEDUP_BOARD_SIZE_MAX         (64 * GiB)
-#define MEMDEDUP_BOARD_SLOTS_DEFAULT    16
-#define MEMDEDUP_BOARD_SLOTS_MAX        1024
-#define MEMDEDUP_BOARD_TIMEOUT_DEFAULT  30000       /* ms */
-#define MEMDEDUP_BOARD_TIMEOUT_MIN      1000
-#define MEMDEDUP_BOARD_TIMEOUT_MAX      86400000
-
 typedef struct MemdedupBoardHeader {
     uint64_t magic;             /* stored last by the creator */
     uint32_t version;
@@ -92,16 +83,6 @@ typedef struct MemdedupBoardSlot {
 
 QEMU_BUILD_BUG_ON(sizeof(MemdedupBoardHeader) > MEMDEDUP_BOARD_HDR);
 QEMU_BUILD_BUG_ON(sizeof(MemdedupBoardSlot) > MEMDEDUP_SLOT_HDR);
-
-/* The configuration, owned by the memdedup object. */
-struct MemdedupBoardConfig {
-    char *path;                 /* "board" */
-    char *key_id;               /* "board-key": a secret object's id */
-    uint64_t size;              /* "board-size", used when creating it */
-    uint32_t slots;             /* "board-slots", used when creating it */
-    uint32_t timeout;           /* "board-timeout", ms */
-    MemdedupBoard *board;       /* open, once complete */
-};
 
 struct MemdedupBoard {
     char *path;
@@ -221,6 +202,11 @@ static int memdedup_board_claim(MemdedupBoard *b)
         s->published = 0;
         s->threshold = 0;
         s->filter_bits = memdedup_board_filter_bits(b->slot_bytes);
+        /*
+         * The header above before the seq of our first publication
+         * (memdedup_board_publish_end); pairs with the smp_rmb() in
+         * memdedup_board_lookup_begin, which reads seq, then the header.
+         */
         smp_wmb();
         b->claims++;
         trace_memdedup_board_slot(b->path, i, owner != 0);
@@ -464,6 +450,11 @@ void memdedup_board_release(MemdedupBoard *b)
     }
     s = memdedup_slot(b, slot);
     qatomic_set(&s->seq, qatomic_read(&s->seq) | 1);
+    /*
+     * Odd (unreadable) before free: a claimer that finds the slot free
+     * also finds it unreadable.  Pairs with the smp_rmb() in
+     * memdedup_board_lookup_begin.
+     */
     smp_wmb();
     qatomic_cmpxchg(&s->owner, b->token, 0);
 }
@@ -487,6 +478,11 @@ bool memdedup_board_publish_begin(MemdedupBoard *b, uint64_t pages)
     s = memdedup_slot(b, b->pub_slot);
     seq = qatomic_read(&s->seq);
     qatomic_set(&s->seq, seq | 1);
+    /*
+     * Odd before the filter is cleared and refilled: a reader whose
+     * lookups saw any of that sees seq changed.  Pairs with the
+     * smp_rmb() in memdedup_board_lookup_end.
+     */
     smp_wmb();
     s->threshold = memdedup_board_threshold(pages, s->filter_bits);
     memset(memdedup_slot_filter(b, b->pub_slot), 0, s->filter_bits / 8);
@@ -523,6 +519,10 @@ void memdedup_board_publish_end(MemdedupBoard *b)
         /* For tests: die here and the slot stays odd. */
         g_usleep(3600ull * G_USEC_PER_SEC);
     }
+    /*
+     * The filter and its threshold before seq turns even (readable).
+     * Pairs with the smp_rmb() in memdedup_board_lookup_begin.
+     */
     smp_wmb();
     qatomic_set(&s->seq, (qatomic_read(&s->seq) | 1) + 1);
     qatomic_set(&s->heartbeat, memdedup_now_ns());
@@ -556,6 +556,11 @@ uint32_t memdedup_board_lookup_begin(MemdedupBoard *b)
             continue;
         }
         seq = qatomic_read(&s->seq);
+        /*
+         * seq before the header and filter it vouches for.  Pairs with
+         * the smp_wmb() in memdedup_board_publish_end (and in claim and
+         * release).
+         */
         smp_rmb();
         if (s->filter_bits != memdedup_board_filter_bits(b->slot_bytes)) {
             continue;
@@ -607,6 +612,10 @@ bool memdedup_board_lookup_end(MemdedupBoard *b, bool *partial)
 
     *partial = b->partial;
 
+    /*
+     * The lookups' filter reads before seq is read again.  Pairs with
+     * the smp_wmb() in memdedup_board_publish_begin.
+     */
     smp_rmb();
     for (i = 0; i < b->nr_readable; i++) {
         if (qatomic_read(&memdedup_slot(b, b->readable[i])->seq) !=
@@ -617,8 +626,10 @@ bool memdedup_board_lookup_end(MemdedupBoard *b, bool *partial)
     return intact;
 }
 
-/* Sum of the readable foreign slots' sequence numbers: changes when any
- * other VM publishes, joins or leaves. */
+/*
+ * Sum of the readable foreign slots' sequence numbers: changes when any
+ * other VM publishes, joins or leaves.
+ */
 uint64_t memdedup_board_version(MemdedupBoard *b)
 {
     uint64_t now = memdedup_now_ns(), v = 0;
@@ -664,148 +675,6 @@ bool memdedup_board_test_hook(const char *what)
     return hook && !strcmp(hook, what);
 }
 
-/* ------------------------------------------------------------------ */
-/* The memdedup object's board properties                              */
-/* ------------------------------------------------------------------ */
-
-static MemdedupBoardConfig *memdedup_board_cfg(Object *obj, void *opaque)
-{
-    MemdedupBoardConfig **cfg = (MemdedupBoardConfig **)((char *)obj +
-                                                         (uintptr_t)opaque);
-
-    if (!*cfg) {
-        *cfg = g_new0(MemdedupBoardConfig, 1);
-        (*cfg)->size = MEMDEDUP_BOARD_SIZE_DEFAULT;
-        (*cfg)->slots = MEMDEDUP_BOARD_SLOTS_DEFAULT;
-        (*cfg)->timeout = MEMDEDUP_BOARD_TIMEOUT_DEFAULT;
-    }
-    return *cfg;
-}
-
-static bool memdedup_board_settable(Object *obj, void *opaque,
-                                    const char *name, Error **errp)
-{
-    if (memdedup_board_cfg(obj, opaque)->board) {
-        error_setg(errp, "property '%s' of %s cannot be changed once the "
-                   "board is open", name, TYPE_MEMDEDUP);
-        return false;
-    }
-    return true;
-}
-
-static void memdedup_board_get_str(Object *obj, Visitor *v, const char *name,
-                                   void *opaque, Error **errp)
-{
-    MemdedupBoardConfig *cfg = memdedup_board_cfg(obj, opaque);
-    char *value = g_strdup(!strcmp(name, "board") ? cfg->path : cfg->key_id);
-
-    if (!value) {
-        value = g_strdup("");
-    }
-    visit_type_str(v, name, &value, errp);
-    g_free(value);
-}
-
-static void memdedup_board_set_str(Object *obj, Visitor *v, const char *name,
-                                   void *opaque, Error **errp)
-{
-    MemdedupBoardConfig *cfg = memdedup_board_cfg(obj, opaque);
-    char *value;
-
-    if (!memdedup_board_settable(obj, opaque, name, errp) ||
-        !visit_type_str(v, name, &value, errp)) {
-        return;
-    }
-    if (!*value || strlen(value) >= PATH_MAX) {
-        error_setg(errp, "property '%s' of %s must not be empty or longer "
-                   "than a path", name, TYPE_MEMDEDUP);
-        g_free(value);
-        return;
-    }
-    if (!strcmp(name, "board")) {
-        g_free(cfg->path);
-        cfg->path = value;
-    } else {
-        g_free(cfg->key_id);
-        cfg->key_id = value;
-    }
-}
-
-static void memdedup_board_get_num(Object *obj, Visitor *v, const char *name,
-                                   void *opaque, Error **errp)
-{
-    MemdedupBoardConfig *cfg = memdedup_board_cfg(obj, opaque);
-    uint64_t value = !strcmp(name, "board-size") ? cfg->size :
-                     !strcmp(name, "board-slots") ? cfg->slots : cfg->timeout;
-
-    visit_type_size(v, name, &value, errp);
-}
-
-static void memdedup_board_set_num(Object *obj, Visitor *v, const char *name,
-                                   void *opaque, Error **errp)
-{
-    MemdedupBoardConfig *cfg = memdedup_board_cfg(obj, opaque);
-    uint64_t value, min, max;
-
-    if (!memdedup_board_settable(obj, opaque, name, errp) ||
-        !visit_type_size(v, name, &value, errp)) {
-        return;
-    }
-    if (!strcmp(name, "board-size")) {
-        min = MEMDEDUP_BOARD_SIZE_MIN;
-        max = MEMDEDUP_BOARD_SIZE_MAX;
-    } else if (!strcmp(name, "board-slots")) {
-        min = 2;
-        max = MEMDEDUP_BOARD_SLOTS_MAX;
-    } else {
-        min = MEMDEDUP_BOARD_TIMEOUT_MIN;
-        max = MEMDEDUP_BOARD_TIMEOUT_MAX;
-    }
-    if (value < min || value > max) {
-        error_setg(errp, "property '%s' of %s must be between %" PRIu64
-                   " and %" PRIu64 ", not %" PRIu64, name, TYPE_MEMDEDUP,
-                   min, max, value);
-        return;
-    }
-    if (!strcmp(name, "board-size")) {
-        cfg->size = value;
-    } else if (!strcmp(name, "board-slots")) {
-        cfg->slots = value;
-    } else {
-        cfg->timeout = value;
-    }
-}
-
-void memdedup_board_class_init(ObjectClass *oc, size_t offset)
-{
-    void *opaque = (void *)offset;
-
-    object_class_property_add(oc, "board", "str", memdedup_board_get_str,
-                              memdedup_board_set_str, NULL, opaque);
-    object_class_property_set_description(oc, "board",
-        "Cross-VM fingerprint board: a file name under /dev/shm or a path, "
-        "shared by the VMs of one trust domain (default: none)");
-    object_class_property_add(oc, "board-key", "str", memdedup_board_get_str,
-                              memdedup_board_set_str, NULL, opaque);
-    object_class_property_set_description(oc, "board-key",
-        "Id of the secret object that keys the board's fingerprints");
-    object_class_property_add(oc, "board-size", "size", memdedup_board_get_num,
-                              memdedup_board_set_num, NULL, opaque);
-    object_class_property_set_description(oc, "board-size",
-        "Size of the board file when this VM creates it (default 64M)");
-    object_class_property_add(oc, "board-slots", "uint32",
-                              memdedup_board_get_num, memdedup_board_set_num,
-                              NULL, opaque);
-    object_class_property_set_description(oc, "board-slots",
-        "VMs the board holds when this VM creates it, 2-1024 (default 16)");
-    object_class_property_add(oc, "board-timeout", "uint32",
-                              memdedup_board_get_num, memdedup_board_set_num,
-                              NULL, opaque);
-    object_class_property_set_description(oc, "board-timeout",
-        "Milliseconds without a heartbeat after which a VM's entries age "
-        "out, 1000-86400000 (default 30000)");
-}
-
 MemdedupBoard *memdedup_board_complete(MemdedupBoardConfig *cfg,
                                        Error **errp)
 {
@@ -827,13 +696,10 @@ MemdedupBoard *memdedup_board_complete(MemdedupBoardConfig *cfg,
     return cfg->board;
 }
 
-void memdedup_board_free(MemdedupBoardConfig *cfg)
+void memdedup_board_config_clear(MemdedupBoardConfig *cfg)
 {
-    if (!cfg) {
-        return;
-    }
-    /* The engine stopped using the board (memdedup_engine_set_board). */
+    /* The engine stopped using the board (memdedup_settings_finalize). */
     g_free(cfg->path);
     g_free(cfg->key_id);
-    g_free(cfg);
+    cfg->path = cfg->key_id = NULL;
 }

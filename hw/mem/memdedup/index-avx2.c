@@ -15,7 +15,7 @@
  */
 
 #include "qemu/osdep.h"
-#include "sysemu/memdedup.h"
+#include "memdedup-core.h"
 
 #ifdef MEMDEDUP_HAVE_AVX2
 

@@ -22,7 +22,7 @@
 #include "qemu/osdep.h"
 #include "qemu/cutils.h"
 #include "qemu/atomic.h"
-#include "sysemu/memdedup.h"
+#include "memdedup-core.h"
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>

@@ -18,8 +18,9 @@
 
 #include "qemu/osdep.h"
 #include "qemu/atomic.h"
+#include "qemu/timer.h"
 #include "qemu/cutils.h"
-#include "sysemu/memdedup.h"
+#include "memdedup-core.h"
 
 #define MEMDEDUP_KSM_SYSFS "/sys/kernel/mm/ksm"
 
@@ -443,4 +444,14 @@ int memdedup_madvise(void *addr, size_t len, int advice)
         return -1;
     }
     return madvise(addr, len, advice);
+}
+
+uint64_t memdedup_thread_cpu_ns(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)) {
+        return 0;
+    }
+    return ts.tv_sec * NANOSECONDS_PER_SECOND + ts.tv_nsec;
 }

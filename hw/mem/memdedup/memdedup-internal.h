@@ -13,12 +13,50 @@
 #include "qemu/thread.h"
 #include "qemu/queue.h"
 #include "exec/ramlist.h"
-#include "sysemu/memdedup.h"
+#include "qapi/qapi-builtin-types.h"
+#include "qemu/timer.h"
+#include "qemu/units.h"
+#include "memdedup-core.h"
 
 typedef struct MemdedupBoard MemdedupBoard;
 
-/* Published per-block statistics; copied under MemdedupEngine.lock. */
-typedef struct MemdedupBlockStats {
+/*
+ * Engine settings: the memdedup object's properties (object.c), and the
+ * engine's values when no such object exists (registry.c).
+ */
+#define MEMDEDUP_SCAN_RATE_DEFAULT       (1 * GiB)   /* bytes/s */
+#define MEMDEDUP_SCAN_RATE_MIN           (1 * MiB)   /* bytes/s */
+/* More than any memory bandwidth; QMP wraps negative sizes above it. */
+#define MEMDEDUP_SCAN_RATE_MAX           (1 * PiB)   /* bytes/s */
+#define MEMDEDUP_SCAN_THREADS_DEFAULT    1
+#define MEMDEDUP_SCAN_THREADS_MAX        8
+#define MEMDEDUP_RESCAN_INTERVAL_DEFAULT 10000       /* ms */
+#define MEMDEDUP_RESCAN_INTERVAL_MIN     100         /* ms */
+#define MEMDEDUP_RESCAN_INTERVAL_MAX     86400000    /* ms, one day */
+/*
+ * Each quiet pass (MEMDEDUP_QUIET_PERCENT) doubles the wait before the
+ * next, up to rescan-backoff times rescan-interval; any other pass goes
+ * back to rescan-interval.
+ */
+#define MEMDEDUP_RESCAN_BACKOFF_DEFAULT  8
+#define MEMDEDUP_RESCAN_BACKOFF_MAX      64
+/*
+ * Reading smaps walks every page table entry of the process (half of
+ * the engine's CPU in a steady state when read every second): after a
+ * pass the kernel view is refreshed 1 s later, then at intervals that
+ * double, up to this; a query finds it at most
+ * MEMDEDUP_KERNEL_QUERY_STALE_MS old.  A refresh that ksm_stat can
+ * answer does not read smaps, but smaps is read at least this often.
+ */
+#define MEMDEDUP_KERNEL_REFRESH_MAX_MS   16000
+
+/*
+ * A block's statistics, by producer: each struct has one writer, which
+ * writes it under MemdedupEngine.lock; QMP reads them under the lock.
+ */
+
+/* What the last summary counted; written by pass.c (phase finish). */
+typedef struct MemdedupSummaryStats {
     uint64_t resident_pages;
     uint64_t scanned_pages;
     uint64_t zero_pages;
@@ -26,18 +64,26 @@ typedef struct MemdedupBlockStats {
     uint64_t unique_pages;
     uint64_t volatile_pages;
     uint64_t candidate_regions;
+    uint64_t cross_vm_pages;            /* duplicated only in other VMs */
+    uint64_t cross_vm_regions;          /* wanted only for those */
+    uint64_t estimated_saving;          /* bytes */
+} MemdedupSummaryStats;
+
+/* What is registered; written by advise.c. */
+typedef struct MemdedupRegistrationStats {
     uint64_t registered_bytes;
     uint64_t registered_ranges;
     uint64_t huge_regions;
     uint64_t unmerge_refusals;
     uint64_t hinted_regions;            /* registered from migration hints */
-    uint64_t cross_vm_pages;            /* duplicated only in other VMs */
-    uint64_t cross_vm_regions;          /* wanted only for those */
+} MemdedupRegistrationStats;
+
+/* What the kernel merged; written by kernel-view.c. */
+typedef struct MemdedupMergedStats {
+    int64_t kernel_merged_pages;        /* smaps; -1: unavailable */
+    int64_t kernel_merged_pages_exact;  /* kpageflags; -1: unavailable */
     int64_t cross_vm_merged_pages;      /* KSM pages there; -1: unknown */
-    int64_t kernel_merged_pages;        /* -1: unavailable */
-    int64_t kernel_merged_pages_exact;  /* -1: unavailable */
-    uint64_t estimated_saving;          /* bytes */
-} MemdedupBlockStats;
+} MemdedupMergedStats;
 
 struct MemdedupBlock {
     /* Constant after memdedup_block_add. */
@@ -67,7 +113,10 @@ struct MemdedupBlock {
     /* Under MemdedupEngine.lock. */
     MemdedupParams params;      /* as set by the backend */
     bool params_changed;        /* scanner has not applied params yet */
-    MemdedupBlockStats stats;   /* as of the last pass / kernel refresh */
+    MemdedupSummaryStats summary;
+    MemdedupRegistrationStats registration;
+    MemdedupMergedStats merged;
+    unsigned long *registered;  /* nr_regions bits, as advise.c published */
     unsigned long *hints;       /* migration hints not yet applied */
     unsigned long *discarded;   /* regions with pages discarded since */
     QTAILQ_ENTRY(MemdedupBlock) next;
@@ -92,6 +141,28 @@ struct MemdedupBlock {
     MemdedupNumaStats *numa_stats;  /* under MemdedupEngine.lock; or NULL */
 };
 
+/*
+ * The kernel view's state (kernel-view.c): when smaps was last read and
+ * what ksm_stat said then, so that ksm_stat alone can keep the view
+ * current between reads.  Written by the scanner thread under
+ * MemdedupEngine.lock; QMP reads time and sets wanted, under the lock.
+ */
+typedef struct MemdedupKernelView {
+    int64_t time;               /* last current (ms, realtime) */
+    bool wanted;                /* a query found it stale: read it now */
+    int64_t read_time;          /* smaps last read (ms, realtime), or 0 */
+    int64_t merging_pages;      /* ksm_stat's counts at that read */
+    int64_t zero_pages;
+    int64_t outside_pages;      /* KSM pages outside the one block, or -1 */
+    int64_t outside_last;       /* as measured at that read, or -1 */
+    int64_t outside_race;       /* ksm_stat moved by this during it */
+    int64_t block_pages;        /* the one block's KSM pages then, or -1 */
+    int64_t derived_merging;    /* ksm_stat's at the last derived view */
+    int64_t max_age;            /* ms: smaps is read again at this age */
+    uint32_t age_factor;        /* its multiple of the base age, 1-8 */
+    uint64_t blocks_gen;        /* MemdedupEngine.blocks_gen at that read */
+} MemdedupKernelView;
+
 typedef struct MemdedupEngine {
     QemuMutex lock;             /* protects the fields marked below */
     QemuCond wakeup;            /* scanner waits here; signalled on change */
@@ -115,19 +186,7 @@ typedef struct MemdedupEngine {
     MemdedupBoard *board;       /* the cross-VM board, or NULL */
     MemdedupBoard *board_retired;  /* closed by the scanner thread */
     bool board_dirty;           /* other VMs published: look up again */
-    int64_t view_time;          /* kernel view last current (ms, realtime) */
-    bool view_wanted;           /* a query found it stale: read it now */
-    int64_t view_read_time;     /* smaps last read (ms, realtime), or 0 */
-    int64_t view_merging_pages; /* ksm_stat's counts at that read */
-    int64_t view_zero_pages;
-    int64_t view_outside_pages; /* KSM pages outside the one block, or -1 */
-    int64_t view_outside_last;  /* as measured at that read, or -1 */
-    int64_t view_outside_race;  /* ksm_stat moved by this during it */
-    int64_t view_block_pages;   /* the one block's KSM pages then, or -1 */
-    int64_t view_derived_merging; /* ksm_stat's at the last derived view */
-    int64_t view_max_age;       /* ms: smaps is read again at this age */
-    uint32_t view_age_factor;   /* its multiple of the base age, 1-8 */
-    uint64_t view_blocks_gen;   /* blocks_gen at that read */
+    MemdedupKernelView view;    /* kernel-view.c's; written by the scanner */
     uint64_t blocks_gen;        /* counts changes to the list of blocks */
     int64_t collapse_after_scans; /* ksmd full_scans before collapsing */
     int64_t collapse_wait_start;  /* ms (realtime) the wait began */
@@ -168,6 +227,8 @@ typedef struct MemdedupEngine {
     QemuThread thread;
     RAMBlockNotifier notifier;
     Notifier migration_notifier;
+    /* Main loop (BQL): looks for the end of the incoming migration. */
+    QEMUTimer *incoming_timer;
 
     /*
      * Scanner-owned.  Read-only while worker threads hash, rebuilt by
@@ -232,18 +293,35 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
 
 /*
  * board.c: the cross-VM fingerprint board (see there).
- * The memdedup object's properties: memdedup_board_class_init adds them,
- * their state a MemdedupBoardConfig pointer at @offset in the instance;
- * memdedup_board_complete opens the board (NULL: none configured, or an
- * error in @errp); memdedup_board_free drops the configuration.
- * The board itself is used by the scanner thread only, except for
- * memdedup_board_info (engine lock held) and memdedup_board_close.
+ * MemdedupBoardConfig is the memdedup object's board* properties
+ * (object.c); memdedup_board_complete opens the board (NULL: none
+ * configured, or an error in @errp); memdedup_board_config_clear drops
+ * the configuration's strings.  The board itself is used by the scanner
+ * thread only, except for memdedup_board_info (engine lock held) and
+ * memdedup_board_close.
  */
-typedef struct MemdedupBoardConfig MemdedupBoardConfig;
-void memdedup_board_class_init(ObjectClass *oc, size_t offset);
+#define MEMDEDUP_BOARD_SIZE_DEFAULT     (64 * MiB)
+#define MEMDEDUP_BOARD_SIZE_MIN         (64 * KiB)
+#define MEMDEDUP_BOARD_SIZE_MAX         (64 * GiB)
+#define MEMDEDUP_BOARD_SLOTS_DEFAULT    16
+#define MEMDEDUP_BOARD_SLOTS_MIN        2
+#define MEMDEDUP_BOARD_SLOTS_MAX        1024
+#define MEMDEDUP_BOARD_TIMEOUT_DEFAULT  30000       /* ms */
+#define MEMDEDUP_BOARD_TIMEOUT_MIN      1000        /* ms */
+#define MEMDEDUP_BOARD_TIMEOUT_MAX      86400000    /* ms */
+
+typedef struct MemdedupBoardConfig {
+    char *path;                 /* "board" */
+    char *key_id;               /* "board-key": a secret object's id */
+    uint64_t size;              /* "board-size", used when creating it */
+    uint32_t slots;             /* "board-slots", used when creating it */
+    uint32_t timeout;           /* "board-timeout", ms */
+    MemdedupBoard *board;       /* open, once complete */
+} MemdedupBoardConfig;
+
 MemdedupBoard *memdedup_board_complete(MemdedupBoardConfig *cfg,
                                        Error **errp);
-void memdedup_board_free(MemdedupBoardConfig *cfg);
+void memdedup_board_config_clear(MemdedupBoardConfig *cfg);
 void memdedup_board_close(MemdedupBoard *b);
 uint64_t memdedup_board_seed(MemdedupBoard *b);
 /* Liveness: claim a slot if we have none; refresh our heartbeat. */
@@ -282,8 +360,189 @@ bool memdedup_board_test_hook(const char *what);
 uint64_t memdedup_board_filter_bits(uint64_t slot_bytes);
 uint32_t memdedup_board_threshold(uint64_t pages, uint64_t filter_bits);
 
-/* The engine singleton (engine.c). */
+/* ------------------------------------------------------------------ */
+/* registry.c: the engine singleton and its blocks (the bottom floor)  */
+/* ------------------------------------------------------------------ */
+
 extern MemdedupEngine memdedup_engine;
+
+/* Initialize the singleton's lock, list and defaults, once.  Any thread. */
+void memdedup_registry_init(void);
+
+/*
+ * memdedup_registry_add: list @size bytes of guest RAM at @host, owned
+ * by the backend @id, with a reference for the caller (the backend).
+ * BQL held.  Fails (with @errp set) when @params needs KSM and the host
+ * has none, or the metadata cannot be allocated.
+ */
+MemdedupBlock *memdedup_registry_add(const char *id, void *host, uint64_t size,
+                                     const MemdedupParams *params,
+                                     Error **errp);
+
+/* References to a block: the last one frees it.  Any thread. */
+void memdedup_block_ref(MemdedupBlock *blk);
+void memdedup_block_unref(MemdedupBlock *blk);
+
+/*
+ * Would unregistering [@start, @end) of @blk fit in MemAvailable?  Sets
+ * *@merged to the merged bytes there (the whole range when unknown);
+ * false with @errp set if not.  @smaps is read on first use and kept
+ * for the caller's later calls.  Any thread, lock not held.
+ */
+bool memdedup_unmerge_check(MemdedupBlock *blk, uint64_t start, uint64_t end,
+                            bool force, MemdedupSmapsView *smaps,
+                            uint64_t *merged, Error **errp);
+
+/*
+ * memdedup_block_set_hints: the migration source registered the regions
+ * set in @bits (@nr_regions bits, LSB first) of its backend @id, of
+ * @size bytes in regions of @region_size: queue them for the scanner.
+ * Ignored, with a warning, when no block has that id or its geometry
+ * differs.  Any thread; takes the engine lock.
+ */
+bool memdedup_block_set_hints(MemdedupEngine *engine, const char *id,
+                              uint64_t size, uint64_t region_size,
+                              uint64_t nr_regions, const uint8_t *bits);
+
+/* ------------------------------------------------------------------ */
+/* A pass (pass.c), as summary.c, advise.c and kernel-view.c see it    */
+/* ------------------------------------------------------------------ */
+
+/* One block of a pass, with the parameters the pass uses for it. */
+typedef struct MemdedupPassBlock {
+    MemdedupBlock *blk;
+    MemdedupParams params;
+    bool apply_only;            /* params changed; no need to rescan */
+    bool hinted;                /* registered from hints, not yet scanned */
+    bool indexed;               /* its pages are in this pass's dup set */
+    uint32_t *cross_before;     /* regions' cross_vm before the lookups */
+    unsigned long *discarded;   /* regions to forget pages of, or NULL */
+    uint64_t first_item;        /* index of its region 0 in the item space */
+} MemdedupPassBlock;
+
+typedef struct MemdedupPass {
+    MemdedupEngine *engine;
+    MemdedupPassBlock *blocks;
+    size_t nr_blocks;
+    uint64_t nr_items;          /* regions to scan, over all blocks */
+    uint64_t next_item;         /* atomic: next region to take */
+    uint64_t bytes_hashed;      /* atomic */
+    uint64_t churn;             /* atomic: see MemdedupScanBuffers */
+    uint64_t reused;            /* atomic: see MemdedupScanBuffers */
+    uint64_t scan_rate;         /* bytes per second */
+    int64_t start_ns;           /* QEMU_CLOCK_REALTIME */
+    uint64_t cpu_time;          /* atomic, ns */
+    uint64_t max_region_pages;
+    MemdedupBoard *board;       /* the cross-VM board, or NULL */
+    uint64_t blocks_gen;        /* the engine's when the pass began */
+    uint32_t nr_threads;        /* scanner threads hashing */
+    bool rescan;                /* hash every region (else apply only) */
+    bool inputs_changed;        /* pages discarded, or parameters changed */
+    bool summarize;             /* count the regions again */
+    bool fps_changed;           /* fingerprints changed: publish them */
+    bool board_eval;            /* peers published: judge cross-VM again */
+    bool unregistered;          /* unmerged: ksm_stat lags behind */
+    MemdedupSummaryStats *summaries;    /* one per block */
+    uint64_t registered;        /* bytes, over all blocks */
+    uint64_t metadata;          /* bytes the engine keeps between passes */
+} MemdedupPass;
+
+/* ------------------------------------------------------------------ */
+/* advise.c: registration; scanner thread only                         */
+/* ------------------------------------------------------------------ */
+
+/* Register region @region of @blk at once, if it qualifies. */
+void memdedup_register_early(MemdedupBlock *blk, const MemdedupParams *params,
+                             uint64_t region);
+
+/*
+ * Bring the registration of @blk in line with @params and the region
+ * summaries; @collapse: stable unique regions may get huge pages back.
+ * Unmerges refused by admission control are added to *@refusals.  True
+ * if some memory was unregistered (and so unmerged).
+ */
+bool memdedup_apply_policy(MemdedupBlock *blk, const MemdedupParams *params,
+                           bool collapse, uint64_t *refusals);
+
+/* May this pass give stable unique regions huge pages back? */
+bool memdedup_collapse_allowed(MemdedupEngine *engine,
+                               const MemdedupPass *pass);
+
+/* Register what migration hints queued (memdedup_block_set_hints). */
+void memdedup_apply_pending_hints(MemdedupEngine *engine);
+
+/*
+ * Publish @blk's registration (MemdedupBlock.registration, .registered),
+ * adding @refusals and @hinted regions; returns the registered bytes.
+ * Takes the engine lock.
+ */
+uint64_t memdedup_publish_registration(MemdedupEngine *engine,
+                                       MemdedupBlock *blk, uint64_t refusals,
+                                       uint64_t hinted);
+
+/* ------------------------------------------------------------------ */
+/* summary.c: the index and the region counts; scanner thread only     */
+/* ------------------------------------------------------------------ */
+
+/* Rebuild the dup set (and the per-node sets) from every fingerprint. */
+void memdedup_pass_index(MemdedupPass *pass);
+
+/* Would indexing and counting again give what the last count gave? */
+bool memdedup_pass_unchanged(MemdedupPass *pass, bool board_eval);
+
+/*
+ * Count @pb's regions against the dup set and @board into @st (without
+ * @recount: keep the regions' counts); @first_seen marks the dup set
+ * slots seen, for the estimated saving.
+ */
+void memdedup_pass_summarize(MemdedupEngine *engine, MemdedupPassBlock *pb,
+                             MemdedupBoard *board, unsigned long *first_seen,
+                             bool recount, MemdedupSummaryStats *st);
+
+/* A partial board view: keep the regions' cross-VM counts; sum @st. */
+uint64_t memdedup_pass_keep_cross(MemdedupPassBlock *pb,
+                                  MemdedupSummaryStats *st);
+
+/* Drop discarded pages (virtio-mem) from the fingerprints and counts. */
+void memdedup_pass_forget_discarded(MemdedupPass *pass);
+
+/* ------------------------------------------------------------------ */
+/* kernel-view.c: what the kernel merged                               */
+/* ------------------------------------------------------------------ */
+
+void memdedup_kernel_view_init(MemdedupKernelView *view);
+
+/*
+ * Refresh every block's kernel-merged pages (from ksm_stat if that is
+ * enough and @force is false, else from smaps).  Scanner thread.
+ */
+void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force);
+
+/*
+ * Count, through kpageflags, the KSM pages of the registered regions
+ * (@exact) and of those registered for cross-VM duplicates only
+ * (@cross), and publish them.  Scanner thread, lock not held.
+ */
+void memdedup_kernel_view_count_pass(MemdedupEngine *engine,
+                                     MemdedupPass *pass, bool exact,
+                                     bool cross);
+
+/* A query is reading the view: have a stale one read.  Lock held. */
+void memdedup_kernel_view_note_query(MemdedupEngine *engine);
+
+/* ------------------------------------------------------------------ */
+/* pass.c, engine.c                                                    */
+/* ------------------------------------------------------------------ */
+
+/* The scanner thread (pass.c); started by memdedup_block_add. */
+void *memdedup_thread(void *opaque);
+
+/*
+ * Open and probe the kernel files, hook migration: once, before the
+ * first block or with the memdedup object (engine.c).  BQL held.
+ */
+void memdedup_engine_start(void);
+
 
 /*
  * memdedup_engine_pause / memdedup_engine_resume: stop and restart
@@ -322,31 +581,26 @@ void memdedup_block_track_plugged(MemdedupBlock *blk);
 void memdedup_block_plug(MemdedupBlock *blk, uint64_t first, uint64_t count,
                          bool plugged);
 
-/* Has the incoming migration completed?  Any thread. */
-bool memdedup_migration_incoming_done(void);
-
 /*
- * adopt.c: the memdedup object's "adopt" and "adopt-ram" properties,
- * which put memory-backend-ram objects under the engine.  BQL held.
+ * adopt.c: memory-backend-ram objects put under the engine by the
+ * memdedup object's "adopt" (@ids) and "adopt-ram" (@all_ram)
+ * properties.  BQL held.
  *
- * memdedup_adopt_class_init: add the properties to @oc; their state is a
- * MemdedupAdopt pointer at @offset in the instance, allocated on first
- * use (NULL until then).
  * memdedup_adopt_complete: the owning object is complete: adopt now if
  * the machine is ready, else at machine-init-done (exiting QEMU with an
- * error if a named backend is missing or unsuitable then).
+ * error if a named backend is missing or unsuitable then).  *@adopt is
+ * the adoption, to be freed with memdedup_adopt_free (NULL if nothing is
+ * asked for); false with @errp set on error.
  * memdedup_adopt_free: release the adopted backends' handles.
  */
 typedef struct MemdedupAdopt MemdedupAdopt;
-void memdedup_adopt_class_init(ObjectClass *oc, size_t offset);
-bool memdedup_adopt_complete(MemdedupAdopt *adopt, Error **errp);
+bool memdedup_adopt_complete(strList *ids, bool all_ram,
+                             MemdedupAdopt **adopt, Error **errp);
 void memdedup_adopt_free(MemdedupAdopt *adopt);
 
 /*
  * numa-engine.c: host NUMA placement and per-node trees in the engine.
  *
- * memdedup_numa_block_init: allocate @blk's page placement; false if it
- * cannot be.  BQL held, before the block is listed.
  * memdedup_numa_pass_begin: re-read merge_across_nodes and the host's
  * nodes; true if the partitioning changed (the index must be rebuilt and
  * every block's policy applied again).  Scanner thread, lock not held.
@@ -376,7 +630,6 @@ void memdedup_adopt_free(MemdedupAdopt *adopt);
  * of a query-memdedup reply; BQL held (they look up the backends and
  * the machine's NUMA nodes), engine lock held / not held.
  */
-bool memdedup_numa_block_init(MemdedupBlock *blk);
 bool memdedup_numa_pass_begin(MemdedupEngine *engine);
 bool memdedup_numa_scan_region(MemdedupBlock *blk, uint64_t region,
                                uint8_t *base, MemdedupScanBuffers *buf);

@@ -14,7 +14,7 @@
  *    unless the source's guest is continued after all;
  *  - destination (-incoming): the engine starts paused and resumes, with
  *    a pass at once, only when the incoming migration has completed
- *    (after postcopy too);
+ *    (after postcopy too), which a timer of the main loop looks for;
  *  - hints (memdedup object, migrate-hints=on): when the migration is
  *    set up, before any RAM is sent, the source sends which regions of
  *    each memory-backend-ksm it had registered, one bit per region (a
@@ -31,6 +31,8 @@
 #include "qemu/bitmap.h"
 #include "qemu/bswap.h"
 #include "qemu/error-report.h"
+#include "qemu/lockable.h"
+#include "qemu/timer.h"
 #include "migration/misc.h"
 #include "migration/migration.h"
 #include "migration/register.h"
@@ -40,6 +42,9 @@
 #include "trace.h"
 
 #define MEMDEDUP_PAUSED_MIGRATED "outgoing migration completed"
+
+/* How often a migration destination looks for the end of the incoming. */
+#define MEMDEDUP_INCOMING_POLL_MS        100
 
 #define MEMDEDUP_HINTS_MAGIC 0x4d444831u   /* "MDH1" */
 /* A payload larger than this is not ours: 16 MiB is 128 Mi regions. */
@@ -85,14 +90,28 @@ static void memdedup_vm_state_change(void *opaque, bool running,
     }
 }
 
-bool memdedup_migration_incoming_done(void)
+/*
+ * Main loop, BQL held: resume the engine once the incoming migration
+ * completed.  The incoming side completes in the migration's own
+ * coroutine or, after postcopy, its listen thread; neither tells a
+ * notifier, so this looks every MEMDEDUP_INCOMING_POLL_MS.
+ */
+static void memdedup_incoming_poll(void *opaque)
 {
+    MemdedupEngine *engine = opaque;
     MigrationIncomingState *mis = migration_incoming_get_current();
 
-    return qatomic_read(&mis->state) == MIGRATION_STATUS_COMPLETED;
+    if (qatomic_read(&mis->state) == MIGRATION_STATUS_COMPLETED) {
+        timer_free(engine->incoming_timer);
+        engine->incoming_timer = NULL;
+        memdedup_engine_resume(engine, "incoming migration completed");
+        return;
+    }
+    timer_mod(engine->incoming_timer,
+              qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+              MEMDEDUP_INCOMING_POLL_MS);
 }
 
-/* Is the hints section sent?  Only when the memdedup object asks. */
 static bool memdedup_hints_active(void *opaque)
 {
     MemdedupEngine *engine = opaque;
@@ -137,8 +156,9 @@ static int memdedup_hints_save_setup(QEMUFile *f, void *opaque)
             g_autofree uint8_t *bytes = g_malloc0(nbytes);
             uint32_t id_len = strlen(blk->id);
 
+            /* As the scanner last published it (advise.c). */
             for (i = 0; i < blk->nr_regions; i++) {
-                if (blk->regions[i].registered) {
+                if (test_bit(i, blk->registered)) {
                     bytes[i / 8] |= 1 << (i % 8);
                 }
             }
@@ -196,25 +216,6 @@ static bool memdedup_get_u64(MemdedupReader *r, uint64_t *v)
     return true;
 }
 
-static MemdedupBlock *memdedup_find_block_locked(MemdedupEngine *engine,
-                                                 const char *id)
-{
-    MemdedupBlock *blk;
-
-    QTAILQ_FOREACH(blk, &engine->blocks, next) {
-        if (!strcmp(blk->id, id)) {
-            return blk;
-        }
-    }
-    return NULL;
-}
-
-/*
- * Destination, BQL held, as the migration's setup stage arrives (before
- * any RAM).  A malformed payload fails the migration; a mismatch only
- * drops that block's hints.  The engine registers hinted regions at
- * once, although it stays paused for scanning.
- */
 static int memdedup_hints_load(QEMUFile *f, void *opaque, int version_id)
 {
     MemdedupEngine *engine = opaque;
@@ -242,9 +243,8 @@ static int memdedup_hints_load(QEMUFile *f, void *opaque, int version_id)
     for (i = 0; i < count; i++) {
         g_autofree char *id = NULL;
         g_autofree uint8_t *bytes = NULL;
-        uint64_t size, region_size, nr_regions, nbytes, k;
+        uint64_t size, region_size, nr_regions, nbytes;
         uint32_t id_len;
-        MemdedupBlock *blk;
 
         if (!memdedup_get_u32(&r, &id_len) || id_len > 4096) {
             ret = -EINVAL;
@@ -266,33 +266,8 @@ static int memdedup_hints_load(QEMUFile *f, void *opaque, int version_id)
             break;
         }
 
-        QEMU_LOCK_GUARD(&engine->lock);
-        blk = memdedup_find_block_locked(engine, id);
-        if (!blk) {
-            warn_report("memdedup: ignoring migration hints for '%s': no "
-                        "memory-backend-ksm with that id here", id);
-            continue;
-        }
-        if (blk->size != size || blk->nr_regions != nr_regions ||
-            blk->pages_per_region * blk->page_size != region_size) {
-            warn_report("memdedup: ignoring migration hints for '%s': the "
-                        "source had size %" PRIu64 " and region-size %"
-                        PRIu64 ", this backend has %" PRIu64 " and %" PRIu64,
-                        id, size, region_size, blk->size,
-                        blk->pages_per_region * blk->page_size);
-            continue;
-        }
-        g_free(blk->hints);
-        blk->hints = bitmap_new(nr_regions);
-        engine->hints_pending = true;
-        qemu_cond_signal(&engine->wakeup);
-        for (k = 0; k < nr_regions; k++) {
-            if (bytes[k / 8] & (1 << (k % 8))) {
-                set_bit(k, blk->hints);
-            }
-        }
-        trace_memdedup_hints_loaded(id, bitmap_count_one(blk->hints,
-                                                         nr_regions));
+        memdedup_block_set_hints(engine, id, size, region_size, nr_regions,
+                                 bytes);
     }
     if (ret) {
         error_report("memdedup: malformed migration hints");
@@ -316,5 +291,14 @@ void memdedup_migration_init(MemdedupEngine *engine)
 
     if (runstate_check(RUN_STATE_INMIGRATE)) {
         memdedup_engine_pause(engine, "incoming migration", true);
+        /*
+         * First look from the main loop: the incoming state is not set
+         * up yet while backends are created.
+         */
+        engine->incoming_timer = timer_new_ms(QEMU_CLOCK_REALTIME,
+                                              memdedup_incoming_poll, engine);
+        timer_mod(engine->incoming_timer,
+                  qemu_clock_get_ms(QEMU_CLOCK_REALTIME) +
+                  MEMDEDUP_INCOMING_POLL_MS);
     }
 }

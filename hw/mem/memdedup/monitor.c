@@ -6,17 +6,210 @@
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  * See the COPYING file in the top-level directory.
  *
- * Thin wrappers: the engine fills a MemdedupInfo from a snapshot taken
- * under its lock (never waiting for a running pass); HMP prints it.
+ * query-memdedup is filled from a snapshot of the engine and its blocks
+ * taken under MemdedupEngine.lock (never waiting for a running pass:
+ * the scanner does not hold the lock while it hashes, reads kernel files
+ * or calls madvise), plus what the kernel's files say; HMP prints it.
  */
 
 #include "qemu/osdep.h"
+#include "qemu/atomic.h"
+#include "qemu/lockable.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
 #include "qapi/qapi-commands-memdedup.h"
 #include "monitor/hmp.h"
 #include "monitor/monitor.h"
-#include "sysemu/memdedup.h"
+#include "memdedup-internal.h"
+
+/* ------------------------------------------------------------------ */
+/* query-memdedup                                                      */
+/* ------------------------------------------------------------------ */
+
+static MemdedupHostKsm *memdedup_query_host_ksm(void)
+{
+    MemdedupHostKsm *host = g_new0(MemdedupHostKsm, 1);
+    static const struct {
+        const char *name;
+        size_t has_off, val_off;
+    } knobs[] = {
+#define KNOB(file, field) \
+        { file, offsetof(MemdedupHostKsm, has_##field), \
+          offsetof(MemdedupHostKsm, field) }
+        KNOB("run", run),
+        KNOB("pages_to_scan", pages_to_scan),
+        KNOB("sleep_millisecs", sleep_millisecs),
+        KNOB("merge_across_nodes", merge_across_nodes),
+        KNOB("use_zero_pages", use_zero_pages),
+        KNOB("max_page_sharing", max_page_sharing),
+        KNOB("pages_shared", pages_shared),
+        KNOB("pages_sharing", pages_sharing),
+        KNOB("full_scans", full_scans),
+#undef KNOB
+    };
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(knobs); i++) {
+        uint64_t value;
+
+        if (memdedup_read_ksm_knob(knobs[i].name, &value)) {
+            *(bool *)((char *)host + knobs[i].has_off) = true;
+            *(uint64_t *)((char *)host + knobs[i].val_off) = value;
+        }
+    }
+    return host;
+}
+
+/* One backend's row of the reply.  Engine lock held. */
+static MemdedupBackendInfo *memdedup_query_backend(MemdedupEngine *engine,
+                                                   MemdedupBlock *blk)
+{
+    MemdedupBackendInfo *bi = g_new0(MemdedupBackendInfo, 1);
+    const MemdedupSummaryStats *sum = &blk->summary;
+    const MemdedupRegistrationStats *reg = &blk->registration;
+    const MemdedupMergedStats *merged = &blk->merged;
+
+    bi->id = g_strdup(blk->id);
+    bi->policy = blk->params.policy;
+    bi->size = blk->size;
+    bi->page_size = blk->page_size;
+    bi->region_size = blk->params.region_size;
+    bi->duplicate_threshold = blk->params.duplicate_threshold;
+    bi->resident_pages = sum->resident_pages;
+    bi->scanned_pages = sum->scanned_pages;
+    bi->zero_pages = sum->zero_pages;
+    bi->duplicate_pages = sum->duplicate_pages;
+    bi->unique_pages = sum->unique_pages;
+    bi->volatile_pages = sum->volatile_pages;
+    bi->candidate_regions = sum->candidate_regions;
+    bi->estimated_saving = sum->estimated_saving;
+    bi->cross_vm_pages = sum->cross_vm_pages;
+    bi->cross_vm_regions = sum->cross_vm_regions;
+    bi->registered_bytes = reg->registered_bytes;
+    bi->registered_ranges = reg->registered_ranges;
+    bi->huge_regions = reg->huge_regions;
+    bi->unmerge_refusals = reg->unmerge_refusals;
+    bi->hinted_regions = reg->hinted_regions;
+    bi->registration_failures = qatomic_read(&blk->advise_failures);
+    bi->has_kernel_merged_pages = merged->kernel_merged_pages >= 0;
+    bi->kernel_merged_pages = MAX(merged->kernel_merged_pages, 0);
+    bi->has_kernel_merged_pages_exact =
+        merged->kernel_merged_pages_exact >= 0;
+    bi->kernel_merged_pages_exact = MAX(merged->kernel_merged_pages_exact, 0);
+    bi->has_actual_saving = bi->has_kernel_merged_pages;
+    bi->actual_saving = bi->kernel_merged_pages * blk->page_size;
+    bi->has_cross_vm_merged_pages = engine->board &&
+                                    merged->cross_vm_merged_pages >= 0;
+    bi->cross_vm_merged_pages = MAX(merged->cross_vm_merged_pages, 0);
+    memdedup_numa_query_backend(blk, bi);
+    return bi;
+}
+
+/* The engine's own part of the reply.  Engine lock held. */
+static void memdedup_query_engine_locked(MemdedupEngine *engine,
+                                         MemdedupInfo *info, char **refused)
+{
+    MemdedupBackendInfoList **tail = &info->backends;
+    uint64_t total, done;
+    MemdedupBlock *blk;
+
+    memdedup_kernel_view_note_query(engine);
+    info->state = engine->paused ? MEMDEDUP_STATE_PAUSED : engine->state;
+    if (engine->paused) {
+        info->has_paused_reason = true;
+        info->paused_reason = g_strdup(engine->paused_reason);
+    }
+    info->passes_completed = engine->passes_completed;
+    info->last_pass_duration = engine->last_pass_duration;
+    info->scanner_cpu_time = engine->scanner_cpu_time;
+    info->metadata_bytes = engine->metadata_bytes;
+    info->scan_rate = engine->scan_rate;
+    info->rescan_interval = engine->rescan_interval;
+    info->rescan_backoff = engine->rescan_backoff;
+    info->next_rescan_interval = (uint64_t)engine->rescan_interval *
+                                 engine->rescan_factor;
+    total = qatomic_read(&engine->pass_pages_total);
+    done = qatomic_read(&engine->pass_pages_done);
+    info->pass_progress = (engine->state == MEMDEDUP_STATE_SCANNING && total) ?
+                          MIN(done * 100 / total, 100) : 0;
+    QTAILQ_FOREACH(blk, &engine->blocks, next) {
+        int err = qatomic_read(&blk->advise_errno);
+
+        if (err && !*refused) {
+            *refused = g_strdup_printf("the kernel refused to change the KSM "
+                                       "registration of backend '%s' (%s); "
+                                       "registered-bytes shows what it "
+                                       "accepted", blk->id, strerror(err));
+        }
+        QAPI_LIST_APPEND(tail, memdedup_query_backend(engine, blk));
+    }
+    if (engine->board) {
+        info->has_board = true;
+        info->board = memdedup_board_info(engine->board);
+    }
+}
+
+/* What the kernel says of this process and of the host. */
+static void memdedup_query_kernel(MemdedupInfo *info)
+{
+    MemdedupKsmStat ksm;
+
+    if (memdedup_read_ksm_stat(&ksm)) {
+        MemdedupProcessKsm *pk = g_new0(MemdedupProcessKsm, 1);
+
+        pk->has_rmap_items = ksm.rmap_items >= 0;
+        pk->rmap_items = MAX(ksm.rmap_items, 0);
+        pk->has_zero_pages = ksm.zero_pages >= 0;
+        pk->zero_pages = MAX(ksm.zero_pages, 0);
+        pk->has_merging_pages = ksm.merging_pages >= 0;
+        pk->merging_pages = MAX(ksm.merging_pages, 0);
+        pk->has_process_profit = ksm.has_process_profit;
+        pk->process_profit = ksm.process_profit;
+        info->has_process_ksm = true;
+        info->process_ksm = pk;
+    }
+    if (!memdedup_host_has_ksm()) {
+        info->has_warning = true;
+        info->warning = g_strdup("the host has no KSM: the engine can only "
+                                 "estimate");
+        return;
+    }
+    info->has_host_ksm = true;
+    info->host_ksm = memdedup_query_host_ksm();
+    if (info->host_ksm->has_run && info->host_ksm->run != 1) {
+        info->has_warning = true;
+        info->warning = g_strdup("ksmd is not running "
+                                 "(/sys/kernel/mm/ksm/run is not 1): "
+                                 "registered memory is not merged");
+    }
+}
+
+MemdedupInfo *memdedup_query(Error **errp)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+    MemdedupInfo *info = g_new0(MemdedupInfo, 1);
+    g_autofree char *refused = NULL;
+
+    memdedup_registry_init();
+    WITH_QEMU_LOCK_GUARD(&engine->lock) {
+        memdedup_query_engine_locked(engine, info, &refused);
+    }
+    memdedup_numa_query(engine, info);
+    memdedup_query_kernel(info);
+    if (refused) {
+        char *other = info->warning;
+
+        info->has_warning = true;
+        info->warning = other ? g_strdup_printf("%s; %s", refused, other) :
+                                g_steal_pointer(&refused);
+        g_free(other);
+    }
+    return info;
+}
+
+/* ------------------------------------------------------------------ */
+/* QMP and HMP commands                                                */
+/* ------------------------------------------------------------------ */
 
 MemdedupInfo *qmp_query_memdedup(Error **errp)
 {
@@ -112,15 +305,9 @@ static void hmp_info_memdedup_board(Monitor *mon, MemdedupInfo *info)
     }
 }
 
-void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
+/* The engine's state line of info memdedup. */
+static void hmp_info_memdedup_state(Monitor *mon, MemdedupInfo *info)
 {
-    Error *err = NULL;
-    g_autoptr(MemdedupInfo) info = qmp_query_memdedup(&err);
-    MemdedupBackendInfoList *l;
-
-    if (hmp_handle_error(mon, err)) {
-        return;
-    }
     monitor_printf(mon, "memdedup: %s", MemdedupState_str(info->state));
     if (info->state == MEMDEDUP_STATE_SCANNING) {
         monitor_printf(mon, " (%u%%)", info->pass_progress);
@@ -144,6 +331,12 @@ void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
     if (info->warning) {
         monitor_printf(mon, "warning: %s\n", info->warning);
     }
+}
+
+/* The table of backends, and the kernel's refusals under it. */
+static void hmp_info_memdedup_backends(Monitor *mon, MemdedupInfo *info)
+{
+    MemdedupBackendInfoList *l;
 
     monitor_printf(mon, "%-12s %-9s %9s %9s %9s %9s %9s %9s %11s %7s %9s %9s\n",
                    "backend", "policy", "size", "resident", "zero",
@@ -179,9 +372,11 @@ void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
                            l->value->registration_failures);
         }
     }
+}
 
-    hmp_info_memdedup_numa(mon, info);
-
+/* What the kernel says of this process and of the host. */
+static void hmp_info_memdedup_ksm(Monitor *mon, MemdedupInfo *info)
+{
     if (info->process_ksm) {
         MemdedupProcessKsm *p = info->process_ksm;
         monitor_printf(mon, "process KSM: rmap_items %" PRIu64
@@ -212,4 +407,18 @@ void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
     } else {
         monitor_printf(mon, "host KSM: unavailable\n");
     }
+}
+
+void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
+{
+    Error *err = NULL;
+    g_autoptr(MemdedupInfo) info = qmp_query_memdedup(&err);
+
+    if (hmp_handle_error(mon, err)) {
+        return;
+    }
+    hmp_info_memdedup_state(mon, info);
+    hmp_info_memdedup_backends(mon, info);
+    hmp_info_memdedup_numa(mon, info);
+    hmp_info_memdedup_ksm(mon, info);
 }

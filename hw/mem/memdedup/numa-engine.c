@@ -35,20 +35,6 @@
 #include "memdedup-internal.h"
 #include "trace.h"
 
-bool memdedup_numa_block_init(MemdedupBlock *blk)
-{
-    uint64_t p;
-
-    blk->nodes = g_try_new(int8_t, blk->nr_pages);
-    if (!blk->nodes) {
-        return false;
-    }
-    for (p = 0; p < blk->nr_pages; p++) {
-        blk->nodes[p] = MEMDEDUP_NODE_UNKNOWN;
-    }
-    return true;
-}
-
 /* The host's partitioning: (knob or -1, online nodes, per-node trees). */
 static bool memdedup_numa_read_host(int64_t *knob, uint32_t *nodes)
 {
@@ -333,7 +319,7 @@ void memdedup_numa_query(MemdedupEngine *engine, MemdedupInfo *info)
         numa->unplaced_pages += st->unknown;
         for (n = 0; n < MEMDEDUP_NUMA_NODES_MAX; n++) {
             const MemdedupNumaNodeStats *ns = &st->node[n];
-            int64_t exact = blk->stats.kernel_merged_pages_exact;
+            int64_t exact = blk->merged.kernel_merged_pages_exact;
             MemdedupNumaPlacement *row;
 
             if (!ns->resident) {

@@ -37,7 +37,7 @@
 #include "qemu/bitmap.h"
 #include "qemu/ctype.h"
 #include "qemu/cutils.h"
-#include "sysemu/memdedup.h"
+#include "memdedup-core.h"
 #ifdef CONFIG_NUMA
 #include <numaif.h>
 #endif

@@ -22,7 +22,7 @@
  */
 
 #include "qemu/osdep.h"
-#include "sysemu/memdedup.h"
+#include "memdedup-core.h"
 
 bool memdedup_policy_registers(MemdedupPolicy policy)
 {
@@ -67,6 +67,32 @@ bool memdedup_region_wanted(const MemdedupParams *params,
     }
     return candidates * 100 >= (uint64_t)params->duplicate_threshold *
                                r->resident;
+}
+
+/* Is @r wanted only because of its cross-VM duplicates? */
+bool memdedup_region_cross_only(const MemdedupParams *params,
+                                const MemdedupRegion *r)
+{
+    MemdedupRegion alone = *r;
+
+    if (!r->cross_vm) {
+        return false;
+    }
+    alone.cross_vm = 0;
+    return memdedup_region_wanted(params, r) &&
+           !memdedup_region_wanted(params, &alone);
+}
+
+void memdedup_region_set_counts(MemdedupRegion *r, uint32_t resident,
+                                uint32_t zero, uint32_t duplicate,
+                                uint32_t cross_vm)
+{
+    assert((uint64_t)zero + duplicate + cross_vm <= resident);
+    r->resident = resident;
+    r->zero = zero;
+    r->duplicate = duplicate;
+    r->cross_vm = cross_vm;
+    r->unique = resident - zero - duplicate - cross_vm;
 }
 
 bool memdedup_region_wants_thp(const MemdedupParams *params,

@@ -94,7 +94,7 @@ static bool memdedup_zero_probes_agree(MemdedupEngine *engine,
               (off_t)(probe[0].pfn * sizeof(flags))) == sizeof(flags)) {
         return (flags >> MEMDEDUP_KPF_ZERO_PAGE) & 1;
     }
-    return (probe[0].pfn & ~frame_mask) == (probe[1].pfn & ~frame_mask);
+    return !((probe[0].pfn ^ probe[1].pfn) & ~frame_mask);
 }
 
 static bool memdedup_scan_says_zero(MemdedupEngine *engine, uint8_t *addr);
@@ -444,12 +444,13 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
     }
     *bytes_hashed = (uint64_t)resident * blk->page_size;
 
-    r->resident = resident;
+    /*
+     * Tentative until the pass ends: judged against the last dup set,
+     * and cross-VM duplicates as many as the last summary found.
+     */
+    memdedup_region_set_counts(r, resident, zero, duplicate,
+                               MIN(r->cross_vm, resident - zero - duplicate));
     r->seen_resident |= resident > 0;
-    r->zero = zero;
-    /* Tentative until the pass ends: judged against the last dup set. */
-    r->duplicate = duplicate;
-    r->unique = resident - zero - duplicate;
     r->volatile_pages = changed;
     return true;
 }

@@ -17,7 +17,7 @@
 
 #include "qemu/osdep.h"
 #include "qemu/units.h"
-#include "sysemu/memdedup.h"
+#include "../../../hw/mem/memdedup/memdedup-core.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

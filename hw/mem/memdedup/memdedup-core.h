@@ -1,0 +1,506 @@
+/*
+ * memdedup: the pure core -- fingerprints, the duplicate index, region
+ * policy, kernel-file parsers, NUMA placement
+ *
+ * Copyright (c) 2026 The memdedup authors
+ *
+ * This work is licensed under the terms of the GNU GPL, version 2 or later.
+ * See the COPYING file in the top-level directory.
+ *
+ * Free of softmmu state, so that the unit test and the fuzz targets link
+ * it alone (index.c, index-avx2.c, policy.c, kernel.c, numa.c, bloom.c).
+ * The engine's hashes are hints: the kernel compares full pages under
+ * write protection before it merges, so a collision or a torn read of a
+ * page the guest is writing costs at most a wasted KSM scan.
+ */
+
+#ifndef HW_MEM_MEMDEDUP_CORE_H
+#define HW_MEM_MEMDEDUP_CORE_H
+
+#include "sysemu/memdedup.h"
+
+/* ------------------------------------------------------------------ */
+/* Page fingerprints                                                   */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The engine keeps one 32-bit fingerprint per guest page between passes
+ * (the only per-page metadata: 4 bytes, within the 8 bytes per page the
+ * design allows).  Two values are reserved.
+ */
+#define MEMDEDUP_FP_ABSENT 0u   /* not resident, never scanned or swapped */
+#define MEMDEDUP_FP_ZERO   1u   /* resident and all zero */
+
+/*
+ * memdedup_page_fingerprint: fingerprint one page of @size bytes.
+ * @seed is the per-process random seed, so a guest cannot craft
+ * colliding pages.  Never returns a reserved value; a zero page is not
+ * special-cased here (see memdedup_page_classify).
+ * Thread-safe; reads @page once and never writes it.
+ */
+uint32_t memdedup_page_fingerprint(const void *page, size_t size,
+                                   uint64_t seed);
+
+/*
+ * memdedup_page_classify: MEMDEDUP_FP_ZERO for a zero page, otherwise the
+ * page's fingerprint.
+ */
+uint32_t memdedup_page_classify(const void *page, size_t size, uint64_t seed);
+
+/*
+ * memdedup_hash_impl: the instruction set the page hash runs on ("avx2",
+ * "sse2" or "scalar"), chosen once from the CPU.
+ */
+const char *memdedup_hash_impl(void);
+
+/*
+ * XXH3 derives a 192-byte secret from the seed for inputs over 240 bytes;
+ * deriving it once per seed instead of once per page is worth 6 %.  With
+ * that secret, XXH3_64bits_withSecret() equals XXH3_64bits_withSeed().
+ */
+#define MEMDEDUP_XXH3_SECRET_SIZE 192
+#define MEMDEDUP_XXH3_MIDSIZE_MAX 240
+
+#if defined(__x86_64__)
+#define MEMDEDUP_HAVE_AVX2
+/*
+ * XXH3-64 of @data with @seed, compiled for AVX2 (index-avx2.c); @secret
+ * is the one derived from @seed.  Only call it if the CPU has AVX2.
+ */
+uint64_t memdedup_xxh3_avx2(const void *data, size_t len, uint64_t seed,
+                            const void *secret);
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Duplicate index                                                     */
+/* ------------------------------------------------------------------ */
+
+/*
+ * The set of fingerprints that occurred more than once in the last pass,
+ * over all managed blocks: a sorted array, rebuilt at the end of every
+ * pass from a transient sorted copy of all fingerprints.  Between passes
+ * it lets a freshly hashed region be judged at once (early registration).
+ * 4 bytes per distinct duplicated fingerprint: at most 2 bytes per page,
+ * when every page has exactly one twin.
+ */
+typedef struct MemdedupDupSet {
+    uint32_t *fps;              /* sorted, distinct duplicated fingerprints */
+    size_t len;                 /* entries in fps */
+    /*
+     * Where each range of top bits starts in fps (2^bucket_bits + 1
+     * entries, about one per four fingerprints), so that a lookup
+     * searches a handful of entries, not the whole set; NULL when small.
+     */
+    uint32_t *bucket;
+    unsigned bucket_bits;
+} MemdedupDupSet;
+
+/* Bytes a dup set takes. */
+size_t memdedup_dupset_bytes(const MemdedupDupSet *set);
+
+/* Sort @n fingerprints in place (LSD radix sort, O(n)); @tmp holds @n. */
+void memdedup_fp_sort(uint32_t *fps, uint32_t *tmp, size_t n);
+
+/*
+ * memdedup_dupset_build: replace @set with the fingerprints that occur at
+ * least twice in the sorted array @sorted of @n entries.  Reserved values
+ * must not be present in @sorted.
+ */
+void memdedup_dupset_build(MemdedupDupSet *set, const uint32_t *sorted,
+                           size_t n);
+
+/* Index of @fp in @set, or -1 if it is not a duplicate. */
+ssize_t memdedup_dupset_find(const MemdedupDupSet *set, uint32_t fp);
+
+/* How many pages ahead loops over fingerprints prefetch their lookups. */
+#define MEMDEDUP_LOOKAHEAD 16
+
+/*
+ * memdedup_dupset_prefetch: in a loop that looks up @fps[0..@n) in @set
+ * in order, call at @i to start loading what the lookups ahead will read:
+ * the bucket of the page 2 * MEMDEDUP_LOOKAHEAD ahead, and the entries of
+ * the page MEMDEDUP_LOOKAHEAD ahead (its bucket was loaded meanwhile), so
+ * that neither load of a lookup waits for memory.  Any value in @fps is
+ * fine: a prefetch changes nothing.  Always inlined: GCC judges a function
+ * that only prefetches to have no effect, and drops calls to it.
+ */
+static inline QEMU_ALWAYS_INLINE
+void memdedup_dupset_prefetch(const MemdedupDupSet *set, const uint32_t *fps,
+                              size_t i, size_t n)
+{
+    unsigned shift = 32 - set->bucket_bits;
+
+    if (!set->bucket) {
+        return;
+    }
+    if (i + 2 * MEMDEDUP_LOOKAHEAD < n) {
+        __builtin_prefetch(&set->bucket[fps[i + 2 * MEMDEDUP_LOOKAHEAD] >>
+                                        shift]);
+    }
+    if (i + MEMDEDUP_LOOKAHEAD < n) {
+        __builtin_prefetch(&set->fps[set->bucket[fps[i + MEMDEDUP_LOOKAHEAD] >>
+                                                 shift]]);
+    }
+}
+
+void memdedup_dupset_clear(MemdedupDupSet *set);
+
+/*
+ * The cross-VM board's Bloom filter (bloom.c), blocked: the
+ * MEMDEDUP_BLOOM_PROBES bits of a fingerprint lie in one 64-byte line of
+ * the filter of @bits bits (a power of two, at least 64).
+ * memdedup_bloom_line: the line holding @fp's bits, to prefetch.
+ */
+#define MEMDEDUP_BLOOM_PROBES 8
+
+void memdedup_bloom_add(uint8_t *filter, uint64_t bits, uint32_t fp);
+bool memdedup_bloom_test(const uint8_t *filter, uint64_t bits, uint32_t fp);
+const uint8_t *memdedup_bloom_line(const uint8_t *filter, uint64_t bits,
+                                   uint32_t fp);
+
+/* ------------------------------------------------------------------ */
+/* Regions and policy                                                  */
+/* ------------------------------------------------------------------ */
+
+/* What one region held in the last pass; counts are in pages. */
+typedef struct MemdedupRegion {
+    uint32_t resident;          /* pages present in host memory */
+    uint32_t zero;              /* resident zero pages */
+    uint32_t duplicate;         /* resident non-zero pages in the dup set */
+    uint32_t unique;            /* resident non-zero pages seen once */
+    uint32_t volatile_pages;    /* pages whose content changed this pass */
+    uint32_t cross_vm;          /* unique here, held by another VM (board) */
+    uint8_t stable_passes;      /* consecutive passes with no change */
+    bool seen_resident;         /* had resident pages in some pass */
+    bool registered;            /* currently madvised MERGEABLE */
+    bool huge;                  /* handed back to THP (MADV_HUGEPAGE) */
+} MemdedupRegion;
+
+/*
+ * Set a region's page counts; the rest of its resident pages are
+ * unique.  The only way the engine sets them, so that resident = zero +
+ * duplicate + cross_vm + unique always holds.
+ */
+void memdedup_region_set_counts(MemdedupRegion *r, uint32_t resident,
+                                uint32_t zero, uint32_t duplicate,
+                                uint32_t cross_vm);
+
+/* A region is "unique" enough for THP when this share is unique, percent. */
+#define MEMDEDUP_THP_UNIQUE_PERCENT  95
+/* ... and unchanged for this many passes. */
+#define MEMDEDUP_THP_STABLE_PASSES   2
+/* ksmd full scans after the first registration before MADV_COLLAPSE. */
+#define MEMDEDUP_COLLAPSE_AFTER_SCANS 3
+/* Registered ranges (VMAs) allowed per backend before gaps are filled. */
+#define MEMDEDUP_MAX_RANGES_DEFAULT  1024
+
+/* Does @params' policy register memory with KSM at all? */
+bool memdedup_policy_registers(MemdedupPolicy policy);
+
+/* Does the policy want region @r registered? */
+bool memdedup_region_wanted(const MemdedupParams *params,
+                            const MemdedupRegion *r);
+
+/* Is @r wanted only because of its cross-VM duplicates? */
+bool memdedup_region_cross_only(const MemdedupParams *params,
+                                const MemdedupRegion *r);
+
+/* Should region @r (not wanted) get transparent huge pages back? */
+bool memdedup_region_wants_thp(const MemdedupParams *params,
+                               const MemdedupRegion *r,
+                               uint64_t pages_per_region);
+
+/*
+ * memdedup_coalesce_ranges: given the wanted flags of @n regions, fill the
+ * smallest gaps between wanted runs until at most @max_ranges runs
+ * remain.  Returns the number of runs.  Filling a gap registers regions
+ * that were not wanted; that only costs KSM scanning, never correctness.
+ */
+size_t memdedup_coalesce_ranges(bool *wanted, size_t n, size_t max_ranges);
+
+/* Number of runs of true in @flags. */
+size_t memdedup_count_runs(const bool *flags, size_t n);
+
+/*
+ * memdedup_unmerge_admissible: may @merged_bytes of KSM-merged memory be
+ * unmerged (each merged page becomes a private copy again) given the
+ * host's @mem_available and @mem_total, in bytes?  A reserve of
+ * MEMDEDUP_UNMERGE_RESERVE_PERCENT of @mem_total is kept free.
+ */
+#define MEMDEDUP_UNMERGE_RESERVE_PERCENT 5
+bool memdedup_unmerge_admissible(uint64_t merged_bytes,
+                                 uint64_t mem_available, uint64_t mem_total);
+
+/* ------------------------------------------------------------------ */
+/* Kernel views (parsers take text so that tests can feed them)        */
+/* ------------------------------------------------------------------ */
+
+/* /proc/self/ksm_stat; a field is -1 when absent. */
+typedef struct MemdedupKsmStat {
+    int64_t rmap_items;
+    int64_t zero_pages;
+    int64_t merging_pages;
+    int64_t process_profit;     /* bytes, may be negative */
+    bool has_process_profit;
+} MemdedupKsmStat;
+
+bool memdedup_parse_ksm_stat(const char *text, MemdedupKsmStat *stat);
+bool memdedup_read_ksm_stat(MemdedupKsmStat *stat);
+
+/*
+ * False only when /proc/self/ksm_stat says that this process maps no page
+ * KSM merged, nor KSM's zero page: then every count of merged pages is 0
+ * without walking page tables (smaps, kpageflags), which costs time in
+ * proportion to the memory.  True when it cannot tell.  @stat: ksm_stat
+ * as the caller just read it, or NULL to read it here.
+ */
+bool memdedup_process_has_merged_pages(const MemdedupKsmStat *stat);
+
+/*
+ * A /sys/kernel/mm/ksm value: one unsigned decimal number, surrounding
+ * blanks and newline allowed; false for anything else.
+ */
+bool memdedup_parse_ksm_knob(const char *text, uint64_t *value);
+
+/* /sys/kernel/mm/ksm/<name> as an unsigned number; false if unreadable. */
+bool memdedup_read_ksm_knob(const char *name, uint64_t *value);
+
+/* CPU time of the calling thread, in nanoseconds (0 if unknown). */
+uint64_t memdedup_thread_cpu_ns(void);
+
+/* Directory of the host's KSM sysfs files (tests may redirect it). */
+const char *memdedup_ksm_sysfs_dir(void);
+
+/* Does the host have KSM at all? */
+bool memdedup_host_has_ksm(void);
+
+/*
+ * memdedup_parse_smaps_ksm: sum the "KSM:" lines (kB) of the VMAs in
+ * /proc/self/smaps text @text that lie inside [@start, @end), and count
+ * those VMAs that carry the "mg" (mergeable) VmFlag.  Returns false if
+ * the text has no KSM lines at all (kernel too old).
+ */
+bool memdedup_parse_smaps_ksm(const char *text, uint64_t start, uint64_t end,
+                              uint64_t *ksm_bytes, uint64_t *mergeable_vmas,
+                              uint64_t *mergeable_bytes);
+
+/*
+ * The VMAs of /proc/self/smaps, parsed once, so that many ranges can be
+ * looked up without parsing the text again (a backend may have a
+ * thousand registered ranges, the process several thousand VMAs).
+ */
+typedef struct MemdedupSmapsVma {
+    uint64_t start;             /* address of the first byte */
+    uint64_t end;               /* address after the last byte */
+    uint64_t ksm_bytes;         /* the "KSM:" line, at most the VMA's size */
+    bool mergeable;             /* VmFlags has "mg" */
+} MemdedupSmapsVma;
+
+typedef struct MemdedupSmapsView {
+    bool read;                  /* memdedup_smaps_view_read was called */
+    bool has_ksm;               /* the text has "KSM:" lines at all */
+    GArray *vmas;               /* MemdedupSmapsVma, by address; or NULL */
+} MemdedupSmapsView;
+
+/* Parse smaps text @text into @view (replacing what it held). */
+void memdedup_smaps_view_parse(MemdedupSmapsView *view, const char *text);
+
+/* Read and parse /proc/self/smaps; false (empty view) if unreadable. */
+bool memdedup_smaps_view_read(MemdedupSmapsView *view);
+
+/*
+ * For the KSM bytes alone: as memdedup_smaps_view_read(), but when the
+ * process has no merged page (memdedup_process_has_merged_pages(@stat)),
+ * an empty view that says so -- every sum is 0 -- without reading smaps.
+ */
+bool memdedup_smaps_view_read_merged(MemdedupSmapsView *view,
+                                     const MemdedupKsmStat *stat);
+
+/*
+ * Over the VMAs of @view that lie inside [@start, @end): the KSM bytes,
+ * and the number and bytes of those that are mergeable.
+ */
+void memdedup_smaps_view_sum(const MemdedupSmapsView *view, uint64_t start,
+                             uint64_t end, uint64_t *ksm_bytes,
+                             uint64_t *mergeable_vmas,
+                             uint64_t *mergeable_bytes);
+
+void memdedup_smaps_view_clear(MemdedupSmapsView *view);
+G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(MemdedupSmapsView, memdedup_smaps_view_clear)
+
+/* MemAvailable and MemTotal from /proc/meminfo text, in bytes. */
+bool memdedup_parse_meminfo(const char *text, uint64_t *mem_available,
+                            uint64_t *mem_total);
+bool memdedup_read_meminfo(uint64_t *mem_available, uint64_t *mem_total);
+
+/* pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst) */
+#define MEMDEDUP_PM_PRESENT   (1ULL << 63)
+#define MEMDEDUP_PM_SWAPPED   (1ULL << 62)
+#define MEMDEDUP_PM_PFN_MASK  ((1ULL << 55) - 1)
+#define MEMDEDUP_KPF_KSM      21
+#define MEMDEDUP_KPF_ZERO_PAGE 24
+
+/*
+ * memdedup_count_ksm_pages: count the pages of [@start, @start + @len)
+ * that /proc/kpageflags marks KPF_KSM, reading /proc/self/pagemap through
+ * @pagemap_fd and /proc/kpageflags through @kpageflags_fd.  Returns -1 if
+ * PFNs are hidden (no CAP_SYS_ADMIN) or a read fails.
+ */
+int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
+                                 uintptr_t start, size_t len);
+
+/*
+ * memdedup_madvise: madvise(2), through which the engine registers and
+ * unregisters memory, so that tests can inject kernel refusals (see
+ * kernel.c).  Returns 0, or -1 with errno set.  Thread-safe.
+ */
+int memdedup_madvise(void *addr, size_t len, int advice);
+
+/* ------------------------------------------------------------------ */
+/* NUMA placement and per-node KSM trees (numa.c)                      */
+/* ------------------------------------------------------------------ */
+
+/*
+ * With /sys/kernel/mm/ksm/merge_across_nodes at 0, KSM keeps one tree per
+ * host node and merges two pages only when both sit on the same node.
+ * The engine then judges duplicates per node too: a page is a candidate
+ * only when a twin lives on its own node.  It always counts both kinds,
+ * so the operator sees what the other setting would give.
+ */
+
+/* blk->nodes value of a page whose host node is not known (not resident). */
+#define MEMDEDUP_NODE_UNKNOWN   (-1)
+
+/*
+ * A placement function: the host node of each of @count pages at
+ * @pages into @status (a node number, or a negative errno per page), as
+ * move_pages(0, count, pages, NULL, status, 0) does.  Returns 0, or -1
+ * with errno set when nothing could be learned.  Tests inject their own.
+ */
+typedef int (*MemdedupPlacementFn)(void *opaque, unsigned long count,
+                                   void **pages, int *status);
+
+/* The host's placement function: move_pages(2) in query mode. */
+int memdedup_numa_move_pages(void *opaque, unsigned long count, void **pages,
+                             int *status);
+
+/*
+ * The placement on a host with one node: node 0 for every page, without
+ * a system call (move_pages costs about half as much as hashing a page).
+ */
+int memdedup_numa_one_node(void *opaque, unsigned long count, void **pages,
+                           int *status);
+
+/*
+ * memdedup_numa_place_pages: learn the host node of the @n pages at
+ * @base (@page_size apart) whose @present flag is set, into @nodes
+ * (MEMDEDUP_NODE_UNKNOWN for the others), calling @fn once with up to
+ * @n pages; @addrs and @status are caller buffers of @n entries.  Pages
+ * found on another node than @nodes held before are re-homed (their
+ * index entries follow them at the next index build); returns how many.
+ */
+uint64_t memdedup_numa_place_pages(MemdedupPlacementFn fn, void *opaque,
+                                   uint8_t *base, uint64_t page_size,
+                                   const bool *present, size_t n,
+                                   int8_t *nodes, void **addrs, int *status);
+
+/*
+ * Parse a sysfs node list ("0", "0-3,8\n"): set bit i of @nodes (of
+ * @max bits) for each node i listed.  False on malformed text or a node
+ * >= @max.
+ */
+bool memdedup_parse_node_list(const char *text, unsigned long *nodes,
+                              unsigned max);
+
+
+/* How a resident non-zero page relates to the duplicate index. */
+typedef enum MemdedupDupKind {
+    MEMDEDUP_DUP_NONE,          /* no twin anywhere */
+    MEMDEDUP_DUP_WITHIN_NODE,   /* a twin on its own host node */
+    MEMDEDUP_DUP_CROSS_NODE,    /* twins only on other host nodes */
+} MemdedupDupKind;
+
+/*
+ * The per-node duplicate index: one dup set per host node, built next to
+ * the global dup set whenever managed pages live on more than one node.
+ * @partitioned follows merge_across_nodes == 0: only then are cross-node
+ * duplicates not candidates.  Scanner-owned; read-only while hashing.
+ */
+typedef struct MemdedupNumaIndex {
+    bool partitioned;           /* KSM keeps one tree per node */
+    unsigned nr_nodes;          /* node sets built; 0: pages on one node */
+    MemdedupDupSet *node_sets;  /* nr_nodes sets, by host node number */
+    size_t *slot_base;          /* first slot of each node's set */
+    size_t nr_slots;            /* slots over all node sets */
+} MemdedupNumaIndex;
+
+/* The pages of one block as the index builder sees them. */
+typedef struct MemdedupNumaPages {
+    const uint32_t *fps;        /* fingerprints (reserved values skipped) */
+    const int8_t *nodes;       /* host node of each page */
+    uint64_t nr_pages;
+} MemdedupNumaPages;
+
+/*
+ * memdedup_numa_index_build: rebuild @idx's node sets from @nr_blocks
+ * blocks' fingerprints and placements; keeps @idx->partitioned.
+ */
+void memdedup_numa_index_build(MemdedupNumaIndex *idx,
+                               const MemdedupNumaPages *blocks,
+                               size_t nr_blocks);
+void memdedup_numa_index_clear(MemdedupNumaIndex *idx);
+
+/*
+ * memdedup_numa_classify: the kind of duplicate a page with fingerprint
+ * @fp on host node @node is, given the global dup set @global and @idx.
+ * A page of unknown node is judged by the global set.  @slot, if not
+ * NULL, receives a number in [0, memdedup_numa_slots()) that is the
+ * same for every copy KSM could merge into one page, or -1.
+ */
+MemdedupDupKind memdedup_numa_classify(const MemdedupNumaIndex *idx,
+                                       const MemdedupDupSet *global,
+                                       uint32_t fp, int node, ssize_t *slot);
+
+/* Is a page of @kind a candidate, with @idx's partitioning? */
+bool memdedup_numa_candidate(const MemdedupNumaIndex *idx,
+                             MemdedupDupKind kind);
+
+/* Slots memdedup_numa_classify hands out. */
+size_t memdedup_numa_slots(const MemdedupNumaIndex *idx,
+                           const MemdedupDupSet *global);
+
+/* One block's pages on one host node, in pages. */
+typedef struct MemdedupNumaNodeStats {
+    uint64_t resident;          /* resident pages */
+    uint64_t duplicate;         /* non-zero pages with a twin on the node */
+    uint64_t cross_node;        /* non-zero pages with twins elsewhere only */
+    uint64_t merged;            /* pages the kernel merged (KPF_KSM) */
+} MemdedupNumaNodeStats;
+
+typedef struct MemdedupNumaStats {
+    MemdedupNumaNodeStats node[MEMDEDUP_NUMA_NODES_MAX];
+    uint64_t unknown;           /* resident pages of unknown host node */
+    bool merged_known;          /* node[].merged is valid */
+    bool one_node;              /* placed by memdedup_numa_one_node */
+} MemdedupNumaStats;
+
+/*
+ * memdedup_numa_count_page: add one page, fingerprint @fp on host node
+ * @node and already classified as @kind, to @stats (the engine does so
+ * for each page while it summarizes a block).
+ */
+void memdedup_numa_count_page(MemdedupNumaStats *stats, uint32_t fp,
+                              int node, MemdedupDupKind kind);
+
+/*
+ * memdedup_numa_count_merged: count into @stats->node[].merged the
+ * pages of [@start, @start + nr_pages pages) that /proc/kpageflags marks
+ * KPF_KSM, by the node in @nodes.  False (merged_known unset) when PFNs
+ * are hidden or a read fails.
+ */
+bool memdedup_numa_count_merged(int pagemap_fd, int kpageflags_fd,
+                                uintptr_t start, uint64_t page_size,
+                                const int8_t *nodes, uint64_t nr_pages,
+                                MemdedupNumaStats *stats);
+
+#endif
