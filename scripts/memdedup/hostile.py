@@ -33,6 +33,7 @@ the machine's speed affects both alike.
 import os
 
 import qmp
+from procfs import host_address
 
 SIZE = 4096 << 20
 PAGE = 4096
@@ -122,19 +123,6 @@ def median(xs):
     xs = sorted(xs)
     n = len(xs)
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
-
-
-def host_address(pid, size):
-    """Start of the only VMA of exactly @size bytes."""
-    found = []
-    with open("/proc/%d/maps" % pid) as f:
-        for line in f:
-            s, e = (int(x, 16) for x in line.split()[0].split("-"))
-            if e - s == size:
-                found.append(s)
-    if len(found) != 1:
-        raise RuntimeError("%d VMAs of %d bytes" % (len(found), size))
-    return found[0]
 
 
 def measure(qemu, workdir, run_pass, rounds=3, passes=2, check=None):

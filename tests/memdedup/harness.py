@@ -24,6 +24,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(TOP, "scripts", "memdedup"))
 
 import qmp  # noqa: E402  (scripts/memdedup/qmp.py)
+import procfs  # noqa: E402  (scripts/memdedup/procfs.py)
 
 QEMU = os.environ.get("MEMDEDUP_QEMU",
                       os.path.join(TOP, "build", "qemu-src", "build",
@@ -271,17 +272,7 @@ class GuestShell:
             self.sock = None
 
 
-def host_address(pid, size):
-    """Start of the only VMA of exactly @size bytes: a backend's RAM,
-    looked up before anything split it."""
-    found = []
-    with open("/proc/%d/maps" % pid) as f:
-        for line in f:
-            s, e = (int(x, 16) for x in line.split()[0].split("-"))
-            if e - s == size:
-                found.append(s)
-    check(len(found) == 1, "%d VMAs of %d bytes" % (len(found), size))
-    return found[0]
+host_address = procfs.host_address
 
 
 def fingerprint_slack(distinct):

@@ -106,19 +106,24 @@ void memdedup_block_ref(MemdedupBlock *blk)
     qatomic_inc(&blk->refcount);
 }
 
+static void memdedup_block_free(MemdedupBlock *blk)
+{
+    g_free(blk->fps);
+    g_free(blk->nodes);
+    g_free(blk->numa_stats);
+    g_free(blk->regions);
+    g_free(blk->hints);
+    g_free(blk->registered);
+    g_free(blk->discarded);
+    g_free(blk->plugged);
+    g_free(blk->id);
+    g_free(blk);
+}
+
 void memdedup_block_unref(MemdedupBlock *blk)
 {
     if (qatomic_fetch_dec(&blk->refcount) == 1) {
-        g_free(blk->fps);
-        g_free(blk->nodes);
-        g_free(blk->numa_stats);
-        g_free(blk->regions);
-        g_free(blk->hints);
-        g_free(blk->registered);
-        g_free(blk->discarded);
-        g_free(blk->plugged);
-        g_free(blk->id);
-        g_free(blk);
+        memdedup_block_free(blk);
     }
 }
 
@@ -203,12 +208,7 @@ static MemdedupBlock *memdedup_block_new(const char *id, void *host,
                                          sizeof(int8_t)) +
                         blk->nr_regions * sizeof(MemdedupRegion)) / MiB,
                    size / GiB);
-        g_free(blk->fps);
-        g_free(blk->nodes);
-        g_free(blk->regions);
-        g_free(blk->registered);
-        g_free(blk->id);
-        g_free(blk);
+        memdedup_block_free(blk);
         return NULL;
     }
     memset(blk->nodes, MEMDEDUP_NODE_UNKNOWN, blk->nr_pages);
