@@ -66,10 +66,10 @@ MemdedupBlock *memdedup_block_add(const char *id, void *host, uint64_t size,
 void memdedup_block_release(MemdedupBlock *blk);
 
 /*
- * memdedup_block_set_policy: switch a block's policy at runtime.  A
- * switch that unregisters merged memory is refused with @errp when the
- * host lacks the MemAvailable to unmerge it, unless @params allows
- * forcing.  The scanner applies the change promptly.  BQL held.
+ * memdedup_block_set_params: change a block's parameters at runtime.  A
+ * policy switch that unregisters merged memory is refused with @errp
+ * when the host lacks the MemAvailable to unmerge it, unless @params
+ * allows forcing.  The scanner applies the change promptly.  BQL held.
  */
 bool memdedup_block_set_params(MemdedupBlock *blk, const MemdedupParams *params,
                                Error **errp);

@@ -25,9 +25,8 @@ read through virsh qemu-monitor-command (QMP and --hmp) and through
 memdedup-stat in its three formats, parsed, and compared.  Every process
 started ends by PID (all processes of the namespace), on every path.
 
-Without libvirt: what adopt and adopt-ram take and refuse, a migration
-between two QEMUs that adopt the same backend (as libvirt starts the
-destination), and memdedup-stat's errors, usage and man page.
+Without libvirt: memdedup-stat's errors, usage and man page.  (Adoption
+without libvirt is tests/memdedup/test_adopt.py.)
 """
 
 import contextlib
@@ -35,7 +34,6 @@ import json
 import grp
 import os
 import pwd
-import random
 import re
 import shutil
 import signal
@@ -43,11 +41,8 @@ import subprocess
 import sys
 import time
 
-from harness import (GUEST, KNOWN_CANDIDATES, MiB, PAGE, QEMU, TOP, Skip,
-                     backend, check, digest_known, fill_known, qmp,
-                     start_qtest_vm, wait_for)
-from harness import run_pass as run_qmp_pass
-from harness import run_tests
+from harness import (GUEST, MiB, PAGE, QEMU, TOP, Skip, check, qmp,
+                     run_tests, wait_for)
 
 STAT = os.path.join(TOP, "build", "tools", "memdedup-stat")
 MEM = 384                      # MiB of guest RAM
@@ -647,91 +642,6 @@ def test_libvirt(workdir):
         print("  all checks done after %.1f s" % (time.monotonic() - t0))
 
 
-def test_adopt_cli(workdir):
-    """adopt and adopt-ram without libvirt: what is adopted, and the
-    errors for backends that cannot be."""
-    base = [QEMU, "-accel", "qtest", "-display", "none", "-nodefaults",
-            "-m", "64M",
-            "-object", "memory-backend-ram,id=shared,size=32M,share=on",
-            "-object", "memory-backend-ram,id=extra,size=32M",
-            "-object", "memory-backend-ksm,id=ksm0,size=32M"]
-    for prop, error in (
-            ("adopt=nope", "property 'adopt' of memdedup: no object with id "
-                           "'nope'"),
-            ("adopt=md", "property 'adopt' of memdedup: object 'md' is a "
-                         "memdedup, not a memory backend"),
-            ("adopt=ksm0", "property 'adopt' of memdedup: object 'ksm0' is a "
-                           "memory-backend-ksm, not a memory-backend-ram"),
-            ("adopt=shared", "property 'adopt' of memdedup: backend 'shared' "
-                             "has share=on; KSM merges only private "
-                             "anonymous memory")):
-        r = subprocess.run(base + ["-object", "memdedup,id=md," + prop],
-                           stdin=subprocess.DEVNULL, capture_output=True,
-                           text=True, timeout=60)
-        check(r.returncode == 1 and error in r.stderr,
-              "%s: rc %d: %s" % (prop, r.returncode, r.stderr))
-    # QEMU's own pc.ram (plain -m) and a named backend; adopt-ram takes
-    # every private memory-backend-ram.
-    for prop, want in (("adopt=pc.ram,adopt=extra", ["ksm0", "pc.ram",
-                                                      "extra"]),
-                       ("adopt-ram=on", ["ksm0", "pc.ram", "extra"]),
-                       ("adopt=extra", ["ksm0", "extra"])):
-        vm = qmp.Qemu(QEMU, base[1:] + ["-object", "memdedup,id=md," + prop],
-                      workdir, "adopt").start()
-        try:
-            ids = [b["id"] for b in vm.qmp.cmd("query-memdedup")["backends"]]
-            check(sorted(ids) == sorted(want), "%s: %s" % (prop, ids))
-            try:
-                vm.qmp.cmd("qom-set", path="/objects/md",
-                           property="adopt-ram", value=False)
-                raise AssertionError("adopt-ram changed after creation")
-            except qmp.QMPError as e:
-                check("after it is created" in str(e), str(e))
-        finally:
-            vm.stop()
-
-
-def test_adopt_migration(workdir):
-    """What libvirt does on migration, by hand: the destination starts
-    with the same arguments, so it adopts the same backend, and hints
-    carry the source's registration over to it."""
-    size = 256
-    args = ["-machine", "pc,memory-backend=pc.ram,mem-merge=off",
-            "-m", "%dM" % size,
-            "-object", "memory-backend-ram,id=pc.ram,size=%dM" % size,
-            "-object", "memdedup,id=memdedup,adopt=pc.ram,migrate-hints=on,"
-                       "rescan-interval=3600000"]
-    sock = os.path.join(workdir, "migrate.sock")
-    src = dst = src_qt = dst_qt = None
-    try:
-        src, src_qt = start_qtest_vm(workdir, "src", args)
-        fill_known(src_qt, random.Random(6))
-        run_qmp_pass(src)
-        before = backend(src, "pc.ram")
-        check(before["registered-bytes"] == KNOWN_CANDIDATES,
-              "source registered %d" % before["registered-bytes"])
-        dst, dst_qt = start_qtest_vm(workdir, "dst",
-                                     args + ["-incoming", "unix:" + sock])
-        src.qmp.cmd("migrate", uri="unix:" + sock)
-        wait_for("the migration", lambda: src.qmp.cmd("query-migrate").get(
-            "status") in ("completed", "failed", "cancelled"), 120)
-        check(src.qmp.cmd("query-migrate")["status"] == "completed",
-              "migration failed")
-        after = wait_for("the destination to register the hints", lambda: (
-            lambda b: b if b["hinted-regions"] else None)(
-                backend(dst, "pc.ram")), 30)
-        check(after["hinted-regions"] == KNOWN_CANDIDATES // (2 * MiB),
-              "hinted regions %d" % after["hinted-regions"])
-        check(digest_known(dst_qt) == digest_known(src_qt),
-              "guest memory differs after migration")
-    finally:
-        for vm, qt in ((dst, dst_qt), (src, src_qt)):
-            if vm:
-                vm.stop()
-            if qt:
-                qt.close()
-
-
 def test_stat_errors(workdir):
     if not os.path.exists(STAT):
         raise Skip("no %s: run make tools" % STAT)
@@ -771,7 +681,5 @@ def test_stat_errors(workdir):
 
 
 if __name__ == "__main__":
-    sys.exit(run_tests([("libvirt/adopt-cli", test_adopt_cli),
-                        ("libvirt/adopt-migration", test_adopt_migration),
-                        ("libvirt/stat-errors", test_stat_errors),
+    sys.exit(run_tests([("libvirt/stat-errors", test_stat_errors),
                         ("libvirt/domains", test_libvirt)]))

@@ -318,6 +318,50 @@ static MemdedupParams params_for(MemdedupPolicy policy, uint8_t threshold)
     return p;
 }
 
+/* One formula for a region's counts: the rest of the resident is unique. */
+static void test_region_counts(void)
+{
+    MemdedupRegion r = { .stable_passes = 3, .registered = true };
+
+    memdedup_region_set_counts(&r, 512, 10, 100, 40);
+    g_assert_cmpuint(r.resident, ==, 512);
+    g_assert_cmpuint(r.zero, ==, 10);
+    g_assert_cmpuint(r.duplicate, ==, 100);
+    g_assert_cmpuint(r.cross_vm, ==, 40);
+    g_assert_cmpuint(r.unique, ==, 362);
+    /* Only the counts: the rest of the region's state stays. */
+    g_assert_cmpuint(r.stable_passes, ==, 3);
+    g_assert_true(r.registered);
+    /* Everything a candidate: nothing unique. */
+    memdedup_region_set_counts(&r, 512, 256, 200, 56);
+    g_assert_cmpuint(r.unique, ==, 0);
+    memdedup_region_set_counts(&r, 0, 0, 0, 0);
+    g_assert_cmpuint(r.unique, ==, 0);
+}
+
+/* Wanted only for the duplicates other VMs hold (the board). */
+static void test_region_cross_only(void)
+{
+    MemdedupParams targeted = params_for(MEMDEDUP_POLICY_TARGETED, 10);
+    MemdedupParams all = params_for(MEMDEDUP_POLICY_ALL, 10);
+    MemdedupRegion r = { 0 };
+
+    /* 60 cross-VM pages of 512 make it wanted; 0 here would not. */
+    memdedup_region_set_counts(&r, 512, 0, 0, 60);
+    g_assert_true(memdedup_region_cross_only(&targeted, &r));
+    /* Wanted for its own duplicates too: not cross-only. */
+    memdedup_region_set_counts(&r, 512, 0, 60, 60);
+    g_assert_false(memdedup_region_cross_only(&targeted, &r));
+    /* Not wanted at all. */
+    memdedup_region_set_counts(&r, 512, 0, 0, 20);
+    g_assert_false(memdedup_region_cross_only(&targeted, &r));
+    /* No cross-VM duplicates, or a policy that takes everything anyway. */
+    memdedup_region_set_counts(&r, 512, 0, 0, 0);
+    g_assert_false(memdedup_region_cross_only(&targeted, &r));
+    memdedup_region_set_counts(&r, 512, 0, 0, 60);
+    g_assert_false(memdedup_region_cross_only(&all, &r));
+}
+
 static void test_region_wanted(void)
 {
     MemdedupParams targeted = params_for(MEMDEDUP_POLICY_TARGETED, 10);
@@ -1038,6 +1082,8 @@ int main(int argc, char **argv)
     g_test_add_func("/memdedup/dupset-indexed", test_dupset_indexed);
     g_test_add_func("/memdedup/board/bloom", test_bloom);
     g_test_add_func("/memdedup/region-wanted", test_region_wanted);
+    g_test_add_func("/memdedup/region-counts", test_region_counts);
+    g_test_add_func("/memdedup/region-cross-only", test_region_cross_only);
     g_test_add_func("/memdedup/region-thp", test_region_thp);
     g_test_add_func("/memdedup/coalesce", test_coalesce);
     g_test_add_func("/memdedup/admission", test_admission);

@@ -60,9 +60,9 @@ static void memdedup_forget_discarded(MemdedupBlock *blk,
 }
 
 /*
- * End of the hashing phase: rebuild the dup set from every fingerprint
- * and recount each region's duplicates against it.  Returns the number
- * of bytes this metadata needs between passes.
+ * End of the hashing phase: rebuild the dup set (and the per-node sets)
+ * from the fingerprints of every block with a policy, leaving out
+ * removed blocks; the summaries then count each region against it.
  */
 void memdedup_pass_index(MemdedupPass *pass)
 {
