@@ -47,6 +47,7 @@ import subprocess
 import tempfile
 
 import probe
+import qtestvm  # scripts/memdedup/qtestvm.py, on probe's path
 import workloads as wl
 
 LOOPS_C = r"""
@@ -284,17 +285,15 @@ def read_bandwidth(size_mib, workdir):
 
 
 def _start(workdir, name, args, unprivileged):
-    from harness import start_qtest_vm
     # Without CAP_SYS_ADMIN, pagemap hides PFNs: no exact KSM count.
     wrapper = ("setpriv", "--bounding-set", "-sys_admin", "--inh-caps",
                "-sys_admin") if unprivileged else ()
-    return start_qtest_vm(workdir, name, args, wrapper)
+    return qtestvm.start_qtest_vm(wl.QEMU, workdir, name, args, wrapper)
 
 
 def _pass(vm, timeout=300):
-    from harness import run_pass
     cpu0 = vm.qmp.cmd("query-memdedup")["scanner-cpu-time"]
-    info = run_pass(vm, timeout)
+    info = qtestvm.run_pass(vm, timeout)
     resident = sum(b["resident-pages"] * b["page-size"]
                    for b in info["backends"])
     return (resident, info["last-pass-duration"] / 1e9,

@@ -18,6 +18,7 @@ starts.  Times are from the end of the migration and from its start.
 """
 
 import argparse
+import functools
 import os
 import random
 import sys
@@ -25,9 +26,12 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                "..", "tests", "memdedup"))
-from harness import (MiB, PAGE, qmp, run_pass, smaps_merged_pages,  # noqa: E402
-                     start_qtest_vm)
+                                "..", "scripts", "memdedup"))
+import qmp  # noqa: E402  (scripts/memdedup/)
+from qtestvm import MiB, PAGE, run_pass, smaps_merged_pages  # noqa: E402
+import qtestvm  # noqa: E402
+
+start_qtest_vm = functools.partial(qtestvm.start_qtest_vm, qtestvm.QEMU)
 
 SIZE = 1024 * MiB
 ZERO = (0, 100 * MiB)

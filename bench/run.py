@@ -49,10 +49,10 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "memdedup"))
 
 import probe  # noqa: E402
 from probe import qmp  # noqa: E402
+import qtestvm  # noqa: E402  (scripts/memdedup/, on probe's path)
 import workloads as wl  # noqa: E402
 
 MiB = 1 << 20
@@ -112,13 +112,13 @@ class Proc:
 
 
 def start_qtest_procs(config, layout, images, workdir, out):
-    from harness import start_qtest_vm
     for name, args, placed in wl.qtest_processes(
             config, layout, board=os.path.join(workdir, "board")):
         loaders = []
         for vm_index, base in placed:
             loaders += wl.loader_args(images[vm_index], base)
-        vm, qt = start_qtest_vm(workdir, name, args + loaders)
+        vm, qt = qtestvm.start_qtest_vm(wl.QEMU, workdir, name,
+                                        args + loaders)
         out.append(Proc(vm, qt, placed, config in wl.MEMDEDUP_CONFIGS))
 
 
@@ -515,10 +515,9 @@ def run_hostile(ctx, log):
     per pass of each hostile kind against normal passes, interleaved,
     five rounds of two passes each."""
     import hostile
-    from harness import run_pass
     log("  hostile content: 4 GiB, %s against normal passes"
         % ", ".join(hostile.KINDS))
-    r = hostile.measure(wl.QEMU, ctx.workdir, run_pass, rounds=5)
+    r = hostile.measure(wl.QEMU, ctx.workdir, qtestvm.run_pass, rounds=5)
     med = {k: hostile.median(v) for k, v in r["cpu"].items()}
     wall = {k: hostile.median(v) for k, v in r["wall"].items()}
     return {"size_mib": hostile.SIZE >> 20, "cpu_ns": med, "wall_ns": wall,

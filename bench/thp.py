@@ -12,15 +12,19 @@ duplicates), 48 MiB identical in both VMs (cross-VM duplicates) and
 the time to reach 90 % of its final saving, and ksmd CPU.
 """
 
+import functools
 import os
 import random
 import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                "..", "tests", "memdedup"))
-from harness import (MiB, PAGE, qmp, run_pass, smaps_merged_pages,  # noqa: E402
-                     start_qtest_vm)
+                                "..", "scripts", "memdedup"))
+import qmp  # noqa: E402  (scripts/memdedup/)
+from qtestvm import MiB, PAGE, run_pass, smaps_merged_pages  # noqa: E402
+import qtestvm  # noqa: E402
+
+start_qtest_vm = functools.partial(qtestvm.start_qtest_vm, qtestvm.QEMU)
 
 SIZE = 512
 DURATION = int(os.environ.get("MEMDEDUP_BENCH_SECONDS", "60"))

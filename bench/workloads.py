@@ -33,10 +33,9 @@ import threading
 import time
 
 from probe import qmp
+from qtestvm import QEMU  # noqa: F401  (scripts/memdedup/, on probe's path)
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QEMU = os.environ.get("MEMDEDUP_QEMU", os.path.join(
-    TOP, "build", "qemu-src", "build", "qemu-system-x86_64"))
 GUEST = os.path.join(TOP, "build", "guest")
 MiB = 1 << 20
 PAGE = 4096

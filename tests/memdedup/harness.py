@@ -1,7 +1,7 @@
 """Shared pieces of the memdedup integration tests.
 
-QTest      the text protocol of QEMU's qtest accelerator (-accel qtest):
-           write and read guest memory from the test
+start_qtest_vm  QEMU under -accel qtest (scripts/memdedup/qtestvm.py,
+           shared with the bench, has QTest, run_pass and the rest)
 run_tests  runs test functions (all, or those named on the command
            line: test_migration.py precopy), prints one line per test
            and the closing line "integration: N passed, N failed, N
@@ -9,7 +9,6 @@ run_tests  runs test functions (all, or those named on the command
 Skip       raise it to skip a test (host lacks a feature)
 """
 
-import base64
 import errno
 import math
 import os
@@ -25,10 +24,12 @@ sys.path.insert(0, os.path.join(TOP, "scripts", "memdedup"))
 
 import qmp  # noqa: E402  (scripts/memdedup/qmp.py)
 import procfs  # noqa: E402  (scripts/memdedup/procfs.py)
+import qtestvm  # noqa: E402  (scripts/memdedup/qtestvm.py)
 
-QEMU = os.environ.get("MEMDEDUP_QEMU",
-                      os.path.join(TOP, "build", "qemu-src", "build",
-                                   "qemu-system-x86_64"))
+# The tests take these modules from here too (from harness import qmp).
+SHARED_MODULES = (qmp, procfs, qtestvm)
+
+QEMU = qtestvm.QEMU         # tests may point it elsewhere (test_faults)
 GUEST = os.path.join(TOP, "build", "guest")
 PAGE = 4096
 MiB = 1 << 20
@@ -38,84 +39,11 @@ class Skip(Exception):
     """The host cannot run this test."""
 
 
-class QTest:
-    """Client of QEMU's qtest protocol over a unix socket we listen on."""
-
-    def __init__(self, path):
-        self.path = path
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(path)
-        self.listener.listen(1)
-        self.listener.settimeout(30)
-        self.sock = None
-        self.buf = b""
-
-    def accept(self):
-        self.sock, _ = self.listener.accept()
-        self.sock.settimeout(120)
-        return self
-
-    def _line(self):
-        while b"\n" not in self.buf:
-            data = self.sock.recv(1 << 20)
-            if not data:
-                raise EOFError("qtest connection closed")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line.decode()
-
-    def command(self, text):
-        self.sock.sendall(text.encode() + b"\n")
-        while True:
-            line = self._line()
-            if line.startswith("IRQ"):
-                continue
-            if not line.startswith("OK"):
-                raise RuntimeError("qtest: %s -> %s" % (text[:40], line))
-            return line[3:]
-
-    def write(self, addr, data):
-        for off in range(0, len(data), 4 * MiB):
-            chunk = data[off:off + 4 * MiB]
-            self.command("b64write 0x%x 0x%x %s" % (
-                addr + off, len(chunk), base64.b64encode(chunk).decode()))
-
-    def memset(self, addr, size, value):
-        self.command("memset 0x%x 0x%x 0x%02x" % (addr, size, value))
-
-    def read(self, addr, size):
-        out = bytearray()
-        for off in range(0, size, 4 * MiB):
-            n = min(4 * MiB, size - off)
-            out += base64.b64decode(self.command(
-                "b64read 0x%x 0x%x" % (addr + off, n)))
-        return bytes(out)
-
-    def close(self):
-        for s in (self.sock, self.listener):
-            if s:
-                s.close()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-
-
 def start_qtest_vm(workdir, name, extra_args, wrapper=()):
-    """QEMU under -accel qtest with a QMP socket; returns (vm, qtest).
-    wrapper: a command QEMU runs under (e.g. setpriv and its options)."""
-    qt = QTest(os.path.join(workdir, name + ".qtest"))
-    argv = list(wrapper[1:]) + ([QEMU] if wrapper else [])
-    vm = qmp.Qemu(wrapper[0] if wrapper else QEMU,
-                  argv + ["-accel", "qtest", "-qtest", "unix:" + qt.path,
-                          "-nodefaults"] + extra_args, workdir, name)
-    try:
-        # QEMU connects to our listening socket while it starts.
-        vm.start()
-        qt.accept()
-    except BaseException:
-        vm.stop()
-        qt.close()
-        raise
-    return vm, qt
+    """QEMU (harness.QEMU) under -accel qtest with a QMP socket; returns
+    (vm, qtest).  wrapper: a command QEMU runs under (e.g. setpriv and
+    its options)."""
+    return qtestvm.start_qtest_vm(QEMU, workdir, name, extra_args, wrapper)
 
 
 def backend(vm, backend_id):
@@ -123,22 +51,6 @@ def backend(vm, backend_id):
         if b["id"] == backend_id:
             return b
     raise KeyError(backend_id)
-
-
-def run_pass(vm, timeout=120):
-    """Complete one pass that starts after everything done so far; return
-    query-memdedup as it stands then."""
-    info = vm.qmp.cmd("query-memdedup")
-    target = info["passes-completed"] + (2 if info["state"] == "scanning"
-                                         else 1)
-    vm.qmp.cmd("memdedup-scan")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = vm.qmp.cmd("query-memdedup")
-        if info["passes-completed"] >= target:
-            return info
-        time.sleep(0.02)
-    raise AssertionError("no memdedup pass completed in %d s" % timeout)
 
 
 # The known content of the real-KSM and migration tests: in a 256 MiB
@@ -171,16 +83,6 @@ def digest_known(qt):
                        KNOWN_UNIQUE):
         h.update(qt.read(addr, size))
     return h.hexdigest()
-
-
-def smaps_merged_pages(pid):
-    """Pages of a process mapped to KSM pages (the smaps KSM: lines)."""
-    total = 0
-    with open("/proc/%d/smaps" % pid) as f:
-        for line in f:
-            if line.startswith("KSM:"):
-                total += int(line.split()[1]) * 1024 // PAGE
-    return total
 
 
 def rss_bytes(pid):
@@ -273,6 +175,10 @@ class GuestShell:
 
 
 host_address = procfs.host_address
+# For the tests: QEMU under qtest (scripts/memdedup/qtestvm.py).
+QTest = qtestvm.QTest
+run_pass = qtestvm.run_pass
+smaps_merged_pages = qtestvm.smaps_merged_pages
 
 
 def fingerprint_slack(distinct):
