@@ -49,16 +49,21 @@ class Pair:
                  dst_engine="", dst_type="memory-backend-ksm"):
         self.sock = os.path.join(workdir, "migrate.sock")
         self.src = self.dst = self.src_qt = self.dst_qt = None
-        self.src, self.src_qt = start_qtest_vm(
-            workdir, "src", vm_args(engine_opts=src_engine))
-        # Looked up before the first registration splits the mapping.
-        self.src_base = host_address(self.src.pid, SIZE)
-        fill_known(self.src_qt, random.Random(11))
-        run_pass(self.src)
-        self.dst, self.dst_qt = start_qtest_vm(
-            workdir, "dst", vm_args(dst_backend, dst_engine, self.sock,
-                                    dst_type))
-        self.dst_base = host_address(self.dst.pid, SIZE)
+        try:
+            self.src, self.src_qt = start_qtest_vm(
+                workdir, "src", vm_args(engine_opts=src_engine))
+            # Looked up before the first registration splits the mapping.
+            self.src_base = host_address(self.src.pid, SIZE)
+            fill_known(self.src_qt, random.Random(11))
+            run_pass(self.src)
+            self.dst, self.dst_qt = start_qtest_vm(
+                workdir, "dst", vm_args(dst_backend, dst_engine, self.sock,
+                                        dst_type))
+            self.dst_base = host_address(self.dst.pid, SIZE)
+        except BaseException:
+            # Whatever started is stopped: the caller has no Pair to close.
+            self.close()
+            raise
 
     def migrate(self, bandwidth=None, postcopy=False, return_path=False):
         if return_path:
