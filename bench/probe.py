@@ -15,6 +15,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "scripts", "memdedup"))
 import qmp  # noqa: E402  (scripts/memdedup/qmp.py)
+import procfs  # noqa: E402  (scripts/memdedup/procfs.py)
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -39,16 +40,7 @@ def cpu_seconds(pid):
 def thread_cpu(pid, prefix):
     """CPU seconds of pid's live threads whose name starts with prefix
     (QEMU names its threads with -name ...,debug-threads=on)."""
-    total = 0.0
-    with contextlib.suppress(OSError):
-        for tid in os.listdir("/proc/%d/task" % pid):
-            base = "/proc/%d/task/%s/" % (pid, tid)
-            with contextlib.suppress(OSError):
-                with open(base + "comm") as f:
-                    if not f.read().startswith(prefix):
-                        continue
-                total += _stat_cpu(base + "stat") or 0.0
-    return total
+    return procfs.thread_cpu_ns(pid, prefix) / 1e9
 
 
 def ksm_stat(pid):
@@ -157,9 +149,6 @@ def host_info():
     return info
 
 
-KPF_THP = 22
-
-
 def guest_ram_regions(pid, region=2 << 20):
     """[(addr, present, huge, first8)] for every region-aligned region of
     the QEMU process's guest RAM mappings: anonymous rw VMAs at least one
@@ -200,7 +189,7 @@ def guest_ram_regions(pid, region=2 << 20):
                 if present and pfn:
                     kf.seek(pfn * 8)
                     huge = bool(int.from_bytes(kf.read(8), "little") >>
-                                KPF_THP & 1)
+                                procfs.KPF_THP & 1)
                 if present:
                     mem.seek(a)
                     first8 = int.from_bytes(mem.read(8), "little")

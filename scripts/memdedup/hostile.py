@@ -33,7 +33,10 @@ the machine's speed affects both alike.
 import os
 
 import qmp
+import procfs
 from procfs import host_address
+# The median of the passes (even counts: the mean of the middle two).
+from statistics import median  # noqa: F401  (hostile.median, for callers)
 
 SIZE = 4096 << 20
 PAGE = 4096
@@ -96,35 +99,6 @@ class GuestWriter:
                       self.base + first * PAGE)
 
 
-def engine_cpu_ns(pid):
-    """CPU time (ns) of the threads of @pid named memdedup*, from their
-    schedstat (or stat's ticks where the kernel has no schedstat)."""
-    total = 0
-    task = "/proc/%d/task" % pid
-    for tid in os.listdir(task):
-        try:
-            with open(os.path.join(task, tid, "comm")) as f:
-                if not f.read().startswith("memdedup"):
-                    continue
-            try:
-                with open(os.path.join(task, tid, "schedstat")) as f:
-                    total += int(f.read().split()[0])
-            except OSError:
-                with open(os.path.join(task, tid, "stat")) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) * \
-                    (10 ** 9 // os.sysconf("SC_CLK_TCK"))
-        except (OSError, ValueError, IndexError):
-            continue                # the thread ended
-    return total
-
-
-def median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
-
-
 def measure(qemu, workdir, run_pass, rounds=3, passes=2, check=None):
     """Start QEMU, measure rounds x passes passes of every kind (and
     rounds x passes normal ones), and return a dict:
@@ -156,9 +130,9 @@ def measure(qemu, workdir, run_pass, rounds=3, passes=2, check=None):
     meta = {}
 
     def timed(kind):
-        before = engine_cpu_ns(vm.pid)
+        before = procfs.thread_cpu_ns(vm.pid, "memdedup")
         info = run_pass(vm)
-        cpu[kind].append(engine_cpu_ns(vm.pid) - before)
+        cpu[kind].append(procfs.thread_cpu_ns(vm.pid, "memdedup") - before)
         wall[kind].append(info["last-pass-duration"])
         meta[kind] = max(meta.get(kind, 0), info["metadata-bytes"])
         return info

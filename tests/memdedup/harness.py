@@ -195,52 +195,7 @@ def fingerprint_slack(distinct):
     return 4 + int(math.ceil(4 * expected))
 
 
-# /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h).
-KPF_KSM = 21
-KPF_THP = 22
-KPF_ZERO_PAGE = 24
-PM_PRESENT = 1 << 63
-PM_SWAPPED = 1 << 62
-PM_PFN_MASK = (1 << 55) - 1
-
-
-def kernel_residency(pid, base, size):
-    """Which pages of [base, base + size) in process @pid hold memory of
-    their own, as the kernel has it: present in pagemap, not swapped,
-    and not the kernel's (small or huge) zero page by /proc/kpageflags.
-    A bytearray with one 0/1 flag per page; None when PFNs or page flags
-    cannot be read (not root).  This is what the engine calls resident,
-    whatever this kernel does on a read fault (some map the zero page,
-    some allocate a zero-filled page or THP)."""
-    pages = size // PAGE
-    try:
-        pm = open("/proc/%d/pagemap" % pid, "rb", buffering=0)
-        kf = open("/proc/kpageflags", "rb", buffering=0)
-    except OSError:
-        return None
-    out = bytearray(pages)
-    with pm, kf:
-        raw = os.pread(pm.fileno(), pages * 8, base // PAGE * 8)
-        if len(raw) != pages * 8:
-            return None
-        entries = memoryview(raw).cast("Q")
-        flags = {}
-        for i in range(pages):
-            e = entries[i]
-            if not e & PM_PRESENT or e & PM_SWAPPED:
-                continue
-            pfn = e & PM_PFN_MASK
-            if not pfn:
-                return None         # PFNs hidden
-            f = flags.get(pfn)
-            if f is None:
-                data = os.pread(kf.fileno(), 8, pfn * 8)
-                if len(data) != 8:
-                    return None
-                f = flags[pfn] = int.from_bytes(data, "little")
-            if not f >> KPF_ZERO_PAGE & 1:
-                out[i] = 1
-    return out
+kernel_residency = procfs.kernel_residency
 
 
 def expected_registration(resident, classify, threshold=10,

@@ -271,7 +271,7 @@ void memdedup_kernel_view_count_pass(MemdedupEngine *engine,
 {
     size_t b;
 
-    for (b = 0; b < pass->nr_blocks; b++) {
+    for (b = 0; b < pass->nr_blocks && (exact || cross); b++) {
         MemdedupPassBlock *pb = &pass->blocks[b];
         int64_t exact_pages = 0, cross_pages = 0;
 

@@ -238,25 +238,22 @@ static bool memdedup_settings_board_settable(MemdedupSettings *s,
     return true;
 }
 
-/* Set *@field to the string visited: not empty, not longer than a path. */
-static void memdedup_settings_set_board_str(MemdedupSettings *s, Visitor *v,
-                                            const char *name, char **field,
+/* Set *@field to @value: not empty, not longer than a path. */
+static void memdedup_settings_set_board_str(MemdedupSettings *s,
+                                            const char *name,
+                                            const char *value, char **field,
                                             Error **errp)
 {
-    char *value;
-
-    if (!memdedup_settings_board_settable(s, name, errp) ||
-        !visit_type_str(v, name, &value, errp)) {
+    if (!memdedup_settings_board_settable(s, name, errp)) {
         return;
     }
     if (!*value || strlen(value) >= PATH_MAX) {
         error_setg(errp, "property '%s' of %s must not be empty or longer "
                    "than a path", name, TYPE_MEMDEDUP);
-        g_free(value);
         return;
     }
     g_free(*field);
-    *field = value;
+    *field = g_strdup(value);
 }
 
 static char *memdedup_settings_get_board(Object *obj, Error **errp)
@@ -264,34 +261,26 @@ static char *memdedup_settings_get_board(Object *obj, Error **errp)
     return g_strdup(MEMDEDUP(obj)->board.path ?: "");
 }
 
-static void memdedup_settings_set_board(Object *obj, Visitor *v,
-                                        const char *name, void *opaque,
+static void memdedup_settings_set_board(Object *obj, const char *value,
                                         Error **errp)
 {
     MemdedupSettings *s = MEMDEDUP(obj);
 
-    memdedup_settings_set_board_str(s, v, name, &s->board.path, errp);
+    memdedup_settings_set_board_str(s, "board", value, &s->board.path, errp);
 }
 
-static void memdedup_settings_get_board_str(Object *obj, Visitor *v,
-                                            const char *name, void *opaque,
-                                            Error **errp)
+static char *memdedup_settings_get_board_key(Object *obj, Error **errp)
 {
-    MemdedupSettings *s = MEMDEDUP(obj);
-    g_autofree char *value = !strcmp(name, "board") ?
-        memdedup_settings_get_board(obj, errp) :
-        g_strdup(s->board.key_id ?: "");
-
-    visit_type_str(v, name, &value, errp);
+    return g_strdup(MEMDEDUP(obj)->board.key_id ?: "");
 }
 
-static void memdedup_settings_set_board_key(Object *obj, Visitor *v,
-                                            const char *name, void *opaque,
+static void memdedup_settings_set_board_key(Object *obj, const char *value,
                                             Error **errp)
 {
     MemdedupSettings *s = MEMDEDUP(obj);
 
-    memdedup_settings_set_board_str(s, v, name, &s->board.key_id, errp);
+    memdedup_settings_set_board_str(s, "board-key", value, &s->board.key_id,
+                                    errp);
 }
 
 static void memdedup_settings_get_board_size(Object *obj, Visitor *v,
@@ -555,15 +544,14 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
     object_class_property_set_description(oc, "adopt-ram",
         "Manage every memory-backend-ram like memory-backend-ksm with the "
         "default policy (default off)");
-    object_class_property_add(oc, "board", "str",
-                              memdedup_settings_get_board_str,
-                              memdedup_settings_set_board, NULL, NULL);
+    object_class_property_add_str(oc, "board", memdedup_settings_get_board,
+                                  memdedup_settings_set_board);
     object_class_property_set_description(oc, "board",
         "Cross-VM fingerprint board: a file name under /dev/shm or a path, "
         "shared by the VMs of one trust domain (default: none)");
-    object_class_property_add(oc, "board-key", "str",
-                              memdedup_settings_get_board_str,
-                              memdedup_settings_set_board_key, NULL, NULL);
+    object_class_property_add_str(oc, "board-key",
+                                  memdedup_settings_get_board_key,
+                                  memdedup_settings_set_board_key);
     object_class_property_set_description(oc, "board-key",
         "Id of the secret object that keys the board's fingerprints");
     object_class_property_add(oc, "board-size", "size",
