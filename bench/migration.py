@@ -27,8 +27,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "scripts", "memdedup"))
-import qmp  # noqa: E402  (scripts/memdedup/)
-from qtestvm import MiB, PAGE, run_pass, smaps_merged_pages  # noqa: E402
+import host  # noqa: E402  (scripts/memdedup/)
+from host import smaps_merged_pages  # noqa: E402
+from qtestvm import MiB, PAGE, run_pass  # noqa: E402
 import qtestvm  # noqa: E402
 
 start_qtest_vm = functools.partial(qtestvm.start_qtest_vm, qtestvm.QEMU)
@@ -113,7 +114,7 @@ def main():
     ap.add_argument("--pages-to-scan", type=int, default=1000)
     a = ap.parse_args()
     rows = []
-    with qmp.KsmKnobs(run=1, pages_to_scan=a.pages_to_scan,
+    with host.KsmKnobs(run=1, pages_to_scan=a.pages_to_scan,
                       sleep_millisecs=20) as ksm:
         if not ksm.active:
             sys.exit("bench/migration.py: %s" % ksm.reason)

@@ -30,8 +30,8 @@ Measured per configuration, from the kernel:
   metadata    query-memdedup metadata-bytes
   THP         AnonHugePages of /proc/PID/smaps_rollup
 
-Host state is borrowed and given back: the KSM knobs (qmp.KsmKnobs) and
-the THP mode (qmp.ThpMode) are restored on every exit path, every QEMU
+Host state is borrowed and given back: the KSM knobs (host.KsmKnobs) and
+the THP mode (host.ThpMode) are restored on every exit path, every QEMU
 is quit and reaped by PID.  Each configuration holds the CPU lock
 /tmp/memdedup-cpu.lock (shared with builds) while it runs.
 """
@@ -51,7 +51,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import probe  # noqa: E402
-from probe import qmp  # noqa: E402
+import host  # noqa: E402  (scripts/memdedup/, on probe's path)
 import qtestvm  # noqa: E402  (scripts/memdedup/, on probe's path)
 import workloads as wl  # noqa: E402
 
@@ -136,24 +136,24 @@ def wait_engine_idle(procs, timeout=120):
 def sample(procs, ksmd, base):
     """One sample of everything, as deltas from base (None: take base)."""
     s = {"t": time.monotonic(),
-         "pages_sharing": qmp.ksm_read("pages_sharing") or 0,
-         "pages_shared": qmp.ksm_read("pages_shared") or 0,
-         "full_scans": qmp.ksm_read("full_scans") or 0,
-         "pages_scanned": qmp.ksm_read("pages_scanned") or 0,
-         "ksmd_cpu": probe.cpu_seconds(ksmd) or 0.0,
+         "pages_sharing": host.ksm_read("pages_sharing") or 0,
+         "pages_shared": host.ksm_read("pages_shared") or 0,
+         "full_scans": host.ksm_read("full_scans") or 0,
+         "pages_scanned": host.ksm_read("pages_scanned") or 0,
+         "ksmd_cpu": host.cpu_seconds(ksmd) or 0.0,
          "rss": [], "merging": 0, "rmap_items": 0, "ksm_zero": 0,
          "anon_huge": 0, "md_cpu": 0.0, "registered": 0,
          "scanner_cpu": 0.0, "passes": 0}
     for p in procs:
         pid = p.vm.pid
-        k = probe.ksm_stat(pid)
+        k = host.ksm_stat(pid)
         s["merging"] += k.get("ksm_merging_pages", 0)
         s["rmap_items"] += k.get("ksm_rmap_items", 0)
         s["ksm_zero"] += k.get("ksm_zero_pages", 0)
-        s["rss"].append(probe.rss_pages(pid))
-        s["anon_huge"] += probe.smaps_rollup(pid).get("AnonHugePages", 0)
+        s["rss"].append((host.rss_bytes(pid) or 0) // probe.PAGE)
+        s["anon_huge"] += host.smaps_rollup(pid).get("AnonHugePages", 0)
         if p.memdedup:
-            s["md_cpu"] += probe.thread_cpu(pid, "memdedup")
+            s["md_cpu"] += host.thread_cpu_ns(pid, "memdedup") / 1e9
             info = p.vm.qmp.cmd("query-memdedup")
             s["scanner_cpu"] += info["scanner-cpu-time"] / 1e9
             s["passes"] += info["passes-completed"]
@@ -187,14 +187,14 @@ def run_config(ctx, workload, config, thp, rate, seconds):
     pts, sleep_ms = RATES[rate]
     label = "%s/%s THP %s ksmd %s" % (workload, config, thp, rate)
     res = {"workload": workload, "config": config, "thp": thp, "rate": rate,
-           "thp_mode": qmp.thp_read(), "seconds": seconds}
+           "thp_mode": host.thp_read(), "seconds": seconds}
     procs, vms = [], []
     writer = None
     with probe.cpu_lock(label):
         t_start = time.monotonic()
         log("%s: ksmd reset (run=2) ..." % label)
-        res["reset_seconds"] = round(probe.ksm_reset(), 2)
-        probe.ksm_set(pages_to_scan=pts, sleep_millisecs=sleep_ms)
+        res["reset_seconds"] = round(host.ksm_reset(), 2)
+        host.ksm_set(pages_to_scan=pts, sleep_millisecs=sleep_ms)
         workdir = tempfile.mkdtemp(prefix="run-", dir=ctx.workdir)
         try:
             if workload == "guests":
@@ -215,7 +215,7 @@ def run_config(ctx, workload, config, thp, rate, seconds):
             res["rss_at_start_bytes"] = sum(base["rss"]) * PAGE
 
             # t = 0: ksmd and the engine start together.
-            probe.ksm_set(run=1)
+            host.ksm_set(run=1)
             for p in procs:
                 if p.memdedup:
                     # The pass first: the new interval would start one
@@ -244,11 +244,11 @@ def run_config(ctx, workload, config, thp, rate, seconds):
             res["samples"] = samples
 
             # The kernel's own per-process views at the end.
-            res["smaps_ksm_bytes"] = sum(probe.smaps_ksm_bytes(p.vm.pid)
+            res["smaps_ksm_bytes"] = sum(host.smaps_merged_pages(p.vm.pid) * probe.PAGE
                                          for p in procs)
-            res["ksm_stat"] = [probe.ksm_stat(p.vm.pid) for p in procs]
+            res["ksm_stat"] = [host.ksm_stat(p.vm.pid) for p in procs]
             res["smaps_rollup"] = [
-                {k: v for k, v in probe.smaps_rollup(p.vm.pid).items()
+                {k: v for k, v in host.smaps_rollup(p.vm.pid).items()
                  if k in ("Rss", "Anonymous", "AnonHugePages")}
                 for p in procs]
             if any(p.memdedup for p in procs):
@@ -268,7 +268,7 @@ def run_config(ctx, workload, config, thp, rate, seconds):
                                    "pages_written": writer.pages_written,
                                    "period": a.volatile_period}
         finally:
-            with qmp.shielded():
+            with host.shielded():
                 if writer:
                     writer.stop()
                 for p in procs:
@@ -276,7 +276,7 @@ def run_config(ctx, workload, config, thp, rate, seconds):
                 for vm in vms:
                     vm.stop()
                 # ksmd back to idle before the lock goes to a build.
-                probe.ksm_set(run=0)
+                host.ksm_set(run=0)
                 if not a.keep_logs:
                     shutil.rmtree(workdir, ignore_errors=True)
         res["wall_seconds"] = round(time.monotonic() - t_start, 1)
@@ -856,7 +856,7 @@ def main():
         sys.exit("bench: %s is missing (make build)" % wl.QEMU)
     if os.geteuid() != 0:
         sys.exit("bench: needs root (KSM knobs, THP mode, ksmd CPU)")
-    if not os.path.exists(os.path.join(qmp.KSM_DIR, "run")):
+    if not os.path.exists(os.path.join(host.KSM_DIR, "run")):
         sys.exit("bench: the host has no KSM")
     if any(s[2] == "guests" for s in steps) and \
             not wl.have_guest_image():
@@ -898,13 +898,13 @@ def main():
     t_all = time.monotonic()
     rc = 0
     try:
-        with qmp.KsmKnobs(settle=10.0) as knobs, qmp.ThpMode() as thpmode:
+        with host.KsmKnobs(settle=10.0) as knobs, host.ThpMode() as thpmode:
             if not knobs.active:
                 sys.exit("bench: " + knobs.reason)
             if not thpmode.active and any(s[0] == "off" for s in steps):
                 sys.exit("bench: " + thpmode.reason)
-            ctx.ksmd = qmp.ksmd_pid()
-            host_thp = qmp.thp_read()
+            ctx.ksmd = host.ksmd_pid()
+            host_thp = host.thp_read()
             if any(s[2] != "guests" for s in steps) or with_micro:
                 log("writing the VM images (%s)" % ctx.layout.describe())
                 t = time.monotonic()
@@ -941,7 +941,7 @@ def main():
                 import micro
                 result["micro"] = micro.run(ctx, log)
                 result["hostile"] = run_hostile(ctx, log)
-            probe.ksm_reset()
+            host.ksm_reset()
     except KeyboardInterrupt:
         log("interrupted: QEMUs stopped, KSM knobs and THP mode restored")
         rc = 130

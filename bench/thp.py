@@ -20,8 +20,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "scripts", "memdedup"))
-import qmp  # noqa: E402  (scripts/memdedup/)
-from qtestvm import MiB, PAGE, run_pass, smaps_merged_pages  # noqa: E402
+import host  # noqa: E402  (scripts/memdedup/)
+from host import smaps_merged_pages  # noqa: E402
+from qtestvm import MiB, PAGE, run_pass  # noqa: E402
 import qtestvm  # noqa: E402
 
 start_qtest_vm = functools.partial(qtestvm.start_qtest_vm, qtestvm.QEMU)
@@ -65,7 +66,7 @@ def run_setup(workdir, name, backend_args):
                 "-object", backend_args % SIZE])
             vms.append((vm, qt))
             fill(qt, i)
-        with qmp.KsmKnobs(run=1, pages_to_scan=1000, sleep_millisecs=20):
+        with host.KsmKnobs(run=1, pages_to_scan=1000, sleep_millisecs=20):
             cpu0 = ksmd_cpu()
             t0 = time.monotonic()
             for vm, _ in vms:

@@ -32,7 +32,8 @@ import random
 import threading
 import time
 
-from probe import qmp
+import probe  # noqa: F401  (puts scripts/memdedup/ on the path)
+import qmp  # noqa: E402  (scripts/memdedup/qmp.py)
 from qtestvm import QEMU  # noqa: F401  (scripts/memdedup/, on probe's path)
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,19 +177,6 @@ def loader_args(image, base_gpa):
             % (image, base_gpa + SKIP)]
 
 
-def _pipeline(qt, lines, batch=2048):
-    """Send qtest commands in batches without waiting for each reply."""
-    for i in range(0, len(lines), batch):
-        part = lines[i:i + batch]
-        qt.sock.sendall(("\n".join(part) + "\n").encode())
-        for _ in part:
-            line = qt._line()
-            while line.startswith("IRQ"):
-                line = qt._line()
-            if not line.startswith("OK"):
-                raise RuntimeError("qtest: %s" % line)
-
-
 class VolatileWriter(threading.Thread):
     """Rewrites the volatile pages of each VM through its qtest socket
     (8 bytes per page, at offset 8: the page stays unique), one sweep
@@ -219,7 +207,7 @@ class VolatileWriter(threading.Thread):
                                        (start + length) // PAGE):
                             lines.append("writeq 0x%x 0x%x" % (
                                 base + p * PAGE + 8, (K_VOLATILE << 56) | n))
-                    _pipeline(qt, lines)
+                    qt.pipeline(lines)
                     self.pages_written += len(lines)
                 self.sweeps = n
                 self.halt.wait(max(0.0, self.period -

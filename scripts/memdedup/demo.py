@@ -17,8 +17,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qmp import (KsmKnobs, Qemu, QMPError, ksm_read, ksmd_pid,  # noqa: E402
-                 shielded)
+from host import KsmKnobs, ksm_read, ksmd_pid, shielded  # noqa: E402
+from qmp import Qemu, QMPError  # noqa: E402
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MIB = 1 << 20

@@ -33,8 +33,8 @@ the machine's speed affects both alike.
 import os
 
 import qmp
-import procfs
-from procfs import host_address
+import host
+from host import host_address
 # The median of the passes (even counts: the mean of the middle two).
 from statistics import median  # noqa: F401  (hostile.median, for callers)
 
@@ -130,9 +130,9 @@ def measure(qemu, workdir, run_pass, rounds=3, passes=2, check=None):
     meta = {}
 
     def timed(kind):
-        before = procfs.thread_cpu_ns(vm.pid, "memdedup")
+        before = host.thread_cpu_ns(vm.pid, "memdedup")
         info = run_pass(vm)
-        cpu[kind].append(procfs.thread_cpu_ns(vm.pid, "memdedup") - before)
+        cpu[kind].append(host.thread_cpu_ns(vm.pid, "memdedup") - before)
         wall[kind].append(info["last-pass-duration"])
         meta[kind] = max(meta.get(kind, 0), info["metadata-bytes"])
         return info

@@ -1,16 +1,15 @@
 """QEMU under -accel qtest, for the tests and the bench alike
 (scripts/memdedup/ is on both's path).
 
-QTest               the text protocol of QEMU's qtest accelerator: write
-                    and read guest memory from the test
+QTest               QEMU's qtest client (python/qemu), with guest-memory
+                    writes and reads for the test
 start_qtest_vm      start a QEMU under -accel qtest with QMP and qtest
 run_pass            complete one memdedup pass and return query-memdedup
-smaps_merged_pages  the pages of a process the kernel merged (KSM:)
 """
 
 import base64
+import contextlib
 import os
-import socket
 import time
 
 import qmp
@@ -24,41 +23,48 @@ QEMU = os.environ.get("MEMDEDUP_QEMU", os.path.join(
     TOP, "build", "qemu-src", "build", "qemu-system-x86_64"))
 
 
-class QTest:
-    """Client of QEMU's qtest protocol over a unix socket we listen on."""
+qmp._qemu_python()
+from qemu.machine.qtest import QEMUQtestProtocol  # noqa: E402
+
+
+class QTest(QEMUQtestProtocol):
+    """QEMU's qtest client, listening on a unix socket QEMU connects to,
+    with guest-memory helpers on top."""
 
     def __init__(self, path):
+        super().__init__(path, server=True)
         self.path = path
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(path)
-        self.listener.listen(1)
-        self.listener.settimeout(30)
-        self.sock = None
-        self.buf = b""
+        self.settimeout(30)             # QEMU must connect within 30 s
 
     def accept(self):
-        self.sock, _ = self.listener.accept()
-        self.sock.settimeout(120)
+        super().accept()
+        self.settimeout(120)            # one command (a 4 MiB read)
         return self
 
-    def _line(self):
-        while b"\n" not in self.buf:
-            data = self.sock.recv(1 << 20)
-            if not data:
-                raise EOFError("qtest connection closed")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line.decode()
-
     def command(self, text):
-        self.sock.sendall(text.encode() + b"\n")
-        while True:
-            line = self._line()
-            if line.startswith("IRQ"):
-                continue
-            if not line.startswith("OK"):
-                raise RuntimeError("qtest: %s -> %s" % (text[:40], line))
-            return line[3:]
+        """Run a command; return what follows its OK (interrupt lines,
+        which the qtest accelerator sends unasked, are skipped)."""
+        line = self.cmd(text)
+        while line.startswith("IRQ"):
+            line = self._sockfile.readline()
+        if not line:
+            raise EOFError("qtest connection closed")
+        if not line.startswith("OK"):
+            raise RuntimeError("qtest: %s -> %s" % (text[:40], line.strip()))
+        return line[3:].rstrip("\n")
+
+    def pipeline(self, lines, batch=2048):
+        """Run commands in batches without waiting for each reply."""
+        for i in range(0, len(lines), batch):
+            part = lines[i:i + batch]
+            self._sock.sendall(("\n".join(part) + "\n").encode())
+            for text in part:
+                line = self._sockfile.readline()
+                while line.startswith("IRQ"):
+                    line = self._sockfile.readline()
+                if not line.startswith("OK"):
+                    raise RuntimeError("qtest: %s -> %s"
+                                       % (text[:40], line.strip()))
 
     def write(self, addr, data):
         for off in range(0, len(data), 4 * MiB):
@@ -78,10 +84,8 @@ class QTest:
         return bytes(out)
 
     def close(self):
-        for s in (self.sock, self.listener):
-            if s:
-                s.close()
-        if os.path.exists(self.path):
+        super().close()
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
 
@@ -119,13 +123,3 @@ def run_pass(vm, timeout=120):
             return info
         time.sleep(0.02)
     raise AssertionError("no memdedup pass completed in %d s" % timeout)
-
-
-def smaps_merged_pages(pid):
-    """Pages of a process mapped to KSM pages (the smaps KSM: lines)."""
-    total = 0
-    with open("/proc/%d/smaps" % pid) as f:
-        for line in f:
-            if line.startswith("KSM:"):
-                total += int(line.split()[1]) * 1024 // PAGE
-    return total

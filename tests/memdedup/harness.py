@@ -23,11 +23,12 @@ TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(TOP, "scripts", "memdedup"))
 
 import qmp  # noqa: E402  (scripts/memdedup/qmp.py)
-import procfs  # noqa: E402  (scripts/memdedup/procfs.py)
+import host  # noqa: E402  (scripts/memdedup/host.py)
 import qtestvm  # noqa: E402  (scripts/memdedup/qtestvm.py)
 
-# The tests take these modules from here too (from harness import qmp).
-SHARED_MODULES = (qmp, procfs, qtestvm)
+# The tests take these modules from here too (from harness import qmp;
+# host and qtestvm are on the path harness sets).
+SHARED_MODULES = (qmp, host, qtestvm)
 
 QEMU = qtestvm.QEMU         # tests may point it elsewhere (test_faults)
 GUEST = os.path.join(TOP, "build", "guest")
@@ -83,37 +84,6 @@ def digest_known(qt):
                        KNOWN_UNIQUE):
         h.update(qt.read(addr, size))
     return h.hexdigest()
-
-
-def rss_bytes(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-def smaps_vmas(pid):
-    """[(start, end, fields)] of a process's VMAs in /proc/PID/smaps;
-    fields maps each line's name ('AnonHugePages', 'VmFlags', ...) to the
-    rest of that line."""
-    out = []
-    with open("/proc/%d/smaps" % pid) as f:
-        for line in f:
-            head = line.split(" ", 1)[0]
-            if "-" in head and ":" not in head:
-                s, e = head.split("-")
-                out.append((int(s, 16), int(e, 16), {}))
-            elif out and ":" in head:
-                name, rest = line.split(":", 1)
-                out[-1][2][name] = rest.strip()
-    return out
-
-
-def mergeable_vmas(pid):
-    """[(start, end)] of QEMU's VMAs with the 'mg' (VM_MERGEABLE) flag."""
-    return [(s, e) for s, e, fields in smaps_vmas(pid)
-            if "mg" in fields.get("VmFlags", "").split()]
 
 
 # The test guest (make guest): boot arguments and a shell on its ttyS1.
@@ -174,11 +144,14 @@ class GuestShell:
             self.sock = None
 
 
-host_address = procfs.host_address
+host_address = host.host_address
 # For the tests: QEMU under qtest (scripts/memdedup/qtestvm.py).
 QTest = qtestvm.QTest
 run_pass = qtestvm.run_pass
-smaps_merged_pages = qtestvm.smaps_merged_pages
+smaps_merged_pages = host.smaps_merged_pages
+rss_bytes = host.rss_bytes
+smaps_vmas = host.smaps_vmas
+mergeable_vmas = host.mergeable_vmas
 
 
 def fingerprint_slack(distinct):
@@ -195,7 +168,7 @@ def fingerprint_slack(distinct):
     return 4 + int(math.ceil(4 * expected))
 
 
-kernel_residency = procfs.kernel_residency
+kernel_residency = host.kernel_residency
 
 
 def expected_registration(resident, classify, threshold=10,

@@ -17,6 +17,7 @@ import sys
 
 from harness import (MiB, PAGE, QEMU, backend, check, qmp, run_pass,
                      run_tests, start_qtest_vm, wait_for)
+import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 SIZE = 256 * MiB
 CROSS = (64 * MiB, 32 * MiB)      # the same in every VM
@@ -112,7 +113,7 @@ class Fleet:
 
 def test_cross_vm(workdir):
     fleet = Fleet(workdir)
-    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
+    with host.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
                       use_zero_pages=0) as ksm:
         try:
             a = fleet.add("a")

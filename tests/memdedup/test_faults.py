@@ -34,6 +34,7 @@ from harness import (KNOWN_CANDIDATES, KNOWN_DUP_BLOCK, KNOWN_ZERO, MiB,
                      PAGE, Skip, backend, check, digest_known, fill_known,
                      mergeable_vmas, qmp, run_pass, run_tests,
                      start_qtest_vm, wait_for)
+import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 MAX_MAP_COUNT = "/proc/sys/vm/max_map_count"
 
@@ -42,7 +43,7 @@ class MaxMapCount:
     """with MaxMapCount() as m: m.set(n) ...
 
     Borrows vm.max_map_count: saves it on entry and restores it on exit,
-    even on an exception, SIGINT, SIGTERM or SIGHUP (as qmp.KsmKnobs
+    even on an exception, SIGINT, SIGTERM or SIGHUP (as host.KsmKnobs
     does).  The limit is global: keep the window short and the value
     above what other processes use.
     """
@@ -65,7 +66,7 @@ class MaxMapCount:
             f.write("%d\n" % value)
 
     def __exit__(self, *exc):
-        with qmp.shielded():
+        with host.shielded():
             if self.saved is not None:
                 self.set(self.saved)
                 with open(MAX_MAP_COUNT) as f:
@@ -410,7 +411,7 @@ def test_read_allocates(workdir):
 
 
 def ksm_write(name, value):
-    with open(os.path.join(qmp.KSM_DIR, name), "w") as f:
+    with open(os.path.join(host.KSM_DIR, name), "w") as f:
         f.write("%d\n" % value)
 
 
@@ -418,7 +419,7 @@ def ksm_reset_all():
     """Unmerge everything (run=2), so that merge_across_nodes may change."""
     ksm_write("run", 2)
     wait_for("KSM to unmerge everything",
-             lambda: qmp.ksm_read("pages_shared") == 0, timeout=60)
+             lambda: host.ksm_read("pages_shared") == 0, timeout=60)
 
 
 def test_ksmd_stopped_and_knobs_flipped(workdir):
@@ -427,7 +428,7 @@ def test_ksmd_stopped_and_knobs_flipped(workdir):
     if os.geteuid() != 0:
         raise Skip("not root: cannot start ksmd")
     goal = 0.9 * (KNOWN_ZERO[1] + 4 * KNOWN_DUP_BLOCK) // PAGE
-    with qmp.KsmKnobs(run=0, pages_to_scan=2000, sleep_millisecs=10,
+    with host.KsmKnobs(run=0, pages_to_scan=2000, sleep_millisecs=10,
                       use_zero_pages=0, merge_across_nodes=1) as ksm:
         if not ksm.active:
             raise Skip(ksm.reason)
@@ -476,7 +477,7 @@ def test_ksmd_stopped_and_knobs_flipped(workdir):
             qt.close()
             # Back to merge_across_nodes=1 while nothing is shared, so
             # that KsmKnobs can restore it.
-            if qmp.ksm_read("merge_across_nodes") != 1:
+            if host.ksm_read("merge_across_nodes") != 1:
                 ksm_reset_all()
                 ksm_write("merge_across_nodes", 1)
 

@@ -11,6 +11,7 @@ import time
 
 from harness import (GUEST_BOOT_TIMEOUT, MiB, PAGE, QEMU, backend, check,
                      guest_boot_args, qmp, run_pass, run_tests)
+import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 MEM = 512                     # MiB of guest RAM
 ZERO, SHARED, COPIES, UNIQUE = 32, 32, 2, 64   # MiB, as the guest fills
@@ -25,7 +26,7 @@ def guest_vm(workdir, name):
 
 
 def test_guest_numbers(workdir):
-    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
+    with host.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
                       use_zero_pages=0) as ksm:
         vm = guest_vm(workdir, "guest").start()
         try:

@@ -21,6 +21,7 @@ from harness import (KNOWN_DUP_AT, KNOWN_DUP_BLOCK, KNOWN_UNIQUE,
                      host_address, mergeable_vmas, qmp,
                      rss_bytes, run_pass, run_tests, smaps_merged_pages,
                      smaps_vmas, start_qtest_vm, wait_for)
+import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 SIZE = 256 * MiB
 ZERO, UNIQUE = KNOWN_ZERO, KNOWN_UNIQUE
@@ -37,7 +38,7 @@ def need_ksm_root():
 
 def test_kernel_merges_registered(workdir):
     need_ksm_root()
-    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
+    with host.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
                       use_zero_pages=0) as ksm:
         if not ksm.active:
             raise Skip(ksm.reason)
@@ -367,18 +368,18 @@ def test_collapse_waits_for_ksmd(workdir):
     must not compete with ksmd while it merges."""
     need_ksm_root()
     # use_zero_pages=0: zero pages merge as KSM pages, counted as such.
-    with qmp.ThpMode() as thp, qmp.KsmKnobs(run=1, pages_to_scan=1000,
+    with host.ThpMode() as thp, host.KsmKnobs(run=1, pages_to_scan=1000,
                                             sleep_millisecs=100,
                                             use_zero_pages=0) as ksm:
         if not ksm.active or not thp.active:
             raise Skip(ksm.reason or thp.reason)
-        if qmp.thp_read() == "never":
+        if host.thp_read() == "never":
             thp.set("madvise")
         trace = os.path.join(workdir, "collapse.trace")
         vm, qt, base = start_thp_vm(workdir, "collapse", trace)
         try:
             before = digest_known(qt)
-            scans0 = qmp.ksm_read("full_scans")
+            scans0 = host.ksm_read("full_scans")
             t0 = time.monotonic()
             reads0, spared0 = view_reads(trace)
             candidates = (ZERO[1] + 4 * DUP_BLOCK) // PAGE
@@ -386,7 +387,7 @@ def test_collapse_waits_for_ksmd(workdir):
             deadline = time.monotonic() + 90
             while True:
                 run_pass(vm)
-                scans = qmp.ksm_read("full_scans")
+                scans = host.ksm_read("full_scans")
                 b = backend(vm, "m0")
                 merged = b.get("kernel-merged-pages", 0)
                 if scans < scans0 + COLLAPSE_AFTER_SCANS:
@@ -436,10 +437,10 @@ def test_collapse_without_ksmd(workdir):
     """ksmd stopped: stable unique regions are collapsed at once (after
     the passes that make them stable), since nothing competes."""
     need_ksm_root()
-    with qmp.ThpMode() as thp, qmp.KsmKnobs(run=0) as ksm:
+    with host.ThpMode() as thp, host.KsmKnobs(run=0) as ksm:
         if not ksm.active or not thp.active:
             raise Skip(ksm.reason or thp.reason)
-        if qmp.thp_read() == "never":
+        if host.thp_read() == "never":
             thp.set("madvise")
         vm, qt, base = start_thp_vm(workdir, "nocollapse",
                                     os.path.join(workdir, "nc.trace"))

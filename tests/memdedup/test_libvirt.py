@@ -41,8 +41,9 @@ import subprocess
 import sys
 import time
 
-from harness import (GUEST, MiB, PAGE, QEMU, TOP, Skip, check, qmp,
+from harness import (GUEST, MiB, PAGE, QEMU, TOP, Skip, check,
                      run_tests, wait_for)
+import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 STAT = os.path.join(TOP, "build", "tools", "memdedup-stat")
 MEM = 384                      # MiB of guest RAM
@@ -267,7 +268,7 @@ class Libvirt:
     def __exit__(self, *exc):
         if self.proc is None:
             return False
-        with qmp.shielded():
+        with host.shielded():
             for name in self.domains:
                 if self.proc.poll() is None:
                     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -468,7 +469,7 @@ def test_libvirt(workdir):
     if not (os.path.exists(os.path.join(GUEST, "vmlinuz")) and
             os.path.exists(os.path.join(GUEST, "initramfs.cpio.gz"))):
         raise Skip("no guest image: run make guest")
-    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
+    with host.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
                       use_zero_pages=0) as ksm, \
             Libvirt(workdir) as lv:
         t0 = time.monotonic()
@@ -569,11 +570,12 @@ def test_libvirt(workdir):
                           "registered-bytes", "estimated-saving"):
                     check(mine[bid][k] == b[k], "--json %s %s %s: %d != %d"
                           % (name, bid, k, mine[bid][k], b[k]))
-        host = js["host-ksm"]
-        check(host["available"] and host["page-size"] == PAGE, str(host))
+        host_ksm = js["host-ksm"]
+        check(host_ksm["available"] and host_ksm["page-size"] == PAGE,
+              str(host_ksm))
         if ksm.active:
-            check(host["pages-sharing"] > 0 and host["pages-to-scan"] == 2000,
-                  "host KSM %s" % host)
+            check(host_ksm["pages-sharing"] > 0 and
+                  host_ksm["pages-to-scan"] == 2000, "host KSM %s" % host_ksm)
 
         prom = parse_prometheus(stat(lv, "--prometheus").stdout)
         val = lambda n, **l: prom[(n, frozenset(l.items()))]  # noqa: E731

@@ -16,9 +16,10 @@ import time
 from harness import (KNOWN_CANDIDATES, KNOWN_ZERO, MiB, PAGE, Skip, backend,
                      check, digest_known, expected_registration, fill_known,
                      host_address, kernel_residency, known_candidate,
-                     known_registered_regions, mergeable_vmas, qmp,
+                     known_registered_regions, mergeable_vmas,
                      run_pass, run_tests,
                      start_qtest_vm, wait_for)
+import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 SIZE = 256 * MiB
 ZERO = KNOWN_ZERO
@@ -142,7 +143,7 @@ def events(vm, name):
 
 
 def test_precopy(workdir):
-    with qmp.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
+    with host.KsmKnobs(run=1, pages_to_scan=2000, sleep_millisecs=10,
                       use_zero_pages=0) as ksm:
         p = Pair(workdir)
         try:

@@ -31,6 +31,7 @@ import time
 from harness import (GUEST_BOOT_TIMEOUT, MiB, PAGE, QEMU, TOP, GuestShell,
                      Skip, backend, check, qmp, run_pass, run_tests,
                      start_qtest_vm, wait_for)
+import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 NUMA_GUEST = os.path.join(TOP, "build", "guest-numa")
 
@@ -69,7 +70,7 @@ def single_node_content(offset, own_tag):
 
 
 def test_single_node(workdir):
-    with qmp.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10,
+    with host.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10,
                       use_zero_pages=0) as ksm:
         vm, qt = start_qtest_vm(workdir, "numa1", [
             "-machine", "pc", "-m", "%dM" % (2 * SINGLE_MEM), "-smp", "2",
@@ -92,7 +93,7 @@ def test_single_node(workdir):
             check(numa["host-nodes"] >= 1, "host nodes %r" % numa)
             if numa["host-nodes"] != 1 or nodes != 1:
                 raise Skip("the host has more than one NUMA node")
-            check(numa["merge-across-nodes"] == (qmp.ksm_read(
+            check(numa["merge-across-nodes"] == (host.ksm_read(
                 "merge_across_nodes") == 1), "knob %r" % numa)
             check(not numa["per-node-trees"], "per-node trees on one node")
             check(numa["unplaced-pages"] == 0,
@@ -153,10 +154,10 @@ def test_single_node(workdir):
 def test_knob(workdir):
     """merge_across_nodes is re-read every pass (borrowed and restored:
     KsmKnobs unmerges everything first when pages are shared)."""
-    before = qmp.ksm_read("merge_across_nodes")
+    before = host.ksm_read("merge_across_nodes")
     if before is None:
         raise Skip("no merge_across_nodes (kernel without NUMA)")
-    with qmp.KsmKnobs(merge_across_nodes=1 - before) as ksm:
+    with host.KsmKnobs(merge_across_nodes=1 - before) as ksm:
         if not ksm.active:
             raise Skip(ksm.reason)
         check(not ksm.errors, "KsmKnobs: %s" % ksm.errors)
@@ -179,7 +180,7 @@ def test_knob(workdir):
         finally:
             vm.stop()
             qt.close()
-    check(qmp.ksm_read("merge_across_nodes") == before,
+    check(host.ksm_read("merge_across_nodes") == before,
           "merge_across_nodes not restored")
 
 

@@ -37,6 +37,7 @@ from harness import (MiB, PAGE, Skip, check, fill_known,
                      fingerprint_slack, host_address, kernel_residency,
                      mergeable_vmas, qmp, run_pass, run_tests,
                      smaps_merged_pages, start_qtest_vm, wait_for)
+import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 SIZE = 256 * MiB
 LOW = 16 * MiB                      # below: legacy holes and ROMs
@@ -174,7 +175,7 @@ def test_soak(workdir):
     # stay resident, as counted here); MEMDEDUP_SOAK_KSM=0 leaves it out.
     knobs = {"run": 1, "pages_to_scan": 2000, "sleep_millisecs": 10,
              "use_zero_pages": 0}
-    with (qmp.KsmKnobs(**knobs) if os.environ.get("MEMDEDUP_SOAK_KSM") !=
+    with (host.KsmKnobs(**knobs) if os.environ.get("MEMDEDUP_SOAK_KSM") !=
           "0" else contextlib.nullcontext()) as ksm:
         # Without root ksmd keeps the host's setting: still a soak.
         vm, raw_qt = start_qtest_vm(workdir, "soak", [
