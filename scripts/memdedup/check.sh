@@ -71,28 +71,27 @@ for s in $suites; do
     echo "== memdedup check: $s"
     case $s in
     style)
-        # QEMU's checkpatch on our C files (errors fail, warnings are
-        # printed), and no call loop among the engine's files.
+        # QEMU's checkpatch on our C files (errors and warnings fail),
+        # and no call loop among the engine's files.
         # Paths relative to the top: checkpatch applies its rules by path
         # (tests/ may use g_assert_cmpint and the like).
         n=0
-        for f in $(cd "$top" && echo hw/mem/ksm-backend.c hw/mem/memdedup/*.[ch]) \
+        for f in $(cd "$top" && echo hw/mem/ksm-backend.c \
+                 hw/mem/memdedup/*.[ch] tests/memdedup/fuzz/*.[ch]) \
                  include/sysemu/memdedup.h tests/unit/test-memdedup.c \
                  tests/qtest/memdedup-test.c; do
             out=$(cd "$top" && "$bld/../scripts/checkpatch.pl" --no-tree -q \
                   -f "$f" 2>&1)
-            if echo "$out" | grep -q '^ERROR'; then
+            if echo "$out" | grep -qE '^(ERROR|WARNING)'; then
                 echo "$out"
                 n=$((n + 1))
-            else
-                echo "$out" | grep -A2 '^WARNING' || true
             fi
         done
         if [ "$n" = 0 ]; then
             echo "PASS style/checkpatch"
             passed=$((passed + 1))
         else
-            echo "FAIL style/checkpatch: $n files with errors"
+            echo "FAIL style/checkpatch: $n files with errors or warnings"
             failed=$((failed + 1))
         fi
         if python3 "$top/scripts/memdedup/layers.py" --quiet; then

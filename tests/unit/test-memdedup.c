@@ -73,7 +73,7 @@ static void test_fingerprint_is_xxh3(void)
             /* Alternating seeds and sizes refresh the cached secret. */
             g_assert_cmpuint(memdedup_page_classify(page, sizes[s], seed),
                              ==, fp);
-#ifdef MEMDEDUP_HAVE_AVX2
+#ifdef CONFIG_AVX2_OPT
             if (__builtin_cpu_supports("avx2")) {
                 g_assert_cmpuint(memdedup_xxh3_avx2(page, sizes[s], seed,
                                                     secret), ==, h);

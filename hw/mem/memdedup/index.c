@@ -48,7 +48,7 @@ static MemdedupXxh3Fn memdedup_choose_hash(void)
         return fn;
     }
     fn = memdedup_xxh3_baseline;
-#ifdef MEMDEDUP_HAVE_AVX2
+#ifdef CONFIG_AVX2_OPT
     /* Also checks that the kernel saves the AVX state (XGETBV). */
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2")) {
@@ -61,16 +61,22 @@ static MemdedupXxh3Fn memdedup_choose_hash(void)
 
 const char *memdedup_hash_impl(void)
 {
-#ifdef MEMDEDUP_HAVE_AVX2
+#ifdef CONFIG_AVX2_OPT
     if (memdedup_choose_hash() == memdedup_xxh3_avx2) {
         return "avx2";
     }
 #endif
-#if defined(__SSE2__)
-    return "sse2";
-#else
-    return "scalar";
-#endif
+    /* What xxhash.h chose for the baseline build. */
+    switch (XXH_VECTOR) {
+    case XXH_SSE2:
+        return "sse2";
+    case XXH_NEON:
+        return "neon";
+    case XXH_VSX:
+        return "vsx";
+    default:
+        return "scalar";
+    }
 }
 
 /*

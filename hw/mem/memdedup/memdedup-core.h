@@ -61,8 +61,7 @@ const char *memdedup_hash_impl(void);
 #define MEMDEDUP_XXH3_SECRET_SIZE 192
 #define MEMDEDUP_XXH3_MIDSIZE_MAX 240
 
-#if defined(__x86_64__)
-#define MEMDEDUP_HAVE_AVX2
+#ifdef CONFIG_AVX2_OPT
 /*
  * XXH3-64 of @data with @seed, compiled for AVX2 (index-avx2.c); @secret
  * is the one derived from @seed.  Only call it if the CPU has AVX2.

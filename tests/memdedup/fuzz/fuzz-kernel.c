@@ -18,10 +18,9 @@
 #include "qemu/osdep.h"
 #include "qemu/units.h"
 #include "../../../hw/mem/memdedup/memdedup-core.h"
+#include "fuzz.h"
 
 #define PAGE 4096
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void fuzz_text_parsers(const char *text, const uint8_t *data,
                               size_t size)

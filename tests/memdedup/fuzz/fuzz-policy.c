@@ -18,8 +18,7 @@
 #include "qemu/osdep.h"
 #include "qemu/units.h"
 #include "../../../hw/mem/memdedup/memdedup-core.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 typedef struct FuzzInput {
     const uint8_t *data;
