@@ -55,7 +55,8 @@ if ninja -C "$bld" -t targets all 2>/dev/null | grep -q '^sphinxdocs:'; then
 fi
 for s in $suites; do
     case $s in
-    unit) targets="$targets tests/unit/test-memdedup" ;;
+    unit) targets="$targets tests/unit/test-memdedup"
+          targets="$targets tests/unit/test-memdedup-engine" ;;
     qtest) targets="$targets tests/qtest/memdedup-test" ;;
     qemu) for t in $qemu_tests; do targets="$targets tests/qtest/${t#*/}"; done ;;
     esac
@@ -79,6 +80,7 @@ for s in $suites; do
         for f in $(cd "$top" && echo hw/mem/ksm-backend.c \
                  hw/mem/memdedup/*.[ch] tests/memdedup/fuzz/*.[ch]) \
                  include/sysemu/memdedup.h tests/unit/test-memdedup.c \
+                 tests/unit/test-memdedup-engine.c \
                  tests/qtest/memdedup-test.c; do
             out=$(cd "$top" && "$bld/../scripts/checkpatch.pl" --no-tree -q \
                   -f "$f" 2>&1)
@@ -99,7 +101,7 @@ for s in $suites; do
         else
             failed=$((failed + 1))
         fi ;;
-    unit) meson_test test-memdedup ;;
+    unit) meson_test test-memdedup test-memdedup-engine ;;
     qtest) meson_test qtest-x86_64/memdedup-test ;;
     qemu)
         # shellcheck disable=SC2086

@@ -5,6 +5,7 @@ QTest               QEMU's qtest client (python/qemu), with guest-memory
                     writes and reads for the test
 start_qtest_vm      start a QEMU under -accel qtest with QMP and qtest
 run_pass            complete one memdedup pass and return query-memdedup
+complete_pass       the same over any QMP transport (libvirt's, say)
 """
 
 import base64
@@ -109,17 +110,23 @@ def start_qtest_vm(qemu, workdir, name, extra_args, wrapper=()):
     return vm, qt
 
 
-def run_pass(vm, timeout=120):
-    """Complete one pass that starts after everything done so far; return
+def complete_pass(cmd, timeout=120):
+    """Complete one pass that starts after everything done so far, over
+    @cmd (a QMP command runner: cmd(name) returns its 'return'); return
     query-memdedup as it stands then."""
-    info = vm.qmp.cmd("query-memdedup")
+    info = cmd("query-memdedup")
     target = info["passes-completed"] + (2 if info["state"] == "scanning"
                                          else 1)
-    vm.qmp.cmd("memdedup-scan")
+    cmd("memdedup-scan")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        info = vm.qmp.cmd("query-memdedup")
+        info = cmd("query-memdedup")
         if info["passes-completed"] >= target:
             return info
         time.sleep(0.02)
     raise AssertionError("no memdedup pass completed in %d s" % timeout)
+
+
+def run_pass(vm, timeout=120):
+    """complete_pass over @vm's QMP socket."""
+    return complete_pass(vm.qmp.cmd, timeout)

@@ -44,6 +44,7 @@ import time
 from harness import (GUEST, MiB, PAGE, QEMU, TOP, Skip, check,
                      run_tests, wait_for)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
+import qtestvm  # noqa: E402  (scripts/memdedup/qtestvm.py, likewise)
 
 STAT = os.path.join(TOP, "build", "tools", "memdedup-stat")
 MEM = 384                      # MiB of guest RAM
@@ -388,14 +389,9 @@ def read_text(path):
 
 
 def run_pass(lv, domain, timeout=120):
-    """A pass that starts after everything so far; query-memdedup then."""
-    info = lv.qmp(domain, "query-memdedup")
-    target = info["passes-completed"] + (2 if info["state"] == "scanning"
-                                         else 1)
-    lv.qmp(domain, "memdedup-scan")
-    return wait_for("a memdedup pass of " + domain, lambda: (
-        lambda i: i if i["passes-completed"] >= target else None)(
-            lv.qmp(domain, "query-memdedup")), timeout)
+    """A pass that starts after everything so far, over libvirt's QMP
+    pass-through; query-memdedup then."""
+    return qtestvm.complete_pass(lambda name: lv.qmp(domain, name), timeout)
 
 
 def stat(lv, *args, ok=True):

@@ -269,14 +269,11 @@ static char *memdedup_board_path(const char *name)
            g_build_filename(MEMDEDUP_BOARD_DIR, name, NULL);
 }
 
-static MemdedupBoard *memdedup_board_open(MemdedupBoardConfig *cfg,
-                                          Error **errp)
+/* The secret of the trust domain, checked; NULL and @errp set if none. */
+static uint8_t *memdedup_board_key(MemdedupBoardConfig *cfg, size_t *len,
+                                   Error **errp)
 {
-    g_autofree uint8_t *key = NULL;
-    MemdedupBoard *b;
-    size_t key_len;
-    struct stat st;
-    int fd;
+    uint8_t *key = NULL;
 
     if (!cfg->key_id) {
         error_setg(errp, "property 'board' of %s needs 'board-key', the id "
@@ -284,16 +281,91 @@ static MemdedupBoard *memdedup_board_open(MemdedupBoardConfig *cfg,
                    "domain", TYPE_MEMDEDUP);
         return NULL;
     }
-    if (qcrypto_secret_lookup(cfg->key_id, &key, &key_len, errp) < 0) {
+    if (qcrypto_secret_lookup(cfg->key_id, &key, len, errp) < 0) {
         error_prepend(errp, "property 'board-key' of %s: ", TYPE_MEMDEDUP);
         return NULL;
     }
-    if (key_len < 8) {
+    if (*len < 8) {
         error_setg(errp, "property 'board-key' of %s: the secret '%s' must "
                    "hold at least 8 bytes", TYPE_MEMDEDUP, cfg->key_id);
+        g_free(key);
         return NULL;
     }
+    return key;
+}
 
+/*
+ * Lay out the board file @fd we just created: slots of equal size, the
+ * magic last, so that a peer mapping it early sees no board yet.
+ */
+static int memdedup_board_create(MemdedupBoard *b, MemdedupBoardConfig *cfg,
+                                 int fd, Error **errp)
+{
+    uint64_t slot_bytes = (cfg->size - MEMDEDUP_BOARD_HDR) / cfg->slots;
+    MemdedupBoardHeader *h;
+
+    slot_bytes = MEMDEDUP_SLOT_HDR + memdedup_board_filter_bits(slot_bytes) / 8;
+    if (ftruncate(fd, cfg->size) < 0) {
+        error_setg_errno(errp, errno, "cannot size board '%s'", b->path);
+        unlink(b->path);
+        return -1;
+    }
+    b->map = mmap(NULL, cfg->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (b->map == MAP_FAILED) {
+        b->map = NULL;
+        error_setg_errno(errp, errno, "cannot map board '%s'", b->path);
+        unlink(b->path);
+        return -1;
+    }
+    b->size = cfg->size;
+    b->nr_slots = cfg->slots;
+    b->slot_bytes = slot_bytes;
+    h = (MemdedupBoardHeader *)b->map;
+    h->version = MEMDEDUP_BOARD_VERSION;
+    h->nr_slots = b->nr_slots;
+    h->slot_bytes = b->slot_bytes;
+    h->size = b->size;
+    /* Pairs with the acquire load of the magic in memdedup_board_map. */
+    qatomic_store_release(&h->magic, MEMDEDUP_BOARD_MAGIC);
+    trace_memdedup_board_created(b->path, b->size, b->nr_slots);
+    return 0;
+}
+
+/* Map the board another VM created at @b->path, if it may be trusted. */
+static int memdedup_board_join(MemdedupBoard *b, Error **errp)
+{
+    struct stat st;
+    int fd, ret = -1;
+
+    fd = open(b->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        error_setg_errno(errp, errno, "cannot open board '%s'", b->path);
+        return -1;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
+        st.st_uid != geteuid() || (st.st_mode & 077)) {
+        error_setg(errp, "board '%s' must be a regular file owned by "
+                   "this user and accessible to nobody else (mode 0600)",
+                   b->path);
+    } else {
+        ret = memdedup_board_map(b, fd, errp);
+    }
+    close(fd);
+    return ret;
+}
+
+static MemdedupBoard *memdedup_board_open(MemdedupBoardConfig *cfg,
+                                          Error **errp)
+{
+    g_autofree uint8_t *key = NULL;
+    MemdedupBoard *b;
+    size_t key_len;
+    int fd, ret;
+
+    key = memdedup_board_key(cfg, &key_len, errp);
+    if (!key) {
+        return NULL;
+    }
     b = g_new0(MemdedupBoard, 1);
     b->path = memdedup_board_path(cfg->path);
     b->timeout_ns = cfg->timeout * 1000000ull;
@@ -306,57 +378,18 @@ static MemdedupBoard *memdedup_board_open(MemdedupBoardConfig *cfg,
     fd = open(b->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
               0600);
     if (fd >= 0) {
-        /* Ours to lay out: slots of equal size, magic last. */
-        uint64_t slot_bytes = (cfg->size - MEMDEDUP_BOARD_HDR) / cfg->slots;
-        MemdedupBoardHeader *h;
-
-        slot_bytes = MEMDEDUP_SLOT_HDR +
-                     memdedup_board_filter_bits(slot_bytes) / 8;
-        if (ftruncate(fd, cfg->size) < 0) {
-            error_setg_errno(errp, errno, "cannot size board '%s'", b->path);
-            unlink(b->path);
-            goto fail;
-        }
-        b->map = mmap(NULL, cfg->size, PROT_READ | PROT_WRITE, MAP_SHARED,
-                      fd, 0);
-        if (b->map == MAP_FAILED) {
-            b->map = NULL;
-            error_setg_errno(errp, errno, "cannot map board '%s'", b->path);
-            unlink(b->path);
-            goto fail;
-        }
-        b->size = cfg->size;
-        b->nr_slots = cfg->slots;
-        b->slot_bytes = slot_bytes;
-        h = (MemdedupBoardHeader *)b->map;
-        h->version = MEMDEDUP_BOARD_VERSION;
-        h->nr_slots = b->nr_slots;
-        h->slot_bytes = b->slot_bytes;
-        h->size = b->size;
-        qatomic_store_release(&h->magic, MEMDEDUP_BOARD_MAGIC);
-        trace_memdedup_board_created(b->path, b->size, b->nr_slots);
+        ret = memdedup_board_create(b, cfg, fd, errp);
+        close(fd);
     } else if (errno == EEXIST) {
-        fd = open(b->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-        if (fd < 0) {
-            error_setg_errno(errp, errno, "cannot open board '%s'", b->path);
-            goto fail;
-        }
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-            st.st_uid != geteuid() || (st.st_mode & 077)) {
-            error_setg(errp, "board '%s' must be a regular file owned by "
-                       "this user and accessible to nobody else (mode 0600)",
-                       b->path);
-            goto fail;
-        }
-        if (memdedup_board_map(b, fd, errp) < 0) {
-            goto fail;
-        }
+        ret = memdedup_board_join(b, errp);
     } else {
         error_setg_errno(errp, errno, "cannot create board '%s'", b->path);
-        goto fail;
+        ret = -1;
     }
-    close(fd);
-    fd = -1;
+    if (ret < 0) {
+        memdedup_board_close(b);
+        return NULL;
+    }
 
     b->readable = g_new(uint32_t, b->nr_slots);
     b->readable_seq = g_new(uint64_t, b->nr_slots);
@@ -368,13 +401,6 @@ static MemdedupBoard *memdedup_board_open(MemdedupBoardConfig *cfg,
         b->full_warned = true;
     }
     return b;
-
-fail:
-    if (fd >= 0) {
-        close(fd);
-    }
-    memdedup_board_close(b);
-    return NULL;
 }
 
 void memdedup_board_close(MemdedupBoard *b)

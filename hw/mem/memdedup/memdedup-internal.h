@@ -538,6 +538,12 @@ void memdedup_kernel_view_note_query(MemdedupEngine *engine);
 void *memdedup_thread(void *opaque);
 
 /*
+ * One pass over every block (pass.c): hash them all when @rescan, else
+ * apply what changed.  The scanner thread's, or the unit test's.
+ */
+void memdedup_run_pass(MemdedupEngine *engine, bool rescan);
+
+/*
  * Open and probe the kernel files, hook migration: once, before the
  * first block or with the memdedup object (engine.c).  BQL held.
  */

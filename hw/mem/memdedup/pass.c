@@ -512,9 +512,10 @@ static void memdedup_pass_finish(MemdedupPass *pass)
 
 /*
  * One pass: hash everything when @rescan, else only apply what changed
- * (parameters, discards, the board).  Scanner thread.
+ * (parameters, discards, the board).  Scanner thread (or the unit test,
+ * which has no scanner thread).
  */
-static void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
+void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
 {
     MemdedupPass pass = {
         .engine = engine,
