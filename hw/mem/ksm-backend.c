@@ -256,8 +256,10 @@ static void ksm_backend_set_force_unmerge(Object *obj, bool value,
  * setter's error at runtime does not say which property it refuses).
  * QOM cannot override a parent's property, so the base class's setters
  * are wrapped: for memory-backend-ksm "on" is refused with a clear error
- * (at creation and at runtime) and "off" changes nothing; for every
- * other backend type the base setter runs unchanged.
+ * (at creation and at runtime) and "off" changes nothing.  A backend of
+ * another type that the engine adopted (the memdedup object's "adopt")
+ * has its "merge" refused the same way; for every other backend the
+ * base setter runs unchanged.
  */
 static const struct {
     const char *name;
@@ -268,23 +270,39 @@ static const struct {
 };
 static ObjectPropertyAccessor *ksm_backend_base_set[2];
 
+/* A backend of another type whose RAM the engine manages (adopted). */
+static bool ksm_backend_adopted(Object *obj)
+{
+    HostMemoryBackend *backend = MEMORY_BACKEND(obj);
+
+    return host_memory_backend_mr_inited(backend) &&
+           memdedup_manages(memory_region_get_ram_ptr(&backend->mr));
+}
+
 static void ksm_backend_set_fixed_off(Object *obj, Visitor *v,
                                       const char *name, void *opaque,
                                       Error **errp)
 {
     size_t i = !!strcmp(name, ksm_backend_fixed_off[0].name);
+    bool ksm = object_dynamic_cast(obj, TYPE_MEMORY_BACKEND_KSM);
     bool value;
 
-    if (!object_dynamic_cast(obj, TYPE_MEMORY_BACKEND_KSM)) {
+    if (!ksm && (i != 0 || !ksm_backend_adopted(obj))) {
         ksm_backend_base_set[i](obj, v, name, opaque, errp);
         return;
     }
     if (!visit_type_bool(v, name, &value, errp)) {
         return;
     }
-    if (value) {
+    if (value && ksm) {
         error_setg(errp, "memory-backend-ksm: property '%s' must be off: %s",
                    name, ksm_backend_fixed_off[i].reason);
+    } else if (value) {
+        error_setg(errp, "%s '%s': property 'merge' must stay off while "
+                   "memdedup manages this backend (adopted by the %s "
+                   "object): the engine registers its RAM with KSM",
+                   object_get_typename(obj),
+                   object_get_canonical_path_component(obj), TYPE_MEMDEDUP);
     }
 }
 

@@ -74,6 +74,12 @@ void memdedup_block_release(MemdedupBlock *blk);
 bool memdedup_block_set_params(MemdedupBlock *blk, const MemdedupParams *params,
                                Error **errp);
 
+/*
+ * memdedup_manages: is the RAM at @host under the engine (a
+ * memory-backend-ksm's, or an adopted backend's)?  BQL held.
+ */
+bool memdedup_manages(void *host);
+
 /* Start a pass now (memdedup-scan). */
 bool memdedup_request_scan(Error **errp);
 

@@ -8,6 +8,7 @@ Readers    host_address, kernel_residency, thread_cpu_ns, cpu_seconds,
 KsmKnobs   saves, sets and restores the /sys/kernel/mm/ksm knobs
            (ksm_set and ksm_reset write them inside such a block)
 ThpMode    saves, sets and restores the transparent huge page mode
+MaxMapCount saves, sets and restores vm.max_map_count
 shielded   a context manager that ignores SIGINT/SIGTERM/SIGHUP, so that
            cleanup cannot be interrupted half-way
 """
@@ -504,4 +505,47 @@ class ThpMode:
         for s, h in self._old_handlers.items():
             signal.signal(s, h)
         self._old_handlers = {}
+        return False
+
+
+MAX_MAP_COUNT = "/proc/sys/vm/max_map_count"
+
+
+class MaxMapCount:
+    """with MaxMapCount() as m: m.set(n) ...
+
+    Borrows vm.max_map_count: saves it on entry and restores it on exit,
+    even on an exception, SIGINT, SIGTERM or SIGHUP (as host.KsmKnobs
+    does).  The limit is global: keep the window short and the value
+    above what other processes use.
+    """
+
+    def __init__(self):
+        self.saved = None
+        self._old = {}
+
+    def __enter__(self):
+        if os.geteuid() != 0 or not os.access(MAX_MAP_COUNT, os.W_OK):
+            raise PermissionError("not root: cannot set vm.max_map_count")
+        self._old = {s: signal.signal(s, _raise_exit)
+                     for s in _SIGNALS}
+        with open(MAX_MAP_COUNT) as f:
+            self.saved = int(f.read())
+        return self
+
+    def set(self, value):
+        with open(MAX_MAP_COUNT, "w") as f:
+            f.write("%d\n" % value)
+
+    def __exit__(self, *exc):
+        with shielded():
+            if self.saved is not None:
+                self.set(self.saved)
+                with open(MAX_MAP_COUNT) as f:
+                    now = int(f.read())
+                if now != self.saved:
+                    print("MaxMapCount: could not restore %d (now %d)"
+                          % (self.saved, now), file=sys.stderr)
+        for s, h in self._old.items():
+            signal.signal(s, h)
         return False

@@ -6,7 +6,8 @@ the engine, as under libvirt, whose backends these are.
 - what adopt and adopt-ram take, and the errors for backends that
   cannot be adopted (missing, not a memory backend, a
   memory-backend-ksm, share=on); neither can change once the object
-  exists;
+  exists; an adopted backend's merge stays off (qom-set refused), while
+  a backend not adopted keeps QEMU's own setter;
 - a migration between two QEMUs that adopt the same backend (as libvirt
   starts the destination with the source's arguments): hints carry the
   source's registration over, and guest memory arrives intact.
@@ -21,6 +22,40 @@ from harness import (KNOWN_CANDIDATES, MiB, QEMU, backend, check,
                      digest_known, fill_known, qmp, start_qtest_vm, wait_for)
 from harness import run_pass as run_qmp_pass
 from harness import run_tests
+import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
+
+
+def check_merge_setter(vm):
+    """'extra' is adopted, pc.ram is not: qom-set of merge=on is refused
+    on the first and registers nothing; the second keeps QEMU's setter,
+    which registers (and unregisters) all of it."""
+    def mergeable():
+        return sum(e - s for s, e in host.mergeable_vmas(vm.pid))
+
+    before = mergeable()
+    try:
+        vm.qmp.cmd("qom-set", path="/objects/extra", property="merge",
+                   value=True)
+        raise AssertionError("merge=on accepted on an adopted backend")
+    except qmp.QMPError as e:
+        check("property 'merge' must stay off while memdedup manages this "
+              "backend" in str(e), str(e))
+    vm.qmp.cmd("qom-set", path="/objects/extra", property="merge",
+               value=False)
+    check(vm.qmp.cmd("qom-get", path="/objects/extra",
+                     property="merge") is False, "extra's merge is on")
+    check(mergeable() == before, "mergeable %d bytes, was %d"
+          % (mergeable(), before))
+    # pc.ram follows mem-merge (on): QEMU's setter unregisters it, and
+    # registers it again.
+    vm.qmp.cmd("qom-set", path="/objects/pc.ram", property="merge",
+               value=False)
+    check(mergeable() == before - 64 * MiB, "pc.ram merge=off: %d, was %d"
+          % (mergeable(), before))
+    vm.qmp.cmd("qom-set", path="/objects/pc.ram", property="merge",
+               value=True)
+    check(mergeable() == before, "pc.ram merge=on: %d, was %d"
+          % (mergeable(), before))
 
 
 def test_adopt_cli(workdir):
@@ -63,6 +98,8 @@ def test_adopt_cli(workdir):
                 raise AssertionError("adopt-ram changed after creation")
             except qmp.QMPError as e:
                 check("after it is created" in str(e), str(e))
+            if prop == "adopt=extra":
+                check_merge_setter(vm)
         finally:
             vm.stop()
 

@@ -6,6 +6,11 @@
   ENOMEM; the engine warns once, counts the refusals, registers fewer,
   larger ranges, and what it reports as registered is exactly what the
   kernel's smaps shows as mergeable, during the fault and after;
+- the VMA budget: with vm.max_map_count lowered to 8192, 64 KiB regions
+  of alternating content (candidates and not; unique and nearly unique)
+  stay within half of it, with no refusal and no huge page advice (none
+  fits in 64 KiB); huge page advice shares a small budget
+  (vma-budget=64), longest runs first;
 - EINVAL (always) and EAGAIN (the first calls only) injected through
   QEMU_MEMDEDUP_MADVISE_FAULT: nothing half-registered, a warning, and
   recovery once the kernel accepts again;
@@ -32,51 +37,9 @@ import sys
 import harness
 from harness import (KNOWN_CANDIDATES, KNOWN_DUP_BLOCK, KNOWN_ZERO, MiB,
                      PAGE, Skip, backend, check, digest_known, fill_known,
-                     mergeable_vmas, qmp, run_pass, run_tests,
+                     mergeable_vmas, run_pass, run_tests,
                      start_qtest_vm, wait_for)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
-
-MAX_MAP_COUNT = "/proc/sys/vm/max_map_count"
-
-
-class MaxMapCount:
-    """with MaxMapCount() as m: m.set(n) ...
-
-    Borrows vm.max_map_count: saves it on entry and restores it on exit,
-    even on an exception, SIGINT, SIGTERM or SIGHUP (as host.KsmKnobs
-    does).  The limit is global: keep the window short and the value
-    above what other processes use.
-    """
-
-    def __init__(self):
-        self.saved = None
-        self._old = {}
-
-    def __enter__(self):
-        if os.geteuid() != 0 or not os.access(MAX_MAP_COUNT, os.W_OK):
-            raise Skip("not root: cannot set vm.max_map_count")
-        self._old = {s: qmp.signal.signal(s, qmp._raise_exit)
-                     for s in qmp._SIGNALS}
-        with open(MAX_MAP_COUNT) as f:
-            self.saved = int(f.read())
-        return self
-
-    def set(self, value):
-        with open(MAX_MAP_COUNT, "w") as f:
-            f.write("%d\n" % value)
-
-    def __exit__(self, *exc):
-        with host.shielded():
-            if self.saved is not None:
-                self.set(self.saved)
-                with open(MAX_MAP_COUNT) as f:
-                    now = int(f.read())
-                if now != self.saved:
-                    print("MaxMapCount: could not restore %d (now %d)"
-                          % (self.saved, now), file=sys.stderr)
-        for s, h in self._old.items():
-            qmp.signal.signal(s, h)
-        return False
 
 
 def map_count(pid):
@@ -123,9 +86,15 @@ def write_alternating(qt, rnd, node):
         qt.write(addr + REGION, rnd.randbytes(REGION))
 
 
+def need_map_count_sysctl():
+    if os.geteuid() != 0 or not os.access(host.MAX_MAP_COUNT, os.W_OK):
+        raise Skip("not root: cannot set vm.max_map_count")
+
+
 def test_max_map_count(workdir):
     if not os.path.exists("/sys/kernel/mm/ksm/run"):
         raise Skip("the host has no KSM")
+    need_map_count_sysctl()
     args = ["-machine", "pc,mem-merge=off", "-m", "%dM" % (NODES * 128),
             "-object", "memdedup,id=engine,rescan-interval=3600000"]
     for n in range(NODES):
@@ -146,7 +115,7 @@ def test_max_map_count(workdir):
         print("  QEMU holds %d VMAs, ranges %s" % (map_count(vm.pid), ranges))
 
         write_alternating(qt, rnd, 2)
-        with MaxMapCount() as limit:
+        with host.MaxMapCount() as limit:
             limit.set(map_count(vm.pid) + 16)
             info = run_pass(vm, timeout=60)
             failures = [b["registration-failures"] for b in info["backends"]]
@@ -194,6 +163,118 @@ def test_max_map_count(workdir):
         qt.close()
 
 
+def vma_budget_vm(workdir, name, region, engine=""):
+    """A 1 GiB memory-backend-ksm of @region-sized regions under qtest."""
+    return start_qtest_vm(workdir, name, [
+        "-machine", "pc,memory-backend=m0,mem-merge=off", "-m", "1G",
+        "-object", "memdedup,id=engine,rescan-interval=3600000" + engine,
+        "-object", "memory-backend-ksm,id=m0,size=1G,region-size=%d"
+        % region])
+
+
+def test_vma_budget(workdir):
+    """A 1 GiB backend of 64 KiB regions with vm.max_map_count lowered to
+    8192.  Its first half is zero and random in turn: 4096 candidate runs,
+    8192 VMAs if each were registered alone.  Its second half is random
+    and nearly random (one page of 16 shared) in turn: the random ones
+    are stable and unique, which asked for huge pages one region at a
+    time, a VMA each, although no huge page fits in 64 KiB.  Within the
+    budget (half the limit) QEMU lives through several passes, the
+    kernel refuses nothing, and what is registered is what smaps
+    shows."""
+    if not os.path.exists("/sys/kernel/mm/ksm/run"):
+        raise Skip("the host has no KSM")
+    need_map_count_sysctl()
+    with host.MaxMapCount() as limit:
+        limit.set(8192)
+        vm, qt = vma_budget_vm(workdir, "vmas", 64 * 1024)
+        try:
+            base = map_count(vm.pid)
+            info = vm.qmp.cmd("query-memdedup")
+            check(info["vma-budget"] == 4096, "budget %d at "
+                  "max_map_count 8192" % info["vma-budget"])
+            rnd = random.Random(8)
+            shared = rnd.randbytes(PAGE)
+            for addr in range(FIRST, 512 * MiB, 2 * REGION):
+                qt.memset(addr, REGION, 0)
+                qt.write(addr + REGION, rnd.randbytes(REGION))
+            for addr in range(512 * MiB, 1 << 30, 2 * REGION):
+                qt.write(addr, rnd.randbytes(2 * REGION - PAGE) + shared)
+            for i in range(4):      # huge pages wait for stable regions
+                info = run_pass(vm)
+                b = info["backends"][0]
+                check(b["vmas"] <= b["vma-share"] <= 4096,
+                      "pass %d: %d VMAs, share %d" % (i, b["vmas"],
+                                                      b["vma-share"]))
+                check(map_count(vm.pid) <= base + 4096, "pass %d: QEMU "
+                      "holds %d VMAs, %d before" % (i, map_count(vm.pid),
+                                                    base))
+                check_truthful(vm, "pass %d" % i)
+            check(b["registration-failures"] == 0 and
+                  b["thp-advice-failures"] == 0 and b["huge-regions"] == 0,
+                  "refusals: %d, %d; %d huge regions" % (
+                      b["registration-failures"], b["thp-advice-failures"],
+                      b["huge-regions"]))
+            check(b["candidate-regions"] >= 4000, "candidates %d"
+                  % b["candidate-regions"])
+            # Coalesced: all candidates registered, in fewer ranges.
+            check(b["registered-bytes"] >= b["candidate-regions"] * REGION
+                  and b["registered-ranges"] <= 2048,
+                  "%d bytes in %d ranges" % (b["registered-bytes"],
+                                             b["registered-ranges"]))
+            hmp = vm.qmp.hmp("info memdedup")
+            check("m0: %d VMAs of %d allowed (budget 4096 over all "
+                  "backends)" % (b["vmas"], b["vma-share"]) in hmp, hmp)
+            print("  max_map_count 8192: QEMU %d VMAs (%d before), m0 %d "
+                  "of %d, %d ranges, %d huge regions"
+                  % (map_count(vm.pid), base, b["vmas"], b["vma-share"],
+                     b["registered-ranges"], b["huge-regions"]))
+            check(vm.alive(), "QEMU died")
+        finally:
+            vm.stop()
+            qt.close()
+
+
+def test_vma_budget_thp(workdir):
+    """2 MiB regions, unique and nearly unique in turn (7 % duplicated
+    pages: no candidate, no THP): the unique ones want huge pages, one
+    VMA each.  A budget of 64 VMAs keeps the longest runs huge and the
+    block within 64 VMAs."""
+    region = 2 * MiB
+    with host.ThpMode() as thp:
+        if not thp.active:
+            raise Skip(thp.reason)
+        if host.thp_read() == "never":
+            thp.set("madvise")
+        vm, qt = vma_budget_vm(workdir, "thp", region, ",vma-budget=64")
+        try:
+            base = map_count(vm.pid)
+            rnd = random.Random(9)
+            page = rnd.randbytes(PAGE)
+            for n, addr in enumerate(range(2 * MiB, 1 << 30, region)):
+                data = bytearray(rnd.randbytes(region))
+                if n % 2:
+                    data[:36 * PAGE] = page * 36
+                qt.write(addr, bytes(data))
+            for i in range(4):      # THP wants stable regions
+                info = run_pass(vm)
+            b = info["backends"][0]
+            check(b["candidate-regions"] == 0, "candidates %d"
+                  % b["candidate-regions"])
+            check(0 < b["huge-regions"] and b["vmas"] <= 64 and
+                  b["vma-share"] == 64, "%d huge regions, %d VMAs of %d"
+                  % (b["huge-regions"], b["vmas"], b["vma-share"]))
+            check(map_count(vm.pid) <= base + 64, "QEMU holds %d VMAs, %d "
+                  "before" % (map_count(vm.pid), base))
+            check(b["thp-advice-failures"] == 0, "THP advice refused %d"
+                  % b["thp-advice-failures"])
+            print("  vma-budget 64: %d huge regions in %d VMAs"
+                  % (b["huge-regions"], b["vmas"]))
+        finally:
+            vm.stop()
+            qt.close()
+
+
 def known_vm(workdir, name, env=None):
     """The known content in a 256 MiB guest; returns (vm, qt, digest)."""
     saved = {}
@@ -232,8 +313,8 @@ def test_madvise_einval(workdir):
               "failures %d" % b["registration-failures"])
         hmp = vm.qmp.cmd("human-monitor-command",
                          **{"command-line": "info memdedup"})
-        check("m0: %d registration changes refused by the kernel"
-              % b["registration-failures"] in hmp, "HMP:\n" + hmp)
+        check("refused by the kernel: %d registration changes, 0 huge page "
+              "advice" % b["registration-failures"] in hmp, "HMP:\n" + hmp)
         info = check_truthful(vm, "EINVAL")
         check("Invalid argument" in info.get("warning", ""),
               "warning: %r" % info.get("warning"))
@@ -485,6 +566,8 @@ def test_ksmd_stopped_and_knobs_flipped(workdir):
 if __name__ == "__main__":
     sys.exit(run_tests([
         ("faults/max-map-count", test_max_map_count),
+        ("faults/vma-budget", test_vma_budget),
+        ("faults/vma-budget-thp", test_vma_budget_thp),
         ("faults/madvise-einval", test_madvise_einval),
         ("faults/madvise-eagain-transient", test_madvise_eagain_transient),
         ("faults/kpageflags-unreadable", test_kpageflags_unreadable),

@@ -16,7 +16,7 @@ import time
 from harness import (KNOWN_CANDIDATES, KNOWN_ZERO, MiB, PAGE, Skip, backend,
                      check, digest_known, expected_registration, fill_known,
                      host_address, kernel_residency, known_candidate,
-                     known_registered_regions, mergeable_vmas,
+                     known_registered_regions, mergeable_vmas, qmp,
                      run_pass, run_tests,
                      start_qtest_vm, wait_for)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
@@ -271,6 +271,76 @@ def test_failed_resumes(workdir):
         p.close()
 
 
+def start_source(workdir):
+    """One VM with the known content and a completed pass, to migrate to
+    a file (no destination)."""
+    vm, qt = start_qtest_vm(workdir, "src", vm_args())
+    try:
+        fill_known(qt, random.Random(12))
+        run_pass(vm)
+    except BaseException:
+        vm.stop()
+        qt.close()
+        raise
+    return vm, qt
+
+
+def migrate_to_nowhere(vm):
+    """Migrate @vm into /dev/null; return when the migration completed
+    (query-migrate says so: the cleanup may still be pending)."""
+    vm.qmp.cmd("migrate", uri="exec:cat > /dev/null")
+    st = wait_for("the migration to end", lambda: (
+        lambda s: s if s in ("completed", "failed", "cancelled") else None)(
+            vm.qmp.cmd("query-migrate").get("status")), 120)
+    check(st == "completed", "migration %s" % st)
+
+
+def check_engine_goes_on(vm, what):
+    """The engine is not paused, stays so, and completes passes."""
+    wait_for(what, lambda: engine(vm)["state"] != "paused", 10)
+    time.sleep(1)       # a late completion notifier must not pause it
+    info = engine(vm)
+    check(info["state"] != "paused", "%s: paused again (%s)"
+          % (what, info.get("paused-reason")))
+    before = info["passes-completed"]
+    check(run_pass(vm)["passes-completed"] > before, "no pass after " + what)
+
+
+def test_background_snapshot(workdir):
+    """A background snapshot restarts the guest before it completes: the
+    engine pauses while it is written and goes on once it completed."""
+    vm, qt = start_source(workdir)
+    try:
+        try:
+            vm.qmp.cmd("migrate-set-capabilities", capabilities=[
+                {"capability": "background-snapshot", "state": True}])
+        except qmp.QMPError as e:
+            raise Skip("no background snapshot here: %s" % e)
+        migrate_to_nowhere(vm)
+        check(vm.qmp.cmd("query-status")["status"] == "running",
+              "the guest does not run after the snapshot")
+        check(any(e["data"]["state"] == "paused" for e in
+                  events(vm, "MEMDEDUP_STATE_CHANGED")),
+              "the engine never paused for the snapshot")
+        check_engine_goes_on(vm, "the background snapshot")
+    finally:
+        vm.stop()
+        qt.close()
+
+
+def test_cont_right_after_completion(workdir):
+    """cont as soon as the migration reports completion, which may come
+    before the migration's cleanup tells the engine it completed."""
+    vm, qt = start_source(workdir)
+    try:
+        migrate_to_nowhere(vm)
+        vm.qmp.cmd("cont")
+        check_engine_goes_on(vm, "cont right after completion")
+    finally:
+        vm.stop()
+        qt.close()
+
+
 def hinted_migration(workdir, hints, dst_backend=""):
     """Migrate to a destination whose first pass is slow (1 MiB/s);
     return its backend info 3 s after completion, its stderr, and what
@@ -382,6 +452,9 @@ if __name__ == "__main__":
         ("migration/postcopy", test_postcopy),
         ("migration/cancel-resumes", test_cancel_resumes),
         ("migration/failed-resumes", test_failed_resumes),
+        ("migration/background-snapshot", test_background_snapshot),
+        ("migration/cont-right-after-completion",
+         test_cont_right_after_completion),
         ("migration/hints", test_hints),
         ("migration/hints-before-ram", test_hints_before_ram),
         ("migration/hints-mismatch", test_hints_mismatch),

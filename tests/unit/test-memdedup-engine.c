@@ -269,8 +269,8 @@ static void test_apply_policy(void)
     g_assert_cmphex(engine_registered(&t), ==, 1 << 1 | 1 << 9);
     g_assert_cmphex(kernel_registered(&t), ==, 1 << 1 | 1 << 9);
 
-    /* One range allowed: the gap between them is registered too. */
-    qatomic_set(&t.blk->max_ranges, 1);
+    /* Three VMAs allowed, one range: the gap is registered too. */
+    qatomic_set(&t.blk->vma_cap, 3);
     g_assert_false(memdedup_apply_policy(t.blk, &params, false, &refusals));
     g_assert_cmphex(engine_registered(&t), ==, 0x3fe);
     g_assert_cmphex(kernel_registered(&t), ==, 0x3fe);

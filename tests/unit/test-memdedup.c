@@ -503,6 +503,45 @@ static void test_coalesce(void)
     check_coalesce("#.#", 0, "###", 1);
 }
 
+static void check_keep_longest(const char *in, size_t max, const char *out,
+                               size_t runs)
+{
+    size_t n;
+    g_autofree bool *f = flags_from(in, &n);
+    g_autofree char *got = NULL;
+
+    g_assert_cmpuint(memdedup_keep_longest_runs(f, n, max), ==, runs);
+    got = flags_to(f, n);
+    g_assert_cmpstr(got, ==, out);
+}
+
+/* Huge page runs within a VMA budget: the longest stay. */
+static void test_keep_longest_runs(void)
+{
+    check_keep_longest("#.###.##", 3, "#.###.##", 3);
+    check_keep_longest("#.###.##", 2, "..###.##", 2);
+    check_keep_longest("#.###.##", 1, "..###...", 1);
+    check_keep_longest("#.###.##", 0, "........", 0);
+    /* Ties go to the first run. */
+    check_keep_longest("##.##.##", 2, "##.##...", 2);
+    check_keep_longest("", 1, "", 0);
+}
+
+/* A VMA per run of regions with equal flags. */
+static void test_count_vmas(void)
+{
+    size_t n;
+    g_autofree bool *reg = flags_from("##....##", &n);
+    g_autofree bool *huge = flags_from("...##...", &n);
+    g_autofree bool *alt = flags_from("#.#.#.#.", &n);
+
+    g_assert_cmpuint(memdedup_count_vmas(reg, NULL, n), ==, 3);
+    g_assert_cmpuint(memdedup_count_vmas(reg, huge, n), ==, 5);
+    g_assert_cmpuint(memdedup_count_vmas(alt, NULL, n), ==, 8);
+    g_assert_cmpuint(memdedup_count_vmas(reg, NULL, 0), ==, 0);
+    g_assert_cmpuint(memdedup_count_vmas(reg, NULL, 1), ==, 1);
+}
+
 static void test_admission(void)
 {
     /* 16 GiB host, 5% (819 MiB) reserve. */
@@ -1086,6 +1125,8 @@ int main(int argc, char **argv)
     g_test_add_func("/memdedup/region-cross-only", test_region_cross_only);
     g_test_add_func("/memdedup/region-thp", test_region_thp);
     g_test_add_func("/memdedup/coalesce", test_coalesce);
+    g_test_add_func("/memdedup/keep-longest-runs", test_keep_longest_runs);
+    g_test_add_func("/memdedup/count-vmas", test_count_vmas);
     g_test_add_func("/memdedup/admission", test_admission);
     g_test_add_func("/memdedup/parse-ksm-stat", test_parse_ksm_stat);
     g_test_add_func("/memdedup/parse-meminfo", test_parse_meminfo);

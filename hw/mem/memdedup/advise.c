@@ -56,34 +56,41 @@ static const char *memdedup_advice_name(int advice)
     }
 }
 
+/* The VMAs @blk may be split into now.  Scanner threads. */
+static uint32_t memdedup_vma_limit(MemdedupBlock *blk)
+{
+    return MIN(qatomic_read(&blk->vma_share), qatomic_read(&blk->vma_cap));
+}
+
 /*
- * The kernel refused a registration change of @blk with @err.  Counted
- * and reported in query-memdedup; warned about once per backend.  Out of
- * VMAs (vm.max_map_count reached, or no memory to split a VMA), the
- * backend's range budget is halved, so that later passes coalesce into
+ * The kernel refused advice for @blk with @err.  Counted and reported in
+ * query-memdedup; warned about once per backend.  Out of VMAs
+ * (vm.max_map_count reached, or no memory to split a VMA: madvise
+ * reports EAGAIN, or ENOMEM on older kernels), the block's VMA cap is
+ * halved from what the policy aimed at, once per policy application
+ * however many regions were refused, so that later passes coalesce into
  * fewer VMAs.  Scanner threads.
  */
 static void memdedup_advise_failed(MemdedupBlock *blk, int advice, int err)
 {
-    uint32_t ranges = qatomic_read(&blk->max_ranges);
+    bool thp = advice == MADV_HUGEPAGE || advice == MADV_NOHUGEPAGE;
 
-    qatomic_inc(&blk->advise_failures);
-    qatomic_set(&blk->advise_errno, err);
-    /*
-     * Out of VMAs (madvise reports a failed split as EAGAIN, or ENOMEM
-     * on older kernels): halve the range budget, once per policy
-     * application however many regions were refused.
-     */
-    if ((err == EAGAIN || err == ENOMEM) && ranges > 1 &&
-        !qatomic_xchg(&blk->budget_cut, true)) {
-        ranges = MAX(ranges / 2, 1);
-        qatomic_set(&blk->max_ranges, ranges);
+    qatomic_inc(thp ? &blk->thp_advise_failures : &blk->advise_failures);
+    if (!thp) {
+        qatomic_set(&blk->advise_errno, err);
+    }
+    if ((err == EAGAIN || err == ENOMEM) &&
+        !qatomic_xchg(&blk->vma_cut, true)) {
+        uint32_t aimed = MIN(memdedup_vma_limit(blk),
+                             qatomic_read(&blk->vma_target));
+
+        qatomic_set(&blk->vma_cap, MAX(aimed / 2, 3));
     }
     if (!qatomic_xchg(&blk->advise_warned, true)) {
         warn_report("memdedup: backend '%s': the kernel refused %s: %s%s",
                     blk->id, memdedup_advice_name(advice), strerror(err),
                     err == EAGAIN || err == ENOMEM ?
-                    " (vm.max_map_count reached?); registering fewer, "
+                    " (vm.max_map_count reached?); advising fewer, "
                     "larger ranges" : "");
     }
 }
@@ -111,7 +118,8 @@ static bool memdedup_advise(MemdedupBlock *blk, uint64_t first,
         err = ret ? errno : 0;
     }
     trace_memdedup_advise(blk->id, start, len, advice, err);
-    if (ret && (advice == MADV_MERGEABLE || advice == MADV_UNMERGEABLE)) {
+    /* MADV_COLLAPSE is best effort: no memory for a huge page is normal. */
+    if (ret && advice != MADV_COLLAPSE) {
         memdedup_advise_failed(blk, advice, err);
     }
     return ret == 0;
@@ -138,11 +146,18 @@ void memdedup_register_early(MemdedupBlock *blk, const MemdedupParams *params,
     if (r->registered || !memdedup_region_wanted(params, r)) {
         return;
     }
+    /* One region alone splits its VMA in three; else wait for the pass. */
+    if (qatomic_read(&blk->vmas) + 2 > memdedup_vma_limit(blk)) {
+        return;
+    }
     if (r->huge) {
         memdedup_advise(blk, region, 1, MADV_NOHUGEPAGE);
         r->huge = false;
     }
     r->registered = memdedup_advise(blk, region, 1, MADV_MERGEABLE);
+    if (r->registered) {
+        qatomic_set(&blk->vmas, qatomic_read(&blk->vmas) + 2);
+    }
 }
 
 /*
@@ -264,67 +279,116 @@ static bool memdedup_apply_registration(MemdedupBlock *blk,
 }
 
 /*
- * Transparent huge pages back for the regions @thp says, in runs --
- * unless the host administrator turned THP off (MADV_COLLAPSE would
- * ignore that).
+ * Huge pages as @huge says, in runs of equal changes: MADV_NOHUGEPAGE
+ * for huge regions no longer meant to be (always: that also merges
+ * VMAs), MADV_HUGEPAGE and MADV_COLLAPSE for new ones when @collapse.
  */
-static void memdedup_apply_thp(MemdedupBlock *blk, const bool *thp)
+static void memdedup_apply_thp(MemdedupBlock *blk, const bool *huge,
+                               bool collapse)
 {
     uint64_t n = blk->nr_regions, i, j, k;
 
-    if (!memdedup_host_thp_allowed()) {
-        return;
-    }
     for (i = 0; i < n; i = j) {
-        for (j = i; j < n && thp[j] && !blk->regions[j].huge &&
-             !blk->regions[j].registered; j++) {
+        MemdedupRegion *r = &blk->regions[i];
+        bool want = huge[i] && !r->registered;
+        bool change = want != r->huge && (!want || collapse);
+
+        for (j = i + 1; j < n && (huge[j] && !blk->regions[j].registered) ==
+             want && (want != blk->regions[j].huge) == (want != r->huge);
+             j++) {
             /* extend the run */
         }
-        if (j == i) {
-            j = i + 1;
+        if (!change) {
             continue;
         }
-        if (memdedup_advise(blk, i, j - i, MADV_HUGEPAGE)) {
-            /* Best effort: the kernel may lack MADV_COLLAPSE or memory. */
-            memdedup_advise(blk, i, j - i, MADV_COLLAPSE);
+        if (memdedup_advise(blk, i, j - i, want ? MADV_HUGEPAGE :
+                                                  MADV_NOHUGEPAGE)) {
+            if (want) {
+                /* Best effort: the kernel may lack it, or memory. */
+                memdedup_advise(blk, i, j - i, MADV_COLLAPSE);
+            }
             for (k = i; k < j; k++) {
-                blk->regions[k].huge = true;
+                blk->regions[k].huge = want;
             }
         }
     }
+}
+
+/* The VMAs the regions' advice makes now. */
+static uint32_t memdedup_block_vmas(MemdedupBlock *blk)
+{
+    uint64_t n = blk->nr_regions, i;
+    g_autofree bool *registered = g_new(bool, n);
+    g_autofree bool *huge = g_new(bool, n);
+
+    for (i = 0; i < n; i++) {
+        registered[i] = blk->regions[i].registered;
+        huge[i] = blk->regions[i].huge;
+    }
+    return MIN(memdedup_count_vmas(registered, huge, n), UINT32_MAX);
+}
+
+/*
+ * Which regions get huge pages, within what @wanted leaves of @limit
+ * VMAs: those huge already and the stable unique ones, longest runs
+ * first (each run costs at most two VMAs).  Only where THP is managed,
+ * the host allows it and a region can hold a huge page at all.
+ */
+static void memdedup_choose_thp(MemdedupBlock *blk,
+                                const MemdedupParams *params,
+                                const bool *wanted, uint32_t limit,
+                                bool *huge)
+{
+    uint64_t n = blk->nr_regions, i;
+    size_t left = limit - MIN(memdedup_count_vmas(wanted, NULL, n), limit);
+
+    if (!params->manage_thp || !memdedup_host_thp_allowed() ||
+        blk->pages_per_region * blk->page_size < memdedup_engine.thp_size) {
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        uint64_t pages = MIN(blk->pages_per_region,
+                             blk->nr_pages - i * blk->pages_per_region);
+
+        huge[i] = !wanted[i] &&
+                  (blk->regions[i].huge ||
+                   (pages == blk->pages_per_region &&
+                    memdedup_region_wants_thp(params, &blk->regions[i],
+                                              blk->pages_per_region)));
+    }
+    memdedup_keep_longest_runs(huge, n, left / 2);
 }
 
 /*
  * Bring the registration of @blk in line with @params and the region
  * summaries: register wanted regions, unregister unwanted ones (subject
  * to admission control), give stable unique regions THP back.  Runs of
- * equal decisions are advised with one call.  True if some memory was
- * unregistered (and so unmerged).  Scanner thread only.
+ * equal decisions are advised with one call.  Within the block's VMA
+ * limit: wanted ranges are coalesced so that they fit, and huge pages
+ * get what the ranges leave.  True if some memory was unregistered (and
+ * so unmerged).  Scanner thread only.
  */
 bool memdedup_apply_policy(MemdedupBlock *blk, const MemdedupParams *params,
                            bool collapse, uint64_t *refusals)
 {
     uint64_t n = blk->nr_regions, i;
     g_autofree bool *wanted = g_new(bool, n);
-    g_autofree bool *thp = g_new0(bool, n);
+    g_autofree bool *huge = g_new0(bool, n);
+    uint32_t limit = MAX(memdedup_vma_limit(blk), 3);
     bool unregistered;
 
     for (i = 0; i < n; i++) {
         wanted[i] = memdedup_region_wanted(params, &blk->regions[i]);
     }
-    qatomic_set(&blk->budget_cut, false);
-    memdedup_coalesce_ranges(wanted, n, qatomic_read(&blk->max_ranges));
-    for (i = 0; i < n; i++) {
-        uint64_t pages = MIN(blk->pages_per_region,
-                             blk->nr_pages - i * blk->pages_per_region);
-        thp[i] = !wanted[i] && pages == blk->pages_per_region &&
-                 memdedup_region_wants_thp(params, &blk->regions[i],
-                                           blk->pages_per_region);
-    }
+    qatomic_set(&blk->vma_cut, false);
+    /* Registration first: each range costs at most two VMAs. */
+    memdedup_coalesce_ranges(wanted, n, (limit - 1) / 2);
+    memdedup_choose_thp(blk, params, wanted, limit, huge);
+    qatomic_set(&blk->vma_target,
+                MIN(memdedup_count_vmas(wanted, huge, n), UINT32_MAX));
     unregistered = memdedup_apply_registration(blk, params, wanted, refusals);
-    if (collapse) {
-        memdedup_apply_thp(blk, thp);
-    }
+    memdedup_apply_thp(blk, huge, collapse);
+    qatomic_set(&blk->vmas, memdedup_block_vmas(blk));
     return unregistered;
 }
 
@@ -463,6 +527,7 @@ void memdedup_apply_pending_hints(MemdedupEngine *engine)
                 first = find_next_bit(bits, blk->nr_regions, last);
             }
             g_free(bits);
+            qatomic_set(&blk->vmas, memdedup_block_vmas(blk));
             blk->hinted = true;
             trace_memdedup_hints_applied(blk->id, hinted);
             /* Show that registration now. */

@@ -62,16 +62,42 @@ bool memdedup_parse_ksm_knob(const char *text, uint64_t *value)
     return true;
 }
 
+/* A file holding one unsigned decimal number. */
+static bool memdedup_read_number(const char *path, uint64_t *value)
+{
+    g_autofree char *text = NULL;
+
+    return g_file_get_contents(path, &text, NULL, NULL) &&
+           memdedup_parse_ksm_knob(text, value);
+}
+
 bool memdedup_read_ksm_knob(const char *name, uint64_t *value)
 {
     g_autofree char *path = g_build_filename(memdedup_ksm_sysfs_dir(), name,
                                              NULL);
-    g_autofree char *text = NULL;
 
-    if (!g_file_get_contents(path, &text, NULL, NULL)) {
-        return false;
+    return memdedup_read_number(path, value);
+}
+
+uint32_t memdedup_read_vma_budget(void)
+{
+    uint64_t max = MEMDEDUP_MAX_MAP_COUNT_DEFAULT;
+
+    if (!memdedup_read_number("/proc/sys/vm/max_map_count", &max) || !max) {
+        max = MEMDEDUP_MAX_MAP_COUNT_DEFAULT;
     }
-    return memdedup_parse_ksm_knob(text, value);
+    return MIN(max, INT32_MAX) * MEMDEDUP_VMA_BUDGET_PERCENT / 100;
+}
+
+uint64_t memdedup_read_thp_size(void)
+{
+    uint64_t size;
+
+    if (!memdedup_read_number("/sys/kernel/mm/transparent_hugepage/"
+                              "hpage_pmd_size", &size) || !size) {
+        size = 2 * MiB;
+    }
+    return size;
 }
 
 /* Find the line "@name value" (or "@name: value"); false if absent. */

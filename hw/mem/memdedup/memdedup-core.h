@@ -190,8 +190,16 @@ void memdedup_region_set_counts(MemdedupRegion *r, uint32_t resident,
 #define MEMDEDUP_THP_STABLE_PASSES   2
 /* ksmd full scans after the first registration before MADV_COLLAPSE. */
 #define MEMDEDUP_COLLAPSE_AFTER_SCANS 3
-/* Registered ranges (VMAs) allowed per backend before gaps are filled. */
-#define MEMDEDUP_MAX_RANGES_DEFAULT  1024
+/*
+ * The VMAs (splits of guest RAM) memdedup's advice may make over the
+ * whole process, by default: this share of vm.max_map_count; the rest
+ * is QEMU's own (threads, libraries, other mappings).
+ */
+#define MEMDEDUP_VMA_BUDGET_PERCENT  50
+/* vm.max_map_count where it cannot be read: the kernel's default. */
+#define MEMDEDUP_MAX_MAP_COUNT_DEFAULT 65530
+/* Fewest VMAs any backend may use, whatever its share of the budget. */
+#define MEMDEDUP_VMA_SHARE_MIN       16
 
 /* Does @params' policy register memory with KSM at all? */
 bool memdedup_policy_registers(MemdedupPolicy policy);
@@ -219,6 +227,31 @@ size_t memdedup_coalesce_ranges(bool *wanted, size_t n, size_t max_ranges);
 
 /* Number of runs of true in @flags. */
 size_t memdedup_count_runs(const bool *flags, size_t n);
+
+/*
+ * memdedup_count_vmas: how many VMAs @n regions make whose flags are
+ * @registered (MADV_MERGEABLE) and @huge (MADV_HUGEPAGE, or NULL): one
+ * per run of regions with equal flags.
+ */
+size_t memdedup_count_vmas(const bool *registered, const bool *huge,
+                           size_t n);
+
+/*
+ * memdedup_keep_longest_runs: clear all but the @max_runs longest runs of
+ * true in @flags (the first of equally long ones kept).  Returns the
+ * number of runs left.
+ */
+size_t memdedup_keep_longest_runs(bool *flags, size_t n, size_t max_runs);
+
+/*
+ * memdedup_read_vma_budget: the VMAs memdedup may make by default,
+ * MEMDEDUP_VMA_BUDGET_PERCENT of /proc/sys/vm/max_map_count (or of the
+ * kernel's default where it cannot be read).
+ */
+uint32_t memdedup_read_vma_budget(void);
+
+/* The host's THP size (hpage_pmd_size), or 2 MiB if it cannot be read. */
+uint64_t memdedup_read_thp_size(void);
 
 /*
  * memdedup_unmerge_admissible: may @merged_bytes of KSM-merged memory be

@@ -98,11 +98,22 @@ struct MemdedupBlock {
     /* Atomic. */
     int refcount;               /* engine list, backend, pass, listener */
     bool removed;               /* RAM unmapped or going: never touch it */
-    uint32_t max_ranges;        /* VMA budget; halved on ENOMEM */
+    /*
+     * VMAs: the engine's advice splits the block into @vmas (scanner
+     * threads write it after each change), at most
+     * MIN(@vma_share, @vma_cap): @vma_share is its part of the engine's
+     * vma_budget (the pass snapshot sets it), @vma_cap halves each time
+     * the kernel runs out of VMAs (UINT32_MAX until then).
+     */
+    uint32_t vmas;
+    uint32_t vma_share;
+    uint32_t vma_cap;
+    uint32_t vma_target;        /* what the policy's last apply aimed at */
+    bool vma_cut;               /* vma_cap was halved in this apply */
     uint64_t advise_failures;   /* registration changes the kernel refused */
+    uint64_t thp_advise_failures;   /* MADV_(NO)HUGEPAGE refused */
     int advise_errno;           /* errno of the last, 0 once applied again */
     bool advise_warned;         /* a refusal was warned about */
-    bool budget_cut;            /* max_ranges was halved in this apply */
     /*
      * Plugged pages, one bit each, when a RamDiscardManager (virtio-mem)
      * decides which parts exist; NULL: all of it.  Set once, freed with
@@ -175,6 +186,12 @@ typedef struct MemdedupEngine {
     bool params_dirty;          /* some block has params_changed */
     uint64_t scan_rate;         /* bytes per second */
     uint32_t scan_threads;      /* 1-8 */
+    /*
+     * VMAs the advice may split guest RAM into over all blocks: the
+     * memdedup object's vma-budget, else memdedup_read_vma_budget().
+     */
+    uint32_t vma_budget;
+    uint64_t thp_size;          /* the host's THP size; set at init */
     uint32_t rescan_interval;   /* milliseconds */
     uint32_t rescan_backoff;    /* most a quiet pass may stretch it, 1-64 */
     uint32_t rescan_factor;     /* the stretch now: 1, 2, 4 .. backoff */

@@ -11,7 +11,8 @@
  *  - source: a migration state notifier pauses scanning and registration
  *    when a migration is set up; they resume if it fails or is
  *    cancelled, and stay paused once it completed (the source is done)
- *    unless the source's guest is continued after all;
+ *    unless the source's guest runs again: continued after all, before
+ *    or after the completion, or never stopped (a background snapshot);
  *  - destination (-incoming): the engine starts paused and resumes, with
  *    a pass at once, only when the incoming migration has completed
  *    (after postcopy too), which a timer of the main loop looks for;
@@ -62,7 +63,19 @@ static void memdedup_migration_notify(Notifier *notifier, void *data)
         memdedup_engine_resume(engine,
                                "outgoing migration failed or cancelled");
     } else if (migration_has_finished(s)) {
-        memdedup_engine_pause(engine, MEMDEDUP_PAUSED_MIGRATED, false);
+        /*
+         * The guest may be running again already: a background snapshot
+         * restarts it before it completes, and a `cont` can come before
+         * this notifier, which the migration's cleanup bottom half
+         * calls.  Its memory is live then, and the engine goes on;
+         * otherwise it waits for a `cont` (memdedup_vm_state_change).
+         */
+        if (runstate_is_running()) {
+            memdedup_engine_resume(engine, "guest running after outgoing "
+                                   "migration");
+        } else {
+            memdedup_engine_pause(engine, MEMDEDUP_PAUSED_MIGRATED, false);
+        }
     }
 }
 

@@ -91,6 +91,10 @@ static MemdedupBackendInfo *memdedup_query_backend(MemdedupEngine *engine,
     bi->unmerge_refusals = reg->unmerge_refusals;
     bi->hinted_regions = reg->hinted_regions;
     bi->registration_failures = qatomic_read(&blk->advise_failures);
+    bi->thp_advice_failures = qatomic_read(&blk->thp_advise_failures);
+    bi->vmas = qatomic_read(&blk->vmas);
+    bi->vma_share = MIN(qatomic_read(&blk->vma_share),
+                        qatomic_read(&blk->vma_cap));
     bi->has_kernel_merged_pages = merged->kernel_merged_pages >= 0;
     bi->kernel_merged_pages = MAX(merged->kernel_merged_pages, 0);
     bi->has_kernel_merged_pages_exact =
@@ -128,6 +132,7 @@ static void memdedup_query_engine_locked(MemdedupEngine *engine,
     info->rescan_backoff = engine->rescan_backoff;
     info->next_rescan_interval = (uint64_t)engine->rescan_interval *
                                  engine->rescan_factor;
+    info->vma_budget = engine->vma_budget;
     total = qatomic_read(&engine->pass_pages_total);
     done = qatomic_read(&engine->pass_pages_done);
     info->pass_progress = (engine->state == MEMDEDUP_STATE_SCANNING && total) ?
@@ -366,11 +371,18 @@ static void hmp_info_memdedup_backends(Monitor *mon, MemdedupInfo *info)
                        (double)b->estimated_saving / MiB);
     }
     for (l = info->backends; l; l = l->next) {
-        if (l->value->registration_failures) {
-            monitor_printf(mon, "  %s: %" PRIu64 " registration changes "
-                           "refused by the kernel\n", l->value->id,
-                           l->value->registration_failures);
+        MemdedupBackendInfo *b = l->value;
+
+        monitor_printf(mon, "  %s: %" PRIu64 " VMAs of %" PRIu64 " allowed "
+                       "(budget %" PRIu64 " over all backends)",
+                       b->id, b->vmas, b->vma_share, info->vma_budget);
+        if (b->registration_failures || b->thp_advice_failures) {
+            monitor_printf(mon, "; refused by the kernel: %" PRIu64
+                           " registration changes, %" PRIu64
+                           " huge page advice", b->registration_failures,
+                           b->thp_advice_failures);
         }
+        monitor_printf(mon, "\n");
     }
 }
 

@@ -34,6 +34,7 @@ struct MemdedupSettings {
     uint32_t scan_threads;
     uint32_t rescan_interval;   /* milliseconds */
     uint32_t rescan_backoff;    /* factor, 1-64 */
+    uint32_t vma_budget;        /* 0: from vm.max_map_count */
     bool migrate_hints;         /* send registered regions when migrating */
     bool completed;             /* complete ran: adopt* are fixed */
     strList *adopt_ids;         /* "adopt": memory-backend-ram ids */
@@ -56,6 +57,8 @@ static void memdedup_settings_apply(MemdedupSettings *s)
     engine->send_hints = s->migrate_hints;
     qatomic_set(&engine->rescan_interval, s->rescan_interval);
     engine->rescan_backoff = s->rescan_backoff;
+    engine->vma_budget = s->vma_budget ? s->vma_budget :
+                         memdedup_read_vma_budget();
     memdedup_rescan_hurry_locked(engine);
 }
 
@@ -172,6 +175,34 @@ static void memdedup_settings_set_rescan_backoff(Object *obj, Visitor *v,
 
     memdedup_settings_set_u32(s, v, name, &s->rescan_backoff, 1,
                               MEMDEDUP_RESCAN_BACKOFF_MAX, errp);
+}
+
+static void memdedup_settings_get_vma_budget(Object *obj, Visitor *v,
+                                             const char *name, void *opaque,
+                                             Error **errp)
+{
+    visit_type_uint32(v, name, &MEMDEDUP(obj)->vma_budget, errp);
+}
+
+static void memdedup_settings_set_vma_budget(Object *obj, Visitor *v,
+                                             const char *name, void *opaque,
+                                             Error **errp)
+{
+    MemdedupSettings *s = MEMDEDUP(obj);
+    uint32_t value;
+
+    if (!visit_type_uint32(v, name, &value, errp)) {
+        return;
+    }
+    if (value && (value < MEMDEDUP_VMA_SHARE_MIN || value > INT32_MAX)) {
+        error_setg(errp, "property '%s' of %s must be 0 (half of "
+                   "vm.max_map_count) or between %d and %d, not %" PRIu32,
+                   name, TYPE_MEMDEDUP, MEMDEDUP_VMA_SHARE_MIN, INT32_MAX,
+                   value);
+        return;
+    }
+    s->vma_budget = value;
+    memdedup_settings_apply(s);
 }
 
 /* adopt* can be set until the object is complete. */
@@ -492,6 +523,7 @@ static void memdedup_settings_finalize(Object *obj)
     engine->scan_threads = MEMDEDUP_SCAN_THREADS_DEFAULT;
     qatomic_set(&engine->rescan_interval, MEMDEDUP_RESCAN_INTERVAL_DEFAULT);
     engine->rescan_backoff = MEMDEDUP_RESCAN_BACKOFF_DEFAULT;
+    engine->vma_budget = memdedup_read_vma_budget();
     memdedup_rescan_hurry_locked(engine);
 }
 
@@ -526,6 +558,12 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
         "Most times rescan-interval the wait may grow to while passes find "
         "guest memory quiet, 1-64; each quiet pass doubles it (default 8, "
         "1: a fixed interval)");
+    object_class_property_add(oc, "vma-budget", "uint32",
+                              memdedup_settings_get_vma_budget,
+                              memdedup_settings_set_vma_budget, NULL, NULL);
+    object_class_property_set_description(oc, "vma-budget",
+        "Most VMAs the engine may split guest RAM into, over all backends "
+        "(default 0: half of vm.max_map_count)");
     object_class_property_add_bool(oc, "migrate-hints",
                                    memdedup_settings_get_migrate_hints,
                                    memdedup_settings_set_migrate_hints);

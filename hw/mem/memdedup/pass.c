@@ -201,12 +201,14 @@ static void memdedup_pass_publish(MemdedupPass *pass)
 static void memdedup_pass_snapshot(MemdedupPass *pass)
 {
     MemdedupEngine *engine = pass->engine;
+    uint64_t regions = 0;
     MemdedupBlock *blk;
     size_t b = 0;
 
     QEMU_LOCK_GUARD(&engine->lock);
     QTAILQ_FOREACH(blk, &engine->blocks, next) {
         pass->nr_blocks++;
+        regions += blk->nr_regions;
     }
     pass->blocks = g_new0(MemdedupPassBlock, pass->nr_blocks);
     QTAILQ_FOREACH(blk, &engine->blocks, next) {
@@ -214,6 +216,10 @@ static void memdedup_pass_snapshot(MemdedupPass *pass)
 
         memdedup_block_ref(blk);
         pb->blk = blk;
+        /* The VMA budget, shared out by size. */
+        qatomic_set(&blk->vma_share,
+                    MAX((uint64_t)engine->vma_budget * blk->nr_regions /
+                        regions, MEMDEDUP_VMA_SHARE_MIN));
         pb->params = blk->params;
         pb->apply_only = blk->params_changed;
         blk->params_changed = false;

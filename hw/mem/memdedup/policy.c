@@ -125,6 +125,62 @@ size_t memdedup_count_runs(const bool *flags, size_t n)
     return runs;
 }
 
+size_t memdedup_count_vmas(const bool *registered, const bool *huge,
+                           size_t n)
+{
+    size_t i, vmas = n ? 1 : 0;
+
+    for (i = 1; i < n; i++) {
+        if (registered[i] != registered[i - 1] ||
+            (huge && huge[i] != huge[i - 1])) {
+            vmas++;
+        }
+    }
+    return vmas;
+}
+
+typedef struct MemdedupRun {
+    size_t start;               /* first region of the run */
+    size_t len;                 /* regions in the run */
+} MemdedupRun;
+
+/* Longest first; among equals, the first first. */
+static int memdedup_run_cmp_longest(const void *a, const void *b)
+{
+    const MemdedupRun *ra = a, *rb = b;
+
+    if (ra->len != rb->len) {
+        return ra->len > rb->len ? -1 : 1;
+    }
+    return ra->start < rb->start ? -1 : ra->start > rb->start;
+}
+
+size_t memdedup_keep_longest_runs(bool *flags, size_t n, size_t max_runs)
+{
+    size_t runs = memdedup_count_runs(flags, n), nr = 0, i, j;
+    g_autofree MemdedupRun *all = NULL;
+
+    if (runs <= max_runs) {
+        return runs;
+    }
+    all = g_new(MemdedupRun, runs);
+    for (i = 0; i < n; i = j) {
+        for (j = i; j < n && flags[j] == flags[i]; j++) {
+            /* extend the run */
+        }
+        if (flags[i]) {
+            all[nr].start = i;
+            all[nr].len = j - i;
+            nr++;
+        }
+    }
+    qsort(all, nr, sizeof(*all), memdedup_run_cmp_longest);
+    for (i = max_runs; i < nr; i++) {
+        memset(&flags[all[i].start], false, all[i].len);
+    }
+    return max_runs;
+}
+
 typedef struct MemdedupGap {
     size_t start;               /* first region of the gap */
     size_t len;                 /* regions in the gap */

@@ -58,6 +58,8 @@ void memdedup_registry_init(void)
     engine->state = MEMDEDUP_STATE_DISABLED;
     engine->pagemap_fd = -1;
     engine->kpageflags_fd = -1;
+    engine->vma_budget = memdedup_read_vma_budget();
+    engine->thp_size = memdedup_read_thp_size();
     qemu_guest_getrandom_nofail(&engine->seed, sizeof(engine->seed));
 }
 
@@ -212,7 +214,11 @@ static MemdedupBlock *memdedup_block_new(const char *id, void *host,
         return NULL;
     }
     memset(blk->nodes, MEMDEDUP_NODE_UNKNOWN, blk->nr_pages);
-    blk->max_ranges = MEMDEDUP_MAX_RANGES_DEFAULT;
+    /* One VMA; the first pass snapshot gives it its share. */
+    blk->vmas = 1;
+    blk->vma_share = memdedup_engine.vma_budget;
+    blk->vma_cap = UINT32_MAX;
+    blk->vma_target = 1;
     blk->params = *params;
     blk->params_changed = true;
     blk->merged.kernel_merged_pages = -1;
@@ -316,6 +322,16 @@ MemdedupBlock *memdedup_block_find_host(void *host)
 void memdedup_block_put(MemdedupBlock *blk)
 {
     memdedup_block_unref(blk);
+}
+
+bool memdedup_manages(void *host)
+{
+    MemdedupBlock *blk = memdedup_block_find_host(host);
+
+    if (blk) {
+        memdedup_block_put(blk);
+    }
+    return blk != NULL;
 }
 
 /* Queue regions [@first, @last] for the scanner to forget (lock held). */
