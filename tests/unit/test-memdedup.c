@@ -645,6 +645,76 @@ static void test_parse_smaps(void)
  * is KSM, so the count is 0 when PFNs are visible, or -1 (unavailable)
  * when they are hidden from unprivileged readers.
  */
+/*
+ * The merged bytes of a range that cuts VMAs: at least what is merged,
+ * at most what the VMAs overlapping it hold, never 0 when they hold some
+ * (admission control relies on it).
+ */
+static void test_smaps_merged_bound(void)
+{
+    g_auto(MemdedupSmapsView) view = { 0 };
+
+    memdedup_smaps_view_parse(&view,
+        "7f0000000000-7f0000600000 rw-p 00000000 00:00 0\n"
+        "KSM:                3072 kB\n"
+        "VmFlags: rd wr mg\n"
+        "7f0000600000-7f0000800000 rw-p 00000000 00:00 0\n"
+        "KSM:                   8 kB\n"
+        "VmFlags: rd wr mg\n");
+    /* Inside one VMA: at most the overlap, at most its merged bytes. */
+    g_assert_cmpuint(memdedup_smaps_view_merged_bound(&view,
+                     0x7f0000200000ULL, 0x7f0000400000ULL), ==, 2 * MiB);
+    g_assert_cmpuint(memdedup_smaps_view_merged_bound(&view,
+                     0x7f0000000000ULL, 0x7f0000600000ULL), ==, 3 * MiB);
+    /* Straddling both. */
+    g_assert_cmpuint(memdedup_smaps_view_merged_bound(&view,
+                     0x7f0000500000ULL, 0x7f0000700000ULL), ==,
+                     1 * MiB + 8 * KiB);
+    /* Before, after, between: nothing. */
+    g_assert_cmpuint(memdedup_smaps_view_merged_bound(&view, 0x1000, 0x2000),
+                     ==, 0);
+    g_assert_cmpuint(memdedup_smaps_view_merged_bound(&view,
+                     0x7f0000800000ULL, UINT64_MAX), ==, 0);
+}
+
+/* Which cgroups limit QEMU, from /proc/self/cgroup. */
+static void test_parse_proc_cgroup(void)
+{
+    g_autofree char *v2 = NULL;
+    g_autofree char *v1 = NULL;
+
+    memdedup_parse_proc_cgroup("12:pids:/a\n4:memory:/machine/qemu-1\n"
+                               "0::/machine.slice/x:y\n", &v2, &v1);
+    g_assert_cmpstr(v2, ==, "/machine.slice/x:y");
+    g_assert_cmpstr(v1, ==, "/machine/qemu-1");
+    g_free(v2);
+    g_free(v1);
+    /* Co-mounted controllers; no unified line. */
+    memdedup_parse_proc_cgroup("3:cpu,memory:/k8s/pod\n", &v2, &v1);
+    g_assert_null(v2);
+    g_assert_cmpstr(v1, ==, "/k8s/pod");
+    g_free(v1);
+    /* What cannot be joined to a mount point is ignored. */
+    memdedup_parse_proc_cgroup("0::/../etc\n4:memory:relative\n", &v2,
+                               &v1);
+    g_assert_null(v2);
+    g_assert_null(v1);
+    memdedup_parse_proc_cgroup("", &v2, &v1);
+    g_assert_null(v2);
+    g_assert_null(v1);
+}
+
+static void test_admission_cgroup(void)
+{
+    /* A 1 GiB limit keeps 51.2 MiB free. */
+    g_assert_true(memdedup_unmerge_admissible_cgroup(0, 0, GiB));
+    g_assert_true(memdedup_unmerge_admissible_cgroup(100 * MiB, 200 * MiB,
+                                                     GiB));
+    g_assert_false(memdedup_unmerge_admissible_cgroup(150 * MiB, 200 * MiB,
+                                                      GiB));
+    g_assert_false(memdedup_unmerge_admissible_cgroup(1, 32 * MiB, GiB));
+}
+
 static void test_count_ksm_pages(void)
 {
     size_t len = 64 * PAGE;
@@ -1132,6 +1202,9 @@ int main(int argc, char **argv)
     g_test_add_func("/memdedup/parse-meminfo", test_parse_meminfo);
     g_test_add_func("/memdedup/parse-smaps", test_parse_smaps);
     g_test_add_func("/memdedup/count-ksm-pages", test_count_ksm_pages);
+    g_test_add_func("/memdedup/smaps-merged-bound", test_smaps_merged_bound);
+    g_test_add_func("/memdedup/parse-proc-cgroup", test_parse_proc_cgroup);
+    g_test_add_func("/memdedup/admission-cgroup", test_admission_cgroup);
     g_test_add_func("/memdedup/policy-registers", test_policy_registers);
     g_test_add_func("/memdedup/numa/node-list", test_numa_node_list);
     g_test_add_func("/memdedup/numa/place-pages", test_numa_place_pages);

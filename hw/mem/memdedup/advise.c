@@ -67,9 +67,11 @@ static uint32_t memdedup_vma_limit(MemdedupBlock *blk)
  * query-memdedup; warned about once per backend.  Out of VMAs
  * (vm.max_map_count reached, or no memory to split a VMA: madvise
  * reports EAGAIN, or ENOMEM on older kernels), the block's VMA cap is
- * halved from what the policy aimed at, once per policy application
- * however many regions were refused, so that later passes coalesce into
- * fewer VMAs.  Scanner threads.
+ * halved from what the policy aimed at (never below
+ * MEMDEDUP_VMA_SHARE_MIN: a block of a few VMAs is not what exhausts
+ * the process), once per policy application however many regions were
+ * refused, so that later passes coalesce into fewer VMAs.  Scanner
+ * threads.
  */
 static void memdedup_advise_failed(MemdedupBlock *blk, int advice, int err)
 {
@@ -82,9 +84,10 @@ static void memdedup_advise_failed(MemdedupBlock *blk, int advice, int err)
     if ((err == EAGAIN || err == ENOMEM) &&
         !qatomic_xchg(&blk->vma_cut, true)) {
         uint32_t aimed = MIN(memdedup_vma_limit(blk),
-                             qatomic_read(&blk->vma_target));
+                             MAX(qatomic_read(&blk->vma_target),
+                                 qatomic_read(&blk->vmas)));
 
-        qatomic_set(&blk->vma_cap, MAX(aimed / 2, 3));
+        qatomic_set(&blk->vma_cap, MAX(aimed / 2, MEMDEDUP_VMA_SHARE_MIN));
     }
     if (!qatomic_xchg(&blk->advise_warned, true)) {
         warn_report("memdedup: backend '%s': the kernel refused %s: %s%s",
@@ -96,26 +99,35 @@ static void memdedup_advise_failed(MemdedupBlock *blk, int advice, int err)
 }
 
 /*
- * madvise regions [@first, @first + @count) of @blk.  Inside an RCU
- * read-side section that saw the block alive, so the RAM stays mapped.
+ * madvise regions [@first, @first + @count) of @blk, MEMDEDUP_RCU_CHUNK
+ * at a time, each inside an RCU read-side section that saw the block
+ * alive, so the RAM stays mapped.  False if the kernel refused a chunk
+ * (the ones before it may have changed), the block went away or the
+ * engine is paused.
  */
 static bool memdedup_advise(MemdedupBlock *blk, uint64_t first,
                             uint64_t count, int advice)
 {
     uint64_t region_size = blk->pages_per_region * blk->page_size;
     uint64_t start = first * region_size;
-    uint64_t len = MIN(count * region_size, blk->size - start);
-    int ret, err = 0;
+    uint64_t len = MIN(count * region_size, blk->size - start), done;
+    int ret = 0, err = 0;
 
-    WITH_RCU_READ_LOCK_GUARD() {
-        /* Paused for an incoming migration, only hints are applied. */
-        if (qatomic_load_acquire(&blk->removed) ||
-            (qatomic_read(&memdedup_engine.paused) &&
-             !qatomic_read(&memdedup_engine.incoming))) {
-            return false;
+    /* Paused for an incoming migration, only hints are applied. */
+    if (qatomic_read(&memdedup_engine.paused) &&
+        !qatomic_read(&memdedup_engine.incoming)) {
+        return false;
+    }
+    for (done = 0; done < len && !ret; done += MEMDEDUP_RCU_CHUNK) {
+        WITH_RCU_READ_LOCK_GUARD() {
+            if (qatomic_load_acquire(&blk->removed)) {
+                return false;
+            }
+            ret = memdedup_madvise(blk->host + start + done,
+                                   MIN(len - done, MEMDEDUP_RCU_CHUNK),
+                                   advice);
+            err = ret ? errno : 0;
         }
-        ret = memdedup_madvise(blk->host + start, len, advice);
-        err = ret ? errno : 0;
     }
     trace_memdedup_advise(blk->id, start, len, advice, err);
     /* MADV_COLLAPSE is best effort: no memory for a huge page is normal. */

@@ -227,7 +227,9 @@ static int64_t memdedup_count_ksm_runs(MemdedupEngine *engine,
         return 0;
     }
     for (i = 0; i < blk->nr_regions && total >= 0; i = j) {
-        for (j = i; j < blk->nr_regions && want(pb, j); j++) {
+        /* Runs of at most MEMDEDUP_RCU_CHUNK: one RCU section each. */
+        for (j = i; j < blk->nr_regions && want(pb, j) &&
+             (j - i) * region_size < MEMDEDUP_RCU_CHUNK; j++) {
             /* extend the run */
         }
         if (j == i) {

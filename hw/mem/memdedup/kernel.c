@@ -223,6 +223,7 @@ void memdedup_smaps_view_parse(MemdedupSmapsView *view, const char *text)
     const char *line = text;
     MemdedupSmapsVma vma = { 0 };
     bool in_vma = false;
+    guint i, kept = 0;
 
     memdedup_smaps_view_clear(view);
     view->vmas = g_array_new(false, false, sizeof(MemdedupSmapsVma));
@@ -268,8 +269,21 @@ void memdedup_smaps_view_parse(MemdedupSmapsView *view, const char *text)
     if (in_vma) {
         g_array_append_val(view->vmas, vma);
     }
-    /* The kernel lists VMAs in address order; any other text is sorted. */
+    /*
+     * The kernel lists VMAs in address order, none overlapping; any other
+     * text is sorted, and a VMA overlapping the one before is dropped, so
+     * that lookups may search by start and by end alike.
+     */
     g_array_sort(view->vmas, memdedup_smaps_vma_cmp);
+    for (i = 0; i < view->vmas->len; i++) {
+        MemdedupSmapsVma *v = &g_array_index(view->vmas, MemdedupSmapsVma, i);
+
+        if (!kept || v->start >= g_array_index(view->vmas, MemdedupSmapsVma,
+                                               kept - 1).end) {
+            g_array_index(view->vmas, MemdedupSmapsVma, kept++) = *v;
+        }
+    }
+    g_array_set_size(view->vmas, kept);
 }
 
 bool memdedup_smaps_view_read(MemdedupSmapsView *view)
@@ -330,6 +344,35 @@ void memdedup_smaps_view_sum(const MemdedupSmapsView *view, uint64_t start,
             *mergeable_bytes += vma->end - vma->start;
         }
     }
+}
+
+uint64_t memdedup_smaps_view_merged_bound(const MemdedupSmapsView *view,
+                                          uint64_t start, uint64_t end)
+{
+    size_t lo = 0, hi = view->vmas ? view->vmas->len : 0, i;
+    uint64_t bound = 0;
+
+    /* The first VMA that ends after @start. */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (g_array_index(view->vmas, MemdedupSmapsVma, mid).end <= start) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    for (i = lo; view->vmas && i < view->vmas->len; i++) {
+        const MemdedupSmapsVma *vma = &g_array_index(view->vmas,
+                                                     MemdedupSmapsVma, i);
+
+        if (vma->start >= end) {
+            break;
+        }
+        bound += MIN(vma->ksm_bytes,
+                     MIN(vma->end, end) - MAX(vma->start, start));
+    }
+    return bound;
 }
 
 void memdedup_smaps_view_clear(MemdedupSmapsView *view)
@@ -480,4 +523,129 @@ uint64_t memdedup_thread_cpu_ns(void)
         return 0;
     }
     return ts.tv_sec * NANOSECONDS_PER_SECOND + ts.tv_nsec;
+}
+
+/* A path from /proc/self/cgroup we will join to a mount point. */
+static char *memdedup_cgroup_path_checked(const char *path)
+{
+    if (path[0] != '/' || strstr(path, "/..") || strchr(path, '\n')) {
+        return NULL;
+    }
+    return g_strdup(path);
+}
+
+void memdedup_parse_proc_cgroup(const char *text, char **v2_path,
+                                char **v1_path)
+{
+    g_auto(GStrv) lines = g_strsplit(text, "\n", -1);
+    size_t i;
+
+    *v2_path = *v1_path = NULL;
+    for (i = 0; lines[i]; i++) {
+        /* "hierarchy-id:controller-list:path"; the path may hold ':'. */
+        g_auto(GStrv) f = g_strsplit(lines[i], ":", 3);
+        g_auto(GStrv) controllers = NULL;
+
+        if (g_strv_length(f) != 3) {
+            continue;
+        }
+        if (!strcmp(f[0], "0") && !f[1][0]) {
+            if (!*v2_path) {
+                *v2_path = memdedup_cgroup_path_checked(f[2]);
+            }
+            continue;
+        }
+        controllers = g_strsplit(f[1], ",", -1);
+        if (!*v1_path &&
+            g_strv_contains((const gchar * const *)controllers, "memory")) {
+            *v1_path = memdedup_cgroup_path_checked(f[2]);
+        }
+    }
+}
+
+/* A limit at or above this is none (v1 reports 2^63 less a page). */
+#define MEMDEDUP_CGROUP_UNLIMITED (1ull << 62)
+
+/*
+ * Walk from @path up to the root of the hierarchy mounted at @mount, and
+ * keep in @headroom, @limit and @where the cgroup with the least room
+ * below its limit (@max_file), given its usage (@usage_file).
+ */
+static bool memdedup_cgroup_walk(const char *mount, const char *path,
+                                 const char *max_file, const char *usage_file,
+                                 uint64_t *headroom, uint64_t *limit,
+                                 char **where)
+{
+    g_autofree char *rel = g_strdup(path);
+    bool found = false;
+
+    for (;;) {
+        g_autofree char *dir = g_build_filename(mount, rel, NULL);
+        g_autofree char *max_path = g_build_filename(dir, max_file, NULL);
+        g_autofree char *usage_path = g_build_filename(dir, usage_file, NULL);
+        uint64_t max, usage;
+        char *slash;
+
+        /* "max" (no limit) does not parse: nothing to keep. */
+        if (memdedup_read_number(max_path, &max) &&
+            max < MEMDEDUP_CGROUP_UNLIMITED &&
+            memdedup_read_number(usage_path, &usage)) {
+            uint64_t room = max > usage ? max - usage : 0;
+
+            if (!found || room < *headroom) {
+                *headroom = room;
+                *limit = max;
+                g_free(*where);
+                *where = g_strdup(dir);
+                found = true;
+            }
+        }
+        slash = strrchr(rel, '/');
+        if (!slash || !rel[1]) {
+            return found;
+        }
+        slash[slash == rel] = '\0';    /* "/a" becomes "/", "/a/b" "/a" */
+    }
+}
+
+bool memdedup_read_cgroup_headroom(uint64_t *headroom, uint64_t *limit,
+                                   char **where)
+{
+    g_autofree char *text = NULL;
+    g_autofree char *v2 = NULL;
+    g_autofree char *v1 = NULL;
+    bool found = false;
+    uint64_t room, max;
+    char *dir = NULL;
+
+    *where = NULL;
+    if (!g_file_get_contents("/proc/self/cgroup", &text, NULL, NULL)) {
+        return false;
+    }
+    memdedup_parse_proc_cgroup(text, &v2, &v1);
+    if (v2) {
+        /* The unified hierarchy at the top, or beside v1 controllers. */
+        const char *mount = access("/sys/fs/cgroup/cgroup.controllers",
+                                   R_OK) == 0 ? "/sys/fs/cgroup" :
+                            "/sys/fs/cgroup/unified";
+
+        found = memdedup_cgroup_walk(mount, v2, "memory.max",
+                                     "memory.current", headroom, limit,
+                                     where);
+    }
+    if (v1 && memdedup_cgroup_walk("/sys/fs/cgroup/memory", v1,
+                                   "memory.limit_in_bytes",
+                                   "memory.usage_in_bytes", &room, &max,
+                                   &dir)) {
+        if (!found || room < *headroom) {
+            *headroom = room;
+            *limit = max;
+            g_free(*where);
+            *where = dir;
+            dir = NULL;
+        }
+        found = true;
+    }
+    g_free(dir);
+    return found;
 }

@@ -263,6 +263,34 @@ uint64_t memdedup_read_thp_size(void);
 bool memdedup_unmerge_admissible(uint64_t merged_bytes,
                                  uint64_t mem_available, uint64_t mem_total);
 
+/*
+ * memdedup_unmerge_admissible_cgroup: may @merged_bytes be unmerged in a
+ * memory cgroup with @headroom bytes below its @limit, keeping
+ * MEMDEDUP_UNMERGE_RESERVE_PERCENT of @limit free?
+ */
+bool memdedup_unmerge_admissible_cgroup(uint64_t merged_bytes,
+                                        uint64_t headroom, uint64_t limit);
+
+/*
+ * memdedup_parse_proc_cgroup: the cgroup v2 path ("0::/path") and the
+ * cgroup v1 memory controller's path ("N:...memory...:/path") in
+ * /proc/PID/cgroup text @text; each NULL if absent.  Paths are checked
+ * (absolute, no "..").
+ */
+void memdedup_parse_proc_cgroup(const char *text, char **v2_path,
+                                char **v1_path);
+
+/*
+ * memdedup_read_cgroup_headroom: the least room below a memory limit
+ * over QEMU's memory cgroup and its ancestors, in cgroup v2 (memory.max
+ * - memory.current) and v1 (memory.limit_in_bytes -
+ * memory.usage_in_bytes), whichever the host mounts: @headroom, the
+ * @limit of that cgroup and its directory @where (to free).  False if no
+ * limit applies, or none can be read.
+ */
+bool memdedup_read_cgroup_headroom(uint64_t *headroom, uint64_t *limit,
+                                   char **where);
+
 /* ------------------------------------------------------------------ */
 /* Kernel views (parsers take text so that tests can feed them)        */
 /* ------------------------------------------------------------------ */
@@ -356,6 +384,15 @@ void memdedup_smaps_view_sum(const MemdedupSmapsView *view, uint64_t start,
                              uint64_t end, uint64_t *ksm_bytes,
                              uint64_t *mergeable_vmas,
                              uint64_t *mergeable_bytes);
+
+/*
+ * memdedup_smaps_view_merged_bound: at least the KSM bytes in [@start,
+ * @end), at most what the VMAs overlapping it hold: a VMA inside counts
+ * its KSM bytes, one partly inside the lesser of its KSM bytes and the
+ * overlap.  0 only if none of them holds a merged page.
+ */
+uint64_t memdedup_smaps_view_merged_bound(const MemdedupSmapsView *view,
+                                          uint64_t start, uint64_t end);
 
 void memdedup_smaps_view_clear(MemdedupSmapsView *view);
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(MemdedupSmapsView, memdedup_smaps_view_clear)

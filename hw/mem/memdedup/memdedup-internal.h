@@ -85,6 +85,15 @@ typedef struct MemdedupMergedStats {
     int64_t cross_vm_merged_pages;      /* KSM pages there; -1: unknown */
 } MemdedupMergedStats;
 
+/*
+ * Guest RAM is touched (madvise, pagemap walks) only inside RCU read-side
+ * sections that saw its block alive; each covers at most this much, so
+ * that an unplugged DIMM is unmapped (and drain_call_rcu returns) within
+ * a few tens of milliseconds even during a long MADV_COLLAPSE, which
+ * copies about 2 GB/s.
+ */
+#define MEMDEDUP_RCU_CHUNK (64 * MiB)
+
 struct MemdedupBlock {
     /* Constant after memdedup_block_add. */
     char *id;                   /* backend object id */

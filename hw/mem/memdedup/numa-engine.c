@@ -146,17 +146,28 @@ void memdedup_numa_pass_index(MemdedupEngine *engine, MemdedupBlock **blocks,
 void memdedup_numa_block_publish(MemdedupEngine *engine, MemdedupBlock *blk,
                                  MemdedupNumaStats *stats)
 {
+    uint64_t chunk = MEMDEDUP_RCU_CHUNK / blk->page_size, p;
+
     /*
      * On one node, the node's KSM pages are the backend's, which the pass
      * counts through kpageflags anyway: do not read it twice.
      */
     stats->one_node = engine->placement == memdedup_numa_one_node;
-    WITH_RCU_READ_LOCK_GUARD() {
-        if (!stats->one_node && !qatomic_load_acquire(&blk->removed)) {
-            memdedup_numa_count_merged(engine->pagemap_fd,
-                                       engine->kpageflags_fd,
-                                       (uintptr_t)blk->host, blk->page_size,
-                                       blk->nodes, blk->nr_pages, stats);
+    for (p = 0; !stats->one_node && p < blk->nr_pages; p += chunk) {
+        bool counted = false;
+
+        /* One RCU section per chunk (see MEMDEDUP_RCU_CHUNK). */
+        WITH_RCU_READ_LOCK_GUARD() {
+            counted = !qatomic_load_acquire(&blk->removed) &&
+                      memdedup_numa_count_merged(
+                          engine->pagemap_fd, engine->kpageflags_fd,
+                          (uintptr_t)blk->host + p * blk->page_size,
+                          blk->page_size, blk->nodes + p,
+                          MIN(chunk, blk->nr_pages - p), stats);
+        }
+        if (!counted) {
+            stats->merged_known = false;
+            break;
         }
     }
     qemu_mutex_lock(&engine->lock);

@@ -245,3 +245,15 @@ bool memdedup_unmerge_admissible(uint64_t merged_bytes,
     }
     return mem_available > reserve && merged_bytes <= mem_available - reserve;
 }
+
+bool memdedup_unmerge_admissible_cgroup(uint64_t merged_bytes,
+                                        uint64_t headroom, uint64_t limit)
+{
+    uint64_t reserve = limit / 100 * MEMDEDUP_UNMERGE_RESERVE_PERCENT +
+                       limit % 100 * MEMDEDUP_UNMERGE_RESERVE_PERCENT / 100;
+
+    if (!merged_bytes) {
+        return true;
+    }
+    return headroom > reserve && merged_bytes <= headroom - reserve;
+}

@@ -257,6 +257,20 @@ MemdedupBlock *memdedup_registry_add(const char *id, void *host, uint64_t size,
      * that KSM can merge it quickly once registered.
      */
     if (memdedup_host_has_ksm()) {
+        g_auto(MemdedupSmapsView) smaps = { 0 };
+        uint64_t merged;
+
+        /*
+         * Adopted at runtime (object-add), the RAM may hold pages merged
+         * under mem-merge: unmerging them is admitted like any other.
+         */
+        if (!memdedup_unmerge_check(blk, (uintptr_t)host,
+                                    (uintptr_t)host + size,
+                                    params->force_unmerge, &smaps, &merged,
+                                    errp)) {
+            memdedup_block_free(blk);
+            return NULL;
+        }
         madvise(host, size, MADV_UNMERGEABLE);
     }
     if (params->manage_thp) {
@@ -385,15 +399,20 @@ void memdedup_block_plug(MemdedupBlock *blk, uint64_t first, uint64_t count,
 }
 
 /*
- * Bytes in [@start, @end) that the kernel reports merged, from
- * /proc/self/smaps; -1 if unknown.  @smaps is read and parsed on first
+ * Bytes in [@start, @end) that the kernel merged; -1 if unknown.  Exact
+ * where PFNs are readable (pagemap and kpageflags); else an upper bound
+ * from /proc/self/smaps, whose VMAs need not match the range: a VMA
+ * partly inside counts as much of its merged bytes as the overlap can
+ * hold, never 0 if it holds some.  @smaps is read and parsed on first
  * use and kept for the caller's later calls (the caller clears it): one
  * parse however many ranges are looked up.
  */
 static int64_t memdedup_merged_bytes(MemdedupSmapsView *smaps,
                                      uint64_t start, uint64_t end)
 {
-    uint64_t ksm_bytes, vmas, mergeable;
+    MemdedupEngine *engine = &memdedup_engine;
+    uint64_t bound;
+    int64_t pages;
 
     if (!smaps->read) {
         memdedup_smaps_view_read_merged(smaps, NULL);
@@ -401,39 +420,59 @@ static int64_t memdedup_merged_bytes(MemdedupSmapsView *smaps,
     if (!smaps->has_ksm) {
         return -1;
     }
-    memdedup_smaps_view_sum(smaps, start, end, &ksm_bytes, &vmas, &mergeable);
-    return ksm_bytes;
+    bound = memdedup_smaps_view_merged_bound(smaps, start, end);
+    if (!bound || engine->pagemap_fd < 0 || engine->kpageflags_fd < 0) {
+        return bound;
+    }
+    /* pagemap reads of a range being unmapped only find it absent. */
+    pages = memdedup_count_ksm_pages(engine->pagemap_fd,
+                                     engine->kpageflags_fd, start,
+                                     end - start);
+    return pages < 0 ? bound : MIN(pages * qemu_real_host_page_size(), bound);
 }
 
 /*
- * Would unregistering [@start, @end) of @blk fit in MemAvailable?  When
- * the merged amount is unknown, the whole range is assumed merged.
- * @smaps as for memdedup_merged_bytes.
+ * Would unregistering [@start, @end) of @blk fit in MemAvailable, and in
+ * the headroom of QEMU's memory cgroup (which is what OOM-kills QEMU
+ * under libvirt or a container runtime)?  When the merged amount is
+ * unknown, the whole range is assumed merged.  @smaps as for
+ * memdedup_merged_bytes.
  */
 bool memdedup_unmerge_check(MemdedupBlock *blk, uint64_t start,
-                                   uint64_t end, bool force,
-                                   MemdedupSmapsView *smaps,
-                                   uint64_t *merged, Error **errp)
+                            uint64_t end, bool force,
+                            MemdedupSmapsView *smaps,
+                            uint64_t *merged, Error **errp)
 {
-    uint64_t available, total;
+    g_autofree char *cgroup = NULL;
+    uint64_t available, total, headroom, limit;
     int64_t bytes = memdedup_merged_bytes(smaps, start, end);
 
     *merged = bytes < 0 ? end - start : bytes;
     if (force || !*merged) {
         return true;
     }
-    if (!memdedup_read_meminfo(&available, &total)) {
-        return true;            /* nothing to judge by: do not block */
+    if (memdedup_read_meminfo(&available, &total) &&
+        !memdedup_unmerge_admissible(*merged, available, total)) {
+        error_setg(errp, "backend '%s': unmerging %.1f MiB needs more than "
+                   "the host's MemAvailable (%.1f MiB, with %d%% of "
+                   "MemTotal kept in reserve); set force-unmerge=on to "
+                   "unmerge anyway", blk->id, (double)*merged / MiB,
+                   (double)available / MiB,
+                   MEMDEDUP_UNMERGE_RESERVE_PERCENT);
+        return false;
     }
-    if (memdedup_unmerge_admissible(*merged, available, total)) {
-        return true;
+    if (memdedup_read_cgroup_headroom(&headroom, &limit, &cgroup) &&
+        !memdedup_unmerge_admissible_cgroup(*merged, headroom, limit)) {
+        error_setg(errp, "backend '%s': unmerging %.1f MiB needs more than "
+                   "the headroom of QEMU's memory cgroup (%s: %.1f MiB "
+                   "below its limit of %.1f MiB, with %d%% of it kept in "
+                   "reserve); set force-unmerge=on to unmerge anyway",
+                   blk->id, (double)*merged / MiB, cgroup,
+                   (double)headroom / MiB, (double)limit / MiB,
+                   MEMDEDUP_UNMERGE_RESERVE_PERCENT);
+        return false;
     }
-    error_setg(errp, "memory-backend-ksm '%s': unmerging %.1f MiB needs "
-               "more than the host's MemAvailable (%.1f MiB, with %d%% of "
-               "MemTotal kept in reserve); set force-unmerge=on to unmerge "
-               "anyway", blk->id, (double)*merged / MiB,
-               (double)available / MiB, MEMDEDUP_UNMERGE_RESERVE_PERCENT);
-    return false;
+    return true;
 }
 
 bool memdedup_block_set_params(MemdedupBlock *blk, const MemdedupParams *params,

@@ -22,6 +22,33 @@
 
 #define PAGE 4096
 
+/*
+ * The bound on a window's merged bytes: at least what the VMAs inside
+ * hold (@inside), at most the window.
+ */
+static void fuzz_merged_bound(const char *text, uint64_t start, uint64_t end,
+                              uint64_t inside)
+{
+    g_auto(MemdedupSmapsView) view = { 0 };
+    uint64_t bound;
+
+    memdedup_smaps_view_parse(&view, text);
+    bound = memdedup_smaps_view_merged_bound(&view, start, end);
+    g_assert_cmpuint(bound, >=, inside);
+    g_assert_cmpuint(bound, <=, end > start ? end - start : 0);
+}
+
+/* Cgroup paths taken are absolute and never climb out of the mount. */
+static void fuzz_proc_cgroup(const char *text)
+{
+    g_autofree char *v2 = NULL;
+    g_autofree char *v1 = NULL;
+
+    memdedup_parse_proc_cgroup(text, &v2, &v1);
+    g_assert(!v2 || (v2[0] == '/' && !strstr(v2, "/..")));
+    g_assert(!v1 || (v1[0] == '/' && !strstr(v1, "/..")));
+}
+
 static void fuzz_text_parsers(const char *text, const uint8_t *data,
                               size_t size)
 {
@@ -67,7 +94,9 @@ static void fuzz_text_parsers(const char *text, const uint8_t *data,
             g_assert_cmpuint(vmas, ==, 0);
             g_assert_cmpuint(mergeable, ==, 0);
         }
+        fuzz_merged_bound(text, start, end, ksm);
     }
+    fuzz_proc_cgroup(text);
 }
 
 /* A memfd holding @len bytes of @data, for the pread-based reader. */
