@@ -352,6 +352,9 @@ uint64_t memdedup_smaps_view_merged_bound(const MemdedupSmapsView *view,
     size_t lo = 0, hi = view->vmas ? view->vmas->len : 0, i;
     uint64_t bound = 0;
 
+    if (start >= end) {
+        return 0;
+    }
     /* The first VMA that ends after @start. */
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;

@@ -35,7 +35,7 @@ static void fuzz_merged_bound(const char *text, uint64_t start, uint64_t end,
     memdedup_smaps_view_parse(&view, text);
     bound = memdedup_smaps_view_merged_bound(&view, start, end);
     g_assert_cmpuint(bound, >=, inside);
-    g_assert_cmpuint(bound, <=, end > start ? end - start : 0);
+    g_assert_cmpuint(bound, <=, (end > start ? end - start : 0));
 }
 
 /* Cgroup paths taken are absolute and never climb out of the mount. */
