@@ -17,25 +17,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from host import KsmKnobs, ksm_read, ksmd_pid, shielded  # noqa: E402
+from host import (KsmKnobs, cpu_seconds, ksm_read, ksmd_pid,  # noqa: E402
+                  shielded)
 from qmp import Qemu, QMPError  # noqa: E402
 
 TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MIB = 1 << 20
 READY = "MEMDEDUP-GUEST-READY"
-
-
-def cpu_seconds(pid):
-    """utime + stime of pid in seconds, or None."""
-    if pid is None:
-        return None
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def backend_available(qemu, backend):

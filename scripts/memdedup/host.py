@@ -191,7 +191,10 @@ def ksm_stat(pid):
 
 
 def cpu_seconds(pid):
-    """utime + stime of process @pid in seconds, or None."""
+    """utime + stime of process @pid in seconds, or None (also for no
+    @pid)."""
+    if pid is None:
+        return None
     try:
         with open("/proc/%d/stat" % pid) as f:
             fields = f.read().rsplit(")", 1)[1].split()

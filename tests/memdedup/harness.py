@@ -47,6 +47,28 @@ def start_qtest_vm(workdir, name, extra_args, wrapper=()):
     return qtestvm.start_qtest_vm(QEMU, workdir, name, extra_args, wrapper)
 
 
+def need_ksm_root():
+    """Skip unless the host has KSM and we may start ksmd."""
+    if not os.path.exists("/sys/kernel/mm/ksm/run"):
+        raise Skip("the host has no KSM")
+    if os.geteuid() != 0:
+        raise Skip("not root: cannot start ksmd")
+
+
+def write_meminfo(path, available_kb):
+    """The host's /proc/meminfo at @path (which QEMU reads instead when
+    QEMU_MEMDEDUP_MEMINFO names it), with MemAvailable replaced if
+    given."""
+    with open("/proc/meminfo") as f:
+        lines = f.readlines()
+    with open(path + ".tmp", "w") as f:
+        for line in lines:
+            if available_kb is not None and line.startswith("MemAvailable:"):
+                line = "MemAvailable:   %d kB\n" % available_kb
+            f.write(line)
+    os.rename(path + ".tmp", path)
+
+
 def backend(vm, backend_id):
     for b in vm.qmp.cmd("query-memdedup")["backends"]:
         if b["id"] == backend_id:

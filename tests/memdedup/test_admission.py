@@ -23,30 +23,36 @@ import sys
 import time
 
 from harness import (MiB, PAGE, Skip, backend, check, digest_known,
-                     fill_known, host_address, mergeable_vmas, qmp, run_pass,
-                     run_tests, smaps_merged_pages, start_qtest_vm, wait_for)
+                     fill_known, host_address, mergeable_vmas, need_ksm_root,
+                     qmp, run_pass, run_tests, smaps_merged_pages,
+                     start_qtest_vm, wait_for, write_meminfo)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 REGION = 2 * MiB
 
 
-def need_ksm_root():
-    if not os.path.exists("/sys/kernel/mm/ksm/run"):
-        raise Skip("the host has no KSM")
-    if os.geteuid() != 0:
-        raise Skip("not root: cannot start ksmd")
+@contextlib.contextmanager
+def merging_ksm():
+    """ksmd merging fast, zero pages as KSM pages; knobs restored."""
+    need_ksm_root()
+    with host.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10,
+                       use_zero_pages=0) as ksm:
+        if not ksm.active:
+            raise Skip(ksm.reason)
+        yield ksm
 
 
-def write_meminfo(path, available_kb):
-    """The host's /proc/meminfo, with MemAvailable replaced if given."""
-    with open("/proc/meminfo") as f:
-        lines = f.readlines()
-    with open(path + ".tmp", "w") as f:
-        for line in lines:
-            if available_kb is not None and line.startswith("MemAvailable:"):
-                line = "MemAvailable:   %d kB\n" % available_kb
-            f.write(line)
-    os.rename(path + ".tmp", path)
+@contextlib.contextmanager
+def faked_meminfo(workdir):
+    """A copy of /proc/meminfo that QEMUs started inside read instead
+    (write_meminfo changes its MemAvailable)."""
+    meminfo = os.path.join(workdir, "meminfo")
+    write_meminfo(meminfo, None)
+    os.environ["QEMU_MEMDEDUP_MEMINFO"] = meminfo
+    try:
+        yield meminfo
+    finally:
+        os.environ.pop("QEMU_MEMDEDUP_MEMINFO", None)
 
 
 def mergeable_in(pid, base, size):
@@ -57,16 +63,9 @@ def mergeable_in(pid, base, size):
 
 
 def test_refusal_inside_a_vma(workdir):
-    need_ksm_root()
     size = 64 * MiB
     a, b, c = 16 * MiB, 16 * MiB + REGION, 16 * MiB + 2 * REGION
-    with host.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10,
-                       use_zero_pages=0) as ksm:
-        if not ksm.active:
-            raise Skip(ksm.reason)
-        meminfo = os.path.join(workdir, "meminfo")
-        write_meminfo(meminfo, None)
-        os.environ["QEMU_MEMDEDUP_MEMINFO"] = meminfo
+    with merging_ksm(), faked_meminfo(workdir) as meminfo:
         vm, qt = start_qtest_vm(workdir, "vma", [
             "-machine", "pc,memory-backend=m0,mem-merge=off",
             "-m", "%dM" % (size // MiB),
@@ -116,7 +115,6 @@ def test_refusal_inside_a_vma(workdir):
                   % mergeable_in(vm.pid, base, size))
             check(qt.read(a, 3 * REGION) == before, "guest memory changed")
         finally:
-            os.environ.pop("QEMU_MEMDEDUP_MEMINFO", None)
             vm.stop()
             qt.close()
 
@@ -124,14 +122,7 @@ def test_refusal_inside_a_vma(workdir):
 def test_runtime_adoption(workdir):
     """Adopting a running guest's RAM that mem-merge let KSM merge
     unmerges it first: admitted like any other unmerge."""
-    need_ksm_root()
-    with host.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10,
-                       use_zero_pages=0) as ksm:
-        if not ksm.active:
-            raise Skip(ksm.reason)
-        meminfo = os.path.join(workdir, "meminfo")
-        write_meminfo(meminfo, None)
-        os.environ["QEMU_MEMDEDUP_MEMINFO"] = meminfo
+    with merging_ksm(), faked_meminfo(workdir) as meminfo:
         vm, qt = start_qtest_vm(workdir, "adopt", [
             "-machine", "pc,memory-backend=pc.ram,mem-merge=on",
             "-m", "256M",
@@ -163,7 +154,6 @@ def test_runtime_adoption(workdir):
                   == ["pc.ram"], "not adopted with the memory there")
             check(digest_known(qt) == digest, "guest memory changed")
         finally:
-            os.environ.pop("QEMU_MEMDEDUP_MEMINFO", None)
             vm.stop()
             qt.close()
 
@@ -242,11 +232,7 @@ class ChildMemoryCgroup:
 
 
 def test_cgroup_limit(workdir):
-    need_ksm_root()
-    with host.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10,
-                       use_zero_pages=0) as ksm:
-        if not ksm.active:
-            raise Skip(ksm.reason)
+    with merging_ksm():
         with ChildMemoryCgroup("memdedup-test-%d" % os.getpid()) as cg:
             vm, qt = start_qtest_vm(workdir, "cg", [
                 "-machine", "pc,memory-backend=m0,mem-merge=off",

@@ -18,22 +18,15 @@ import time
 from harness import (KNOWN_DUP_AT, KNOWN_DUP_BLOCK, KNOWN_UNIQUE,
                      KNOWN_ZERO, MiB, PAGE, Skip, backend, check,
                      digest_known, fill_known, fingerprint_slack,
-                     host_address, mergeable_vmas, qmp,
+                     host_address, mergeable_vmas, need_ksm_root, qmp,
                      rss_bytes, run_pass, run_tests, smaps_merged_pages,
-                     smaps_vmas, start_qtest_vm, wait_for)
+                     smaps_vmas, start_qtest_vm, wait_for, write_meminfo)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 SIZE = 256 * MiB
 ZERO, UNIQUE = KNOWN_ZERO, KNOWN_UNIQUE
 DUP_BLOCK = KNOWN_DUP_BLOCK
 MERGE_BOUND = 60                      # seconds for ksmd to merge
-
-
-def need_ksm_root():
-    if not os.path.exists("/sys/kernel/mm/ksm/run"):
-        raise Skip("the host has no KSM")
-    if os.geteuid() != 0:
-        raise Skip("not root: cannot start ksmd")
 
 
 def test_kernel_merges_registered(workdir):
@@ -186,18 +179,6 @@ def check_quiet_view(vm, qt, trace):
         smaps_merged_pages(vm.pid) and view_reads(trace)[0] > reads),
         timeout=30)
     qt.write(addr, page)
-
-
-def write_meminfo(path, available_kb):
-    """The host's /proc/meminfo, with MemAvailable replaced if given."""
-    with open("/proc/meminfo") as f:
-        lines = f.readlines()
-    with open(path + ".tmp", "w") as f:
-        for line in lines:
-            if available_kb is not None and line.startswith("MemAvailable:"):
-                line = "MemAvailable: %d kB\n" % available_kb
-            f.write(line)
-    os.replace(path + ".tmp", path)
 
 
 def qom_set(vm, prop, value):

@@ -469,16 +469,25 @@ static char *flags_to(const bool *f, size_t n)
     return s;
 }
 
-static void check_coalesce(const char *in, size_t max, const char *out,
-                           size_t runs)
+typedef size_t (*RunsFn)(bool *flags, size_t n, size_t max_runs);
+
+/* @fn on the flags @in with @max: @out, and @runs returned. */
+static void check_runs(RunsFn fn, const char *in, size_t max,
+                       const char *out, size_t runs)
 {
     size_t n;
     g_autofree bool *f = flags_from(in, &n);
     g_autofree char *got = NULL;
 
-    g_assert_cmpuint(memdedup_coalesce_ranges(f, n, max), ==, runs);
+    g_assert_cmpuint(fn(f, n, max), ==, runs);
     got = flags_to(f, n);
     g_assert_cmpstr(got, ==, out);
+}
+
+static void check_coalesce(const char *in, size_t max, const char *out,
+                           size_t runs)
+{
+    check_runs(memdedup_coalesce_ranges, in, max, out, runs);
 }
 
 static void test_coalesce(void)
@@ -506,13 +515,7 @@ static void test_coalesce(void)
 static void check_keep_longest(const char *in, size_t max, const char *out,
                                size_t runs)
 {
-    size_t n;
-    g_autofree bool *f = flags_from(in, &n);
-    g_autofree char *got = NULL;
-
-    g_assert_cmpuint(memdedup_keep_longest_runs(f, n, max), ==, runs);
-    got = flags_to(f, n);
-    g_assert_cmpstr(got, ==, out);
+    check_runs(memdedup_keep_longest_runs, in, max, out, runs);
 }
 
 /* Huge page runs within a VMA budget: the longest stay. */

@@ -310,32 +310,42 @@ bool memdedup_smaps_view_read_merged(MemdedupSmapsView *view,
     return true;
 }
 
-void memdedup_smaps_view_sum(const MemdedupSmapsView *view, uint64_t start,
-                             uint64_t end, uint64_t *ksm_bytes,
-                             uint64_t *mergeable_vmas,
-                             uint64_t *mergeable_bytes)
+/* Index of the first VMA of @view that ends after @addr. */
+static size_t memdedup_smaps_view_find(const MemdedupSmapsView *view,
+                                       uint64_t addr)
 {
-    size_t lo = 0, hi = view->vmas ? view->vmas->len : 0, i;
+    size_t lo = 0, hi = view->vmas ? view->vmas->len : 0;
 
-    *ksm_bytes = *mergeable_vmas = *mergeable_bytes = 0;
-    /* The first VMA that starts at or after @start. */
+    /* Sorted and not overlapping (see the parse): ends ascend too. */
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
 
-        if (g_array_index(view->vmas, MemdedupSmapsVma, mid).start < start) {
+        if (g_array_index(view->vmas, MemdedupSmapsVma, mid).end <= addr) {
             lo = mid + 1;
         } else {
             hi = mid;
         }
     }
-    for (i = lo; view->vmas && i < view->vmas->len; i++) {
+    return lo;
+}
+
+void memdedup_smaps_view_sum(const MemdedupSmapsView *view, uint64_t start,
+                             uint64_t end, uint64_t *ksm_bytes,
+                             uint64_t *mergeable_vmas,
+                             uint64_t *mergeable_bytes)
+{
+    size_t i;
+
+    *ksm_bytes = *mergeable_vmas = *mergeable_bytes = 0;
+    for (i = memdedup_smaps_view_find(view, start);
+         view->vmas && i < view->vmas->len; i++) {
         const MemdedupSmapsVma *vma = &g_array_index(view->vmas,
                                                      MemdedupSmapsVma, i);
 
         if (vma->start >= end) {
             break;
         }
-        if (vma->end > end) {
+        if (vma->start < start || vma->end > end) {
             continue;
         }
         *ksm_bytes += vma->ksm_bytes;
@@ -349,23 +359,14 @@ void memdedup_smaps_view_sum(const MemdedupSmapsView *view, uint64_t start,
 uint64_t memdedup_smaps_view_merged_bound(const MemdedupSmapsView *view,
                                           uint64_t start, uint64_t end)
 {
-    size_t lo = 0, hi = view->vmas ? view->vmas->len : 0, i;
     uint64_t bound = 0;
+    size_t i;
 
     if (start >= end) {
         return 0;
     }
-    /* The first VMA that ends after @start. */
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-
-        if (g_array_index(view->vmas, MemdedupSmapsVma, mid).end <= start) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    for (i = lo; view->vmas && i < view->vmas->len; i++) {
+    for (i = memdedup_smaps_view_find(view, start);
+         view->vmas && i < view->vmas->len; i++) {
         const MemdedupSmapsVma *vma = &g_array_index(view->vmas,
                                                      MemdedupSmapsVma, i);
 
