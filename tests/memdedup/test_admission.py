@@ -55,6 +55,12 @@ def faked_meminfo(workdir):
         os.environ.pop("QEMU_MEMDEDUP_MEMINFO", None)
 
 
+def wait_merged(vm, pages, what, timeout=90):
+    """Wait until @vm has at least @pages merged (smaps); return them."""
+    return wait_for(what, lambda: (lambda m: m if m >= pages else 0)(
+        smaps_merged_pages(vm.pid)), timeout)
+
+
 def mergeable_in(pid, base, size):
     """[(start, end)] of the mergeable VMAs in [base, base + size), as
     offsets."""
@@ -86,9 +92,8 @@ def test_refusal_inside_a_vma(workdir):
             check(mergeable_in(vm.pid, base, size) == [(a, c + REGION)],
                   "not one registered VMA: %s"
                   % mergeable_in(vm.pid, base, size))
-            merged = wait_for("ksmd to merge the three regions", lambda: (
-                lambda m: m if m >= (5 * REGION // 2) // PAGE else 0)(
-                    smaps_merged_pages(vm.pid)), 60)
+            merged = wait_merged(vm, (5 * REGION // 2) // PAGE,
+                                 "ksmd to merge the three regions", 60)
 
             # 1 MiB available; b's merged half needs 1 MiB unmerged.
             write_meminfo(meminfo, 1024)
@@ -130,9 +135,8 @@ def test_runtime_adoption(workdir):
         try:
             fill_known(qt, random.Random(23))
             digest = digest_known(qt)
-            merged = wait_for("ksmd to merge under mem-merge", lambda: (
-                lambda m: m if m * PAGE >= 64 * MiB else 0)(
-                    smaps_merged_pages(vm.pid)), 90)
+            merged = wait_merged(vm, 64 * MiB // PAGE,
+                                 "ksmd to merge under mem-merge")
             write_meminfo(meminfo, 1024)
             try:
                 vm.qmp.cmd("object-add", **{"qom-type": "memdedup",
@@ -243,9 +247,8 @@ def test_cgroup_limit(workdir):
                 fill_known(qt, random.Random(22))
                 digest = digest_known(qt)
                 run_pass(vm)
-                merged = wait_for("ksmd to merge 64 MiB", lambda: (
-                    lambda m: m if m * PAGE >= 64 * MiB else 0)(
-                        smaps_merged_pages(vm.pid)), 90)
+                merged = wait_merged(vm, 64 * MiB // PAGE,
+                                     "ksmd to merge 64 MiB")
                 with open(os.path.join(cg.path, "cgroup.procs"), "w") as f:
                     f.write("%d\n" % vm.pid)
                 # 32 MiB of room, less than unmerging needs.

@@ -352,12 +352,15 @@ static void memdedup_choose_thp(MemdedupBlock *blk,
                                 bool *huge)
 {
     uint64_t n = blk->nr_regions, i;
-    size_t left = limit - MIN(memdedup_count_vmas(wanted, NULL, n), limit);
+    size_t left;
 
-    if (!params->manage_thp || !memdedup_host_thp_allowed() ||
-        blk->pages_per_region * blk->page_size < memdedup_engine.thp_size) {
+    /* The sysfs read last: most applies stop at the cheaper checks. */
+    if (!params->manage_thp ||
+        blk->pages_per_region * blk->page_size < memdedup_engine.thp_size ||
+        !memdedup_host_thp_allowed()) {
         return;
     }
+    left = limit - MIN(memdedup_count_vmas(wanted, NULL, n), limit);
     for (i = 0; i < n; i++) {
         uint64_t pages = MIN(blk->pages_per_region,
                              blk->nr_pages - i * blk->pages_per_region);

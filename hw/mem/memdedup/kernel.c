@@ -573,15 +573,15 @@ void memdedup_parse_proc_cgroup(const char *text, char **v2_path,
 /*
  * Walk from @path up to the root of the hierarchy mounted at @mount, and
  * keep in @headroom, @limit and @where the cgroup with the least room
- * below its limit (@max_file), given its usage (@usage_file).
+ * below its limit (@max_file), given its usage (@usage_file), unless one
+ * with less room was @found already.  Returns whether one was found.
  */
 static bool memdedup_cgroup_walk(const char *mount, const char *path,
                                  const char *max_file, const char *usage_file,
-                                 uint64_t *headroom, uint64_t *limit,
-                                 char **where)
+                                 bool found, uint64_t *headroom,
+                                 uint64_t *limit, char **where)
 {
     g_autofree char *rel = g_strdup(path);
-    bool found = false;
 
     for (;;) {
         g_autofree char *dir = g_build_filename(mount, rel, NULL);
@@ -619,8 +619,6 @@ bool memdedup_read_cgroup_headroom(uint64_t *headroom, uint64_t *limit,
     g_autofree char *v2 = NULL;
     g_autofree char *v1 = NULL;
     bool found = false;
-    uint64_t room, max;
-    char *dir = NULL;
 
     *where = NULL;
     if (!g_file_get_contents("/proc/self/cgroup", &text, NULL, NULL)) {
@@ -634,22 +632,14 @@ bool memdedup_read_cgroup_headroom(uint64_t *headroom, uint64_t *limit,
                             "/sys/fs/cgroup/unified";
 
         found = memdedup_cgroup_walk(mount, v2, "memory.max",
-                                     "memory.current", headroom, limit,
-                                     where);
+                                     "memory.current", found, headroom,
+                                     limit, where);
     }
-    if (v1 && memdedup_cgroup_walk("/sys/fs/cgroup/memory", v1,
-                                   "memory.limit_in_bytes",
-                                   "memory.usage_in_bytes", &room, &max,
-                                   &dir)) {
-        if (!found || room < *headroom) {
-            *headroom = room;
-            *limit = max;
-            g_free(*where);
-            *where = dir;
-            dir = NULL;
-        }
-        found = true;
+    if (v1) {
+        found = memdedup_cgroup_walk("/sys/fs/cgroup/memory", v1,
+                                     "memory.limit_in_bytes",
+                                     "memory.usage_in_bytes", found,
+                                     headroom, limit, where);
     }
-    g_free(dir);
     return found;
 }
