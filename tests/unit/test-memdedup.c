@@ -23,7 +23,7 @@ static void test_fingerprint(void)
 {
     g_autofree uint8_t *a = g_malloc0(PAGE);
     g_autofree uint8_t *b = g_malloc0(PAGE);
-    uint32_t fa, fb;
+    MemdedupFp fa, fb;
 
     /* Zero pages are classified as such, whatever the seed. */
     g_assert_cmpuint(memdedup_page_classify(a, PAGE, 1), ==, MEMDEDUP_FP_ZERO);
@@ -65,9 +65,12 @@ static void test_fingerprint_is_xxh3(void)
         XXH3_generateSecret_fromSeed(secret, seed);
         for (s = 0; s < ARRAY_SIZE(sizes); s++) {
             uint64_t h = XXH3_64bits_withSeed(page, sizes[s], seed);
-            uint32_t fp = (uint32_t)(h ^ (h >> 32));
+            uint32_t lo = (uint32_t)(h ^ (h >> 32));
+            MemdedupFp fp;
 
-            fp = fp <= MEMDEDUP_FP_ZERO ? fp + 2 : fp;
+            /* Low 32 bits folded clear of the reserved values, top 8. */
+            lo = lo <= MEMDEDUP_FP_ZERO ? lo + 2 : lo;
+            fp = memdedup_fp_join(lo, h >> 56);
             g_assert_cmpuint(memdedup_page_fingerprint(page, sizes[s], seed),
                              ==, fp);
             /* Alternating seeds and sizes refresh the cached secret. */
@@ -88,10 +91,11 @@ static void test_fingerprint_reserved(void)
     g_autofree uint8_t *page = g_malloc0(PAGE);
     uint32_t i;
 
-    /* No content ever maps to a reserved value. */
+    /* No content ever maps to a reserved value, in its low bits too. */
     for (i = 0; i < 100000; i++) {
         memcpy(page, &i, sizeof(i));
-        g_assert_cmpuint(memdedup_page_fingerprint(page, PAGE, 7), >,
+        g_assert_cmpuint(memdedup_fp_lo(memdedup_page_fingerprint(page, PAGE,
+                                                                   7)), >,
                          MEMDEDUP_FP_ZERO);
     }
 }
@@ -122,8 +126,8 @@ static void test_hostile_collisions(void)
     memset(page, 0x5a, PAGE);
     for (i = 0; i < n; i++) {
         memcpy(page, &i, sizeof(i));
-        keys[i] = (uint64_t)memdedup_page_fingerprint(page, PAGE, 0) << 32 |
-                  i;
+        keys[i] = (uint64_t)memdedup_fp_lo(
+                      memdedup_page_fingerprint(page, PAGE, 0)) << 32 | i;
     }
     qsort(keys, n, sizeof(*keys), cmp_u64);
     for (i = 1; i < n; i++) {
@@ -143,11 +147,11 @@ static void test_hostile_collisions(void)
             uint32_t fa, fb, fa0, fb0;
 
             memcpy(page, &pairs[2 * i], sizeof(uint64_t));
-            fa = memdedup_page_fingerprint(page, PAGE, seed);
-            fa0 = memdedup_page_fingerprint(page, PAGE, 0);
+            fa = memdedup_fp_lo(memdedup_page_fingerprint(page, PAGE, seed));
+            fa0 = memdedup_fp_lo(memdedup_page_fingerprint(page, PAGE, 0));
             memcpy(page, &pairs[2 * i + 1], sizeof(uint64_t));
-            fb = memdedup_page_fingerprint(page, PAGE, seed);
-            fb0 = memdedup_page_fingerprint(page, PAGE, 0);
+            fb = memdedup_fp_lo(memdedup_page_fingerprint(page, PAGE, seed));
+            fb0 = memdedup_fp_lo(memdedup_page_fingerprint(page, PAGE, 0));
             g_assert_cmpuint(fa0, ==, fb0);     /* crafted: they collide */
             collide += fa == fb;
         }
@@ -187,28 +191,153 @@ static void test_sort(void)
     }
 }
 
+/* Build @set from @n 40-bit fingerprints, as a pass would. */
+static bool dupset_build_from(MemdedupDupSet *set, const MemdedupFp *fps,
+                              uint64_t n, uint64_t budget)
+{
+    g_autofree uint32_t *lo = g_new(uint32_t, MAX(n, 1));
+    g_autofree uint8_t *hi = g_new(uint8_t, MAX(n, 1));
+    MemdedupFpArray a = { .lo = lo, .hi = hi, .nr_pages = n };
+    uint64_t i;
+
+    for (i = 0; i < n; i++) {
+        lo[i] = memdedup_fp_lo(fps[i]);
+        hi[i] = memdedup_fp_hi(fps[i]);
+    }
+    return memdedup_dupset_build(set, &a, 1, budget, 0);
+}
+
+#define HI(h) ((MemdedupFp)(h) << 32)
+
 static void test_dupset(void)
 {
-    uint32_t fps[] = { 9, 5, 5, 7, 9, 9, 3, 11, 11 };
-    uint32_t tmp[ARRAY_SIZE(fps)];
+    static const MemdedupFp fps[] = {
+        9, 5, 5, 7, 9, 9, 3, 11, 11, MEMDEDUP_FP_ZERO, MEMDEDUP_FP_ZERO,
+        5 | HI(1), 7 | HI(3), 7 | HI(3), 2 | HI(255), 2 | HI(255),
+    };
     MemdedupDupSet set = { 0 };
 
-    memdedup_fp_sort(fps, tmp, ARRAY_SIZE(fps));
-    memdedup_dupset_build(&set, fps, ARRAY_SIZE(fps));
-    g_assert_cmpuint(set.len, ==, 3);
-    g_assert_cmpuint(set.fps[0], ==, 5);
-    g_assert_cmpuint(set.fps[1], ==, 9);
-    g_assert_cmpuint(set.fps[2], ==, 11);
+    g_assert_true(dupset_build_from(&set, fps, ARRAY_SIZE(fps), UINT64_MAX));
+    /* In (high, low) order; zero pages are no duplicates. */
+    g_assert_cmpuint(set.len, ==, 5);
+    g_assert_cmpuint(set.dropped, ==, 0);
+    g_assert_cmpint(memdedup_dupset_find(&set, 5), ==, 0);
     g_assert_cmpint(memdedup_dupset_find(&set, 9), ==, 1);
+    g_assert_cmpint(memdedup_dupset_find(&set, 11), ==, 2);
+    g_assert_cmpint(memdedup_dupset_find(&set, 7 | HI(3)), ==, 3);
+    g_assert_cmpint(memdedup_dupset_find(&set, 2 | HI(255)), ==, 4);
+    /* The high bits tell fingerprints apart. */
+    g_assert_cmpint(memdedup_dupset_find(&set, 5 | HI(1)), ==, -1);
     g_assert_cmpint(memdedup_dupset_find(&set, 7), ==, -1);
+    g_assert_cmpint(memdedup_dupset_find(&set, 9 | HI(3)), ==, -1);
     g_assert_cmpint(memdedup_dupset_find(&set, 3), ==, -1);
     g_assert_cmpint(memdedup_dupset_find(&set, 12), ==, -1);
+    g_assert_cmpint(memdedup_dupset_find(&set, MEMDEDUP_FP_ZERO), ==, -1);
     g_assert_cmpint(memdedup_dupset_find(&set, 0), ==, -1);
 
     /* Rebuilding replaces; nothing duplicated leaves it empty. */
-    memdedup_dupset_build(&set, (uint32_t[]){ 2, 3, 4 }, 3);
+    g_assert_true(dupset_build_from(&set, (MemdedupFp[]){ 2, 3, 3 | HI(1) },
+                                    3, UINT64_MAX));
     g_assert_cmpuint(set.len, ==, 0);
     g_assert_cmpint(memdedup_dupset_find(&set, 3), ==, -1);
+    memdedup_dupset_clear(&set);
+}
+
+/*
+ * Over the budget, the fingerprints with the most copies stay: groups of
+ * 2, 3 and 4 copies, a budget for about 5/6 of them; every group of 4
+ * and 3 is kept, the rest of the room goes to pairs, the others are
+ * counted as dropped, and the set is within the budget.
+ */
+static void test_dupset_budget(void)
+{
+    const uint64_t groups = 30000;
+    g_autofree MemdedupFp *fps = g_new(MemdedupFp, groups * 3);
+    g_autoptr(GRand) rand = g_rand_new_with_seed(11);
+    MemdedupDupSet set = { 0 };
+    /* Room for every group of 4 and 3, and half the pairs. */
+    uint64_t budget = (groups * 2 / 3 + groups / 6) * 4 + 16400;
+    uint64_t n = 0, g, kept[5] = { 0 };
+
+    for (g = 0; g < groups; g++) {
+        /* 10000 groups each of 4, 3 and 2 copies (even low bits). */
+        MemdedupFp fp = ((MemdedupFp)g_rand_int(rand) << 8 |
+                         g_rand_int_range(rand, 0, 256)) & ~(MemdedupFp)1;
+        unsigned copies = 2 + g % 3;
+
+        fp |= fp < 4 ? 4 : 0;
+        for (unsigned c = 0; c < copies && n < groups * 3; c++) {
+            fps[n++] = fp;
+        }
+    }
+    g_assert_true(dupset_build_from(&set, fps, n, budget));
+    g_assert_cmpuint(memdedup_dupset_bytes(&set), <=, budget);
+    g_assert_cmpuint(set.len, >=, groups * 5 / 6 * 95 / 100);
+    g_assert_cmpuint(set.len + set.dropped, ==, groups);
+    for (uint64_t i = 0; i < n;) {
+        uint64_t j = i;
+        while (j < n && fps[j] == fps[i]) {
+            j++;
+        }
+        kept[j - i] += memdedup_dupset_find(&set, fps[i]) >= 0;
+        i = j;
+    }
+    g_assert_cmpuint(kept[4], ==, groups / 3);
+    g_assert_cmpuint(kept[3], ==, groups / 3);
+    g_assert_cmpuint(kept[2], ==, set.len - 2 * (groups / 3));
+    g_assert_cmpuint(kept[2], <, groups / 3);
+    memdedup_dupset_clear(&set);
+}
+
+/*
+ * False duplicates: of @n pages with distinct content (uniform random
+ * fingerprints stand in for their hashes) and a known 1 % of them
+ * copied once, the unique pages found in the set.  The theory is n /
+ * 2^40 of them; up to 4 TiB of guest RAM (2^30 pages) that must stay
+ * below 1 %.  Measured at 2^28 pages (1 TiB), where 32 bits gave 6 %.
+ */
+static void test_false_duplicates(void)
+{
+    const uint64_t n = 1ull << 28;
+    const uint64_t copies = n / 100;
+    g_autofree uint32_t *lo = g_new(uint32_t, n + copies);
+    g_autofree uint8_t *hi = g_new(uint8_t, n + copies);
+    MemdedupFpArray a = { .lo = lo, .hi = hi, .nr_pages = n + copies };
+    MemdedupDupSet set = { 0 };
+    uint64_t x = 0x9e3779b97f4a7c15ull, i, found = 0, missed = 0;
+    double rate, theory = (double)n / (1ull << MEMDEDUP_FP_BITS);
+
+    for (i = 0; i < n; i++) {
+        /* splitmix64: uniform 40-bit fingerprints */
+        uint64_t z = (x += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        lo[i] = (uint32_t)z;
+        lo[i] += lo[i] <= MEMDEDUP_FP_ZERO ? 2 : 0;  /* as memdedup_fold */
+        hi[i] = z >> 56;
+    }
+    /* Pages [0, copies) have a copy each. */
+    memcpy(lo + n, lo, copies * sizeof(*lo));
+    memcpy(hi + n, hi, copies);
+    g_assert_true(memdedup_dupset_build(&set, &a, 1, UINT64_MAX, 0));
+    for (i = 0; i < n; i++) {
+        bool dup = memdedup_dupset_find(&set, memdedup_fp_at(&a, i)) >= 0;
+
+        if (i < copies) {
+            missed += !dup;
+        } else {
+            found += dup;
+        }
+    }
+    rate = (double)found / (n - copies);
+    g_test_message("%" PRIu64 " pages: %" PRIu64 " of the unique ones look "
+                   "duplicated (%.4f %%, theory %.4f %%); at 2^30 pages "
+                   "%.3f %%", n, found, rate * 100, theory * 100,
+                   rate * 100 * (double)(1ull << 30) / n);
+    g_assert_cmpuint(missed, ==, 0);
+    g_assert_cmpfloat(rate, <, 2 * theory);
+    g_assert_cmpfloat(rate * (double)(1ull << 30) / n, <, 0.01);
     memdedup_dupset_clear(&set);
 }
 
@@ -216,34 +345,36 @@ static void test_dupset(void)
 static void test_dupset_indexed(void)
 {
     const size_t n = 20000;
-    g_autofree uint32_t *fps = g_new(uint32_t, 2 * n);
-    g_autofree uint32_t *tmp = g_new(uint32_t, 2 * n);
+    g_autofree MemdedupFp *fps = g_new(MemdedupFp, 2 * n);
     g_autoptr(GRand) rand = g_rand_new_with_seed(7);
     MemdedupDupSet set = { 0 };
     size_t i;
 
     for (i = 0; i < n; i++) {
         /* Even values twice (duplicates), plus odd extremes once. */
-        fps[2 * i] = fps[2 * i + 1] = g_rand_int(rand) & ~1u;
+        fps[2 * i] = fps[2 * i + 1] =
+            ((MemdedupFp)g_rand_int_range(rand, 0, 256) << 32 |
+             g_rand_int(rand)) & ~(MemdedupFp)1;
+        fps[2 * i] |= fps[2 * i] < 4 ? 4 : 0;
+        fps[2 * i + 1] = fps[2 * i];
     }
-    fps[0] = 0;
-    fps[1] = 0;
-    fps[2] = fps[3] = 0xfffffffeu;
-    memdedup_fp_sort(fps, tmp, 2 * n);
-    memdedup_dupset_build(&set, fps, 2 * n);
+    fps[0] = fps[1] = 2;
+    fps[2] = fps[3] = (MemdedupFp)0xfffffffffeull;
+    g_assert_true(dupset_build_from(&set, fps, 2 * n, UINT64_MAX));
     g_assert_nonnull(set.bucket);
+    g_assert_cmpuint(set.bucket_bits, >=, 8);
     g_assert_cmpuint(set.bucket[(1u << set.bucket_bits)], ==, set.len);
     g_assert_cmpuint(memdedup_dupset_bytes(&set), <=,
-                     set.len * sizeof(uint32_t) * 5 / 4 + 8);
+                     set.len * sizeof(uint32_t) * 5 / 4 + 1028);
     for (i = 0; i < 2 * n; i++) {
         ssize_t idx = memdedup_dupset_find(&set, fps[i]);
 
         g_assert_cmpint(idx, >=, 0);
-        g_assert_cmpuint(set.fps[idx], ==, fps[i]);
+        g_assert_cmpuint(set.fps[idx], ==, memdedup_fp_lo(fps[i]));
         /* Odd values were never inserted. */
         g_assert_cmpint(memdedup_dupset_find(&set, fps[i] | 1), ==, -1);
     }
-    g_assert_cmpint(memdedup_dupset_find(&set, 0xffffffffu), ==, -1);
+    g_assert_cmpint(memdedup_dupset_find(&set, 0xffffffffffull), ==, -1);
     memdedup_dupset_clear(&set);
     g_assert_null(set.bucket);
 }
@@ -889,6 +1020,7 @@ enum { FX = 100, FY, FW, FV, FU, FQ };
 typedef struct NumaFixture {
     uint8_t area[2][8 * PAGE];
     uint32_t fps[2][8];
+    uint8_t hi[2][8];           /* high fingerprint bits: all 0 here */
     int8_t nodes[2][8];
     FakePlacement fake[2];
     MemdedupDupSet global;
@@ -915,27 +1047,24 @@ static uint64_t numa_fixture_place(NumaFixture *f)
     return rehomed;
 }
 
-/* The end of a pass: global dup set, then the per-node sets. */
+/* The end of a pass: global dup set, then the per-node bits. */
 static void numa_fixture_index(NumaFixture *f)
 {
-    uint32_t all[16], tmp[16];
-    MemdedupNumaPages pages[2];
-    size_t n = 0;
-    int b, i;
+    MemdedupFpArray pages[2];
+    unsigned nr_nodes;
+    int b;
 
     for (b = 0; b < 2; b++) {
-        for (i = 0; i < 8; i++) {
-            if (f->fps[b][i] > MEMDEDUP_FP_ZERO) {
-                all[n++] = f->fps[b][i];
-            }
-        }
-        pages[b] = (MemdedupNumaPages) {
-            .fps = f->fps[b], .nodes = f->nodes[b], .nr_pages = 8,
+        pages[b] = (MemdedupFpArray) {
+            .lo = f->fps[b], .hi = f->hi[b], .nodes = f->nodes[b],
+            .nr_pages = 8,
         };
     }
-    memdedup_fp_sort(all, tmp, n);
-    memdedup_dupset_build(&f->global, all, n);
-    memdedup_numa_index_build(&f->idx, pages, 2);
+    nr_nodes = memdedup_numa_nodes_in_use(pages, 2);
+    g_assert_true(memdedup_dupset_build(&f->global, pages, 2, UINT64_MAX,
+                                        nr_nodes));
+    g_assert_true(memdedup_numa_index_build(&f->idx, &f->global, pages, 2,
+                                            nr_nodes));
 }
 
 /* The next pass: place the pages, then rebuild the index; re-homed. */
@@ -986,13 +1115,13 @@ static MemdedupDupKind numa_kind(NumaFixture *f, int b, int page)
  */
 static void numa_count(const MemdedupNumaIndex *idx,
                        const MemdedupDupSet *global,
-                       const MemdedupNumaPages *pages,
+                       const MemdedupFpArray *pages,
                        MemdedupNumaStats *stats)
 {
     uint64_t p;
 
     for (p = 0; p < pages->nr_pages; p++) {
-        uint32_t fp = pages->fps[p];
+        MemdedupFp fp = memdedup_fp_at(pages, p);
         int node = pages->nodes[p];
         MemdedupDupKind kind = MEMDEDUP_DUP_NONE;
 
@@ -1008,7 +1137,7 @@ static void test_numa_partition(void)
 {
     NumaFixture f;
     MemdedupNumaStats st[2];
-    MemdedupNumaPages pages;
+    MemdedupFpArray pages;
     ssize_t s0, s1;
     int b, candidates[2][2] = { { 0 } };
 
@@ -1060,8 +1189,9 @@ static void test_numa_partition(void)
     /* Per-node statistics, whatever the partitioning. */
     for (b = 0; b < 2; b++) {
         memset(&st[b], 0, sizeof(st[b]));
-        pages = (MemdedupNumaPages) {
-            .fps = f.fps[b], .nodes = f.nodes[b], .nr_pages = 8,
+        pages = (MemdedupFpArray) {
+            .lo = f.fps[b], .hi = f.hi[b], .nodes = f.nodes[b],
+            .nr_pages = 8,
         };
         numa_count(&f.idx, &f.global, &pages, &st[b]);
     }
@@ -1128,7 +1258,7 @@ static void test_numa_unknown_node(void)
     g_assert_cmpint(memdedup_numa_classify(&f.idx, &f.global, FX,
                                            MEMDEDUP_NODE_UNKNOWN, &slot),
                     ==, MEMDEDUP_DUP_WITHIN_NODE);
-    g_assert_cmpint(slot, >=, (ssize_t)f.idx.nr_slots);
+    g_assert_cmpint(slot, >=, (ssize_t)(f.idx.len * f.idx.nr_nodes));
     g_assert_cmpint(slot, <, memdedup_numa_slots(&f.idx, &f.global));
     /* A node beyond those seen, likewise. */
     g_assert_cmpint(memdedup_numa_classify(&f.idx, &f.global, FX, 5, NULL),
@@ -1192,6 +1322,8 @@ int main(int argc, char **argv)
     g_test_add_func("/memdedup/sort", test_sort);
     g_test_add_func("/memdedup/dupset", test_dupset);
     g_test_add_func("/memdedup/dupset-indexed", test_dupset_indexed);
+    g_test_add_func("/memdedup/dupset-budget", test_dupset_budget);
+    g_test_add_func("/memdedup/false-duplicates", test_false_duplicates);
     g_test_add_func("/memdedup/board/bloom", test_bloom);
     g_test_add_func("/memdedup/region-wanted", test_region_wanted);
     g_test_add_func("/memdedup/region-counts", test_region_counts);

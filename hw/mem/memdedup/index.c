@@ -6,17 +6,21 @@
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  * See the COPYING file in the top-level directory.
  *
- * Each resident page is reduced to a 32-bit fingerprint: XXH3-64 with a
- * random per-process seed, folded to 32 bits.  At the end of a pass the
- * engine sorts a transient copy of every fingerprint (radix sort, linear
- * time) and keeps only those that occur twice or more: the dup set.  A
- * page is a duplicate candidate when its fingerprint is in the dup set.
+ * Each resident page is reduced to a 40-bit fingerprint: XXH3-64 with a
+ * random per-process seed, folded to 40 bits.  At the end of a pass the
+ * engine sorts a transient copy of every fingerprint (a counting sort by
+ * the high 8 bits, then a radix sort of the low 32 within each of those
+ * 256 parts: linear time, about 4 bytes per page) and keeps only those
+ * that occur twice or more: the dup set.  A page is a duplicate
+ * candidate when its fingerprint is in the dup set.
  *
  * Why this is correct: the engine never merges anything itself.  A false
- * duplicate (a 32-bit collision, about n^2 / 2^33 pairs for n pages, or a
- * torn read of a page being written) can only make a region look more
- * duplicated than it is, which costs KSM a wasted compare.  The seed keeps
- * a guest from choosing pages that collide on purpose.
+ * duplicate (a collision: a unique page among n is one with probability
+ * about n / 2^40; or a torn read of a page being written) can only make
+ * a region look more duplicated than it is, which costs KSM a wasted
+ * compare; a duplicate the set leaves out (memdedup_dupset_build's
+ * budget) only costs saving.  The seed keeps a guest from choosing pages
+ * that collide on purpose.
  */
 
 #include "qemu/osdep.h"
@@ -112,16 +116,17 @@ static inline const MemdedupHashKey *memdedup_key_for(uint64_t seed,
     return k;
 }
 
-static inline uint32_t memdedup_fold(uint64_t h)
+static inline MemdedupFp memdedup_fold(uint64_t h)
 {
-    uint32_t fp = (uint32_t)(h ^ (h >> 32));
+    uint32_t lo = (uint32_t)(h ^ (h >> 32));
 
-    /* Keep clear of the reserved values. */
-    return fp <= MEMDEDUP_FP_ZERO ? fp + 2 : fp;
+    /* Keep clear of the reserved values, whatever the high bits. */
+    lo = lo <= MEMDEDUP_FP_ZERO ? lo + 2 : lo;
+    return memdedup_fp_join(lo, h >> 56);
 }
 
-uint32_t memdedup_page_fingerprint(const void *page, size_t size,
-                                   uint64_t seed)
+MemdedupFp memdedup_page_fingerprint(const void *page, size_t size,
+                                     uint64_t seed)
 {
     const MemdedupHashKey *k = memdedup_key_for(seed, size);
 
@@ -133,7 +138,8 @@ uint32_t memdedup_page_fingerprint(const void *page, size_t size,
  * then buffer_is_zero() confirms it from the cache.  A non-zero page is
  * read once.
  */
-uint32_t memdedup_page_classify(const void *page, size_t size, uint64_t seed)
+MemdedupFp memdedup_page_classify(const void *page, size_t size,
+                                  uint64_t seed)
 {
     const MemdedupHashKey *k = memdedup_key_for(seed, size);
     uint64_t h = memdedup_choose_hash()(page, size, seed, k->secret);
@@ -173,107 +179,225 @@ void memdedup_dupset_clear(MemdedupDupSet *set)
 {
     g_free(set->fps);
     g_free(set->bucket);
-    set->fps = NULL;
-    set->bucket = NULL;
-    set->bucket_bits = 0;
-    set->len = 0;
+    *set = (MemdedupDupSet) { 0 };
+}
+
+/* Bucket bits for a set of @len entries: one bucket per four, at least 8. */
+static unsigned memdedup_dupset_bits(uint64_t len)
+{
+    unsigned bits = 8;
+
+    while (bits < 30 && (4ull << (bits + 1)) <= len) {
+        bits++;
+    }
+    return bits;
+}
+
+/* Bytes of a set of @len entries, with @extra_bits more per entry. */
+static uint64_t memdedup_dupset_cost(uint64_t len, unsigned extra_bits)
+{
+    if (!len) {
+        return 0;
+    }
+    return len * sizeof(uint32_t) + DIV_ROUND_UP(len * extra_bits, 8) +
+           ((1ull << memdedup_dupset_bits(len)) + 1) * sizeof(uint32_t);
 }
 
 size_t memdedup_dupset_bytes(const MemdedupDupSet *set)
 {
-    return set->len * sizeof(uint32_t) +
-           (set->bucket ? ((1ull << set->bucket_bits) + 1) * sizeof(uint32_t)
-                        : 0);
+    return memdedup_dupset_cost(set->len, 0);
+}
+
+uint64_t memdedup_dupset_transient_bytes(uint64_t pages)
+{
+    return pages * sizeof(uint32_t);
+}
+
+/* Groups of at least this many copies are counted together. */
+#define MEMDEDUP_GROUP_SIZES 64
+
+/*
+ * The sorted fingerprints, as memdedup_dupset_build makes them: the low
+ * bits of every non-reserved fingerprint, ordered by (high, low) bits;
+ * @start[h] is where those with high bits @h begin.
+ */
+typedef struct MemdedupSorted {
+    uint32_t *lo;
+    uint64_t start[257];
+} MemdedupSorted;
+
+static bool memdedup_sort_all(MemdedupSorted *s, const MemdedupFpArray *arrays,
+                              size_t nr)
+{
+    uint64_t pos[256], most = 0;
+    g_autofree uint32_t *tmp = NULL;
+    size_t a;
+    unsigned h;
+
+    memset(s->start, 0, sizeof(s->start));
+    for (a = 0; a < nr; a++) {
+        for (uint64_t p = 0; p < arrays[a].nr_pages; p++) {
+            s->start[arrays[a].hi[p] + 1] += arrays[a].lo[p] > MEMDEDUP_FP_ZERO;
+        }
+    }
+    for (h = 0; h < 256; h++) {
+        most = MAX(most, s->start[h + 1]);
+        s->start[h + 1] += s->start[h];
+    }
+    s->lo = g_try_new(uint32_t, MAX(s->start[256], 1));
+    tmp = g_try_new(uint32_t, MAX(most, 1));
+    if (!s->lo || !tmp) {
+        g_free(s->lo);
+        s->lo = NULL;
+        return false;
+    }
+    memcpy(pos, s->start, sizeof(pos));
+    for (a = 0; a < nr; a++) {
+        for (uint64_t p = 0; p < arrays[a].nr_pages; p++) {
+            if (arrays[a].lo[p] > MEMDEDUP_FP_ZERO) {
+                s->lo[pos[arrays[a].hi[p]]++] = arrays[a].lo[p];
+            }
+        }
+    }
+    for (h = 0; h < 256; h++) {
+        memdedup_fp_sort(s->lo + s->start[h], tmp,
+                         s->start[h + 1] - s->start[h]);
+    }
+    return true;
+}
+
+/* Copies of the fingerprint at @i of part [.., @end), and where the next is. */
+static inline uint64_t memdedup_group(const uint32_t *lo, uint64_t i,
+                                      uint64_t end)
+{
+    uint64_t j = i + 1;
+
+    while (j < end && lo[j] == lo[i]) {
+        j++;
+    }
+    return j - i;
 }
 
 /*
- * Fingerprints are uniform (hashes): index the set by its top bits, one
- * bucket per four entries, so that a lookup touches one or two cache
- * lines instead of ~log2(len) scattered ones.
+ * Which groups fit in @budget: all of at least *@size copies and the
+ * first *@quota of *@size - 1 copies.  Returns the entries kept.
  */
-static void memdedup_dupset_index(MemdedupDupSet *set)
+static uint64_t memdedup_dupset_fit(const uint64_t *groups, uint64_t budget,
+                                    unsigned extra_bits, unsigned *size,
+                                    uint64_t *quota)
 {
-    unsigned bits = 0;
-    size_t i, b, nb;
+    uint64_t kept = 0, room = 0, total = 0;
+    unsigned s;
 
-    while (bits < 24 && (4ull << (bits + 1)) <= set->len) {
-        bits++;
+    for (s = 2; s <= MEMDEDUP_GROUP_SIZES; s++) {
+        total += groups[s];
     }
-    if (bits < 4) {
-        return;                 /* small: a binary search is as quick */
+    *size = 2;
+    *quota = 0;
+    if (total <= UINT32_MAX &&
+        memdedup_dupset_cost(total, extra_bits) <= budget) {
+        return total;
     }
-    nb = 1ull << bits;
-    set->bucket = g_new(uint32_t, nb + 1);
-    set->bucket_bits = bits;
-    for (i = 0, b = 0; b < nb; b++) {
-        while (i < set->len && (set->fps[i] >> (32 - bits)) < b) {
-            i++;
+    /* The most entries that fit, to within 1/64. */
+    while (memdedup_dupset_cost(room + 1, extra_bits) <= budget &&
+           room < UINT32_MAX) {
+        room = room ? MIN(room * 2, (uint64_t)UINT32_MAX) : 1;
+    }
+    while (room && memdedup_dupset_cost(room, extra_bits) > budget) {
+        room -= MAX(room / 64, 1);
+    }
+    for (s = MEMDEDUP_GROUP_SIZES; s >= 2; s--) {
+        if (kept + groups[s] > room) {
+            *quota = room - kept;
+            *size = s + 1;
+            return room;
         }
-        set->bucket[b] = i;
+        kept += groups[s];
     }
-    set->bucket[nb] = set->len;
+    return kept;
 }
 
-void memdedup_dupset_build(MemdedupDupSet *set, const uint32_t *sorted,
-                           size_t n)
+bool memdedup_dupset_build(MemdedupDupSet *set, const MemdedupFpArray *arrays,
+                           size_t nr, uint64_t budget, unsigned extra_bits)
 {
-    size_t i = 0, groups = 0, out = 0;
+    MemdedupSorted sorted;
+    MemdedupDupSet new = { 0 };
+    uint64_t groups[MEMDEDUP_GROUP_SIZES + 1] = { 0 }, total = 0, quota, i;
+    uint64_t kept, shift, b, nb;
+    unsigned size, h;
 
-    memdedup_dupset_clear(set);
-
-    /* First count the groups, so that the set is allocated exactly. */
-    while (i < n) {
-        size_t j = i + 1;
-        while (j < n && sorted[j] == sorted[i]) {
-            j++;
-        }
-        groups += (j - i) > 1;
-        i = j;
+    if (!memdedup_sort_all(&sorted, arrays, nr)) {
+        return false;
     }
-    if (!groups) {
-        return;
-    }
-    set->fps = g_new(uint32_t, groups);
-    for (i = 0; i < n;) {
-        size_t j = i + 1;
-        while (j < n && sorted[j] == sorted[i]) {
-            j++;
-        }
-        if (j - i > 1) {
-            set->fps[out++] = sorted[i];
-        }
-        i = j;
-    }
-    set->len = out;
-    memdedup_dupset_index(set);
-}
+    for (h = 0; h < 256; h++) {
+        uint64_t end = sorted.start[h + 1], n;
 
-ssize_t memdedup_dupset_find(const MemdedupDupSet *set, uint32_t fp)
-{
-    size_t lo = 0, hi = set->len;
-
-    if (set->bucket) {
-        uint32_t b = fp >> (32 - set->bucket_bits);
-        size_t i;
-
-        /* About four entries a bucket: a scan beats a binary search. */
-        lo = set->bucket[b];
-        hi = set->bucket[b + 1];
-        for (i = lo; i < hi; i++) {
-            if (set->fps[i] >= fp) {
-                return set->fps[i] == fp ? (ssize_t)i : -1;
+        for (i = sorted.start[h]; i < end; i += n) {
+            n = memdedup_group(sorted.lo, i, end);
+            if (n > 1) {
+                groups[MIN(n, MEMDEDUP_GROUP_SIZES)]++;
+                total++;
             }
         }
+    }
+    kept = memdedup_dupset_fit(groups, budget, extra_bits, &size, &quota);
+    new.dropped = total - kept;
+    if (kept) {
+        new.fps = g_try_new(uint32_t, kept);
+        new.bucket_bits = memdedup_dupset_bits(kept);
+        nb = 1ull << new.bucket_bits;
+        new.bucket = g_try_new(uint32_t, nb + 1);
+        if (!new.fps || !new.bucket) {
+            g_free(sorted.lo);
+            memdedup_dupset_clear(&new);
+            return false;
+        }
+        shift = MEMDEDUP_FP_BITS - new.bucket_bits;
+        for (h = 0, b = 0; h < 256; h++) {
+            uint64_t end = sorted.start[h + 1];
+
+            for (i = sorted.start[h]; i < end;) {
+                uint64_t n = memdedup_group(sorted.lo, i, end);
+                MemdedupFp fp = memdedup_fp_join(sorted.lo[i], h);
+
+                if (n > 1 && (MIN(n, MEMDEDUP_GROUP_SIZES) >= size ||
+                              (MIN(n, MEMDEDUP_GROUP_SIZES) == size - 1 &&
+                               quota && quota--))) {
+                    /* Buckets up to this one start here or later. */
+                    while (b <= fp >> shift) {
+                        new.bucket[b++] = new.len;
+                    }
+                    new.fps[new.len++] = sorted.lo[i];
+                }
+                i += n;
+            }
+        }
+        while (b <= nb) {
+            new.bucket[b++] = new.len;
+        }
+        assert(new.len == kept);
+    }
+    g_free(sorted.lo);
+    memdedup_dupset_clear(set);
+    *set = new;
+    return true;
+}
+
+ssize_t memdedup_dupset_find(const MemdedupDupSet *set, MemdedupFp fp)
+{
+    uint32_t lo = memdedup_fp_lo(fp);
+    uint64_t b;
+    size_t i;
+
+    if (!set->len) {
         return -1;
     }
-
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (set->fps[mid] < fp) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
+    /* About four entries a bucket, all with @fp's high bits: a scan. */
+    b = fp >> memdedup_dupset_shift(set);
+    for (i = set->bucket[b]; i < set->bucket[b + 1]; i++) {
+        if (set->fps[i] >= lo) {
+            return set->fps[i] == lo ? (ssize_t)i : -1;
         }
     }
-    return (lo < set->len && set->fps[lo] == fp) ? (ssize_t)lo : -1;
+    return -1;
 }

@@ -24,28 +24,57 @@
 /* ------------------------------------------------------------------ */
 
 /*
- * The engine keeps one 32-bit fingerprint per guest page between passes
- * (the only per-page metadata: 4 bytes, within the 8 bytes per page the
- * design allows).  Two values are reserved.
+ * A page's fingerprint has MEMDEDUP_FP_BITS bits.  The engine keeps it
+ * between passes in two arrays per block, the low 32 bits (.fps) and the
+ * high 8 (.fp_hi): 5 bytes per page, within the 8 bytes per page of
+ * metadata the design allows (MEMDEDUP_METADATA_PER_PAGE).
+ *
+ * Why 40 bits: a unique page looks duplicated when any of the other n
+ * pages has its fingerprint, which happens to about n / 2^bits of them.
+ * With 32 bits that is 6 % of the unique pages of a 1 TiB guest (2^28
+ * pages) and 25 % at 4 TiB, enough to make `targeted` register unique
+ * memory; with 40 bits it is 0.1 % at 4 TiB.
+ *
+ * Two values are reserved; both have zero high bits.
  */
+typedef uint64_t MemdedupFp;
+
+#define MEMDEDUP_FP_BITS   40
 #define MEMDEDUP_FP_ABSENT 0u   /* not resident, never scanned or swapped */
 #define MEMDEDUP_FP_ZERO   1u   /* resident and all zero */
+
+static inline MemdedupFp memdedup_fp_join(uint32_t lo, uint8_t hi)
+{
+    return (uint64_t)hi << 32 | lo;
+}
+
+static inline uint32_t memdedup_fp_lo(MemdedupFp fp)
+{
+    return (uint32_t)fp;
+}
+
+static inline uint8_t memdedup_fp_hi(MemdedupFp fp)
+{
+    return (uint8_t)(fp >> 32);
+}
 
 /*
  * memdedup_page_fingerprint: fingerprint one page of @size bytes.
  * @seed is the per-process random seed, so a guest cannot craft
- * colliding pages.  Never returns a reserved value; a zero page is not
- * special-cased here (see memdedup_page_classify).
+ * colliding pages.  Never returns a reserved value (its low 32 bits are
+ * never one); a zero page is not special-cased here (see
+ * memdedup_page_classify).
  * Thread-safe; reads @page once and never writes it.
  */
-uint32_t memdedup_page_fingerprint(const void *page, size_t size,
-                                   uint64_t seed);
+MemdedupFp memdedup_page_fingerprint(const void *page, size_t size,
+                                     uint64_t seed);
 
 /*
  * memdedup_page_classify: MEMDEDUP_FP_ZERO for a zero page, otherwise the
  * page's fingerprint.
  */
-uint32_t memdedup_page_classify(const void *page, size_t size, uint64_t seed);
+MemdedupFp memdedup_page_classify(const void *page, size_t size,
+                                  uint64_t seed);
 
 /*
  * memdedup_hash_impl: the instruction set the page hash runs on ("avx2",
@@ -75,69 +104,115 @@ uint64_t memdedup_xxh3_avx2(const void *data, size_t len, uint64_t seed,
 /* ------------------------------------------------------------------ */
 
 /*
+ * The most metadata the engine keeps per guest page, in bytes: the
+ * fingerprints, the host nodes, the region summaries and bitmaps, the
+ * dup set and the per-node index together (metadata-bytes).  The dup set
+ * gets what the rest leaves (see memdedup_dupset_build), and never less
+ * than MEMDEDUP_INDEX_MIN_BYTES: the fixed part of a small backend (its
+ * statistics, some KiB) would leave it nothing, and 64 KiB is nothing
+ * next to a guest.
+ */
+#define MEMDEDUP_METADATA_PER_PAGE 8
+#define MEMDEDUP_INDEX_MIN_BYTES (64 * KiB)
+
+/*
  * The set of fingerprints that occurred more than once in the last pass,
- * over all managed blocks: a sorted array, rebuilt at the end of every
- * pass from a transient sorted copy of all fingerprints.  Between passes
- * it lets a freshly hashed region be judged at once (early registration).
- * 4 bytes per distinct duplicated fingerprint: at most 2 bytes per page,
- * when every page has exactly one twin.
+ * over all managed blocks, rebuilt at the end of every pass.  Between
+ * passes it lets a freshly hashed region be judged at once (early
+ * registration).
+ *
+ * Fingerprints are uniform (hashes): the set is sorted and indexed by
+ * the top @bucket_bits bits, one bucket per four entries, so that a
+ * lookup reads one or two cache lines instead of ~log2(len) scattered
+ * ones.  @bucket_bits is at least 8, so a bucket fixes a fingerprint's
+ * high 8 bits and an entry needs only the low 32: 4 bytes per distinct
+ * duplicated fingerprint, plus about 1 for the buckets.
  */
 typedef struct MemdedupDupSet {
-    uint32_t *fps;              /* sorted, distinct duplicated fingerprints */
+    uint32_t *fps;              /* low bits of the duplicated fingerprints */
     size_t len;                 /* entries in fps */
-    /*
-     * Where each range of top bits starts in fps (2^bucket_bits + 1
-     * entries, about one per four fingerprints), so that a lookup
-     * searches a handful of entries, not the whole set; NULL when small.
-     */
-    uint32_t *bucket;
+    uint32_t *bucket;           /* 2^bucket_bits + 1 starts in fps */
     unsigned bucket_bits;
+    uint64_t dropped;           /* duplicated fingerprints left out */
 } MemdedupDupSet;
+
+/* The fingerprints of one block, as the index builders read them. */
+typedef struct MemdedupFpArray {
+    const uint32_t *lo;         /* low bits, MemdedupBlock.fps */
+    const uint8_t *hi;          /* high bits, MemdedupBlock.fp_hi */
+    const int8_t *nodes;        /* host node of each page, or NULL */
+    uint64_t nr_pages;
+} MemdedupFpArray;
+
+static inline MemdedupFp memdedup_fp_at(const MemdedupFpArray *a,
+                                        uint64_t p)
+{
+    return memdedup_fp_join(a->lo[p], a->hi[p]);
+}
 
 /* Bytes a dup set takes. */
 size_t memdedup_dupset_bytes(const MemdedupDupSet *set);
 
-/* Sort @n fingerprints in place (LSD radix sort, O(n)); @tmp holds @n. */
+/* Sort @n 32-bit values in place (LSD radix sort, O(n)); @tmp holds @n. */
 void memdedup_fp_sort(uint32_t *fps, uint32_t *tmp, size_t n);
 
 /*
  * memdedup_dupset_build: replace @set with the fingerprints that occur at
- * least twice in the sorted array @sorted of @n entries.  Reserved values
- * must not be present in @sorted.
+ * least twice in the @nr arrays @arrays (reserved values are skipped).
+ * The set takes at most @budget bytes, counting @extra_bits more per
+ * entry for what its user keeps beside it (the per-node index): when the
+ * duplicated fingerprints need more, those with the fewest copies are
+ * left out (@set->dropped counts them) -- the set only guides
+ * registration, so a left-out duplicate costs saving, never correctness.
+ * The transient memory is about 4 bytes per page.  If it cannot be had,
+ * @set is left as it was and false is returned.
  */
-void memdedup_dupset_build(MemdedupDupSet *set, const uint32_t *sorted,
-                           size_t n);
+bool memdedup_dupset_build(MemdedupDupSet *set, const MemdedupFpArray *arrays,
+                           size_t nr, uint64_t budget, unsigned extra_bits);
+
+/* Bytes the transient index of @pages fingerprints needs at least. */
+uint64_t memdedup_dupset_transient_bytes(uint64_t pages);
 
 /* Index of @fp in @set, or -1 if it is not a duplicate. */
-ssize_t memdedup_dupset_find(const MemdedupDupSet *set, uint32_t fp);
+ssize_t memdedup_dupset_find(const MemdedupDupSet *set, MemdedupFp fp);
 
 /* How many pages ahead loops over fingerprints prefetch their lookups. */
 #define MEMDEDUP_LOOKAHEAD 16
 
+static inline unsigned memdedup_dupset_shift(const MemdedupDupSet *set)
+{
+    return MEMDEDUP_FP_BITS - set->bucket_bits;
+}
+
 /*
- * memdedup_dupset_prefetch: in a loop that looks up @fps[0..@n) in @set
- * in order, call at @i to start loading what the lookups ahead will read:
- * the bucket of the page 2 * MEMDEDUP_LOOKAHEAD ahead, and the entries of
- * the page MEMDEDUP_LOOKAHEAD ahead (its bucket was loaded meanwhile), so
- * that neither load of a lookup waits for memory.  Any value in @fps is
- * fine: a prefetch changes nothing.  Always inlined: GCC judges a function
- * that only prefetches to have no effect, and drops calls to it.
+ * memdedup_dupset_prefetch: in a loop that looks up pages [0, @n) of
+ * @lo/@hi in @set in order, call at @i to start loading what the lookups
+ * ahead will read: the bucket of the page 2 * MEMDEDUP_LOOKAHEAD ahead,
+ * and the entries of the page MEMDEDUP_LOOKAHEAD ahead (its bucket was
+ * loaded meanwhile), so that neither load of a lookup waits for memory.
+ * Any value is fine: a prefetch changes nothing.  Always inlined: GCC
+ * judges a function that only prefetches to have no effect, and drops
+ * calls to it.
  */
 static inline QEMU_ALWAYS_INLINE
-void memdedup_dupset_prefetch(const MemdedupDupSet *set, const uint32_t *fps,
-                              size_t i, size_t n)
+void memdedup_dupset_prefetch(const MemdedupDupSet *set, const uint32_t *lo,
+                              const uint8_t *hi, size_t i, size_t n)
 {
-    unsigned shift = 32 - set->bucket_bits;
+    unsigned shift = memdedup_dupset_shift(set);
+    size_t j;
 
     if (!set->bucket) {
         return;
     }
-    if (i + 2 * MEMDEDUP_LOOKAHEAD < n) {
-        __builtin_prefetch(&set->bucket[fps[i + 2 * MEMDEDUP_LOOKAHEAD] >>
+    j = i + 2 * MEMDEDUP_LOOKAHEAD;
+    if (j < n) {
+        __builtin_prefetch(&set->bucket[memdedup_fp_join(lo[j], hi[j]) >>
                                         shift]);
     }
-    if (i + MEMDEDUP_LOOKAHEAD < n) {
-        __builtin_prefetch(&set->fps[set->bucket[fps[i + MEMDEDUP_LOOKAHEAD] >>
+    j = i + MEMDEDUP_LOOKAHEAD;
+    if (j < n) {
+        __builtin_prefetch(&set->fps[set->bucket[memdedup_fp_join(lo[j],
+                                                                  hi[j]) >>
                                                  shift]]);
     }
 }
@@ -490,34 +565,42 @@ typedef enum MemdedupDupKind {
 } MemdedupDupKind;
 
 /*
- * The per-node duplicate index: one dup set per host node, built next to
- * the global dup set whenever managed pages live on more than one node.
- * @partitioned follows merge_across_nodes == 0: only then are cross-node
- * duplicates not candidates.  Scanner-owned; read-only while hashing.
+ * The per-node duplicate index, built next to the global dup set
+ * whenever managed pages live on more than one host node: for each
+ * entry of the global set and each node, one bit that says whether the
+ * node holds two copies or more (a subset of the global set, so no set
+ * of its own: nr_nodes bits per entry).  @partitioned follows
+ * merge_across_nodes == 0: only then are cross-node duplicates not
+ * candidates.  Scanner-owned; read-only while hashing.
  */
 typedef struct MemdedupNumaIndex {
     bool partitioned;           /* KSM keeps one tree per node */
-    unsigned nr_nodes;          /* node sets built; 0: pages on one node */
-    MemdedupDupSet *node_sets;  /* nr_nodes sets, by host node number */
-    size_t *slot_base;          /* first slot of each node's set */
-    size_t nr_slots;            /* slots over all node sets */
+    unsigned nr_nodes;          /* bits per entry; 0: pages on one node */
+    size_t len;                 /* entries of the global set it covers */
+    unsigned long *within;      /* bit entry * nr_nodes + node */
 } MemdedupNumaIndex;
 
-/* The pages of one block as the index builder sees them. */
-typedef struct MemdedupNumaPages {
-    const uint32_t *fps;        /* fingerprints (reserved values skipped) */
-    const int8_t *nodes;       /* host node of each page */
-    uint64_t nr_pages;
-} MemdedupNumaPages;
+/*
+ * memdedup_numa_nodes_in_use: the host nodes (highest number + 1) that
+ * hold non-zero pages of @nr arrays, or 0 if at most one node does.
+ */
+unsigned memdedup_numa_nodes_in_use(const MemdedupFpArray *arrays,
+                                    size_t nr);
 
 /*
- * memdedup_numa_index_build: rebuild @idx's node sets from @nr_blocks
- * blocks' fingerprints and placements; keeps @idx->partitioned.
+ * memdedup_numa_index_build: rebuild @idx for @nr_nodes (from
+ * memdedup_numa_nodes_in_use) over the global set @global, from @nr
+ * arrays with their nodes; keeps @idx->partitioned.  False, with @idx
+ * empty (pages judged by the global set alone), if memory runs out.
  */
-void memdedup_numa_index_build(MemdedupNumaIndex *idx,
-                               const MemdedupNumaPages *blocks,
-                               size_t nr_blocks);
+bool memdedup_numa_index_build(MemdedupNumaIndex *idx,
+                               const MemdedupDupSet *global,
+                               const MemdedupFpArray *arrays, size_t nr,
+                               unsigned nr_nodes);
 void memdedup_numa_index_clear(MemdedupNumaIndex *idx);
+
+/* Bytes @idx takes. */
+size_t memdedup_numa_index_bytes(const MemdedupNumaIndex *idx);
 
 /*
  * memdedup_numa_classify: the kind of duplicate a page with fingerprint
@@ -528,7 +611,8 @@ void memdedup_numa_index_clear(MemdedupNumaIndex *idx);
  */
 MemdedupDupKind memdedup_numa_classify(const MemdedupNumaIndex *idx,
                                        const MemdedupDupSet *global,
-                                       uint32_t fp, int node, ssize_t *slot);
+                                       MemdedupFp fp, int node,
+                                       ssize_t *slot);
 
 /* Is a page of @kind a candidate, with @idx's partitioning? */
 bool memdedup_numa_candidate(const MemdedupNumaIndex *idx,

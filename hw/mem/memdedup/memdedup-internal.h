@@ -145,7 +145,8 @@ struct MemdedupBlock {
      * Scanner-owned: only scanner threads touch these, each region by one
      * thread at a time; freed with the block.
      */
-    uint32_t *fps;              /* nr_pages fingerprints */
+    uint32_t *fps;              /* nr_pages fingerprints, low bits */
+    uint8_t *fp_hi;             /* nr_pages fingerprints, high bits */
     MemdedupRegion *regions;    /* nr_regions summaries */
     bool hinted;                /* registered from hints, not yet scanned */
     int8_t *nodes;             /* nr_pages host nodes, or -1 (numa.c) */
@@ -233,6 +234,8 @@ typedef struct MemdedupEngine {
     uint64_t last_pass_duration;   /* ns */
     uint64_t metadata_bytes;
     uint64_t scanner_cpu_time;     /* ns, all scanner threads */
+    uint64_t index_failures;    /* passes that kept the last index: no memory */
+    uint64_t dupset_dropped;    /* duplicates the last index left out */
 
     /* Atomic; written under lock.  Scanning and madvise stop when set. */
     bool paused;
@@ -261,7 +264,8 @@ typedef struct MemdedupEngine {
      * the main scanner thread between hashing phases.
      */
     MemdedupDupSet dupset;
-    MemdedupNumaIndex numa;     /* per host node sets, next to dupset */
+    MemdedupNumaIndex numa;     /* per host node bits, next to dupset */
+    bool index_failing;         /* the last index build ran out of memory */
     uint64_t dupset_gen;        /* counts changes to dupset and numa, >= 1 */
     uint64_t indexed_blocks_gen;    /* blocks_gen when dupset was built */
     MemdedupPlacementFn placement;  /* move_pages, or node 0 on one node */
@@ -280,7 +284,7 @@ typedef struct MemdedupScanBuffers {
     void **addrs;               /* move_pages arguments, one per page */
     int *status;                /* move_pages results, one per page */
     int8_t *nodes;              /* one region's nodes before placement */
-    uint32_t *fps;              /* new fingerprints of one region */
+    MemdedupFp *fps;            /* new fingerprints of one region */
     uint64_t churn;             /* pages changed, appeared or gone so far */
     uint64_t reused;            /* regions whose last count still held */
 } MemdedupScanBuffers;
@@ -407,6 +411,19 @@ MemdedupBlock *memdedup_registry_add(const char *id, void *host, uint64_t size,
 
 /* References to a block: the last one frees it.  Any thread. */
 void memdedup_block_ref(MemdedupBlock *blk);
+
+/*
+ * Bytes @blk keeps between passes: fingerprints, nodes, region
+ * summaries, bitmaps and statistics (its part of metadata-bytes).
+ */
+uint64_t memdedup_block_metadata_bytes(const MemdedupBlock *blk);
+
+/* The fingerprint of page @p of @blk (scanner-owned). */
+static inline MemdedupFp memdedup_block_fp(const MemdedupBlock *blk,
+                                           uint64_t p)
+{
+    return memdedup_fp_join(blk->fps[p], blk->fp_hi[p]);
+}
 void memdedup_block_unref(MemdedupBlock *blk);
 
 /*
@@ -640,9 +657,6 @@ void memdedup_adopt_free(MemdedupAdopt *adopt);
  * region @region (whose pages start at @base); inside the scanner's RCU
  * read-side section that saw @blk alive.  True if every page of the
  * region has the node (or unknown node) it had before.
- * memdedup_numa_pass_index: rebuild the per-node sets from @blocks (the
- * blocks the global dup set was built from).  Scanner thread, lock not
- * held.
  * memdedup_numa_find: the slot of page @page of @blk in the index if it
  * is a duplicate KSM can merge under the host's partitioning, else -1
  * (see memdedup_numa_classify); the page is also counted into @stats
@@ -665,8 +679,6 @@ void memdedup_adopt_free(MemdedupAdopt *adopt);
 bool memdedup_numa_pass_begin(MemdedupEngine *engine);
 bool memdedup_numa_scan_region(MemdedupBlock *blk, uint64_t region,
                                uint8_t *base, MemdedupScanBuffers *buf);
-void memdedup_numa_pass_index(MemdedupEngine *engine, MemdedupBlock **blocks,
-                              size_t nr_blocks);
 ssize_t memdedup_numa_find(MemdedupEngine *engine, MemdedupBlock *blk,
                            uint64_t page, MemdedupNumaStats *stats);
 void memdedup_numa_block_publish(MemdedupEngine *engine, MemdedupBlock *blk,

@@ -127,6 +127,8 @@ static void memdedup_query_engine_locked(MemdedupEngine *engine,
     info->last_pass_duration = engine->last_pass_duration;
     info->scanner_cpu_time = engine->scanner_cpu_time;
     info->metadata_bytes = engine->metadata_bytes;
+    info->index_dropped = engine->dupset_dropped;
+    info->index_failures = engine->index_failures;
     info->scan_rate = engine->scan_rate;
     info->rescan_interval = engine->rescan_interval;
     info->rescan_backoff = engine->rescan_backoff;
@@ -333,6 +335,12 @@ static void hmp_info_memdedup_state(Monitor *mon, MemdedupInfo *info)
                        info->next_rescan_interval);
     }
     monitor_printf(mon, "\n");
+    if (info->index_dropped || info->index_failures) {
+        monitor_printf(mon, "  index: %" PRIu64 " duplicates left out for "
+                       "the metadata budget, %" PRIu64 " passes without "
+                       "memory for it\n", info->index_dropped,
+                       info->index_failures);
+    }
     if (info->warning) {
         monitor_printf(mon, "warning: %s\n", info->warning);
     }

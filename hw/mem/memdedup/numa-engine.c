@@ -118,7 +118,7 @@ ssize_t memdedup_numa_find(MemdedupEngine *engine, MemdedupBlock *blk,
     ssize_t slot;
     MemdedupDupKind kind = memdedup_numa_classify(&engine->numa,
                                                   &engine->dupset,
-                                                  blk->fps[page],
+                                                  memdedup_block_fp(blk, page),
                                                   blk->nodes[page], &slot);
 
     if (stats) {
@@ -126,21 +126,6 @@ ssize_t memdedup_numa_find(MemdedupEngine *engine, MemdedupBlock *blk,
                                  kind);
     }
     return memdedup_numa_candidate(&engine->numa, kind) ? slot : -1;
-}
-
-void memdedup_numa_pass_index(MemdedupEngine *engine, MemdedupBlock **blocks,
-                              size_t nr_blocks)
-{
-    g_autofree MemdedupNumaPages *pages = g_new(MemdedupNumaPages,
-                                                MAX(nr_blocks, 1));
-    size_t b;
-
-    for (b = 0; b < nr_blocks; b++) {
-        pages[b].fps = blocks[b]->fps;
-        pages[b].nodes = blocks[b]->nodes;
-        pages[b].nr_pages = blocks[b]->nr_pages;
-    }
-    memdedup_numa_index_build(&engine->numa, pages, nr_blocks);
 }
 
 void memdedup_numa_block_publish(MemdedupEngine *engine, MemdedupBlock *blk,

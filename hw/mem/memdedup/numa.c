@@ -172,94 +172,89 @@ bool memdedup_read_host_nodes(unsigned long *nodes)
 
 void memdedup_numa_index_clear(MemdedupNumaIndex *idx)
 {
-    unsigned i;
-
-    for (i = 0; i < idx->nr_nodes; i++) {
-        memdedup_dupset_clear(&idx->node_sets[i]);
-    }
-    g_free(idx->node_sets);
-    g_free(idx->slot_base);
-    idx->node_sets = NULL;
-    idx->slot_base = NULL;
+    g_free(idx->within);
+    idx->within = NULL;
     idx->nr_nodes = 0;
-    idx->nr_slots = 0;
+    idx->len = 0;
 }
 
-void memdedup_numa_index_build(MemdedupNumaIndex *idx,
-                               const MemdedupNumaPages *blocks,
-                               size_t nr_blocks)
+size_t memdedup_numa_index_bytes(const MemdedupNumaIndex *idx)
 {
-    g_autofree uint64_t *per_node = NULL;
-    g_autofree uint32_t *fps = NULL;
-    g_autofree uint32_t *tmp = NULL;
-    unsigned nr_nodes = 0, used = 0, node;
-    uint64_t most = 0;
-    size_t b;
+    return idx->within ? BITS_TO_LONGS(idx->len * idx->nr_nodes) *
+                         sizeof(unsigned long) : 0;
+}
+
+unsigned memdedup_numa_nodes_in_use(const MemdedupFpArray *arrays, size_t nr)
+{
+    unsigned long used[BITS_TO_LONGS(MEMDEDUP_NUMA_NODES_MAX)] = { 0 };
+    size_t a;
+
+    for (a = 0; a < nr; a++) {
+        for (uint64_t p = 0; p < arrays[a].nr_pages; p++) {
+            int n = arrays[a].nodes[p];
+            if (arrays[a].lo[p] > MEMDEDUP_FP_ZERO && n >= 0 &&
+                n < MEMDEDUP_NUMA_NODES_MAX) {
+                set_bit(n, used);
+            }
+        }
+    }
+    if (bitmap_count_one(used, MEMDEDUP_NUMA_NODES_MAX) < 2) {
+        return 0;
+    }
+    return find_last_bit(used, MEMDEDUP_NUMA_NODES_MAX) + 1;
+}
+
+bool memdedup_numa_index_build(MemdedupNumaIndex *idx,
+                               const MemdedupDupSet *global,
+                               const MemdedupFpArray *arrays, size_t nr,
+                               unsigned nr_nodes)
+{
+    uint64_t bits = global->len * nr_nodes;
+    g_autofree unsigned long *seen = NULL;
+    size_t a;
 
     memdedup_numa_index_clear(idx);
+    if (!bits) {
+        return true;
+    }
+    seen = bitmap_try_new(bits);
+    idx->within = bitmap_try_new(bits);
+    if (!seen || !idx->within) {
+        memdedup_numa_index_clear(idx);
+        return false;
+    }
+    /* A node holds two copies when its bit is seen a second time. */
+    for (a = 0; a < nr; a++) {
+        const MemdedupFpArray *arr = &arrays[a];
 
-    /* Which nodes hold non-zero pages, and how many each. */
-    for (b = 0; b < nr_blocks; b++) {
-        for (uint64_t p = 0; p < blocks[b].nr_pages; p++) {
-            int n = blocks[b].nodes[p];
-            if (blocks[b].fps[p] > MEMDEDUP_FP_ZERO && n >= 0) {
-                nr_nodes = MAX(nr_nodes, (unsigned)n + 1);
+        for (uint64_t p = 0; p < arr->nr_pages; p++) {
+            int node = arr->nodes[p];
+            ssize_t g;
+
+            memdedup_dupset_prefetch(global, arr->lo, arr->hi, p,
+                                     arr->nr_pages);
+            if (arr->lo[p] <= MEMDEDUP_FP_ZERO || node < 0 ||
+                (unsigned)node >= nr_nodes) {
+                continue;
+            }
+            g = memdedup_dupset_find(global, memdedup_fp_at(arr, p));
+            if (g >= 0 && test_and_set_bit(g * nr_nodes + node, seen)) {
+                set_bit(g * nr_nodes + node, idx->within);
             }
         }
     }
-    if (!nr_nodes) {
-        return;
-    }
-    per_node = g_new0(uint64_t, nr_nodes);
-    for (b = 0; b < nr_blocks; b++) {
-        for (uint64_t p = 0; p < blocks[b].nr_pages; p++) {
-            int n = blocks[b].nodes[p];
-            if (blocks[b].fps[p] > MEMDEDUP_FP_ZERO && n >= 0) {
-                per_node[n]++;
-            }
-        }
-    }
-    for (node = 0; node < nr_nodes; node++) {
-        used += per_node[node] > 0;
-        most = MAX(most, per_node[node]);
-    }
-    /* All on one node: the node's set is the global one. */
-    if (used < 2) {
-        return;
-    }
-
     idx->nr_nodes = nr_nodes;
-    idx->node_sets = g_new0(MemdedupDupSet, nr_nodes);
-    idx->slot_base = g_new0(size_t, nr_nodes);
-    fps = g_new(uint32_t, most);
-    tmp = g_new(uint32_t, most);
-    for (node = 0; node < nr_nodes; node++) {
-        uint64_t n = 0;
-
-        idx->slot_base[node] = idx->nr_slots;
-        if (!per_node[node]) {
-            continue;
-        }
-        for (b = 0; b < nr_blocks; b++) {
-            for (uint64_t p = 0; p < blocks[b].nr_pages; p++) {
-                if (blocks[b].fps[p] > MEMDEDUP_FP_ZERO &&
-                    blocks[b].nodes[p] == (int)node) {
-                    fps[n++] = blocks[b].fps[p];
-                }
-            }
-        }
-        memdedup_fp_sort(fps, tmp, n);
-        memdedup_dupset_build(&idx->node_sets[node], fps, n);
-        idx->nr_slots += idx->node_sets[node].len;
-    }
+    idx->len = global->len;
+    return true;
 }
 
 MemdedupDupKind memdedup_numa_classify(const MemdedupNumaIndex *idx,
                                        const MemdedupDupSet *global,
-                                       uint32_t fp, int node, ssize_t *slot)
+                                       MemdedupFp fp, int node, ssize_t *slot)
 {
-    ssize_t g = memdedup_dupset_find(global, fp), i;
+    ssize_t g = memdedup_dupset_find(global, fp);
     bool by_node = idx->nr_nodes && idx->partitioned;
+    size_t node_slots = idx->len * idx->nr_nodes;
 
     if (slot) {
         *slot = -1;
@@ -273,19 +268,18 @@ MemdedupDupKind memdedup_numa_classify(const MemdedupNumaIndex *idx,
      */
     if (!idx->nr_nodes || node < 0 || (unsigned)node >= idx->nr_nodes) {
         if (slot) {
-            *slot = by_node ? (ssize_t)idx->nr_slots + g : g;
+            *slot = by_node ? (ssize_t)node_slots + g : g;
         }
         return MEMDEDUP_DUP_WITHIN_NODE;
     }
-    i = memdedup_dupset_find(&idx->node_sets[node], fp);
-    if (i < 0) {
+    if (!test_bit(g * idx->nr_nodes + node, idx->within)) {
         if (slot && !by_node) {
             *slot = g;
         }
         return MEMDEDUP_DUP_CROSS_NODE;
     }
     if (slot) {
-        *slot = by_node ? (ssize_t)(idx->slot_base[node] + i) : g;
+        *slot = by_node ? (ssize_t)(g * idx->nr_nodes + node) : g;
     }
     return MEMDEDUP_DUP_WITHIN_NODE;
 }
@@ -300,8 +294,8 @@ bool memdedup_numa_candidate(const MemdedupNumaIndex *idx,
 size_t memdedup_numa_slots(const MemdedupNumaIndex *idx,
                            const MemdedupDupSet *global)
 {
-    return (idx->nr_nodes && idx->partitioned) ? idx->nr_slots + global->len :
-                                                 global->len;
+    return (idx->nr_nodes && idx->partitioned) ?
+           idx->len * idx->nr_nodes + global->len : global->len;
 }
 
 /* ------------------------------------------------------------------ */

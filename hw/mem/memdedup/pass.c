@@ -441,11 +441,10 @@ static void memdedup_pass_register(MemdedupPass *pass)
         }
         pass->registered += memdedup_publish_registration(engine, pb->blk,
                                                           refusals, 0);
-        pass->metadata += pb->blk->nr_pages * (sizeof(uint32_t) +
-                                               sizeof(int8_t)) +
-                          pb->blk->nr_regions * sizeof(MemdedupRegion);
+        pass->metadata += memdedup_block_metadata_bytes(pb->blk);
     }
-    pass->metadata += memdedup_dupset_bytes(&engine->dupset);
+    pass->metadata += memdedup_dupset_bytes(&engine->dupset) +
+                      memdedup_numa_index_bytes(&engine->numa);
     memdedup_kernel_view_count_pass(engine, pass, pass->rescan,
                                     pass->summarize && pass->board);
 }

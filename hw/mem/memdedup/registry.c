@@ -108,9 +108,24 @@ void memdedup_block_ref(MemdedupBlock *blk)
     qatomic_inc(&blk->refcount);
 }
 
+uint64_t memdedup_block_metadata_bytes(const MemdedupBlock *blk)
+{
+    /* registered, discarded and hints: a bit per region each. */
+    uint64_t region_bits = 3 * BITS_TO_LONGS(blk->nr_regions) *
+                           sizeof(unsigned long);
+
+    return blk->nr_pages * (sizeof(*blk->fps) + sizeof(*blk->fp_hi) +
+                            sizeof(*blk->nodes)) +
+           blk->nr_regions * sizeof(MemdedupRegion) + region_bits +
+           (blk->plugged ? BITS_TO_LONGS(blk->nr_pages) *
+                           sizeof(unsigned long) : 0) +
+           sizeof(*blk) + sizeof(MemdedupNumaStats);
+}
+
 static void memdedup_block_free(MemdedupBlock *blk)
 {
     g_free(blk->fps);
+    g_free(blk->fp_hi);
     g_free(blk->nodes);
     g_free(blk->numa_stats);
     g_free(blk->regions);
@@ -199,17 +214,16 @@ static MemdedupBlock *memdedup_block_new(const char *id, void *host,
     blk->nr_regions = DIV_ROUND_UP(blk->nr_pages, blk->pages_per_region);
     /* A huge, sparse backend (reserve=off) may need more than exists. */
     blk->fps = g_try_new0(uint32_t, blk->nr_pages);
+    blk->fp_hi = g_try_new0(uint8_t, blk->nr_pages);
     blk->regions = g_try_new0(MemdedupRegion, blk->nr_regions);
     blk->registered = bitmap_try_new(blk->nr_regions);
     /* Host node of each page (numa-engine.c), unknown until scanned. */
     blk->nodes = g_try_new(int8_t, blk->nr_pages);
-    if (!blk->fps || !blk->regions || !blk->registered || !blk->nodes) {
+    if (!blk->fps || !blk->fp_hi || !blk->regions || !blk->registered ||
+        !blk->nodes) {
         error_setg(errp, "memory-backend-ksm '%s': cannot allocate %" PRIu64
                    " MiB of memdedup metadata for its %" PRIu64 " GiB",
-                   id, (blk->nr_pages * (sizeof(uint32_t) +
-                                         sizeof(int8_t)) +
-                        blk->nr_regions * sizeof(MemdedupRegion)) / MiB,
-                   size / GiB);
+                   id, memdedup_block_metadata_bytes(blk) / MiB, size / GiB);
         memdedup_block_free(blk);
         return NULL;
     }

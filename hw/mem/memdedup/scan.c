@@ -356,15 +356,17 @@ static void memdedup_judge_region(MemdedupEngine *engine, MemdedupBlock *blk,
     uint64_t i, moved = 0;
 
     for (i = 0; i < pages; i++) {
-        uint32_t old = blk->fps[first + i], fp = buf->fps[i];
+        MemdedupFp old = memdedup_block_fp(blk, first + i), fp = buf->fps[i];
 
         if (!buf->present[i]) {
             moved += old != MEMDEDUP_FP_ABSENT;
             blk->fps[first + i] = MEMDEDUP_FP_ABSENT;
+            blk->fp_hi[first + i] = 0;
             continue;
         }
         moved += old == MEMDEDUP_FP_ABSENT;
-        blk->fps[first + i] = fp;
+        blk->fps[first + i] = memdedup_fp_lo(fp);
+        blk->fp_hi[first + i] = memdedup_fp_hi(fp);
         (*resident)++;
         *zero += fp == MEMDEDUP_FP_ZERO;
         *changed += old != MEMDEDUP_FP_ABSENT && old != fp;
@@ -378,9 +380,10 @@ static void memdedup_judge_region(MemdedupEngine *engine, MemdedupBlock *blk,
         return;
     }
     for (i = 0; i < pages; i++) {
-        uint32_t fp = buf->fps[i];
+        MemdedupFp fp = buf->fps[i];
 
-        memdedup_dupset_prefetch(&engine->dupset, buf->fps, i, pages);
+        memdedup_dupset_prefetch(&engine->dupset, blk->fps + first,
+                                 blk->fp_hi + first, i, pages);
         if (buf->present[i] && fp != MEMDEDUP_FP_ZERO &&
             memdedup_numa_candidate(&engine->numa,
                 memdedup_numa_classify(&engine->numa, &engine->dupset, fp,
@@ -462,7 +465,7 @@ void memdedup_scan_buffers_init(MemdedupScanBuffers *buf, uint64_t pages)
     buf->present = g_new(bool, pages);
     buf->addrs = g_new(void *, pages);
     buf->status = g_new(int, pages);
-    buf->fps = g_new(uint32_t, pages);
+    buf->fps = g_new(MemdedupFp, pages);
     buf->nodes = g_new(int8_t, pages);
     buf->churn = 0;
     buf->reused = 0;

@@ -21,6 +21,9 @@
 #include "qemu/osdep.h"
 #include "qemu/atomic.h"
 #include "qemu/bitmap.h"
+#include "qemu/error-report.h"
+#include "qemu/lockable.h"
+#include "qapi/qapi-events-memdedup.h"
 #include "memdedup-internal.h"
 #include "trace.h"
 
@@ -45,6 +48,7 @@ static void memdedup_forget_discarded(MemdedupBlock *blk,
         for (p = first; p < last; p++) {
             if (plugged && !test_bit(p, plugged)) {
                 blk->fps[p] = MEMDEDUP_FP_ABSENT;
+                blk->fp_hi[p] = 0;
             }
             resident += blk->fps[p] != MEMDEDUP_FP_ABSENT;
             zero += blk->fps[p] == MEMDEDUP_FP_ZERO;
@@ -60,47 +64,80 @@ static void memdedup_forget_discarded(MemdedupBlock *blk,
 }
 
 /*
- * End of the hashing phase: rebuild the dup set (and the per-node sets)
+ * The index could not be rebuilt for want of memory: the pass goes on
+ * with the last one (stale counts cost accuracy, never correctness),
+ * and the next pass tries again.  Said once until an index is built.
+ */
+static void memdedup_index_failed(MemdedupPass *pass, uint64_t pages)
+{
+    MemdedupEngine *engine = pass->engine;
+    uint64_t bytes = memdedup_dupset_transient_bytes(pages);
+    uint64_t pass_no;
+
+    WITH_QEMU_LOCK_GUARD(&engine->lock) {
+        engine->index_failures++;
+        pass_no = engine->passes_completed + 1;
+    }
+    trace_memdedup_index_failed(pass_no, bytes);
+    if (engine->index_failing) {
+        return;
+    }
+    engine->index_failing = true;
+    warn_report("memdedup: no memory for the duplicate index of pass %"
+                PRIu64 " (%" PRIu64 " MiB for %" PRIu64 " pages); passes "
+                "go on with the last index until one can be built",
+                pass_no, bytes / MiB, pages);
+    qapi_event_send_memdedup_index_skipped(pass_no, bytes);
+}
+
+/*
+ * End of the hashing phase: rebuild the dup set (and the per-node index)
  * from the fingerprints of every block with a policy, leaving out
- * removed blocks; the summaries then count each region against it.
+ * removed blocks; the summaries then count each region against it.  The
+ * dup set gets the metadata budget the blocks leave.
  */
 void memdedup_pass_index(MemdedupPass *pass)
 {
     MemdedupEngine *engine = pass->engine;
-    uint64_t total = 0, n = 0;
-    g_autofree uint32_t *all = NULL;
-    g_autofree uint32_t *tmp = NULL;
-    g_autofree MemdedupBlock **indexed = g_new(MemdedupBlock *,
+    g_autofree MemdedupFpArray *arrays = g_new(MemdedupFpArray,
                                                MAX(pass->nr_blocks, 1));
-    size_t b, nr_indexed = 0;
+    uint64_t budget = 0, kept = 0, pages = 0;
+    size_t b, nr = 0;
+    unsigned nr_nodes;
 
-    for (b = 0; b < pass->nr_blocks; b++) {
-        if (pass->blocks[b].params.policy != MEMDEDUP_POLICY_OFF) {
-            total += pass->blocks[b].blk->nr_pages;
-        }
-    }
-    all = g_new(uint32_t, MAX(total, 1));
-    tmp = g_new(uint32_t, MAX(total, 1));
     for (b = 0; b < pass->nr_blocks; b++) {
         MemdedupBlock *blk = pass->blocks[b].blk;
-        uint64_t p;
 
+        budget += blk->nr_pages * MEMDEDUP_METADATA_PER_PAGE;
+        kept += memdedup_block_metadata_bytes(blk);
         if (pass->blocks[b].params.policy == MEMDEDUP_POLICY_OFF ||
             qatomic_read(&blk->removed)) {
             continue;           /* a removed block leaves the index */
         }
         pass->blocks[b].indexed = true;
-        indexed[nr_indexed++] = blk;
-        for (p = 0; p < blk->nr_pages; p++) {
-            if (blk->fps[p] > MEMDEDUP_FP_ZERO) {
-                all[n++] = blk->fps[p];
-            }
-        }
+        arrays[nr++] = (MemdedupFpArray) {
+            .lo = blk->fps, .hi = blk->fp_hi, .nodes = blk->nodes,
+            .nr_pages = blk->nr_pages,
+        };
+        pages += blk->nr_pages;
     }
-    memdedup_fp_sort(all, tmp, n);
-    memdedup_dupset_build(&engine->dupset, all, n);
-    /* The per-node sets and per-node statistics (numa-engine.c). */
-    memdedup_numa_pass_index(engine, indexed, nr_indexed);
+    budget = MAX(budget - MIN(budget, kept), MEMDEDUP_INDEX_MIN_BYTES);
+    nr_nodes = memdedup_numa_nodes_in_use(arrays, nr);
+    if (!memdedup_dupset_build(&engine->dupset, arrays, nr, budget,
+                               nr_nodes)) {
+        memdedup_index_failed(pass, pages);
+        return;
+    }
+    /* The per-node bits (numa.c); without them, the global view. */
+    if (!memdedup_numa_index_build(&engine->numa, &engine->dupset, arrays, nr,
+                                   nr_nodes)) {
+        memdedup_index_failed(pass, pages);
+    } else {
+        engine->index_failing = false;
+    }
+    WITH_QEMU_LOCK_GUARD(&engine->lock) {
+        engine->dupset_dropped = engine->dupset.dropped;
+    }
     engine->dupset_gen++;
     engine->indexed_blocks_gen = pass->blocks_gen;
 }
@@ -216,7 +253,7 @@ static inline uint64_t memdedup_region_count_pages(MemdedupEngine *engine,
     for (p = first; p < last; p++) {
         ssize_t idx;
 
-        memdedup_dupset_prefetch(&engine->dupset, blk->fps, p,
+        memdedup_dupset_prefetch(&engine->dupset, blk->fps, blk->fp_hi, p,
                                  blk->nr_pages);
         if (board && p + MEMDEDUP_LOOKAHEAD < blk->nr_pages &&
             blk->fps[p + MEMDEDUP_LOOKAHEAD] > MEMDEDUP_FP_ZERO) {

@@ -111,6 +111,13 @@ static void fuzz_admission(FuzzInput *in)
     g_assert(memdedup_unmerge_admissible(0, available, total));
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return x < y ? -1 : x > y;
+}
+
 static int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -118,43 +125,74 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* The radix sort sorts as qsort does. */
+static void fuzz_sort(const uint32_t *v, size_t n)
+{
+    g_autofree uint32_t *fps = g_new(uint32_t, n + 1);
+    g_autofree uint32_t *tmp = g_new(uint32_t, n + 1);
+    g_autofree uint32_t *ref = g_new(uint32_t, n + 1);
+
+    memcpy(fps, v, n * sizeof(*v));
+    memcpy(ref, v, n * sizeof(*v));
+    qsort(ref, n, sizeof(uint32_t), cmp_u32);
+    memdedup_fp_sort(fps, tmp, n);
+    g_assert(!memcmp(fps, ref, n * sizeof(uint32_t)));
+}
+
+/*
+ * The dup set of fingerprints read 5 bytes each (low 32 bits, high 8),
+ * within a budget the first byte picks: in the set only what occurs at
+ * least twice, all of it when the budget allows, never more bytes than
+ * the budget, and no fingerprint left out that has more copies than one
+ * kept.
+ */
 static void fuzz_index(const uint8_t *data, size_t size)
 {
     size_t n = 0, i, j;
-    g_autofree uint32_t *fps = g_new(uint32_t, size / 4 + 1);
-    g_autofree uint32_t *tmp = g_new(uint32_t, size / 4 + 1);
-    g_autofree uint32_t *ref = g_new(uint32_t, size / 4 + 1);
+    g_autofree uint32_t *lo = g_new(uint32_t, size / 5 + 1);
+    g_autofree uint8_t *hi = g_new(uint8_t, size / 5 + 1);
+    g_autofree uint64_t *ref = g_new(uint64_t, size / 5 + 1);
+    MemdedupFpArray arr = { .lo = lo, .hi = hi };
     MemdedupDupSet set = { 0 };
+    uint64_t budget = UINT64_MAX, kept_min = UINT64_MAX, dropped_max = 0;
 
+    if (size && data[0] & 1) {
+        budget = 1024 + (uint64_t)data[0] * 16;
+    }
     /* Few distinct values, so that duplicates are common. */
-    for (i = 0; i + 4 <= size; i += 4) {
+    for (i = 1; i + 5 <= size; i += 5) {
         uint32_t fp;
 
         memcpy(&fp, data + i, 4);
         if (fp & 0x80000000) {
             fp &= 0xff;
         }
-        if (fp > MEMDEDUP_FP_ZERO) {
-            fps[n++] = fp;
-        }
+        lo[n] = fp;
+        hi[n] = data[i + 4] & 0x81;
+        ref[n] = memdedup_fp_join(lo[n], hi[n]);
+        n++;
     }
-    memcpy(ref, fps, n * sizeof(uint32_t));
-    qsort(ref, n, sizeof(uint32_t), cmp_u32);
-    memdedup_fp_sort(fps, tmp, n);
-    g_assert(!memcmp(fps, ref, n * sizeof(uint32_t)));
-
-    memdedup_dupset_build(&set, fps, n);
-    for (i = 1; i < set.len; i++) {
-        g_assert_cmpuint(set.fps[i - 1], <, set.fps[i]);
-    }
-    /* A fingerprint is in the set exactly when it occurs twice or more. */
+    arr.nr_pages = n;
+    fuzz_sort(lo, n);
+    g_assert_true(memdedup_dupset_build(&set, &arr, 1, budget, 0));
+    g_assert_cmpuint(memdedup_dupset_bytes(&set), <=, budget);
+    qsort(ref, n, sizeof(*ref), cmp_u64);
     for (i = 0; i < n; i = j) {
-        for (j = i + 1; j < n && fps[j] == fps[i]; j++) {
+        bool found = memdedup_dupset_find(&set, ref[i]) >= 0;
+
+        for (j = i + 1; j < n && ref[j] == ref[i]; j++) {
             /* count the group */
         }
-        g_assert_cmpint(memdedup_dupset_find(&set, fps[i]) >= 0, ==,
-                        j - i > 1);
+        if (memdedup_fp_lo(ref[i]) <= MEMDEDUP_FP_ZERO || j - i == 1) {
+            g_assert_false(found);
+        } else if (found) {
+            kept_min = MIN(kept_min, MIN(j - i, 64));
+        } else {
+            g_assert_cmpuint(budget, !=, UINT64_MAX);
+            dropped_max = MAX(dropped_max, MIN(j - i, 64));
+        }
     }
+    g_assert_cmpuint(dropped_max, <=, kept_min);
     g_assert_cmpint(memdedup_dupset_find(&set, MEMDEDUP_FP_ZERO), ==, -1);
     g_assert_cmpuint(set.len * 2, <=, n);
     memdedup_dupset_clear(&set);
