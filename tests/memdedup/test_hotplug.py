@@ -12,13 +12,26 @@ virtio-mem: a memory-backend-ksm is the memdev of a virtio-mem device
 requested-size plugs memory the guest fills; the engine scans only the
 plugged part.  Shrinking it discards memory, which leaves the index and
 the statistics at once, before the next pass.
+
+unplug-during-collapse (qtest, no guest): a 4 GiB DIMM of unique pages
+on small pages, which the engine collapses into huge pages, is unplugged
+(qtest writes the eject the guest's ACPI would) and its backend deleted
+while the collapse is under way; its RAM must be unmapped and freed
+within a second of DEVICE_DELETED (the collapse goes MEMDEDUP_COPY_CHUNK,
+8 MiB, at a time, each chunk in an RCU read section that re-checks the
+block).
 """
 
+import os
+import re
 import sys
+import time
 
-from harness import (GUEST_BOOT_TIMEOUT, MiB, PAGE, QEMU, GuestShell,
-                     backend, check, guest_boot_args, qmp, run_pass,
-                     run_tests, start_qtest_vm, wait_for)
+from harness import (GUEST_BOOT_TIMEOUT, MiB, PAGE, QEMU, GuestShell, Skip,
+                     backend, check, guest_boot_args, host_address,
+                     need_ksm_root, qmp, rss_bytes, run_pass, run_tests,
+                     smaps_vmas, start_qtest_vm, wait_for)
+import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 BOOT_MEM = 512                # MiB
 FILE_MIB = 32                 # one copy of /data/shared.bin
@@ -215,9 +228,216 @@ def test_virtio_mem_unplugged(workdir):
         qt.close()
 
 
+# unplug-during-collapse: a DIMM of unique pages on small pages, which the
+# engine collapses into huge pages (MADV_COLLAPSE copies 0.3-2 GB/s, so
+# seconds for all of it) MEMDEDUP_COPY_CHUNK (8 MiB) at a time, each in
+# an RCU read section that checks the block is still there.
+COLLAPSE_DIMM = 4 << 30
+UNPLUG_BOUND = 1.0            # s from DEVICE_DELETED to the RAM freed
+MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
+# The ACPI memory hotplug registers (docs/specs/acpi_mem_hotplug.rst):
+# slot selector at 0, control at 0x14, whose bit 3 ejects the slot.
+MEMHP_IO_BASE = 0xa00
+MEMHP_EJECT = 8
+
+
+def fill_unique(qt, addr, size):
+    """A distinct non-zero qword at the start of every page (the rest of
+    it zero): every page unique, written page by page (small pages)."""
+    pages = size // PAGE
+    per = 64 * MiB // PAGE
+    for first in range(0, pages, per):
+        qt.pipeline(["writeq 0x%x 0x%x" % (
+            addr + p * PAGE, (p + 1) * 0x9E3779B97F4A7C15 % (1 << 64))
+            for p in range(first, min(first + per, pages))])
+
+
+def host_anon_huge():
+    """AnonHugePages of the whole host (bytes): cheap to poll, unlike a
+    process's smaps, which walks its page tables."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def anon_huge_in(pid, start, end):
+    """AnonHugePages of @pid's VMAs overlapping [start, end)."""
+    return sum(int(fields.get("AnonHugePages", "0 kB").split()[0]) * 1024
+               for s, e, fields in smaps_vmas(pid) if s < end and e > start)
+
+
+def mapped_in(pid, start, end):
+    """Bytes of @pid's mappings inside [start, end)."""
+    total = 0
+    with open("/proc/%d/maps" % pid) as f:
+        for line in f:
+            s, e = (int(x, 16) for x in line.split()[0].split("-"))
+            total += max(0, min(e, end) - max(s, start))
+    return total
+
+
+def trace_lines(trace, pattern):
+    with open(trace) as f:
+        return re.findall(pattern, f.read())
+
+
+def advised(trace, backend_id, advice):
+    """[(time stamp, len)] of the runs the engine advised @advice on
+    @backend_id (the trace event comes when the whole run is done; the
+    time stamp with -msg timestamp=on, else None)."""
+    return [(float(t) if t else None, int(n, 16)) for t, n in trace_lines(
+        trace, r"(?:@([0-9.]+):)?memdedup_advise backend %s offset \S+ "
+        r"len (\S+) advice %d " % (backend_id, advice))]
+
+
+def event_time(e):
+    return e["timestamp"]["seconds"] + e["timestamp"]["microseconds"] / 1e6
+
+
+def start_collapse(vm, trace, base, size):
+    """Request passes until one collapses the DIMM (at @base, @size bytes
+    in QEMU), and return once it has collapsed at least 128 MiB: (bytes
+    on huge pages then, collapse rate in bytes/s)."""
+    for _ in range(5):
+        wait_for("the engine to be idle", lambda: vm.qmp.cmd(
+            "query-memdedup")["state"] != "scanning")
+        huge0 = host_anon_huge()
+        done = len(trace_lines(trace, "memdedup_pass_done"))
+        vm.qmp.cmd("memdedup-scan")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            # MADV_HUGEPAGE on the DIMM is done: MADV_COLLAPSE follows.
+            started = advised(trace, "dimm0", MADV_HUGEPAGE)
+            if started and host_anon_huge() - huge0 >= 128 * MiB:
+                # The host's count is the cheap trigger; smaps says.
+                huge = anon_huge_in(vm.pid, base, base + size)
+                if huge >= 128 * MiB:
+                    return huge, huge / (time.time() - started[-1][0])
+                huge0 = host_anon_huge() - huge
+            if len(trace_lines(trace, "memdedup_pass_done")) > done:
+                break
+            time.sleep(0.005)
+        check(not advised(trace, "dimm0", MADV_COLLAPSE) and
+              backend(vm, "dimm0")["huge-regions"] == 0,
+              "the DIMM was collapsed (%d huge regions) before the test "
+              "saw it start" % backend(vm, "dimm0")["huge-regions"])
+    raise AssertionError("no pass collapsed the DIMM")
+
+
+def test_unplug_during_collapse(workdir):
+    """A DIMM unplugged while the engine collapses it leaves at once: the
+    collapse goes 8 MiB at a time, each chunk in an RCU read section
+    that re-checks the block, so the RAM is unmapped and freed within a
+    second of the device going away, long before the collapse would have
+    ended."""
+    need_ksm_root()
+    # ksmd stopped: stable unique regions are collapsed at once.
+    with host.ThpMode() as thp, host.KsmKnobs(run=0) as ksm:
+        if not ksm.active or not thp.active:
+            raise Skip(ksm.reason or thp.reason)
+        if host.thp_read() == "never":
+            thp.set("madvise")
+        trace = os.path.join(workdir, "collapse.trace")
+        # The machine's RAM is a backend too (never written), so that
+        # the engine has a block left to pass over after the unplug;
+        # trace lines with time stamps.
+        vm, qt = start_qtest_vm(workdir, "unplug", [
+            "-machine", "pc,memory-backend=ram0",
+            "-m", "%dM,slots=2,maxmem=8G" % BOOT_MEM, "-msg", "timestamp=on",
+            "-object", "memdedup,id=engine,rescan-interval=3600000",
+            "-object", "memory-backend-ksm,id=ram0,size=%dM" % BOOT_MEM,
+        ] + [arg for event in ("memdedup_advise", "memdedup_pass_done",
+                               "memdedup_block_removed")
+             for arg in ("-trace", "enable=%s,file=%s" % (event, trace))])
+        try:
+            # dump=off: a flag no neighbour has, so the RAM is one VMA.
+            vm.qmp.cmd("object-add", **{"qom-type": "memory-backend-ksm",
+                                        "id": "dimm0", "size": COLLAPSE_DIMM,
+                                        "dump": False})
+            vm.qmp.cmd("device_add", driver="pc-dimm", id="d0",
+                       memdev="dimm0")
+            dimm = [m["data"] for m in vm.qmp.cmd("query-memory-devices")
+                    if m["data"].get("id") == "d0"][0]
+            base = host_address(vm.pid, COLLAPSE_DIMM)
+            end = base + COLLAPSE_DIMM
+            t0 = time.monotonic()
+            # The backend advised its RAM MADV_NOHUGEPAGE (manage-thp):
+            # the fill lands on small pages.
+            fill_unique(qt, dimm["addr"], COLLAPSE_DIMM)
+            t_fill = time.monotonic() - t0
+            check(anon_huge_in(vm.pid, base, end) == 0,
+                  "the fill got huge pages")
+            huge, rate = start_collapse(vm, trace, base, COLLAPSE_DIMM)
+            # Still collapsing: most of the DIMM on small pages.
+            check(not advised(trace, "dimm0", MADV_COLLAPSE) and
+                  0 < huge <= COLLAPSE_DIMM // 2,
+                  "not collapsing at the unplug: %d MiB of %d on huge "
+                  "pages" % (huge // MiB, COLLAPSE_DIMM // MiB))
+
+            # Unplug, qtest standing in for the guest's ACPI _EJ0.
+            rss = rss_bytes(vm.pid)
+            vm.qmp.cmd("device_del", id="d0")
+            qt.command("outl 0x%x 0x%x" % (MEMHP_IO_BASE, dimm["slot"]))
+            qt.command("outb 0x%x 0x%x" % (MEMHP_IO_BASE + 0x14,
+                                           MEMHP_EJECT))
+            deleted = wait_for("DEVICE_DELETED", lambda: [
+                e for e in events(vm, "DEVICE_DELETED")
+                if e["data"].get("device") == "d0"], 10)[0]
+            vm.qmp.cmd("object-del", id="dimm0")
+            t_del = time.time()
+            # The RAM is gone when its mapping is (munmap takes the VMA
+            # out first) and its pages are freed (RSS drops by the DIMM).
+            t_unmapped = t_freed = None
+            while (t_unmapped is None or t_freed is None) and \
+                    time.time() - event_time(deleted) < 30:
+                now = time.time()
+                if t_unmapped is None and not mapped_in(vm.pid, base, end):
+                    t_unmapped = now
+                if t_freed is None and rss_bytes(vm.pid) <= \
+                        rss - 0.9 * COLLAPSE_DIMM:
+                    t_freed = now
+                time.sleep(0.002)
+            check(t_unmapped and t_freed, "the DIMM's RAM is still there "
+                  "30 s after DEVICE_DELETED (mapped: %s, RSS %d MiB)"
+                  % (not t_unmapped, rss_bytes(vm.pid) // MiB))
+            removed = wait_for("MEMDEDUP_BACKEND_REMOVED", lambda: [
+                e for e in events(vm, "MEMDEDUP_BACKEND_REMOVED")
+                if e["data"]["id"] == "dimm0"], 10)[0]
+            unmapped = t_unmapped - event_time(deleted)
+            gone = t_freed - event_time(deleted)
+            print("  filled %d MiB in %.1f s; unplugged with %d MiB "
+                  "collapsed, at %.0f MB/s (an 8 MiB chunk in %.0f ms)"
+                  % (COLLAPSE_DIMM // MiB, t_fill, huge // MiB, rate / 1e6,
+                     8 * MiB / rate * 1e3))
+            print("  after DEVICE_DELETED: object-del done %.3f s, "
+                  "BACKEND_REMOVED %.3f s, RAM unmapped %.3f s, freed "
+                  "%.3f s" % (t_del - event_time(deleted),
+                              event_time(removed) - event_time(deleted),
+                              unmapped, gone))
+            check(gone < UNPLUG_BOUND, "RAM freed %.3f s after "
+                  "DEVICE_DELETED" % gone)
+            # The collapse stopped at a chunk boundary: its run neither
+            # completed nor failed (either would be traced).
+            check(not advised(trace, "dimm0", MADV_COLLAPSE),
+                  "the DIMM's collapse ran on after its removal: %s"
+                  % advised(trace, "dimm0", MADV_COLLAPSE))
+            info = run_pass(vm)
+            check("dimm0" not in [b["id"] for b in info["backends"]],
+                  "dimm0 still in query-memdedup")
+            check(vm.alive(), "QEMU exited")
+            check("error" not in vm.stderr().lower(), "QEMU errors:\n" +
+                  vm.stderr())
+        finally:
+            vm.stop()
+            qt.close()
+
+
 if __name__ == "__main__":
     sys.exit(run_tests([
         ("hotplug/pc-dimm", test_pc_dimm),
         ("hotplug/virtio-mem", test_virtio_mem),
         ("hotplug/virtio-mem-unplugged", test_virtio_mem_unplugged),
+        ("hotplug/unplug-during-collapse", test_unplug_during_collapse),
     ]))

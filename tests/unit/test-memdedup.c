@@ -12,6 +12,7 @@
 #include "qemu/units.h"
 #include "qemu/bitmap.h"
 #include "qemu/host-utils.h"
+#include <sys/resource.h>
 #include "../../hw/mem/memdedup/memdedup-core.h"
 
 #define XXH_INLINE_ALL
@@ -338,6 +339,60 @@ static void test_false_duplicates(void)
     g_assert_cmpuint(missed, ==, 0);
     g_assert_cmpfloat(rate, <, 2 * theory);
     g_assert_cmpfloat(rate * (double)(1ull << 30) / n, <, 0.01);
+    memdedup_dupset_clear(&set);
+}
+
+/* Bytes of address space this process has mapped (/proc/self/status). */
+static uint64_t vm_size(void)
+{
+    g_autofree char *status = NULL;
+    const char *line;
+
+    g_assert_true(g_file_get_contents("/proc/self/status", &status, NULL,
+                                      NULL));
+    line = strstr(status, "\nVmSize:");
+    g_assert_nonnull(line);
+    return g_ascii_strtoull(line + strlen("\nVmSize:"), NULL, 10) * KiB;
+}
+
+/*
+ * No memory for the transient index: the build fails and the set stays
+ * as it was.  The address space is limited (RLIMIT_AS) to what the
+ * process maps now plus 16 MiB, and the index of 2^24 pages needs 64 MiB
+ * at once, beyond malloc's largest mmap threshold (32 MiB): malloc must
+ * map it, and cannot.
+ */
+static void test_dupset_no_memory(void)
+{
+    const uint64_t n = 1ull << 24;
+    g_autofree uint32_t *lo = g_new(uint32_t, n);
+    g_autofree uint8_t *hi = g_new0(uint8_t, n);
+    MemdedupFpArray a = { .lo = lo, .hi = hi, .nr_pages = n };
+    MemdedupDupSet set = { 0 };
+    struct rlimit old, tight;
+    uint64_t i;
+    bool built;
+
+    for (i = 0; i < n; i++) {
+        lo[i] = i / 2 + 2;                      /* every page paired */
+    }
+    g_assert_true(dupset_build_from(&set, (MemdedupFp[]){ 7, 7, 9 }, 3,
+                                    UINT64_MAX));
+    g_assert_cmpuint(set.len, ==, 1);
+
+    g_assert_cmpint(getrlimit(RLIMIT_AS, &old), ==, 0);
+    tight = old;
+    tight.rlim_cur = vm_size() + 16 * MiB;
+    g_assert_cmpint(setrlimit(RLIMIT_AS, &tight), ==, 0);
+    built = memdedup_dupset_build(&set, &a, 1, UINT64_MAX, 0);
+    g_assert_cmpint(setrlimit(RLIMIT_AS, &old), ==, 0);
+
+    g_assert_false(built);
+    g_assert_cmpuint(set.len, ==, 1);
+    g_assert_cmpint(memdedup_dupset_find(&set, 7), ==, 0);
+    /* With the memory back, the same build succeeds. */
+    g_assert_true(memdedup_dupset_build(&set, &a, 1, UINT64_MAX, 0));
+    g_assert_cmpuint(set.len, ==, n / 2);
     memdedup_dupset_clear(&set);
 }
 
@@ -1323,6 +1378,7 @@ int main(int argc, char **argv)
     g_test_add_func("/memdedup/dupset", test_dupset);
     g_test_add_func("/memdedup/dupset-indexed", test_dupset_indexed);
     g_test_add_func("/memdedup/dupset-budget", test_dupset_budget);
+    g_test_add_func("/memdedup/dupset-no-memory", test_dupset_no_memory);
     g_test_add_func("/memdedup/false-duplicates", test_false_duplicates);
     g_test_add_func("/memdedup/board/bloom", test_bloom);
     g_test_add_func("/memdedup/region-wanted", test_region_wanted);

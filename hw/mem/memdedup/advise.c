@@ -99,9 +99,10 @@ static void memdedup_advise_failed(MemdedupBlock *blk, int advice, int err)
 }
 
 /*
- * madvise regions [@first, @first + @count) of @blk, MEMDEDUP_RCU_CHUNK
- * at a time, each inside an RCU read-side section that saw the block
- * alive, so the RAM stays mapped.  False if the kernel refused a chunk
+ * madvise regions [@first, @first + @count) of @blk a chunk at a time
+ * (MEMDEDUP_RCU_CHUNK, or MEMDEDUP_COPY_CHUNK for advice that copies),
+ * each inside an RCU read-side section that saw the block alive, so the
+ * RAM stays mapped.  False if the kernel refused a chunk
  * (the ones before it may have changed), the block went away or the
  * engine is paused.
  */
@@ -111,6 +112,8 @@ static bool memdedup_advise(MemdedupBlock *blk, uint64_t first,
     uint64_t region_size = blk->pages_per_region * blk->page_size;
     uint64_t start = first * region_size;
     uint64_t len = MIN(count * region_size, blk->size - start), done;
+    uint64_t chunk = advice == MADV_COLLAPSE || advice == MADV_UNMERGEABLE ?
+                     MEMDEDUP_COPY_CHUNK : MEMDEDUP_RCU_CHUNK;
     int ret = 0, err = 0;
 
     /* Paused for an incoming migration, only hints are applied. */
@@ -118,14 +121,13 @@ static bool memdedup_advise(MemdedupBlock *blk, uint64_t first,
         !qatomic_read(&memdedup_engine.incoming)) {
         return false;
     }
-    for (done = 0; done < len && !ret; done += MEMDEDUP_RCU_CHUNK) {
+    for (done = 0; done < len && !ret; done += chunk) {
         WITH_RCU_READ_LOCK_GUARD() {
             if (qatomic_load_acquire(&blk->removed)) {
                 return false;
             }
             ret = memdedup_madvise(blk->host + start + done,
-                                   MIN(len - done, MEMDEDUP_RCU_CHUNK),
-                                   advice);
+                                   MIN(len - done, chunk), advice);
             err = ret ? errno : 0;
         }
     }

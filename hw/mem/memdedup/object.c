@@ -35,6 +35,7 @@ struct MemdedupSettings {
     uint32_t rescan_interval;   /* milliseconds */
     uint32_t rescan_backoff;    /* factor, 1-64 */
     uint32_t vma_budget;        /* 0: from vm.max_map_count */
+    uint64_t x_index_memory;    /* test: index memory to refuse past; 0: no */
     bool migrate_hints;         /* send registered regions when migrating */
     bool completed;             /* complete ran: adopt* are fixed */
     strList *adopt_ids;         /* "adopt": memory-backend-ram ids */
@@ -59,6 +60,7 @@ static void memdedup_settings_apply(MemdedupSettings *s)
     engine->rescan_backoff = s->rescan_backoff;
     engine->vma_budget = s->vma_budget ? s->vma_budget :
                          memdedup_read_vma_budget();
+    qatomic_set(&engine->x_index_memory, s->x_index_memory);
     memdedup_rescan_hurry_locked(engine);
 }
 
@@ -203,6 +205,24 @@ static void memdedup_settings_set_vma_budget(Object *obj, Visitor *v,
     }
     s->vma_budget = value;
     memdedup_settings_apply(s);
+}
+
+static void memdedup_settings_get_x_index_memory(Object *obj, Visitor *v,
+                                                 const char *name,
+                                                 void *opaque, Error **errp)
+{
+    visit_type_size(v, name, &MEMDEDUP(obj)->x_index_memory, errp);
+}
+
+static void memdedup_settings_set_x_index_memory(Object *obj, Visitor *v,
+                                                 const char *name,
+                                                 void *opaque, Error **errp)
+{
+    MemdedupSettings *s = MEMDEDUP(obj);
+
+    if (visit_type_size(v, name, &s->x_index_memory, errp)) {
+        memdedup_settings_apply(s);
+    }
 }
 
 /* adopt* can be set until the object is complete. */
@@ -564,6 +584,14 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
     object_class_property_set_description(oc, "vma-budget",
         "Most VMAs the engine may split guest RAM into, over all backends "
         "(default 0: half of vm.max_map_count)");
+    object_class_property_add(oc, "x-index-memory", "size",
+                              memdedup_settings_get_x_index_memory,
+                              memdedup_settings_set_x_index_memory, NULL,
+                              NULL);
+    object_class_property_set_description(oc, "x-index-memory",
+        "For tests: an index build that needs more transient memory than "
+        "this fails as if the memory could not be allocated (default 0: "
+        "no limit)");
     object_class_property_add_bool(oc, "migrate-hints",
                                    memdedup_settings_get_migrate_hints,
                                    memdedup_settings_set_migrate_hints);

@@ -101,7 +101,7 @@ void memdedup_pass_index(MemdedupPass *pass)
     MemdedupEngine *engine = pass->engine;
     g_autofree MemdedupFpArray *arrays = g_new(MemdedupFpArray,
                                                MAX(pass->nr_blocks, 1));
-    uint64_t budget = 0, kept = 0, pages = 0;
+    uint64_t budget = 0, kept = 0, pages = 0, limit;
     size_t b, nr = 0;
     unsigned nr_nodes;
 
@@ -123,7 +123,10 @@ void memdedup_pass_index(MemdedupPass *pass)
     }
     budget = MAX(budget - MIN(budget, kept), MEMDEDUP_INDEX_MIN_BYTES);
     nr_nodes = memdedup_numa_nodes_in_use(arrays, nr);
-    if (!memdedup_dupset_build(&engine->dupset, arrays, nr, budget,
+    /* x-index-memory: a test's stand-in for an allocation failing. */
+    limit = qatomic_read(&engine->x_index_memory);
+    if ((limit && memdedup_dupset_transient_bytes(pages) > limit) ||
+        !memdedup_dupset_build(&engine->dupset, arrays, nr, budget,
                                nr_nodes)) {
         memdedup_index_failed(pass, pages);
         return;
