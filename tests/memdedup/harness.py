@@ -176,17 +176,20 @@ smaps_vmas = host.smaps_vmas
 mergeable_vmas = host.mergeable_vmas
 
 
+FINGERPRINT_BITS = 40         # MEMDEDUP_FP_BITS
+
+
 def fingerprint_slack(distinct):
     """How many pages a pass may count as duplicates beyond the true ones.
 
-    The engine compares 32-bit fingerprints, not content (see the manual's
+    The engine compares 40-bit fingerprints, not content (see the manual's
     "fingerprint"): among `distinct` distinct non-zero pages, about
-    distinct^2 / 2^33 pairs collide by accident, and each pair adds at
+    distinct^2 / 2^41 pairs collide by accident, and each pair adds at
     most two pages.  The slack covers four times the expected number of
     pages plus two pairs, so an honest engine exceeds it with a chance
     below 1e-4, while a real miscount of a region still fails.
     """
-    expected = 2 * distinct * distinct / 2 ** 33
+    expected = distinct * distinct / 2 ** FINGERPRINT_BITS
     return 4 + int(math.ceil(4 * expected))
 
 

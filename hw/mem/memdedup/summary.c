@@ -79,6 +79,8 @@ static void memdedup_index_failed(MemdedupPass *pass, uint64_t pages)
         pass_no = engine->passes_completed + 1;
     }
     trace_memdedup_index_failed(pass_no, bytes);
+    /* Stale: the next pass rebuilds it, even if nothing changes. */
+    engine->indexed_blocks_gen = 0;
     if (engine->index_failing) {
         return;
     }
