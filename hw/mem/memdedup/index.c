@@ -155,6 +155,20 @@ void memdedup_fp_sort(uint32_t *fps, uint32_t *tmp, size_t n)
     uint32_t *src = fps, *dst = tmp;
     int shift;
 
+    /* A small part (most of the 256 in a small guest): insertion sort. */
+    if (n < 64) {
+        for (size_t i = 1; i < n; i++) {
+            uint32_t v = fps[i];
+            size_t j = i;
+
+            for (; j && fps[j - 1] > v; j--) {
+                fps[j] = fps[j - 1];
+            }
+            fps[j] = v;
+        }
+        return;
+    }
+
     /* Four stable counting passes of 8 bits; the result ends in @fps. */
     for (shift = 0; shift < 32; shift += 8) {
         size_t count[257] = { 0 };

@@ -272,6 +272,7 @@ typedef struct MemdedupEngine {
     MemdedupDupSet dupset;
     MemdedupNumaIndex numa;     /* per host node bits, next to dupset */
     bool index_failing;         /* the last index build ran out of memory */
+    bool index_dropping;        /* the last index left duplicates out */
     uint64_t dupset_gen;        /* counts changes to dupset and numa, >= 1 */
     uint64_t indexed_blocks_gen;    /* blocks_gen when dupset was built */
     MemdedupPlacementFn placement;  /* move_pages, or node 0 on one node */
@@ -533,8 +534,13 @@ uint64_t memdedup_publish_registration(MemdedupEngine *engine,
 /* summary.c: the index and the region counts; scanner thread only     */
 /* ------------------------------------------------------------------ */
 
-/* Rebuild the dup set (and the per-node sets) from every fingerprint. */
+/*
+ * Rebuild the dup set (and the per-node bits) from every fingerprint;
+ * without the memory for it, the last index stands and
+ * memdedup_pass_index_failed says so.
+ */
 void memdedup_pass_index(MemdedupPass *pass);
+void memdedup_pass_index_failed(MemdedupPass *pass, uint64_t bytes);
 
 /* Would indexing and counting again give what the last count gave? */
 bool memdedup_pass_unchanged(MemdedupPass *pass, bool board_eval);

@@ -396,9 +396,19 @@ static void memdedup_pass_count(MemdedupPass *pass)
     recount = !pass->rescan || !memdedup_pass_unchanged(pass,
                                                         pass->board_eval);
     if (recount) {
+        size_t slots;
+
         memdedup_pass_index(pass);
-        first_seen = bitmap_new(MAX(memdedup_numa_slots(&engine->numa,
-                                                        &engine->dupset), 1));
+        slots = MAX(memdedup_numa_slots(&engine->numa, &engine->dupset), 1);
+        first_seen = bitmap_try_new(slots);
+        if (!first_seen) {
+            /* Without it, no estimate: the last counts stand. */
+            memdedup_pass_index_failed(pass, BITS_TO_LONGS(slots) *
+                                             sizeof(unsigned long));
+            recount = false;
+        }
+    }
+    if (recount) {
         if (pass->board) {
             engine->board_version = memdedup_board_version(pass->board);
             memdedup_board_lookup_begin(pass->board);

@@ -68,10 +68,9 @@ static void memdedup_forget_discarded(MemdedupBlock *blk,
  * with the last one (stale counts cost accuracy, never correctness),
  * and the next pass tries again.  Said once until an index is built.
  */
-static void memdedup_index_failed(MemdedupPass *pass, uint64_t pages)
+void memdedup_pass_index_failed(MemdedupPass *pass, uint64_t bytes)
 {
     MemdedupEngine *engine = pass->engine;
-    uint64_t bytes = memdedup_dupset_transient_bytes(pages);
     uint64_t pass_no;
 
     WITH_QEMU_LOCK_GUARD(&engine->lock) {
@@ -86,9 +85,8 @@ static void memdedup_index_failed(MemdedupPass *pass, uint64_t pages)
     }
     engine->index_failing = true;
     warn_report("memdedup: no memory for the duplicate index of pass %"
-                PRIu64 " (%" PRIu64 " MiB for %" PRIu64 " pages); passes "
-                "go on with the last index until one can be built",
-                pass_no, bytes / MiB, pages);
+                PRIu64 " (%" PRIu64 " MiB); passes go on with the last "
+                "index until one can be built", pass_no, bytes / MiB);
     qapi_event_send_memdedup_index_skipped(pass_no, bytes);
 }
 
@@ -130,19 +128,29 @@ void memdedup_pass_index(MemdedupPass *pass)
     if ((limit && memdedup_dupset_transient_bytes(pages) > limit) ||
         !memdedup_dupset_build(&engine->dupset, arrays, nr, budget,
                                nr_nodes)) {
-        memdedup_index_failed(pass, pages);
+        memdedup_pass_index_failed(pass,
+                                   memdedup_dupset_transient_bytes(pages));
         return;
     }
     /* The per-node bits (numa.c); without them, the global view. */
     if (!memdedup_numa_index_build(&engine->numa, &engine->dupset, arrays, nr,
                                    nr_nodes)) {
-        memdedup_index_failed(pass, pages);
+        memdedup_pass_index_failed(pass, engine->dupset.len * nr_nodes / 4);
     } else {
         engine->index_failing = false;
     }
     WITH_QEMU_LOCK_GUARD(&engine->lock) {
         engine->dupset_dropped = engine->dupset.dropped;
     }
+    /* Said once, and again only after an index that left nothing out. */
+    if (engine->dupset.dropped && !engine->index_dropping) {
+        warn_report("memdedup: the duplicate index leaves out %" PRIu64
+                    " duplicated fingerprints (those with the fewest "
+                    "copies) to stay within %d bytes of metadata per "
+                    "guest page; their pages count as unique",
+                    engine->dupset.dropped, MEMDEDUP_METADATA_PER_PAGE);
+    }
+    engine->index_dropping = engine->dupset.dropped > 0;
     engine->dupset_gen++;
     engine->indexed_blocks_gen = pass->blocks_gen;
 }
