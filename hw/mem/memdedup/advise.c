@@ -112,10 +112,15 @@ static bool memdedup_advise(MemdedupBlock *blk, uint64_t first,
     uint64_t region_size = blk->pages_per_region * blk->page_size;
     uint64_t start = first * region_size;
     uint64_t len = MIN(count * region_size, blk->size - start), done;
-    uint64_t chunk = advice == MADV_COLLAPSE || advice == MADV_UNMERGEABLE ?
-                     MEMDEDUP_COPY_CHUNK : MEMDEDUP_RCU_CHUNK;
+    uint64_t chunk = MEMDEDUP_RCU_CHUNK;
     int ret = 0, err = 0;
 
+    /* Collapse needs whole huge pages in a chunk (both powers of two). */
+    if (advice == MADV_COLLAPSE) {
+        chunk = MAX(MEMDEDUP_COPY_CHUNK, memdedup_engine.thp_size);
+    } else if (advice == MADV_UNMERGEABLE) {
+        chunk = MEMDEDUP_COPY_CHUNK;
+    }
     /* Paused for an incoming migration, only hints are applied. */
     if (qatomic_read(&memdedup_engine.paused) &&
         !qatomic_read(&memdedup_engine.incoming)) {

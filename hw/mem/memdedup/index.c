@@ -11,7 +11,8 @@
  * engine sorts a transient copy of every fingerprint (a counting sort by
  * the high 8 bits, then a radix sort of the low 32 within each of those
  * 256 parts: linear time, about 4 bytes per page) and keeps only those
- * that occur twice or more: the dup set.  A page is a duplicate
+ * that occur twice or more, as many as the metadata budget holds: the
+ * dup set.  A page is a duplicate
  * candidate when its fingerprint is in the dup set.
  *
  * Why this is correct: the engine never merges anything itself.  A false
@@ -196,7 +197,10 @@ void memdedup_dupset_clear(MemdedupDupSet *set)
     *set = (MemdedupDupSet) { 0 };
 }
 
-/* Bucket bits for a set of @len entries: one bucket per four, at least 8. */
+/*
+ * Bucket bits for a set of @len entries: one bucket per four to eight
+ * entries, at least 8 (so a bucket fixes the high byte).
+ */
 static unsigned memdedup_dupset_bits(uint64_t len)
 {
     unsigned bits = 8;
@@ -373,10 +377,14 @@ bool memdedup_dupset_build(MemdedupDupSet *set, const MemdedupFpArray *arrays,
             for (i = sorted.start[h]; i < end;) {
                 uint64_t n = memdedup_group(sorted.lo, i, end);
                 MemdedupFp fp = memdedup_fp_join(sorted.lo[i], h);
+                unsigned copies = MIN(n, MEMDEDUP_GROUP_SIZES);
+                bool keep = n > 1 && copies >= size;
 
-                if (n > 1 && (MIN(n, MEMDEDUP_GROUP_SIZES) >= size ||
-                              (MIN(n, MEMDEDUP_GROUP_SIZES) == size - 1 &&
-                               quota && quota--))) {
+                if (n > 1 && copies == size - 1 && quota) {
+                    quota--;
+                    keep = true;
+                }
+                if (keep) {
                     /* Buckets up to this one start here or later. */
                     while (b <= fp >> shift) {
                         new.bucket[b++] = new.len;
@@ -406,7 +414,7 @@ ssize_t memdedup_dupset_find(const MemdedupDupSet *set, MemdedupFp fp)
     if (!set->len) {
         return -1;
     }
-    /* About four entries a bucket, all with @fp's high bits: a scan. */
+    /* Four to eight entries a bucket, all with @fp's high bits: a scan. */
     b = fp >> memdedup_dupset_shift(set);
     for (i = set->bucket[b]; i < set->bucket[b + 1]; i++) {
         if (set->fps[i] >= lo) {

@@ -122,11 +122,11 @@ uint64_t memdedup_xxh3_avx2(const void *data, size_t len, uint64_t seed,
  * registration).
  *
  * Fingerprints are uniform (hashes): the set is sorted and indexed by
- * the top @bucket_bits bits, one bucket per four entries, so that a
- * lookup reads one or two cache lines instead of ~log2(len) scattered
- * ones.  @bucket_bits is at least 8, so a bucket fixes a fingerprint's
- * high 8 bits and an entry needs only the low 32: 4 bytes per distinct
- * duplicated fingerprint, plus about 1 for the buckets.
+ * the top @bucket_bits bits, one bucket per four to eight entries, so
+ * that a lookup reads one or two cache lines instead of ~log2(len)
+ * scattered ones.  @bucket_bits is at least 8, so a bucket fixes a
+ * fingerprint's high 8 bits and an entry needs only the low 32: 4 bytes
+ * per distinct duplicated fingerprint, plus 0.5 to 1 for the buckets.
  */
 typedef struct MemdedupDupSet {
     uint32_t *fps;              /* low bits of the duplicated fingerprints */
@@ -140,7 +140,7 @@ typedef struct MemdedupDupSet {
 typedef struct MemdedupFpArray {
     const uint32_t *lo;         /* low bits, MemdedupBlock.fps */
     const uint8_t *hi;          /* high bits, MemdedupBlock.fp_hi */
-    const int8_t *nodes;        /* host node of each page, or NULL */
+    const int8_t *nodes;        /* host node of each page; NULL: unknown */
     uint64_t nr_pages;
 } MemdedupFpArray;
 
@@ -153,7 +153,10 @@ static inline MemdedupFp memdedup_fp_at(const MemdedupFpArray *a,
 /* Bytes a dup set takes. */
 size_t memdedup_dupset_bytes(const MemdedupDupSet *set);
 
-/* Sort @n 32-bit values in place (LSD radix sort, O(n)); @tmp holds @n. */
+/*
+ * Sort @n 32-bit values in place (LSD radix sort, O(n); insertion sort
+ * below 64); @tmp holds @n.
+ */
 void memdedup_fp_sort(uint32_t *fps, uint32_t *tmp, size_t n);
 
 /*

@@ -90,7 +90,9 @@ typedef struct MemdedupMergedStats {
  * sections that saw its block alive; each covers at most
  * MEMDEDUP_RCU_CHUNK, and advice that copies memory (MADV_COLLAPSE, about
  * 300 MB/s measured on a 2-core host, and MADV_UNMERGEABLE of merged
- * pages) at most MEMDEDUP_COPY_CHUNK, so that a section lasts some tens
+ * pages) at most MEMDEDUP_COPY_CHUNK (collapse: or one huge page where
+ * the host's are larger, since it collapses only whole huge pages in the
+ * range it is given), so that a section lasts some tens
  * of milliseconds.  An unplugged DIMM waits for the section that runs
  * when it goes and for the one that began before its block was marked
  * removed: it is unmapped (and drain_call_rcu returns) well within a
@@ -464,7 +466,7 @@ typedef struct MemdedupPassBlock {
     MemdedupParams params;
     bool apply_only;            /* params changed; no need to rescan */
     bool hinted;                /* registered from hints, not yet scanned */
-    bool indexed;               /* its pages are in this pass's dup set */
+    bool indexed;               /* its pages are in the dup set rebuilt */
     uint32_t *cross_before;     /* regions' cross_vm before the lookups */
     unsigned long *discarded;   /* regions to forget pages of, or NULL */
     uint64_t first_item;        /* index of its region 0 in the item space */
@@ -536,11 +538,13 @@ uint64_t memdedup_publish_registration(MemdedupEngine *engine,
 
 /*
  * Rebuild the dup set (and the per-node bits) from every fingerprint;
- * without the memory for it, the last index stands and
- * memdedup_pass_index_failed says so.
+ * false if there was no memory for it: the last dup set stands.
+ * memdedup_pass_index_failed: count and say (once) that @what, @bytes
+ * of it, could not be had; the next pass rebuilds everything.
  */
-void memdedup_pass_index(MemdedupPass *pass);
-void memdedup_pass_index_failed(MemdedupPass *pass, uint64_t bytes);
+bool memdedup_pass_index(MemdedupPass *pass);
+void memdedup_pass_index_failed(MemdedupPass *pass, const char *what,
+                                uint64_t bytes);
 
 /* Would indexing and counting again give what the last count gave? */
 bool memdedup_pass_unchanged(MemdedupPass *pass, bool board_eval);

@@ -16,7 +16,7 @@
  *    read-side section as the hashing);
  *  - the host's merge_across_nodes, re-read at the start of every pass
  *    and watched once a second between passes: when the partitioning
- *    changes, a pass is requested, which rebuilds the per-node sets and
+ *    changes, a pass is requested, which rebuilds the per-node index and
  *    applies every backend's policy again.
  *
  * Locking: blk->nodes and engine->numa are scanner-owned like the

@@ -13,14 +13,15 @@
  *  - placement: while a region is hashed, move_pages(2) in query mode
  *    (nodes == NULL) gives the host node of each of its resident pages
  *    (on a host with one node, node 0 is known without asking),
- *    kept in one int8_t per page (1 byte; with the 4-byte fingerprint
+ *    kept in one int8_t per page (1 byte; with the 5-byte fingerprint
  *    within the 8 bytes per page the design allows).  A page seen on
  *    another node than in the previous pass (NUMA balancing, migration
  *    between nodes, a changed binding) is counted as re-homed;
- *  - the node index: next to the global dup set, one dup set per host
- *    node, rebuilt with it at the end of every pass from the pages'
- *    (fingerprint, node) pairs, so a re-homed page's entry moves to its
- *    new node's set by construction;
+ *  - the node index: next to the global dup set, one bit per host node
+ *    for each of its entries, set when the node holds two copies or more,
+ *    rebuilt with it at the end of every pass from the pages'
+ *    (fingerprint, node) pairs, so a re-homed page counts on its new
+ *    node by construction;
  *  - classification: a duplicate has a twin on its own node, or only on
  *    other nodes.  With per-node trees (partitioned) only the first kind
  *    is a candidate; with one tree both are.  Both are always counted so
@@ -190,7 +191,7 @@ unsigned memdedup_numa_nodes_in_use(const MemdedupFpArray *arrays, size_t nr)
     size_t a;
 
     for (a = 0; a < nr; a++) {
-        for (uint64_t p = 0; p < arrays[a].nr_pages; p++) {
+        for (uint64_t p = 0; arrays[a].nodes && p < arrays[a].nr_pages; p++) {
             int n = arrays[a].nodes[p];
             if (arrays[a].lo[p] > MEMDEDUP_FP_ZERO && n >= 0 &&
                 n < MEMDEDUP_NUMA_NODES_MAX) {
@@ -227,7 +228,7 @@ bool memdedup_numa_index_build(MemdedupNumaIndex *idx,
     for (a = 0; a < nr; a++) {
         const MemdedupFpArray *arr = &arrays[a];
 
-        for (uint64_t p = 0; p < arr->nr_pages; p++) {
+        for (uint64_t p = 0; arr->nodes && p < arr->nr_pages; p++) {
             int node = arr->nodes[p];
             ssize_t g;
 

@@ -487,6 +487,7 @@ static void memdedup_settings_complete(UserCreatable *uc, Error **errp)
     if (!memdedup_settings_join_board(s, errp)) {
         qemu_mutex_lock(&engine->lock);
         engine->settings_object = false;
+    qatomic_set(&engine->x_index_memory, 0);
         qemu_mutex_unlock(&engine->lock);
         return;
     }

@@ -390,22 +390,29 @@ static void memdedup_pass_count(MemdedupPass *pass)
 {
     MemdedupEngine *engine = pass->engine;
     g_autofree unsigned long *first_seen = NULL;
-    bool recount;
+    bool recount, stale = false;
     size_t b;
 
     recount = !pass->rescan || !memdedup_pass_unchanged(pass,
                                                         pass->board_eval);
     if (recount) {
         size_t slots;
+        bool rebuilt = memdedup_pass_index(pass);
 
-        memdedup_pass_index(pass);
         slots = MAX(memdedup_numa_slots(&engine->numa, &engine->dupset), 1);
         first_seen = bitmap_try_new(slots);
         if (!first_seen) {
-            /* Without it, no estimate: the last counts stand. */
-            memdedup_pass_index_failed(pass, BITS_TO_LONGS(slots) *
-                                             sizeof(unsigned long));
+            /*
+             * No estimate without it: the last counts stand, and no
+             * region's count may pass for one against the new set.
+             */
+            if (rebuilt) {
+                memdedup_pass_index_failed(pass, "the saving estimate",
+                                           BITS_TO_LONGS(slots) *
+                                           sizeof(unsigned long));
+            }
             recount = false;
+            stale = true;
         }
     }
     if (recount) {
@@ -419,6 +426,9 @@ static void memdedup_pass_count(MemdedupPass *pass)
     for (b = 0; b < pass->nr_blocks; b++) {
         memdedup_pass_summarize(engine, &pass->blocks[b], pass->board,
                                 first_seen, recount, &pass->summaries[b]);
+        if (stale) {
+            pass->blocks[b].blk->judged_gen = 0;
+        }
     }
     if (pass->board && recount) {
         memdedup_pass_lookups_end(pass);

@@ -64,11 +64,13 @@ static void memdedup_forget_discarded(MemdedupBlock *blk,
 }
 
 /*
- * The index could not be rebuilt for want of memory: the pass goes on
- * with the last one (stale counts cost accuracy, never correctness),
- * and the next pass tries again.  Said once until an index is built.
+ * Part of the index could not be had for want of memory (@what, @bytes
+ * of it): the pass goes on without it (stale counts cost accuracy, never
+ * correctness), and the next pass builds the whole index again even if
+ * nothing changed.  Said once until an index is built whole.
  */
-void memdedup_pass_index_failed(MemdedupPass *pass, uint64_t bytes)
+void memdedup_pass_index_failed(MemdedupPass *pass, const char *what,
+                                uint64_t bytes)
 {
     MemdedupEngine *engine = pass->engine;
     uint64_t pass_no;
@@ -77,26 +79,42 @@ void memdedup_pass_index_failed(MemdedupPass *pass, uint64_t bytes)
         engine->index_failures++;
         pass_no = engine->passes_completed + 1;
     }
-    trace_memdedup_index_failed(pass_no, bytes);
-    /* Stale: the next pass rebuilds it, even if nothing changes. */
+    trace_memdedup_index_failed(pass_no, what, bytes);
     engine->indexed_blocks_gen = 0;
     if (engine->index_failing) {
         return;
     }
     engine->index_failing = true;
-    warn_report("memdedup: no memory for the duplicate index of pass %"
-                PRIu64 " (%" PRIu64 " MiB); passes go on with the last "
-                "index until one can be built", pass_no, bytes / MiB);
+    warn_report("memdedup: no memory for %s in pass %" PRIu64 " (%" PRIu64
+                " KiB); passes go on without it until it can be built",
+                what, pass_no, bytes / KiB);
     qapi_event_send_memdedup_index_skipped(pass_no, bytes);
+}
+
+/* Said once, and again only after an index that left nothing out. */
+static void memdedup_index_note_dropped(MemdedupEngine *engine)
+{
+    WITH_QEMU_LOCK_GUARD(&engine->lock) {
+        engine->dupset_dropped = engine->dupset.dropped;
+    }
+    if (engine->dupset.dropped && !engine->index_dropping) {
+        warn_report("memdedup: the duplicate index leaves out %" PRIu64
+                    " duplicated fingerprints (those with the fewest "
+                    "copies) to stay within %d bytes of metadata per "
+                    "guest page; their pages count as unique",
+                    engine->dupset.dropped, MEMDEDUP_METADATA_PER_PAGE);
+    }
+    engine->index_dropping = engine->dupset.dropped > 0;
 }
 
 /*
  * End of the hashing phase: rebuild the dup set (and the per-node index)
  * from the fingerprints of every block with a policy, leaving out
  * removed blocks; the summaries then count each region against it.  The
- * dup set gets the metadata budget the blocks leave.
+ * dup set gets the metadata budget the blocks leave.  False if the dup
+ * set could not be rebuilt: the last one stands.
  */
-void memdedup_pass_index(MemdedupPass *pass)
+bool memdedup_pass_index(MemdedupPass *pass)
 {
     MemdedupEngine *engine = pass->engine;
     g_autofree MemdedupFpArray *arrays = g_new(MemdedupFpArray,
@@ -104,6 +122,7 @@ void memdedup_pass_index(MemdedupPass *pass)
     uint64_t budget = 0, kept = 0, pages = 0, limit;
     size_t b, nr = 0;
     unsigned nr_nodes;
+    bool whole;
 
     for (b = 0; b < pass->nr_blocks; b++) {
         MemdedupBlock *blk = pass->blocks[b].blk;
@@ -114,7 +133,6 @@ void memdedup_pass_index(MemdedupPass *pass)
             qatomic_read(&blk->removed)) {
             continue;           /* a removed block leaves the index */
         }
-        pass->blocks[b].indexed = true;
         arrays[nr++] = (MemdedupFpArray) {
             .lo = blk->fps, .hi = blk->fp_hi, .nodes = blk->nodes,
             .nr_pages = blk->nr_pages,
@@ -128,31 +146,29 @@ void memdedup_pass_index(MemdedupPass *pass)
     if ((limit && memdedup_dupset_transient_bytes(pages) > limit) ||
         !memdedup_dupset_build(&engine->dupset, arrays, nr, budget,
                                nr_nodes)) {
-        memdedup_pass_index_failed(pass,
+        memdedup_pass_index_failed(pass, "the duplicate index",
                                    memdedup_dupset_transient_bytes(pages));
-        return;
+        return false;
+    }
+    for (b = 0; b < pass->nr_blocks; b++) {
+        pass->blocks[b].indexed =
+            pass->blocks[b].params.policy != MEMDEDUP_POLICY_OFF &&
+            !qatomic_read(&pass->blocks[b].blk->removed);
     }
     /* The per-node bits (numa.c); without them, the global view. */
-    if (!memdedup_numa_index_build(&engine->numa, &engine->dupset, arrays, nr,
-                                   nr_nodes)) {
-        memdedup_pass_index_failed(pass, engine->dupset.len * nr_nodes / 4);
+    whole = memdedup_numa_index_build(&engine->numa, &engine->dupset, arrays,
+                                      nr, nr_nodes);
+    memdedup_index_note_dropped(engine);
+    engine->dupset_gen++;
+    engine->indexed_blocks_gen = pass->blocks_gen;
+    if (!whole) {
+        memdedup_pass_index_failed(pass, "the per-node index",
+                                   2 * DIV_ROUND_UP(engine->dupset.len *
+                                                    nr_nodes, 8));
     } else {
         engine->index_failing = false;
     }
-    WITH_QEMU_LOCK_GUARD(&engine->lock) {
-        engine->dupset_dropped = engine->dupset.dropped;
-    }
-    /* Said once, and again only after an index that left nothing out. */
-    if (engine->dupset.dropped && !engine->index_dropping) {
-        warn_report("memdedup: the duplicate index leaves out %" PRIu64
-                    " duplicated fingerprints (those with the fewest "
-                    "copies) to stay within %d bytes of metadata per "
-                    "guest page; their pages count as unique",
-                    engine->dupset.dropped, MEMDEDUP_METADATA_PER_PAGE);
-    }
-    engine->index_dropping = engine->dupset.dropped > 0;
-    engine->dupset_gen++;
-    engine->indexed_blocks_gen = pass->blocks_gen;
+    return true;
 }
 
 /*
