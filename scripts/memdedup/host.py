@@ -4,7 +4,7 @@ THP state (sysfs), read, borrowed and given back.
 
 Readers    host_address, kernel_residency, thread_cpu_ns, cpu_seconds,
            rss_bytes, smaps_vmas, mergeable_vmas, smaps_merged_pages,
-           smaps_rollup, ksm_stat, ksmd_pid, ksm_read, thp_read
+           smaps_rollup, ksm_stat, ksmd_pid, ksm_read, thp_read, meminfo
 KsmKnobs   saves, sets and restores the /sys/kernel/mm/ksm knobs
            (ksm_set and ksm_reset write them inside such a block)
 ThpMode    saves, sets and restores the transparent huge page mode
@@ -114,6 +114,17 @@ def thread_cpu_ns(pid, prefix):
         except (OSError, ValueError, IndexError):
             continue                # the thread ended
     return total
+
+
+def meminfo(field):
+    """A /proc/meminfo field (MemAvailable, AnonHugePages, ...) in bytes,
+    0 if the kernel has none of that name."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name == field:
+                return int(rest.split()[0]) * 1024
+    return 0
 
 
 def rss_bytes(pid):

@@ -30,6 +30,7 @@ import sys
 
 import harness
 import hostile  # scripts/memdedup/hostile.py, on harness's path
+import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 from harness import Skip, check, run_pass, run_tests
 
 RATIO_LIMIT = 4.0
@@ -42,10 +43,7 @@ def test_hostile_content(workdir):
         raise Skip("the host has no KSM")
     if importlib.util.find_spec("numpy") is None:
         raise Skip("python3-numpy is missing")
-    with open("/proc/meminfo") as f:
-        avail = [int(line.split()[1]) * 1024 for line in f
-                 if line.startswith("MemAvailable:")][0]
-    if avail < 2 * hostile.SIZE:
+    if host.meminfo("MemAvailable") < 2 * hostile.SIZE:
         raise Skip("needs %d MiB available" % (2 * hostile.SIZE >> 20))
 
     result = hostile.measure(harness.QEMU, workdir, run_pass, check=check)

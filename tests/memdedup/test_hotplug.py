@@ -252,16 +252,6 @@ def fill_unique(qt, addr, size):
             for p in range(first, min(first + per, pages))])
 
 
-def host_anon_huge():
-    """AnonHugePages of the whole host (bytes): cheap to poll, unlike a
-    process's smaps, which walks its page tables."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("AnonHugePages:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def anon_huge_in(pid, start, end):
     """AnonHugePages of @pid's VMAs overlapping [start, end)."""
     return sum(int(fields.get("AnonHugePages", "0 kB").split()[0]) * 1024
@@ -303,19 +293,21 @@ def start_collapse(vm, trace, base, size):
     for _ in range(5):
         wait_for("the engine to be idle", lambda: vm.qmp.cmd(
             "query-memdedup")["state"] != "scanning")
-        huge0 = host_anon_huge()
+        huge0 = host.meminfo("AnonHugePages")
         done = len(trace_lines(trace, "memdedup_pass_done"))
         vm.qmp.cmd("memdedup-scan")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             # MADV_HUGEPAGE on the DIMM is done: MADV_COLLAPSE follows.
             started = advised(trace, "dimm0", MADV_HUGEPAGE)
-            if started and host_anon_huge() - huge0 >= 128 * MiB:
+            # The host's AnonHugePages is cheap to poll; smaps is not.
+            grown = host.meminfo("AnonHugePages") - huge0
+            if started and grown >= 128 * MiB:
                 # The host's count is the cheap trigger; smaps says.
                 huge = anon_huge_in(vm.pid, base, base + size)
                 if huge >= 128 * MiB:
                     return huge, huge / (time.time() - started[-1][0])
-                huge0 = host_anon_huge() - huge
+                huge0 = host.meminfo("AnonHugePages") - huge
             if len(trace_lines(trace, "memdedup_pass_done")) > done:
                 break
             time.sleep(0.005)

@@ -26,6 +26,7 @@ import sys
 from harness import (KNOWN_CANDIDATES, KNOWN_DUP_AT, KNOWN_DUP_BLOCK, MiB,
                      PAGE, Skip, backend, check, fill_known, rss_bytes,
                      run_pass, run_tests, start_qtest_vm)
+import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 GiB = 1 << 30
 SPARSE = 64 * GiB
@@ -38,14 +39,6 @@ SPARSE_CONTENT = [
     (40 * GiB, 256 * MiB, "unique"),
     (60 * GiB, 64 * MiB, "same"),         # one byte throughout
 ]
-
-
-def mem_available():
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def fill_unique(qt, addr, size, salt):
@@ -72,7 +65,7 @@ def fill_sparse(qt):
 
 
 def test_sparse_64g(workdir):
-    if mem_available() < 6 * GiB:
+    if host.meminfo("MemAvailable") < 6 * GiB:
         raise Skip("needs 6 GiB available")
     vm, qt = start_qtest_vm(workdir, "sparse", [
         "-machine", "pc,memory-backend=m0,mem-merge=off", "-m", "64G",
