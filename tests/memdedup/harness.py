@@ -9,6 +9,7 @@ run_tests  runs test functions (all, or those named on the command
 Skip       raise it to skip a test (host lacks a feature)
 """
 
+import contextlib
 import errno
 import math
 import os
@@ -53,6 +54,22 @@ def need_ksm_root():
         raise Skip("the host has no KSM")
     if os.geteuid() != 0:
         raise Skip("not root: cannot start ksmd")
+
+
+@contextlib.contextmanager
+def thp_allowed(**ksm_knobs):
+    """Transparent huge pages at least on madvise, and the KSM knobs
+    @ksm_knobs if any are given, borrowed for the block and restored
+    after it; Skip where the host cannot lend them."""
+    with contextlib.ExitStack() as stack:
+        thp = stack.enter_context(host.ThpMode())
+        ksm = stack.enter_context(host.KsmKnobs(**ksm_knobs)) \
+            if ksm_knobs else None
+        if not thp.active or (ksm and not ksm.active):
+            raise Skip((ksm and ksm.reason) or thp.reason)
+        if host.thp_read() == "never":
+            thp.set("madvise")
+        yield
 
 
 def write_meminfo(path, available_kb):

@@ -38,7 +38,7 @@ import harness
 from harness import (KNOWN_CANDIDATES, KNOWN_DUP_BLOCK, KNOWN_ZERO, MiB,
                      PAGE, Skip, backend, check, digest_known, fill_known,
                      mergeable_vmas, run_pass, run_tests,
-                     start_qtest_vm, wait_for)
+                     start_qtest_vm, thp_allowed, wait_for)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 
@@ -241,11 +241,7 @@ def test_vma_budget_thp(workdir):
     VMA each.  A budget of 64 VMAs keeps the longest runs huge and the
     block within 64 VMAs."""
     region = 2 * MiB
-    with host.ThpMode() as thp:
-        if not thp.active:
-            raise Skip(thp.reason)
-        if host.thp_read() == "never":
-            thp.set("madvise")
+    with thp_allowed():
         vm, qt = vma_budget_vm(workdir, "thp", region, ",vma-budget=64")
         try:
             base = map_count(vm.pid)

@@ -27,10 +27,10 @@ import re
 import sys
 import time
 
-from harness import (GUEST_BOOT_TIMEOUT, MiB, PAGE, QEMU, GuestShell, Skip,
+from harness import (GUEST_BOOT_TIMEOUT, MiB, PAGE, QEMU, GuestShell,
                      backend, check, guest_boot_args, host_address,
                      need_ksm_root, qmp, rss_bytes, run_pass, run_tests,
-                     smaps_vmas, start_qtest_vm, wait_for)
+                     smaps_vmas, start_qtest_vm, thp_allowed, wait_for)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 BOOT_MEM = 512                # MiB
@@ -326,11 +326,7 @@ def test_unplug_during_collapse(workdir):
     ended."""
     need_ksm_root()
     # ksmd stopped: stable unique regions are collapsed at once.
-    with host.ThpMode() as thp, host.KsmKnobs(run=0) as ksm:
-        if not ksm.active or not thp.active:
-            raise Skip(ksm.reason or thp.reason)
-        if host.thp_read() == "never":
-            thp.set("madvise")
+    with thp_allowed(run=0):
         trace = os.path.join(workdir, "collapse.trace")
         # The machine's RAM is a backend too (never written), so that
         # the engine has a block left to pass over after the unplug;

@@ -20,7 +20,8 @@ from harness import (KNOWN_DUP_AT, KNOWN_DUP_BLOCK, KNOWN_UNIQUE,
                      digest_known, fill_known, fingerprint_slack,
                      host_address, mergeable_vmas, need_ksm_root, qmp,
                      rss_bytes, run_pass, run_tests, smaps_merged_pages,
-                     smaps_vmas, start_qtest_vm, wait_for, write_meminfo)
+                     smaps_vmas, start_qtest_vm, thp_allowed, wait_for,
+                     write_meminfo)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 SIZE = 256 * MiB
@@ -349,13 +350,8 @@ def test_collapse_waits_for_ksmd(workdir):
     must not compete with ksmd while it merges."""
     need_ksm_root()
     # use_zero_pages=0: zero pages merge as KSM pages, counted as such.
-    with host.ThpMode() as thp, host.KsmKnobs(run=1, pages_to_scan=1000,
-                                            sleep_millisecs=100,
-                                            use_zero_pages=0) as ksm:
-        if not ksm.active or not thp.active:
-            raise Skip(ksm.reason or thp.reason)
-        if host.thp_read() == "never":
-            thp.set("madvise")
+    with thp_allowed(run=1, pages_to_scan=1000, sleep_millisecs=100,
+                     use_zero_pages=0):
         trace = os.path.join(workdir, "collapse.trace")
         vm, qt, base = start_thp_vm(workdir, "collapse", trace)
         try:
@@ -418,11 +414,7 @@ def test_collapse_without_ksmd(workdir):
     """ksmd stopped: stable unique regions are collapsed at once (after
     the passes that make them stable), since nothing competes."""
     need_ksm_root()
-    with host.ThpMode() as thp, host.KsmKnobs(run=0) as ksm:
-        if not ksm.active or not thp.active:
-            raise Skip(ksm.reason or thp.reason)
-        if host.thp_read() == "never":
-            thp.set("madvise")
+    with thp_allowed(run=0):
         vm, qt, base = start_thp_vm(workdir, "nocollapse",
                                     os.path.join(workdir, "nc.trace"))
         try:
