@@ -427,11 +427,18 @@ void memdedup_block_ref(MemdedupBlock *blk);
  */
 uint64_t memdedup_block_metadata_bytes(const MemdedupBlock *blk);
 
-/* The fingerprint of page @p of @blk (scanner-owned). */
+/* The fingerprint of page @p of @blk, and setting it (scanner-owned). */
 static inline MemdedupFp memdedup_block_fp(const MemdedupBlock *blk,
                                            uint64_t p)
 {
     return memdedup_fp_join(blk->fps[p], blk->fp_hi[p]);
+}
+
+static inline void memdedup_block_set_fp(MemdedupBlock *blk, uint64_t p,
+                                         MemdedupFp fp)
+{
+    blk->fps[p] = memdedup_fp_lo(fp);
+    blk->fp_hi[p] = memdedup_fp_hi(fp);
 }
 void memdedup_block_unref(MemdedupBlock *blk);
 

@@ -360,13 +360,11 @@ static void memdedup_judge_region(MemdedupEngine *engine, MemdedupBlock *blk,
 
         if (!buf->present[i]) {
             moved += old != MEMDEDUP_FP_ABSENT;
-            blk->fps[first + i] = MEMDEDUP_FP_ABSENT;
-            blk->fp_hi[first + i] = 0;
+            memdedup_block_set_fp(blk, first + i, MEMDEDUP_FP_ABSENT);
             continue;
         }
         moved += old == MEMDEDUP_FP_ABSENT;
-        blk->fps[first + i] = memdedup_fp_lo(fp);
-        blk->fp_hi[first + i] = memdedup_fp_hi(fp);
+        memdedup_block_set_fp(blk, first + i, fp);
         (*resident)++;
         *zero += fp == MEMDEDUP_FP_ZERO;
         *changed += old != MEMDEDUP_FP_ABSENT && old != fp;

@@ -47,8 +47,7 @@ static void memdedup_forget_discarded(MemdedupBlock *blk,
 
         for (p = first; p < last; p++) {
             if (plugged && !test_bit(p, plugged)) {
-                blk->fps[p] = MEMDEDUP_FP_ABSENT;
-                blk->fp_hi[p] = 0;
+                memdedup_block_set_fp(blk, p, MEMDEDUP_FP_ABSENT);
             }
             resident += blk->fps[p] != MEMDEDUP_FP_ABSENT;
             zero += blk->fps[p] == MEMDEDUP_FP_ZERO;
