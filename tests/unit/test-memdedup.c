@@ -493,6 +493,53 @@ static void test_bloom(void)
     g_assert_true(memdedup_bloom_line(small, 64, 12345) == small);
 }
 
+/*
+ * A peer's filter is used only if its page count can have set its bits
+ * (memdedup_bloom_plausible): honest filters of any size pass, at 16 or
+ * fewer bits per page, a multiple of 512 bits that is no power of two
+ * included; all-ones, a filter filled beyond its count, bits in a
+ * filter said to be empty, and the right number of bits packed into
+ * some lines (matching far more than an honest filter) do not.
+ */
+static void test_bloom_plausible(void)
+{
+    static const uint64_t sizes[] = { 512, 512 * 3, 1 << 16, 512 * 1000 };
+    g_autoptr(GRand) rand = g_rand_new_with_seed(5);
+    size_t k;
+
+    for (k = 0; k < ARRAY_SIZE(sizes); k++) {
+        uint64_t bits = sizes[k], pages = bits / 16, i;
+        g_autofree uint8_t *filter = g_malloc0(bits / 8);
+
+        g_assert_true(memdedup_bloom_plausible(filter, bits, 0));
+        for (i = 0; i < pages; i++) {
+            memdedup_bloom_add(filter, bits, g_rand_int(rand));
+        }
+        g_assert_true(memdedup_bloom_plausible(filter, bits, pages));
+        /* Said to hold a third of what it holds: too full. */
+        g_assert_false(memdedup_bloom_plausible(filter, bits, pages / 3));
+        g_assert_false(memdedup_bloom_plausible(filter, bits, 0));
+        memset(filter, 0xff, bits / 8);
+        g_assert_false(memdedup_bloom_plausible(filter, bits, pages));
+        /*
+         * As many bits as an honest filter sets, packed into whole
+         * lines: a third of the fingerprints would match.
+         */
+        if (bits >= 3 * 512) {
+            memset(filter, 0, bits / 8);
+            memset(filter, 0xff, bits / 8 / 3 / 64 * 64);
+            g_assert_false(memdedup_bloom_plausible(filter, bits, pages));
+        }
+        /* Every fingerprint's line is inside the filter. */
+        for (i = 0; i < 1000; i++) {
+            const uint8_t *line = memdedup_bloom_line(filter, bits,
+                                                      g_rand_int(rand));
+
+            g_assert_cmpuint(line - filter + 64, <=, bits / 8);
+        }
+    }
+}
+
 static MemdedupParams params_for(MemdedupPolicy policy, uint8_t threshold)
 {
     MemdedupParams p = {
@@ -1381,6 +1428,7 @@ int main(int argc, char **argv)
     g_test_add_func("/memdedup/dupset-no-memory", test_dupset_no_memory);
     g_test_add_func("/memdedup/false-duplicates", test_false_duplicates);
     g_test_add_func("/memdedup/board/bloom", test_bloom);
+    g_test_add_func("/memdedup/board/bloom-plausible", test_bloom_plausible);
     g_test_add_func("/memdedup/region-wanted", test_region_wanted);
     g_test_add_func("/memdedup/region-counts", test_region_counts);
     g_test_add_func("/memdedup/region-cross-only", test_region_cross_only);

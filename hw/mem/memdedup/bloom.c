@@ -7,7 +7,8 @@
  * See the COPYING file in the top-level directory.
  *
  * A blocked Bloom filter: the probes of one fingerprint all fall in one
- * 64-byte line of the filter, chosen by one hash, so a lookup costs one
+ * 64-byte line of the filter, chosen by one hash (scaled to the number of
+ * lines, so a filter need not be a power of two), so a lookup costs one
  * cache miss -- which the caller can start early (memdedup_bloom_line)
  * -- instead of one per probe in a filter of megabytes.  At 16 bits per
  * fingerprint and 8 probes the false-positive rate is about 0.09 %
@@ -15,7 +16,9 @@
  */
 
 #include "qemu/osdep.h"
+#include <math.h>
 #include "qemu/atomic.h"
+#include "qemu/host-utils.h"
 #include "memdedup-core.h"
 
 #define MEMDEDUP_BLOOM_LINE_BITS    512
@@ -30,8 +33,9 @@ static inline uint64_t memdedup_bloom_mix(uint64_t x)
 }
 
 /*
- * Where @fp's bits are in a filter of @bits bits (a power of two, at
- * least 64): the first bit of its line, from one mix; and one bit in each
+ * Where @fp's bits are in a filter of @bits bits (a multiple of 512, or
+ * a power of two from 64 to 512): the first bit of its line, from one
+ * mix (its high half scaled to the number of lines); and one bit in each
  * 64-bit word of the line (a "split block"), 6 bits each from a second
  * mix, so that no two probes share a bit.  Measured with 16 filter bits per
  * fingerprint: 0.09 % false positives; double hashing inside the line
@@ -42,9 +46,10 @@ static inline uint64_t memdedup_bloom_where(uint64_t bits, uint32_t fp,
 {
     uint64_t h = memdedup_bloom_mix(fp);
 
+    uint64_t line_bits = MIN(bits, MEMDEDUP_BLOOM_LINE_BITS);
+
     *probes = memdedup_bloom_mix(h);
-    return ((h >> 32) & (bits / MIN(bits, MEMDEDUP_BLOOM_LINE_BITS) - 1)) *
-           MIN(bits, MEMDEDUP_BLOOM_LINE_BITS);
+    return (((h >> 32) * (bits / line_bits)) >> 32) * line_bits;
 }
 
 /* Bit @i of the probes of a line starting at bit @base. */
@@ -86,4 +91,69 @@ bool memdedup_bloom_test(const uint8_t *filter, uint64_t bits, uint32_t fp)
         }
     }
     return true;
+}
+
+/*
+ * The false-positive rate of a filter made from @pages fingerprints in
+ * @bits bits: a fingerprint's line holds X others, X ~ Poisson(pages /
+ * lines), and each of its probe bits is set with probability
+ * 1 - (63/64)^X, one word of the line each.
+ */
+static double memdedup_bloom_expected_fp(uint64_t pages, uint64_t bits)
+{
+    double lambda = (double)pages * MEMDEDUP_BLOOM_LINE_BITS / bits;
+    double p = exp(-lambda), fp = 0;
+    uint64_t x, last = lambda + 12 * sqrt(lambda) + 32;
+
+    for (x = 0; x <= last; x++) {
+        fp += p * pow(1 - pow(63.0 / 64, x), MEMDEDUP_BLOOM_PROBES);
+        p *= lambda / (x + 1);
+    }
+    return fp;
+}
+
+/*
+ * Could an honest publisher have made @filter (@bits bits, whole lines)
+ * from @pages fingerprints?  Two bounds, both computed in one read:
+ *  - the bits set: a bit stays clear with probability
+ *    exp(-pages * probes / bits) whatever the lines' load, so at most
+ *    10 % more than the expected fill, plus 2 % of the bits, may be set
+ *    (an all-ones filter is refused);
+ *  - what a lookup would match, which is what a peer could steer: the
+ *    filter's own false-positive rate, the mean over its lines of the
+ *    product of each word's share of set bits, may be at most twice an
+ *    honest filter's, plus 0.5 %.  A filter whose set bits are packed
+ *    into some lines would match far more than its fill says.
+ * Honest filters pass with a wide margin: at 16 bits per page the
+ * expected fill is 39 % and the false-positive rate 0.1 %; a one-line
+ * filter of 32 pages has a spread of 2 % of its bits.
+ */
+bool memdedup_bloom_plausible(const uint8_t *filter, uint64_t bits,
+                              uint64_t pages)
+{
+    double fill = 1.0 - exp(-(double)pages * MEMDEDUP_BLOOM_PROBES /
+                            (double)bits);
+    uint64_t lines = bits / MEMDEDUP_BLOOM_LINE_BITS, set = 0, i, w;
+    double matched = 0;
+
+    if (!lines || bits % MEMDEDUP_BLOOM_LINE_BITS) {
+        return false;
+    }
+    for (i = 0; i < lines; i++) {
+        double p = 1;
+
+        for (w = 0; w < MEMDEDUP_BLOOM_LINE_BITS / 64; w++) {
+            uint64_t word;
+            int n;
+
+            memcpy(&word, filter + i * 64 + w * 8, sizeof(word));
+            n = ctpop64(word);
+            set += n;
+            p *= n / 64.0;
+        }
+        matched += p;
+    }
+    return set <= (fill * 1.1 + 0.02) * bits &&
+           matched / lines <= 2 * memdedup_bloom_expected_fp(pages, bits) +
+                              0.005;
 }

@@ -8,265 +8,459 @@
  *
  * One QEMU only sees its own guest; pages identical across VMs but
  * unique inside each are never registered by targeted mode.  The QEMUs
- * of a host share what they found through a board: a file (by default
- * under /dev/shm) mapped shared by every engine that names it.  No
- * memory content is shared, only keyed fingerprints:
+ * of one trust domain share what they found through a board: a
+ * directory (by default under /dev/shm) in which each QEMU listens on a
+ * UNIX socket.  No memory content is shared, only keyed fingerprints,
+ * and nothing another process sends is trusted:
  *
- *  - fingerprints are XXH3 with a seed derived from a key (a secret
- *    object, "board-key"), so only engines holding the same key compute
- *    comparable fingerprints; the key also yields a domain tag, and an
- *    engine ignores slots whose tag differs from its own;
- *  - the board has a fixed number of slots; an engine claims one and is
- *    its only writer.  Its slot holds a Bloom filter of the fingerprints
- *    of its resident, non-zero, non-volatile pages: 16 bits per page at
- *    most (2 bytes per published page), rebuilt after every pass.  If the
- *    filter is too small for all of them, only fingerprints below a
- *    threshold are published (the same subset in every VM), and lookups
- *    of fingerprints above another slot's threshold are not answered;
- *  - a page of ours that no other page of ours duplicates, but that
- *    some other live slot of our domain contains, is a cross-VM
- *    duplicate and counts towards its region's registration;
- *  - no locks: a writer makes its slot's sequence number odd while it
- *    rewrites the filter and even when done; readers skip odd slots and
- *    drop what they read if the number changed meanwhile.  A writer that
- *    dies mid-update leaves its slot odd, so it is never read again;
- *  - liveness: the owner refreshes a heartbeat every second; a slot
- *    whose heartbeat is older than "board-timeout" is ignored by readers
- *    and may be claimed by a new engine (compare-and-swap on its owner
- *    token), so a dead publisher's entries age out and never wedge the
- *    board.  A board with no free slot leaves the engine working alone,
- *    and says so.
+ *  - the key (a secret object, "board-key") never travels.  It yields
+ *    the fingerprint seed, so only QEMUs holding it compute comparable
+ *    fingerprints, and a proof key: on every connection both sides
+ *    send a random nonce and then an HMAC-SHA256 of both nonces, of
+ *    their own role and of the socket name the connection was made to
+ *    (so that no proof is valid on another connection), and a side that
+ *    cannot prove the key is dropped.  Nothing in the directory depends
+ *    on the key;
+ *  - a publication is a Bloom filter of the fingerprints of the
+ *    publisher's resident, non-zero, non-volatile pages (2 bytes per
+ *    page; beyond "board-size", the subset of fingerprints below a
+ *    threshold, the same subset in every VM), written into a memfd that
+ *    is then sealed (no write, shrink or grow) and passed to each proven
+ *    peer (SCM_RIGHTS).  A sealed filter can neither change nor vanish
+ *    under a reader: no torn reads, no SIGBUS;
+ *  - a reader takes the geometry of a filter from the message into
+ *    memory of its own, checks it against the memfd (size, seals, fully
+ *    allocated) and the filter against its declared page count
+ *    (memdedup_bloom_plausible), and only then maps it read-only for
+ *    lookups.  Anything else closes the connection and is counted;
+ *  - liveness is the connection itself: a peer that exits or is killed
+ *    hangs up, and its filter is dropped at once.  No clock is shared.
+ *    Its socket's name stays behind after SIGKILL; the next QEMU that
+ *    finds nobody listening there removes it;
+ *  - every reaction to a peer is bounded and rate-limited: the
+ *    directory is read at most every MEMDEDUP_BOARD_WALK_MS, a peer's
+ *    new filter is taken at most every MEMDEDUP_BOARD_ADOPT_MS, at most
+ *    MEMDEDUP_BOARD_PENDING_MAX connections may be unproven at once and
+ *    each gets "board-timeout" to prove itself.  A flood of connections
+ *    or messages costs us a bounded amount of work per second.
  *
- * The file is created with mode 0600; an existing one must be a regular
- * file of ours that nobody else can access.
+ * This file is membership: the directory, the sockets, the proofs and
+ * the links; board-filter.c is the filters.  The board is the scanner
+ * thread's: it serves the sockets once a second, between passes and
+ * during the hashing of a long one (memdedup_board_tick), publishes
+ * after a pass and looks peers' filters up during one.  Only the
+ * counters shown by query-memdedup and the socket's path are shared
+ * with other threads, under @lock.
  */
 
 #include "qemu/osdep.h"
-#include <sys/mman.h>
-#include "qemu/error-report.h"
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <dirent.h>
 #include "qemu/cutils.h"
-#include "qemu/host-utils.h"
-#include "qemu/units.h"
-#include "qemu/atomic.h"
-#include "qemu/guest-random.h"
+#include "qemu/error-report.h"
+#include "qemu/lockable.h"
+#include "qemu/timer.h"
 #include "qapi/error.h"
-#include "qapi/visitor.h"
+#include "crypto/random.h"
 #include "crypto/secret_common.h"
-#include "memdedup-internal.h"
+#include "board-internal.h"
 #include "trace.h"
 
-#define MEMDEDUP_BOARD_MAGIC    0x314452414f42444dull   /* "MDBOARD1" */
-#define MEMDEDUP_BOARD_VERSION  2           /* 2: blocked filter */
-#define MEMDEDUP_BOARD_HDR      4096        /* bytes before slot 0 */
-#define MEMDEDUP_SLOT_HDR       128         /* bytes before a filter */
-#define MEMDEDUP_BITS_PER_PAGE  16          /* at full capacity */
-#define MEMDEDUP_BOARD_DIR      "/dev/shm"
+#define MEMDEDUP_BOARD_DIR          "/dev/shm"
 
-typedef struct MemdedupBoardHeader {
-    uint64_t magic;             /* stored last by the creator */
-    uint32_t version;
-    uint32_t nr_slots;
-    uint64_t slot_bytes;        /* per slot, its header included */
-    uint64_t size;              /* of the file */
-} MemdedupBoardHeader;
+static const char memdedup_board_seed_label[] = "memdedup-board-v3 seed";
+static const char memdedup_board_key_label[] = "memdedup-board-v3 proof key";
 
-typedef struct MemdedupBoardSlot {
-    uint64_t owner;             /* token of the owner; 0: free */
-    uint64_t heartbeat;         /* owner's CLOCK_MONOTONIC, ns */
-    uint64_t seq;               /* odd while the filter is rewritten */
-    uint8_t domain[16];         /* tag of the owner's key */
-    uint32_t pid;               /* of the owner, for the operator */
-    uint32_t threshold;         /* fingerprints <= this are published */
-    uint64_t published;         /* fingerprints in the filter */
-    uint64_t filter_bits;       /* power of two */
-} MemdedupBoardSlot;
-
-QEMU_BUILD_BUG_ON(sizeof(MemdedupBoardHeader) > MEMDEDUP_BOARD_HDR);
-QEMU_BUILD_BUG_ON(sizeof(MemdedupBoardSlot) > MEMDEDUP_SLOT_HDR);
-
-struct MemdedupBoard {
-    char *path;
-    uint8_t *map;
-    uint64_t size;
-    uint32_t nr_slots;
-    uint64_t slot_bytes;
-    uint64_t timeout_ns;
-    uint64_t seed;              /* the engine's fingerprint seed */
-    uint8_t domain[16];
-    uint64_t token;
-    int slot;                   /* ours, or -1 (board full) */
-    int pub_slot;               /* the slot a publication writes */
-    uint64_t claims;            /* slots claimed so far */
-    uint64_t pub_claims;        /* claims when the publication began */
-    uint64_t published_claims;  /* claims at the last complete one, or 0 */
-    bool full_warned;
-
-    /* Lookup: foreign slots readable when it began, and their seq. */
-    uint32_t nr_readable;
-    uint32_t *readable;
-    uint64_t *readable_seq;
-    bool partial;               /* a peer was mid-update when it began */
-};
-
-static MemdedupBoardSlot *memdedup_slot(MemdedupBoard *b, uint32_t i)
+/* HMAC-SHA256 of @label under the board key: the seed, the proof key. */
+static void memdedup_board_derive(const uint8_t *key, size_t key_len,
+                                  const char *label, uint8_t out[32])
 {
-    return (MemdedupBoardSlot *)(b->map + MEMDEDUP_BOARD_HDR +
-                                 i * b->slot_bytes);
+    GHmac *h = g_hmac_new(G_CHECKSUM_SHA256, key, key_len);
+    gsize len = 32;
+
+    g_hmac_update(h, (const guchar *)label, strlen(label));
+    g_hmac_get_digest(h, out, &len);
+    g_hmac_unref(h);
 }
 
-static uint8_t *memdedup_slot_filter(MemdedupBoard *b, uint32_t i)
+/* ---------------------------------------------------------------- */
+/* Statistics for query-memdedup                                    */
+/* ---------------------------------------------------------------- */
+
+static void memdedup_board_set_reason(MemdedupBoard *b, const char *why)
 {
-    return (uint8_t *)memdedup_slot(b, i) + MEMDEDUP_SLOT_HDR;
-}
+    bool changed;
 
-static uint64_t memdedup_now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000000000ull + ts.tv_nsec;
-}
-
-uint64_t memdedup_board_filter_bits(uint64_t slot_bytes)
-{
-    uint64_t bytes = slot_bytes > MEMDEDUP_SLOT_HDR ?
-                     slot_bytes - MEMDEDUP_SLOT_HDR : 0;
-
-    return bytes >= 8 ? pow2floor(bytes) * 8 : 0;
-}
-
-uint32_t memdedup_board_threshold(uint64_t pages, uint64_t filter_bits)
-{
-    uint64_t capacity = filter_bits / MEMDEDUP_BITS_PER_PAGE;
-
-    if (pages <= capacity) {
-        return UINT32_MAX;
+    WITH_QEMU_LOCK_GUARD(&b->lock) {
+        changed = g_strcmp0(b->reason, why) != 0;
+        g_free(b->reason);
+        b->reason = g_strdup(why);
     }
-    return (uint32_t)((double)UINT32_MAX * capacity / pages);
+    if (changed && why) {
+        warn_report("memdedup: board '%s': %s; this VM works alone until "
+                    "that changes", b->dir, why);
+    } else if (changed) {
+        info_report("memdedup: board '%s': joined", b->dir);
+    }
 }
 
-/* Key material: the fingerprint seed and the domain tag. */
-static void memdedup_board_derive(const uint8_t *key, size_t len,
-                                  uint64_t *seed, uint8_t domain[16])
+/* ---------------------------------------------------------------- */
+/* Links                                                            */
+/* ---------------------------------------------------------------- */
+
+/* ---------------------------------------------------------------- */
+/* The directory and our socket                                     */
+/* ---------------------------------------------------------------- */
+
+/* Take the connections waiting on our socket, up to the caps. */
+static void memdedup_board_accept(MemdedupBoard *b)
 {
-    g_autoptr(GChecksum) c = g_checksum_new(G_CHECKSUM_SHA256);
-    uint8_t digest[32];
-    gsize dlen = sizeof(digest);
+    int i;
 
-    g_checksum_update(c, (const guchar *)"memdedup-board-v1", 17);
-    g_checksum_update(c, key, len);
-    g_checksum_get_digest(c, digest, &dlen);
-    memcpy(seed, digest, sizeof(*seed));
-    memcpy(domain, digest + 16, 16);
-}
+    for (i = 0; i < MEMDEDUP_BOARD_ACCEPT_MAX; i++) {
+        int fd = accept4(b->listen_fd, NULL, NULL,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
 
-static bool memdedup_slot_live(MemdedupBoard *b, MemdedupBoardSlot *s,
-                               uint64_t now)
-{
-    uint64_t hb = qatomic_read(&s->heartbeat);
-
-    return qatomic_read(&s->owner) && now - hb < b->timeout_ns;
-}
-
-/* Is slot @i another live VM of our trust domain? */
-static bool memdedup_slot_peer(MemdedupBoard *b, uint32_t i, uint64_t now)
-{
-    MemdedupBoardSlot *s = memdedup_slot(b, i);
-
-    return i != b->slot && memdedup_slot_live(b, s, now) &&
-           !memcmp(s->domain, b->domain, sizeof(b->domain));
-}
-
-/* Claim a free or dead slot; -1 if every slot is live. */
-static int memdedup_board_claim(MemdedupBoard *b)
-{
-    uint64_t now = memdedup_now_ns();
-    uint32_t i;
-
-    for (i = 0; i < b->nr_slots; i++) {
-        MemdedupBoardSlot *s = memdedup_slot(b, i);
-        uint64_t owner = qatomic_read(&s->owner);
-
-        if (owner && memdedup_slot_live(b, s, now)) {
+        if (fd < 0) {
+            return;
+        }
+        if (b->nr_pending >= MEMDEDUP_BOARD_PENDING_MAX) {
+            close(fd);
+            memdedup_board_count(b, &b->refused_connections);
             continue;
         }
-        /* Heartbeat first, so that a racing claimer sees it live. */
-        if (qatomic_cmpxchg(&s->owner, owner, b->token) != owner) {
-            continue;
+        memdedup_board_link_new(b, fd, "");
+    }
+}
+
+/* "vm-" and 16 lower-case hex digits: the only names we connect to. */
+static bool memdedup_board_name_valid(const char *name)
+{
+    size_t i, len = strlen(MEMDEDUP_BOARD_PREFIX);
+
+    if (strncmp(name, MEMDEDUP_BOARD_PREFIX, len) || strlen(name) != len + 16) {
+        return false;
+    }
+    for (i = len; name[i]; i++) {
+        if (!g_ascii_isxdigit(name[i]) || g_ascii_isupper(name[i])) {
+            return false;
         }
-        qatomic_set(&s->heartbeat, now);
-        /* Odd: empty until our first publication. */
-        qatomic_set(&s->seq, (qatomic_read(&s->seq) | 1) + 2);
-        memcpy(s->domain, b->domain, sizeof(s->domain));
-        s->pid = getpid();
-        s->published = 0;
-        s->threshold = 0;
-        s->filter_bits = memdedup_board_filter_bits(b->slot_bytes);
+    }
+    return true;
+}
+
+static bool memdedup_board_linked(MemdedupBoard *b, const char *name)
+{
+    guint i;
+
+    for (i = 0; i < b->links->len; i++) {
+        MemdedupBoardLink *l = g_ptr_array_index(b->links, i);
+
+        if (!strcmp(l->name, name)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * Connect to the VM listening as @name; with @probe, only find out
+ * whether anyone listens there (a VM whose name sorts before ours
+ * connects to us; one that never does may be dead).  A name nobody
+ * listens on is removed.
+ */
+static void memdedup_board_connect(MemdedupBoard *b, const char *name,
+                                   int64_t now, bool probe)
+{
+    g_autofree char *path = g_build_filename(b->dir, name, NULL);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int64_t *when = g_hash_table_lookup(b->retry_after, name);
+    int fd;
+
+    if ((when && now < *when) || b->nr_pending >= MEMDEDUP_BOARD_PENDING_MAX ||
+        strlen(path) >= sizeof(sa.sun_path)) {
+        return;
+    }
+    pstrcpy(sa.sun_path, sizeof(sa.sun_path), path);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return;
+    }
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        struct stat st;
+
         /*
-         * The header above before the seq of our first publication
-         * (memdedup_board_publish_end); pairs with the smp_rmb() in
-         * memdedup_board_lookup_begin, which reads seq, then the header.
+         * Nobody listens: a VM was killed and left its name (names
+         * appear only once listening, see memdedup_board_join).
          */
-        smp_wmb();
-        b->claims++;
-        trace_memdedup_board_slot(b->path, i, owner != 0);
-        return i;
+        if (errno == ECONNREFUSED && lstat(path, &st) == 0 &&
+            S_ISSOCK(st.st_mode) && unlink(path) == 0) {
+            trace_memdedup_board_stale(path);
+            close(fd);
+            return;
+        }
+        probe = true;           /* not now: try again later */
     }
-    return -1;
+    if (probe) {
+        int64_t *later = g_new(int64_t, 1);
+
+        *later = now + MEMDEDUP_BOARD_RETRY_MS;
+        g_hash_table_insert(b->retry_after, g_strdup(name), later);
+        close(fd);
+        return;
+    }
+    memdedup_board_link_new(b, fd, name);
 }
 
-static int memdedup_board_map(MemdedupBoard *b, int fd, Error **errp)
+static gboolean memdedup_board_retry_expired(gpointer key, gpointer value,
+                                             gpointer now)
 {
-    MemdedupBoardHeader *h;
+    return *(int64_t *)value <= *(int64_t *)now;
+}
+
+/* Stop listening (the socket's name is gone); the links stay. */
+static void memdedup_board_leave(MemdedupBoard *b, const char *why)
+{
+    WITH_QEMU_LOCK_GUARD(&b->lock) {
+        if (b->sock_path) {
+            unlink(b->sock_path);
+        }
+        g_free(b->sock_path);
+        b->sock_path = NULL;
+    }
+    close(b->listen_fd);
+    b->listen_fd = -1;
+    b->next_join = 0;
+    memdedup_board_set_reason(b, why);
+}
+
+/*
+ * Connect to every VM whose socket's name sorts after ours (the others
+ * connect to us; those that have not are probed, so that a dead VM's
+ * name goes), at most MEMDEDUP_BOARD_WALK_MAX names per walk.
+ */
+static void memdedup_board_walk(MemdedupBoard *b, int64_t now)
+{
+    struct dirent *e;
+    bool own_seen = false;
+    unsigned n = 0;
+    int fd;
+    DIR *d;
+
+    g_hash_table_foreach_remove(b->retry_after, memdedup_board_retry_expired,
+                                &now);
+    fd = open(b->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0) {
+            close(fd);
+        }
+        memdedup_board_leave(b, "the directory went away");
+        return;
+    }
+    while ((e = readdir(d)) && n++ < MEMDEDUP_BOARD_WALK_MAX) {
+        int order;
+
+        if (!memdedup_board_name_valid(e->d_name)) {
+            continue;
+        }
+        order = strcmp(e->d_name, b->own_name);
+        own_seen |= !order;
+        if (order && !memdedup_board_linked(b, e->d_name)) {
+            memdedup_board_connect(b, e->d_name, now, order < 0);
+        }
+    }
+    closedir(d);
+    if (!own_seen && n <= MEMDEDUP_BOARD_WALK_MAX) {
+        /* Someone removed our socket: nobody new could find us. */
+        memdedup_board_leave(b, "its socket was removed");
+    }
+}
+
+/*
+ * The board directory, if we may use it: created 0700 if missing; else
+ * it must be a directory (not a link) of ours that nobody else can
+ * enter.  NULL if usable, else why not.
+ */
+static char *memdedup_board_check_dir(MemdedupBoard *b)
+{
     struct stat st;
-    int tries;
 
-    /* The creator sizes it and stores the magic last. */
-    for (tries = 0; tries < 100; tries++) {
-        if (fstat(fd, &st) < 0) {
-            error_setg_errno(errp, errno, "board '%s'", b->path);
-            return -1;
-        }
-        if (st.st_size >= MEMDEDUP_BOARD_HDR) {
-            break;
-        }
-        g_usleep(10000);
+    if (mkdir(b->dir, 0700) < 0 && errno != EEXIST) {
+        return g_strdup_printf("cannot create the directory: %s",
+                               strerror(errno));
     }
-    if (st.st_size < MEMDEDUP_BOARD_HDR) {
-        error_setg(errp, "board '%s' is not a memdedup board (%" PRId64
-                   " bytes)", b->path, (int64_t)st.st_size);
-        return -1;
+    if (lstat(b->dir, &st) < 0) {
+        return g_strdup_printf("cannot use the directory: %s",
+                               strerror(errno));
     }
-    b->map = mmap(NULL, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (b->map == MAP_FAILED) {
-        b->map = NULL;
-        error_setg_errno(errp, errno, "cannot map board '%s'", b->path);
-        return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        return g_strdup("the path is not a directory (a board of an older "
+                        "memdedup, or a file of another program)");
     }
-    b->size = st.st_size;
-    h = (MemdedupBoardHeader *)b->map;
-    for (tries = 0; tries < 100 &&
-         qatomic_load_acquire(&h->magic) != MEMDEDUP_BOARD_MAGIC; tries++) {
-        g_usleep(10000);
+    if (st.st_uid != geteuid()) {
+        return g_strdup_printf("the directory belongs to uid %u, not to "
+                               "this user", (unsigned)st.st_uid);
     }
-    if (qatomic_load_acquire(&h->magic) != MEMDEDUP_BOARD_MAGIC ||
-        h->version != MEMDEDUP_BOARD_VERSION || h->size != b->size ||
-        !h->nr_slots || h->nr_slots > MEMDEDUP_BOARD_SLOTS_MAX ||
-        h->slot_bytes <= MEMDEDUP_SLOT_HDR ||
-        h->slot_bytes > (b->size - MEMDEDUP_BOARD_HDR) / h->nr_slots) {
-        error_setg(errp, "board '%s' is not a memdedup board of version %d",
-                   b->path, MEMDEDUP_BOARD_VERSION);
-        return -1;
+    if (st.st_mode & 077) {
+        return g_strdup_printf("the directory is open to other users (mode "
+                               "%04o, must be 0700)",
+                               (unsigned)(st.st_mode & 07777));
     }
-    b->nr_slots = h->nr_slots;
-    b->slot_bytes = h->slot_bytes;
-    return 0;
+    return NULL;
 }
 
-static char *memdedup_board_path(const char *name)
+/* Bind @path and listen there; -1 and errno on failure. */
+static int memdedup_board_listen(const char *path)
 {
-    return strchr(name, '/') ? g_strdup(name) :
-           g_build_filename(MEMDEDUP_BOARD_DIR, name, NULL);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd, err;
+
+    pstrcpy(sa.sun_path, sizeof(sa.sun_path), path);
+    fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return -1;
+    }
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        listen(fd, MEMDEDUP_BOARD_ACCEPT_MAX) < 0) {
+        err = errno;
+        close(fd);
+        errno = err;
+        return -1;
+    }
+    return fd;
+}
+
+/*
+ * Join: listen on a socket of a random name.  It is bound under a name
+ * the others ignore and renamed once listening, so that a name nobody
+ * listens on is always a dead VM's.  On failure the VM works alone and
+ * tries again every MEMDEDUP_BOARD_REJOIN_MS.
+ */
+static void memdedup_board_join(MemdedupBoard *b)
+{
+    g_autofree char *why = NULL, *path = NULL, *tmp = NULL;
+    struct sockaddr_un sa;
+    Error *err = NULL;
+    int fd = -1, tries;
+
+    b->next_join = memdedup_board_now() + MEMDEDUP_BOARD_REJOIN_MS;
+    if (qcrypto_random_bytes(&b->own_id, sizeof(b->own_id), &err) < 0) {
+        why = g_strdup(error_get_pretty(err));
+        error_free(err);
+        goto fail;
+    }
+    snprintf(b->own_name, sizeof(b->own_name), MEMDEDUP_BOARD_PREFIX
+             "%016" PRIx64, b->own_id);
+    path = g_build_filename(b->dir, b->own_name, NULL);
+    tmp = g_strdup_printf("%s/.join-%016" PRIx64, b->dir, b->own_id);
+    if (strlen(tmp) >= sizeof(sa.sun_path)) {
+        why = g_strdup_printf("the path is too long for a socket (at most "
+                              "%zu bytes)", sizeof(sa.sun_path) - 24);
+        goto fail;
+    }
+    /* Twice: the last VM of the board may remove it in between. */
+    for (tries = 0; tries < 2 && fd < 0; tries++) {
+        g_free(why);
+        why = memdedup_board_check_dir(b);
+        if (why) {
+            goto fail;
+        }
+        fd = memdedup_board_listen(tmp);
+        if (fd < 0) {
+            why = g_strdup_printf("cannot listen there: %s", strerror(errno));
+        }
+    }
+    if (fd < 0) {
+        goto fail;
+    }
+    if (rename(tmp, path) < 0) {
+        why = g_strdup_printf("cannot name its socket: %s", strerror(errno));
+        unlink(tmp);
+        close(fd);
+        goto fail;
+    }
+    WITH_QEMU_LOCK_GUARD(&b->lock) {
+        if (b->released) {
+            unlink(path);
+            close(fd);
+            return;
+        }
+        b->sock_path = g_steal_pointer(&path);
+    }
+    b->listen_fd = fd;
+    b->next_walk = 0;
+    trace_memdedup_board_joined(b->dir, b->own_name);
+    memdedup_board_set_reason(b, NULL);
+    return;
+
+fail:
+    memdedup_board_set_reason(b, why);
+}
+
+/* Between passes, once a second: see module comment.  Scanner thread. */
+void memdedup_board_tick(MemdedupBoard *b)
+{
+    int64_t now = memdedup_board_now();
+    bool released;
+    guint i;
+
+    WITH_QEMU_LOCK_GUARD(&b->lock) {
+        released = b->released;
+    }
+    if (released) {
+        return;
+    }
+    /* Links may close or change filters now: no lookup view survives. */
+    b->nr_view = 0;
+    if (b->listen_fd < 0 && now >= b->next_join) {
+        memdedup_board_join(b);
+    }
+    if (b->listen_fd >= 0) {
+        memdedup_board_accept(b);
+    }
+    if (b->listen_fd >= 0 && now >= b->next_walk) {
+        b->next_walk = now + MEMDEDUP_BOARD_WALK_MS;
+        memdedup_board_walk(b, now);
+    }
+    /* Downwards: closing a link moves the last one into its place. */
+    for (i = b->links->len; i-- > 0;) {
+        memdedup_board_serve_link(b, g_ptr_array_index(b->links, i), now);
+    }
+}
+
+/* ---------------------------------------------------------------- */
+/* Life cycle                                                       */
+/* ---------------------------------------------------------------- */
+
+MemdedupBoardInfo *memdedup_board_info(MemdedupBoard *b)
+{
+    MemdedupBoardInfo *info = g_new0(MemdedupBoardInfo, 1);
+
+    info->path = g_strdup(b->dir);
+    info->max_peers = b->max_peers;
+    QEMU_LOCK_GUARD(&b->lock);
+    info->joined = b->sock_path != NULL;
+    if (b->reason) {
+        info->has_reason = true;
+        info->reason = g_strdup(b->reason);
+    }
+    info->peers = b->peers;
+    info->published_pages = b->published_pages;
+    info->published_fraction = b->publishable_pages ?
+        MIN(b->published_pages * 100 / b->publishable_pages, 100) : 100;
+    info->filter_bytes = b->filter_bytes;
+    info->publications = b->publications;
+    info->rejected_peers = b->rejected_peers;
+    info->rejected_updates = b->rejected_updates;
+    info->refused_connections = b->refused_connections;
+    return info;
+}
+
+uint64_t memdedup_board_seed(MemdedupBoard *b)
+{
+    return b->seed;
 }
 
 /* The secret of the trust domain, checked; NULL and @errp set if none. */
@@ -285,425 +479,80 @@ static uint8_t *memdedup_board_key(MemdedupBoardConfig *cfg, size_t *len,
         error_prepend(errp, "property 'board-key' of %s: ", TYPE_MEMDEDUP);
         return NULL;
     }
-    if (*len < 8) {
+    if (*len < MEMDEDUP_BOARD_KEY_MIN) {
         error_setg(errp, "property 'board-key' of %s: the secret '%s' must "
-                   "hold at least 8 bytes", TYPE_MEMDEDUP, cfg->key_id);
+                   "hold at least %d bytes (random ones, such as 'head -c "
+                   "32 /dev/urandom | base64')", TYPE_MEMDEDUP, cfg->key_id,
+                   MEMDEDUP_BOARD_KEY_MIN);
         g_free(key);
         return NULL;
     }
     return key;
 }
 
+static char *memdedup_board_path(const char *name)
+{
+    return strchr(name, '/') ? g_strdup(name) :
+           g_build_filename(MEMDEDUP_BOARD_DIR, name, NULL);
+}
+
 /*
- * Lay out the board file @fd we just created: slots of equal size, the
- * magic last, so that a peer mapping it early sees no board yet.
+ * The owner lets go (exit, or the memdedup object deleted): our socket's
+ * name goes at once, and the directory with it if we were the last.
+ * Any thread.
  */
-static int memdedup_board_create(MemdedupBoard *b, MemdedupBoardConfig *cfg,
-                                 int fd, Error **errp)
+void memdedup_board_release(MemdedupBoard *b)
 {
-    uint64_t slot_bytes = (cfg->size - MEMDEDUP_BOARD_HDR) / cfg->slots;
-    MemdedupBoardHeader *h;
-
-    slot_bytes = MEMDEDUP_SLOT_HDR + memdedup_board_filter_bits(slot_bytes) / 8;
-    if (ftruncate(fd, cfg->size) < 0) {
-        error_setg_errno(errp, errno, "cannot size board '%s'", b->path);
-        unlink(b->path);
-        return -1;
+    QEMU_LOCK_GUARD(&b->lock);
+    b->released = true;
+    if (b->sock_path) {
+        unlink(b->sock_path);
+        g_free(b->sock_path);
+        b->sock_path = NULL;
+        rmdir(b->dir);          /* fails while others are there */
     }
-    b->map = mmap(NULL, cfg->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (b->map == MAP_FAILED) {
-        b->map = NULL;
-        error_setg_errno(errp, errno, "cannot map board '%s'", b->path);
-        unlink(b->path);
-        return -1;
-    }
-    b->size = cfg->size;
-    b->nr_slots = cfg->slots;
-    b->slot_bytes = slot_bytes;
-    h = (MemdedupBoardHeader *)b->map;
-    h->version = MEMDEDUP_BOARD_VERSION;
-    h->nr_slots = b->nr_slots;
-    h->slot_bytes = b->slot_bytes;
-    h->size = b->size;
-    /* Pairs with the acquire load of the magic in memdedup_board_map. */
-    qatomic_store_release(&h->magic, MEMDEDUP_BOARD_MAGIC);
-    trace_memdedup_board_created(b->path, b->size, b->nr_slots);
-    return 0;
 }
 
-/* Map the board another VM created at @b->path, if it may be trusted. */
-static int memdedup_board_join(MemdedupBoard *b, Error **errp)
-{
-    struct stat st;
-    int fd, ret = -1;
-
-    fd = open(b->path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) {
-        error_setg_errno(errp, errno, "cannot open board '%s'", b->path);
-        return -1;
-    }
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) ||
-        st.st_uid != geteuid() || (st.st_mode & 077)) {
-        error_setg(errp, "board '%s' must be a regular file owned by "
-                   "this user and accessible to nobody else (mode 0600)",
-                   b->path);
-    } else {
-        ret = memdedup_board_map(b, fd, errp);
-    }
-    close(fd);
-    return ret;
-}
-
-static MemdedupBoard *memdedup_board_open(MemdedupBoardConfig *cfg,
-                                          Error **errp)
-{
-    g_autofree uint8_t *key = NULL;
-    MemdedupBoard *b;
-    size_t key_len;
-    int fd, ret;
-
-    key = memdedup_board_key(cfg, &key_len, errp);
-    if (!key) {
-        return NULL;
-    }
-    b = g_new0(MemdedupBoard, 1);
-    b->path = memdedup_board_path(cfg->path);
-    b->timeout_ns = cfg->timeout * 1000000ull;
-    b->slot = -1;
-    memdedup_board_derive(key, key_len, &b->seed, b->domain);
-    do {
-        qemu_guest_getrandom_nofail(&b->token, sizeof(b->token));
-    } while (!b->token);
-
-    fd = open(b->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW,
-              0600);
-    if (fd >= 0) {
-        ret = memdedup_board_create(b, cfg, fd, errp);
-        close(fd);
-    } else if (errno == EEXIST) {
-        ret = memdedup_board_join(b, errp);
-    } else {
-        error_setg_errno(errp, errno, "cannot create board '%s'", b->path);
-        ret = -1;
-    }
-    if (ret < 0) {
-        memdedup_board_close(b);
-        return NULL;
-    }
-
-    b->readable = g_new(uint32_t, b->nr_slots);
-    b->readable_seq = g_new(uint64_t, b->nr_slots);
-    b->slot = memdedup_board_claim(b);
-    if (b->slot < 0) {
-        warn_report("memdedup: board '%s' is full (%u slots in use): this "
-                    "VM neither publishes nor looks up cross-VM duplicates "
-                    "until a slot frees up", b->path, b->nr_slots);
-        b->full_warned = true;
-    }
-    return b;
-}
-
+/* The board's owner only, once nothing else uses it. */
 void memdedup_board_close(MemdedupBoard *b)
 {
     if (!b) {
         return;
     }
-    if (b->map) {
-        memdedup_board_release(b);
-        munmap(b->map, b->size);
+    memdedup_board_release(b);
+    while (b->links->len) {
+        memdedup_board_link_close(b, g_ptr_array_index(b->links, 0), false,
+                                  "closing");
     }
-    g_free(b->readable);
-    g_free(b->readable_seq);
-    g_free(b->path);
+    if (b->listen_fd >= 0) {
+        close(b->listen_fd);
+    }
+    if (b->pub_fd >= 0) {
+        close(b->pub_fd);
+    }
+    if (b->next_map) {
+        munmap(b->next_map, b->next_msg.filter.bits / 8);
+    }
+    if (b->next_fd >= 0) {
+        close(b->next_fd);
+    }
+    g_ptr_array_free(b->links, true);
+    g_hash_table_destroy(b->retry_after);
+    qemu_mutex_destroy(&b->lock);
+    g_free(b->view);
+    g_free(b->reason);
+    g_free(b->dir);
     g_free(b);
-}
-
-uint64_t memdedup_board_seed(MemdedupBoard *b)
-{
-    return b->seed;
-}
-
-/* Still ours?  A stalled engine may have lost its slot to a new one. */
-static bool memdedup_board_own(MemdedupBoard *b)
-{
-    if (b->slot < 0) {
-        return false;
-    }
-    if (qatomic_read(&memdedup_slot(b, b->slot)->owner) != b->token) {
-        warn_report("memdedup: board '%s': slot %d was taken over after "
-                    "this VM missed its heartbeats; claiming another",
-                    b->path, b->slot);
-        b->slot = -1;
-        return false;
-    }
-    return true;
-}
-
-void memdedup_board_heartbeat(MemdedupBoard *b)
-{
-    if (!memdedup_board_own(b)) {
-        b->slot = memdedup_board_claim(b);
-        if (b->slot < 0) {
-            return;
-        }
-        if (b->full_warned) {
-            info_report("memdedup: board '%s': got slot %d", b->path,
-                        b->slot);
-            b->full_warned = false;
-        }
-    }
-    qatomic_set(&memdedup_slot(b, b->slot)->heartbeat, memdedup_now_ns());
-}
-
-void memdedup_board_touch(MemdedupBoard *b)
-{
-    int slot = qatomic_read(&b->slot);
-
-    if (slot >= 0 &&
-        qatomic_read(&memdedup_slot(b, slot)->owner) == b->token) {
-        qatomic_set(&memdedup_slot(b, slot)->heartbeat, memdedup_now_ns());
-    }
-}
-
-/* Give the slot back: unreadable first, then free.  Any thread. */
-void memdedup_board_release(MemdedupBoard *b)
-{
-    int slot = qatomic_xchg(&b->slot, -1);
-    MemdedupBoardSlot *s;
-
-    if (slot < 0) {
-        return;
-    }
-    s = memdedup_slot(b, slot);
-    qatomic_set(&s->seq, qatomic_read(&s->seq) | 1);
-    /*
-     * Odd (unreadable) before free: a claimer that finds the slot free
-     * also finds it unreadable.  Pairs with the smp_rmb() in
-     * memdedup_board_lookup_begin.
-     */
-    smp_wmb();
-    qatomic_cmpxchg(&s->owner, b->token, 0);
-}
-
-/*
- * Publication: begin (counting what will be published decides the
- * threshold), add each fingerprint, end.  Scanner thread.
- */
-bool memdedup_board_publish_begin(MemdedupBoard *b, uint64_t pages)
-{
-    MemdedupBoardSlot *s;
-    uint64_t seq;
-
-    if (!memdedup_board_own(b)) {
-        return false;
-    }
-    /* The slot may be given back meanwhile: keep writing where we began. */
-    b->pub_slot = b->slot;
-    b->pub_claims = b->claims;
-    b->published_claims = 0;
-    s = memdedup_slot(b, b->pub_slot);
-    seq = qatomic_read(&s->seq);
-    qatomic_set(&s->seq, seq | 1);
-    /*
-     * Odd before the filter is cleared and refilled: a reader whose
-     * lookups saw any of that sees seq changed.  Pairs with the
-     * smp_rmb() in memdedup_board_lookup_end.
-     */
-    smp_wmb();
-    s->threshold = memdedup_board_threshold(pages, s->filter_bits);
-    memset(memdedup_slot_filter(b, b->pub_slot), 0, s->filter_bits / 8);
-    s->published = 0;
-    return true;
-}
-
-void memdedup_board_publish(MemdedupBoard *b, uint32_t fp)
-{
-    MemdedupBoardSlot *s = memdedup_slot(b, b->pub_slot);
-
-    if (fp <= s->threshold) {
-        memdedup_bloom_add(memdedup_slot_filter(b, b->pub_slot),
-                           s->filter_bits, fp);
-        s->published++;
-    }
-}
-
-void memdedup_board_publish_prefetch(MemdedupBoard *b, uint32_t fp)
-{
-    MemdedupBoardSlot *s = memdedup_slot(b, b->pub_slot);
-
-    if (fp <= s->threshold) {
-        __builtin_prefetch(memdedup_bloom_line(
-            memdedup_slot_filter(b, b->pub_slot), s->filter_bits, fp), 1);
-    }
-}
-
-void memdedup_board_publish_end(MemdedupBoard *b)
-{
-    MemdedupBoardSlot *s = memdedup_slot(b, b->pub_slot);
-
-    if (memdedup_board_test_hook("stall-publish")) {
-        /* For tests: die here and the slot stays odd. */
-        g_usleep(3600ull * G_USEC_PER_SEC);
-    }
-    /*
-     * The filter and its threshold before seq turns even (readable).
-     * Pairs with the smp_rmb() in memdedup_board_lookup_begin.
-     */
-    smp_wmb();
-    qatomic_set(&s->seq, (qatomic_read(&s->seq) | 1) + 1);
-    qatomic_set(&s->heartbeat, memdedup_now_ns());
-    b->published_claims = b->pub_claims;
-    trace_memdedup_board_published(b->path, b->pub_slot, s->published,
-                                   s->threshold);
-}
-
-bool memdedup_board_published(MemdedupBoard *b)
-{
-    return b->published_claims && b->published_claims == b->claims &&
-           b->pub_slot == b->slot && memdedup_board_own(b);
-}
-
-/* Lookup: begin, any number of lookups, end (see memdedup-internal.h). */
-uint32_t memdedup_board_lookup_begin(MemdedupBoard *b)
-{
-    uint64_t now = memdedup_now_ns();
-    uint32_t i;
-
-    b->nr_readable = 0;
-    b->partial = false;
-    if (!memdedup_board_own(b)) {
-        return 0;               /* not on the board: no cross-VM view */
-    }
-    for (i = 0; i < b->nr_slots; i++) {
-        MemdedupBoardSlot *s = memdedup_slot(b, i);
-        uint64_t seq;
-
-        if (!memdedup_slot_peer(b, i, now)) {
-            continue;
-        }
-        seq = qatomic_read(&s->seq);
-        /*
-         * seq before the header and filter it vouches for.  Pairs with
-         * the smp_wmb() in memdedup_board_publish_end (and in claim and
-         * release).
-         */
-        smp_rmb();
-        if (s->filter_bits != memdedup_board_filter_bits(b->slot_bytes)) {
-            continue;
-        }
-        if (seq & 1) {
-            b->partial = true;  /* publishing: not read, and so not seen */
-            continue;
-        }
-        b->readable[b->nr_readable] = i;
-        b->readable_seq[b->nr_readable++] = seq;
-    }
-    return b->nr_readable;
-}
-
-bool memdedup_board_lookup(MemdedupBoard *b, uint32_t fp)
-{
-    uint32_t i;
-
-    for (i = 0; i < b->nr_readable; i++) {
-        MemdedupBoardSlot *s = memdedup_slot(b, b->readable[i]);
-
-        if (fp <= s->threshold &&
-            memdedup_bloom_test(memdedup_slot_filter(b, b->readable[i]),
-                                s->filter_bits, fp)) {
-            return true;
-        }
-    }
-    return false;
-}
-
-void memdedup_board_prefetch(MemdedupBoard *b, uint32_t fp)
-{
-    uint32_t i;
-
-    for (i = 0; i < b->nr_readable; i++) {
-        MemdedupBoardSlot *s = memdedup_slot(b, b->readable[i]);
-
-        if (fp <= s->threshold) {
-            __builtin_prefetch(memdedup_bloom_line(
-                memdedup_slot_filter(b, b->readable[i]), s->filter_bits, fp));
-        }
-    }
-}
-
-bool memdedup_board_lookup_end(MemdedupBoard *b, bool *partial)
-{
-    bool intact = true;
-    uint32_t i;
-
-    *partial = b->partial;
-
-    /*
-     * The lookups' filter reads before seq is read again.  Pairs with
-     * the smp_wmb() in memdedup_board_publish_begin.
-     */
-    smp_rmb();
-    for (i = 0; i < b->nr_readable; i++) {
-        if (qatomic_read(&memdedup_slot(b, b->readable[i])->seq) !=
-            b->readable_seq[i]) {
-            intact = false;
-        }
-    }
-    return intact;
-}
-
-/*
- * Sum of the readable foreign slots' sequence numbers: changes when any
- * other VM publishes, joins or leaves.
- */
-uint64_t memdedup_board_version(MemdedupBoard *b)
-{
-    uint64_t now = memdedup_now_ns(), v = 0;
-    uint32_t i;
-
-    for (i = 0; i < b->nr_slots; i++) {
-        if (memdedup_slot_peer(b, i, now)) {
-            v += qatomic_read(&memdedup_slot(b, i)->seq) * (i + 1);
-        }
-    }
-    return v;
-}
-
-MemdedupBoardInfo *memdedup_board_info(MemdedupBoard *b)
-{
-    MemdedupBoardInfo *info = g_new0(MemdedupBoardInfo, 1);
-    uint64_t now = memdedup_now_ns();
-    uint32_t i;
-
-    info->path = g_strdup(b->path);
-    info->slots = b->nr_slots;
-    info->bytes_per_slot = b->slot_bytes;
-    info->joined = memdedup_board_own(b);
-    if (info->joined) {
-        MemdedupBoardSlot *s = memdedup_slot(b, b->slot);
-
-        info->has_slot = true;
-        info->slot = b->slot;
-        info->published_pages = s->published;
-        info->published_fraction = s->threshold == UINT32_MAX ? 100 :
-            (uint8_t)((uint64_t)s->threshold * 100 / UINT32_MAX);
-    }
-    for (i = 0; i < b->nr_slots; i++) {
-        info->peers += memdedup_slot_peer(b, i, now);
-    }
-    return info;
-}
-
-bool memdedup_board_test_hook(const char *what)
-{
-    const char *hook = getenv("QEMU_MEMDEDUP_BOARD_TEST");
-
-    return hook && !strcmp(hook, what);
 }
 
 MemdedupBoard *memdedup_board_complete(MemdedupBoardConfig *cfg,
                                        Error **errp)
 {
+    g_autofree uint8_t *key = NULL;
+    uint8_t digest[32];
+    MemdedupBoard *b;
+    size_t key_len;
+
     if (!cfg || !cfg->path) {
         if (cfg && cfg->key_id) {
             error_setg(errp, "property 'board-key' of %s needs 'board'",
@@ -711,15 +560,27 @@ MemdedupBoard *memdedup_board_complete(MemdedupBoardConfig *cfg,
         }
         return NULL;
     }
-    if (cfg->size < MEMDEDUP_BOARD_HDR + cfg->slots *
-                    (MEMDEDUP_SLOT_HDR + 8)) {
-        error_setg(errp, "property 'board-size' of %s: %" PRIu64 " bytes "
-                   "cannot hold %u slots", TYPE_MEMDEDUP, cfg->size,
-                   cfg->slots);
+    key = memdedup_board_key(cfg, &key_len, errp);
+    if (!key) {
         return NULL;
     }
-    cfg->board = memdedup_board_open(cfg, errp);
-    return cfg->board;
+    b = g_new0(MemdedupBoard, 1);
+    b->dir = memdedup_board_path(cfg->path);
+    memdedup_board_derive(key, key_len, memdedup_board_seed_label, digest);
+    memcpy(&b->seed, digest, sizeof(b->seed));
+    memdedup_board_derive(key, key_len, memdedup_board_key_label,
+                          b->proof_key);
+    b->max_bits = cfg->size / 64 * MEMDEDUP_BOARD_LINE_BITS;
+    b->max_peers = cfg->slots - 1;
+    b->timeout_ms = cfg->timeout;
+    b->listen_fd = b->pub_fd = b->next_fd = -1;
+    b->links = g_ptr_array_new();
+    b->retry_after = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                           g_free);
+    qemu_mutex_init(&b->lock);
+    memdedup_board_join(b);
+    cfg->board = b;
+    return b;
 }
 
 void memdedup_board_config_clear(MemdedupBoardConfig *cfg)

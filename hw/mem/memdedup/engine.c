@@ -18,7 +18,8 @@
  *   summary.c, advise.c,     region counts; madvise; the kernel's merged
  *   kernel-view.c            counts
  *   scan.c, numa-engine.c,   hashing one region; host NUMA placement;
- *   board.c                  the cross-VM board
+ *   board.c, board-link.c,   the cross-VM board: directory and sockets,
+ *   board-filter.c           links and proofs, filters
  *   registry.c               the engine singleton and its blocks
  *   index.c, policy.c,       the pure core, free of softmmu state
  *   kernel.c, numa.c,

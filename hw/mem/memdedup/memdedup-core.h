@@ -225,8 +225,11 @@ void memdedup_dupset_clear(MemdedupDupSet *set);
 /*
  * The cross-VM board's Bloom filter (bloom.c), blocked: the
  * MEMDEDUP_BLOOM_PROBES bits of a fingerprint lie in one 64-byte line of
- * the filter of @bits bits (a power of two, at least 64).
- * memdedup_bloom_line: the line holding @fp's bits, to prefetch.
+ * the filter of @bits bits (a multiple of 512, or a power of two from 64
+ * to 512).  memdedup_bloom_line: the line holding @fp's bits, to
+ * prefetch.  memdedup_bloom_plausible: whether @pages fingerprints can
+ * have set @filter's bits, as many and where they are (a peer's filter
+ * is checked with it once, before any lookup; @bits a multiple of 512).
  */
 #define MEMDEDUP_BLOOM_PROBES 8
 
@@ -234,6 +237,8 @@ void memdedup_bloom_add(uint8_t *filter, uint64_t bits, uint32_t fp);
 bool memdedup_bloom_test(const uint8_t *filter, uint64_t bits, uint32_t fp);
 const uint8_t *memdedup_bloom_line(const uint8_t *filter, uint64_t bits,
                                    uint32_t fp);
+bool memdedup_bloom_plausible(const uint8_t *filter, uint64_t bits,
+                              uint64_t pages);
 
 /* ------------------------------------------------------------------ */
 /* Regions and policy                                                  */
@@ -281,6 +286,8 @@ void memdedup_region_set_counts(MemdedupRegion *r, uint32_t resident,
 
 /* Does @params' policy register memory with KSM at all? */
 bool memdedup_policy_registers(MemdedupPolicy policy);
+/* Does a backend with @policy publish its fingerprints on the board? */
+bool memdedup_policy_publishes(MemdedupPolicy policy);
 
 /* Does the policy want region @r registered? */
 bool memdedup_region_wanted(const MemdedupParams *params,

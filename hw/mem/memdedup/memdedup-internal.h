@@ -334,27 +334,30 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
  * board.c: the cross-VM fingerprint board (see there).
  * MemdedupBoardConfig is the memdedup object's board* properties
  * (object.c); memdedup_board_complete opens the board (NULL: none
- * configured, or an error in @errp); memdedup_board_config_clear drops
- * the configuration's strings.  The board itself is used by the scanner
- * thread only, except for memdedup_board_info (engine lock held) and
- * memdedup_board_close.
+ * configured, or an error in @errp: a missing or short key; a board
+ * directory it cannot use only leaves the VM working alone, and says
+ * why); memdedup_board_config_clear drops the configuration's strings.
+ * The board itself is the scanner thread's, except for
+ * memdedup_board_info and memdedup_board_release (any thread) and
+ * memdedup_board_close (its owner, once no thread uses it).
  */
 #define MEMDEDUP_BOARD_SIZE_DEFAULT     (64 * MiB)
 #define MEMDEDUP_BOARD_SIZE_MIN         (64 * KiB)
-#define MEMDEDUP_BOARD_SIZE_MAX         (64 * GiB)
+#define MEMDEDUP_BOARD_SIZE_MAX         (1 * GiB)
 #define MEMDEDUP_BOARD_SLOTS_DEFAULT    16
 #define MEMDEDUP_BOARD_SLOTS_MIN        2
 #define MEMDEDUP_BOARD_SLOTS_MAX        1024
-#define MEMDEDUP_BOARD_TIMEOUT_DEFAULT  30000       /* ms */
-#define MEMDEDUP_BOARD_TIMEOUT_MIN      1000        /* ms */
-#define MEMDEDUP_BOARD_TIMEOUT_MAX      86400000    /* ms */
+#define MEMDEDUP_BOARD_TIMEOUT_DEFAULT  5000        /* ms */
+#define MEMDEDUP_BOARD_TIMEOUT_MIN      100         /* ms */
+#define MEMDEDUP_BOARD_TIMEOUT_MAX      600000      /* ms */
+#define MEMDEDUP_BOARD_KEY_MIN          16          /* bytes */
 
 typedef struct MemdedupBoardConfig {
-    char *path;                 /* "board" */
+    char *path;                 /* "board": a directory */
     char *key_id;               /* "board-key": a secret object's id */
-    uint64_t size;              /* "board-size", used when creating it */
-    uint32_t slots;             /* "board-slots", used when creating it */
-    uint32_t timeout;           /* "board-timeout", ms */
+    uint64_t size;              /* "board-size": our filter's most bytes */
+    uint32_t slots;             /* "board-slots": VMs we exchange with + 1 */
+    uint32_t timeout;           /* "board-timeout": ms to prove the key */
     MemdedupBoard *board;       /* open, once complete */
 } MemdedupBoardConfig;
 
@@ -362,41 +365,41 @@ MemdedupBoard *memdedup_board_complete(MemdedupBoardConfig *cfg,
                                        Error **errp);
 void memdedup_board_config_clear(MemdedupBoardConfig *cfg);
 void memdedup_board_close(MemdedupBoard *b);
-uint64_t memdedup_board_seed(MemdedupBoard *b);
-/* Liveness: claim a slot if we have none; refresh our heartbeat. */
-void memdedup_board_heartbeat(MemdedupBoard *b);
-void memdedup_board_touch(MemdedupBoard *b);
+/* Our socket's name goes, and the board is served no more.  Any thread. */
 void memdedup_board_release(MemdedupBoard *b);
+uint64_t memdedup_board_seed(MemdedupBoard *b);
 /*
- * Publish @pages fingerprints: begin, publish each, end.
- * memdedup_board_publish_prefetch: start loading the line that
- * publishing @fp writes, a few fingerprints ahead.
+ * Serve the board: join (again), accept and check peers, take their
+ * new filters (rate-limited), deliver ours.  Between passes.
+ */
+void memdedup_board_tick(MemdedupBoard *b);
+/*
+ * Publish @pages fingerprints: begin, publish each, end (the filter is
+ * sealed and sent to every peer then).  @pages 0 publishes that we
+ * publish nothing.  memdedup_board_publish_prefetch: start loading the
+ * line that publishing @fp writes, a few fingerprints ahead.
  */
 bool memdedup_board_publish_begin(MemdedupBoard *b, uint64_t pages);
 void memdedup_board_publish(MemdedupBoard *b, uint32_t fp);
 void memdedup_board_publish_prefetch(MemdedupBoard *b, uint32_t fp);
-/* Our slot holds a complete publication of ours (not claimed since). */
-bool memdedup_board_published(MemdedupBoard *b);
 void memdedup_board_publish_end(MemdedupBoard *b);
+/* A publication of ours completed (and is what peers get). */
+bool memdedup_board_published(MemdedupBoard *b);
 /*
- * Look up: begin (number of peers readable), lookups, end.  End returns
- * false if a peer read published again meanwhile (the lookups may have
- * read its filter half-written), and sets *@partial if a peer was in the
- * middle of publishing at the begin (it was not read at all).  Either
- * way, fingerprints not found may only have been missed.
- * memdedup_board_prefetch: start loading what a lookup of @fp reads (one
- * cache line per peer), a few lookups ahead.
+ * Look up: begin (number of peers with a filter), then lookups until
+ * the next memdedup_board_tick.  The peers' filters are sealed and
+ * replaced only by the tick, so a view is always whole and never
+ * changes under the lookups.  memdedup_board_prefetch: start loading
+ * what a lookup of @fp reads (one cache line per peer), a few lookups
+ * ahead.
  */
 uint32_t memdedup_board_lookup_begin(MemdedupBoard *b);
 bool memdedup_board_lookup(MemdedupBoard *b, uint32_t fp);
 void memdedup_board_prefetch(MemdedupBoard *b, uint32_t fp);
-bool memdedup_board_lookup_end(MemdedupBoard *b, bool *partial);
-/* Changes whenever another VM of our domain publishes, joins or leaves. */
+/* Changes whenever a peer's filter does (new, replaced, gone). */
 uint64_t memdedup_board_version(MemdedupBoard *b);
 MemdedupBoardInfo *memdedup_board_info(MemdedupBoard *b);
-bool memdedup_board_test_hook(const char *what);
-/* A slot's filter size, and the highest fingerprint a slot publishes. */
-uint64_t memdedup_board_filter_bits(uint64_t slot_bytes);
+/* The highest fingerprint a filter of @filter_bits bits publishes. */
 uint32_t memdedup_board_threshold(uint64_t pages, uint64_t filter_bits);
 
 /* ------------------------------------------------------------------ */
@@ -474,7 +477,6 @@ typedef struct MemdedupPassBlock {
     bool apply_only;            /* params changed; no need to rescan */
     bool hinted;                /* registered from hints, not yet scanned */
     bool indexed;               /* its pages are in the dup set rebuilt */
-    uint32_t *cross_before;     /* regions' cross_vm before the lookups */
     unsigned long *discarded;   /* regions to forget pages of, or NULL */
     uint64_t first_item;        /* index of its region 0 in the item space */
 } MemdedupPassBlock;
@@ -490,6 +492,7 @@ typedef struct MemdedupPass {
     uint64_t reused;            /* atomic: see MemdedupScanBuffers */
     uint64_t scan_rate;         /* bytes per second */
     int64_t start_ns;           /* QEMU_CLOCK_REALTIME */
+    int64_t next_board_tick;    /* ms (realtime): serve the board then */
     uint64_t cpu_time;          /* atomic, ns */
     uint64_t max_region_pages;
     MemdedupBoard *board;       /* the cross-VM board, or NULL */
@@ -564,10 +567,6 @@ bool memdedup_pass_unchanged(MemdedupPass *pass, bool board_eval);
 void memdedup_pass_summarize(MemdedupEngine *engine, MemdedupPassBlock *pb,
                              MemdedupBoard *board, unsigned long *first_seen,
                              bool recount, MemdedupSummaryStats *st);
-
-/* A partial board view: keep the regions' cross-VM counts; sum @st. */
-uint64_t memdedup_pass_keep_cross(MemdedupPassBlock *pb,
-                                  MemdedupSummaryStats *st);
 
 /* Drop discarded pages (virtio-mem) from the fingerprints and counts. */
 void memdedup_pass_forget_discarded(MemdedupPass *pass);

@@ -291,12 +291,20 @@ static void hmp_info_memdedup_board(Monitor *mon, MemdedupInfo *info)
 
     monitor_printf(mon, "board: %s, ", bd->path);
     if (bd->joined) {
-        monitor_printf(mon, "slot %u of %u, %u peers, published %" PRIu64
-                       " pages (%u%%)\n", bd->slot, bd->slots, bd->peers,
-                       bd->published_pages, bd->published_fraction);
+        monitor_printf(mon, "%u of %u peers, published %" PRIu64 " pages "
+                       "(%u%%) in %" PRIu64 " bytes\n", bd->peers,
+                       bd->max_peers, bd->published_pages,
+                       bd->published_fraction, bd->filter_bytes);
     } else {
-        monitor_printf(mon, "full (%u slots): not publishing, no cross-VM "
-                       "view\n", bd->slots);
+        monitor_printf(mon, "not joined (%s): working alone\n",
+                       bd->has_reason ? bd->reason : "not yet");
+    }
+    if (bd->rejected_peers || bd->rejected_updates ||
+        bd->refused_connections) {
+        monitor_printf(mon, "  rejected: %" PRIu64 " peers, %" PRIu64
+                       " filters; %" PRIu64 " connections refused\n",
+                       bd->rejected_peers, bd->rejected_updates,
+                       bd->refused_connections);
     }
     for (l = info->backends; l; l = l->next) {
         MemdedupBackendInfo *b = l->value;

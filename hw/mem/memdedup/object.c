@@ -419,7 +419,7 @@ static void memdedup_settings_set_board_timeout(Object *obj, Visitor *v,
                                     MEMDEDUP_BOARD_TIMEOUT_MAX, errp);
 }
 
-/* A clean exit gives the board slot back at once (no need to age out). */
+/* A clean exit takes our socket off the board at once. */
 static void memdedup_board_exit(Notifier *n, void *data)
 {
     MemdedupEngine *engine = &memdedup_engine;
@@ -525,9 +525,9 @@ static void memdedup_settings_finalize(Object *obj)
     QEMU_LOCK_GUARD(&engine->lock);
     if (engine->board) {
         /*
-         * Give the slot back now (QEMU deletes objects on exit, before
-         * the exit notifiers run).  The scanner may still be using the
-         * mapping: it closes it between passes.
+         * Leave the board now (QEMU deletes objects on exit, before
+         * the exit notifiers run).  The scanner may still be looking
+         * up peers' filters: it closes the board between passes.
          */
         memdedup_board_release(engine->board);
         if (engine->thread_started) {
@@ -614,30 +614,33 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
     object_class_property_add_str(oc, "board", memdedup_settings_get_board,
                                   memdedup_settings_set_board);
     object_class_property_set_description(oc, "board",
-        "Cross-VM fingerprint board: a file name under /dev/shm or a path, "
-        "shared by the VMs of one trust domain (default: none)");
+        "Cross-VM fingerprint board: a directory name under /dev/shm or a "
+        "path, shared by the VMs of one trust domain (default: none)");
     object_class_property_add_str(oc, "board-key",
                                   memdedup_settings_get_board_key,
                                   memdedup_settings_set_board_key);
     object_class_property_set_description(oc, "board-key",
-        "Id of the secret object that keys the board's fingerprints");
+        "Id of the secret object (at least 16 bytes) that keys the board's "
+        "fingerprints and proves membership");
     object_class_property_add(oc, "board-size", "size",
                               memdedup_settings_get_board_size,
                               memdedup_settings_set_board_size, NULL, NULL);
     object_class_property_set_description(oc, "board-size",
-        "Size of the board file when this VM creates it (default 64M)");
+        "Most bytes of this VM's filter, and of a peer's it accepts, "
+        "64K-1G (default 64M)");
     object_class_property_add(oc, "board-slots", "uint32",
                               memdedup_settings_get_board_slots,
                               memdedup_settings_set_board_slots, NULL, NULL);
     object_class_property_set_description(oc, "board-slots",
-        "VMs the board holds when this VM creates it, 2-1024 (default 16)");
+        "Most VMs this one exchanges fingerprints with, itself included, "
+        "2-1024 (default 16)");
     object_class_property_add(oc, "board-timeout", "uint32",
                               memdedup_settings_get_board_timeout,
                               memdedup_settings_set_board_timeout, NULL,
                               NULL);
     object_class_property_set_description(oc, "board-timeout",
-        "Milliseconds without a heartbeat after which a VM's entries age "
-        "out, 1000-86400000 (default 30000)");
+        "Milliseconds a connecting VM has to prove it holds the key, "
+        "100-600000 (default 5000)");
 }
 
 static const TypeInfo memdedup_settings_info = {

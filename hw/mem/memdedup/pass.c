@@ -23,7 +23,8 @@
  *
  * A pass without @rescan (only parameters, discards or peers changed)
  * skips hashing.  Between passes the thread refreshes the kernel view
- * and keeps the board slot alive.  The thread never holds the engine
+ * and serves the board (during a long hashing phase too).  The thread
+ * never holds the engine
  * lock while hashing, reading kernel files or calling madvise.
  */
 
@@ -49,13 +50,24 @@ static bool memdedup_quitting(MemdedupEngine *engine)
     return qatomic_read(&engine->quit) || qatomic_read(&engine->paused);
 }
 
+/*
+ * The scanner thread serves the board during a long hashing phase too,
+ * once a second, so that peers' connections are answered within their
+ * board-timeout.  Nothing looks the board up while hashing.
+ */
+static void memdedup_pass_serve_board(MemdedupPass *pass)
+{
+    int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+
+    if (pass->board && now >= pass->next_board_tick) {
+        pass->next_board_tick = now + MEMDEDUP_KERNEL_REFRESH_MS;
+        memdedup_board_tick(pass->board);
+    }
+}
+
 /* Sleep as long as the pass is ahead of its byte budget. */
 static void memdedup_throttle(MemdedupPass *pass)
 {
-    /* A long pass must not look like a dead publisher. */
-    if (pass->board) {
-        memdedup_board_touch(pass->board);
-    }
     for (;;) {
         uint64_t bytes = qatomic_read(&pass->bytes_hashed);
         int64_t due = pass->start_ns +
@@ -70,8 +82,11 @@ static void memdedup_throttle(MemdedupPass *pass)
     }
 }
 
-/* Hash regions until none is left.  Runs in every scanner thread. */
-static void memdedup_pass_work(MemdedupPass *pass)
+/*
+ * Hash regions until none is left.  Runs in every scanner thread;
+ * @scanner: this is the engine's thread, which also serves the board.
+ */
+static void memdedup_pass_work(MemdedupPass *pass, bool scanner)
 {
     MemdedupScanBuffers buf;
     uint64_t cpu_start = memdedup_thread_cpu_ns();
@@ -106,6 +121,9 @@ static void memdedup_pass_work(MemdedupPass *pass)
         }
         qatomic_add(&pass->engine->pass_pages_done,
                     pb->blk->pages_per_region);
+        if (scanner) {
+            memdedup_pass_serve_board(pass);
+        }
         memdedup_throttle(pass);
     }
     qatomic_add(&pass->churn, buf.churn);
@@ -117,7 +135,7 @@ static void memdedup_pass_work(MemdedupPass *pass)
 static void *memdedup_worker_thread(void *opaque)
 {
     rcu_register_thread();
-    memdedup_pass_work(opaque);
+    memdedup_pass_work(opaque, false);
     rcu_unregister_thread();
     return NULL;
 }
@@ -127,8 +145,8 @@ static void *memdedup_worker_thread(void *opaque)
  * wrote?  Yes if it was published by a pass in which nothing changed,
  * and nothing changed since: no page changed, appeared or went (so no
  * region turned volatile or stable), no block came or went, no
- * parameter changed, and our slot still holds it.  Then the filter is
- * left as it is, and the peers need not look everything up again.
+ * parameter changed, and that publication completed.  Then the filter
+ * is left as it is, and the peers need not look everything up again.
  */
 static bool memdedup_pass_publication_current(MemdedupPass *pass)
 {
@@ -149,13 +167,13 @@ static void memdedup_pass_publish(MemdedupPass *pass)
         size_t b;
 
         if (round == 1 && !memdedup_board_publish_begin(pass->board, n)) {
-            return;             /* not on the board (full) */
+            return;             /* no memfd: the last publication stands */
         }
         for (b = 0; b < pass->nr_blocks; b++) {
             MemdedupBlock *blk = pass->blocks[b].blk;
             uint64_t i, p;
 
-            if (pass->blocks[b].params.policy == MEMDEDUP_POLICY_OFF ||
+            if (!memdedup_policy_publishes(pass->blocks[b].params.policy) ||
                 qatomic_read(&blk->removed)) {
                 continue;
             }
@@ -312,7 +330,7 @@ static bool memdedup_pass_hash(MemdedupPass *pass)
                            memdedup_worker_thread, pass,
                            QEMU_THREAD_JOINABLE);
     }
-    memdedup_pass_work(pass);
+    memdedup_pass_work(pass, true);
     for (t = 1; t < pass->nr_threads; t++) {
         qemu_thread_join(&workers[t]);
     }
@@ -325,7 +343,6 @@ static void memdedup_pass_release(MemdedupPass *pass)
     size_t b;
 
     for (b = 0; b < pass->nr_blocks; b++) {
-        g_free(pass->blocks[b].cross_before);
         g_free(pass->blocks[b].discarded);
         memdedup_block_unref(pass->blocks[b].blk);
     }
@@ -352,33 +369,6 @@ static void memdedup_pass_abort(MemdedupPass *pass)
     }
     memdedup_pass_release(pass);
     trace_memdedup_pass_aborted();
-}
-
-/*
- * The board lookups of the count phase ended: if a peer was missed or
- * republished meanwhile, no region loses cross-VM duplicates.
- */
-static void memdedup_pass_lookups_end(MemdedupPass *pass)
-{
-    uint64_t kept = 0;
-    bool partial;
-    size_t b;
-
-    if (!memdedup_board_lookup_end(pass->board, &partial)) {
-        /* A peer republished meanwhile: look again soon. */
-        WITH_QEMU_LOCK_GUARD(&pass->engine->lock) {
-            pass->engine->board_dirty = true;
-        }
-        partial = true;
-    }
-    if (!partial) {
-        return;
-    }
-    for (b = 0; b < pass->nr_blocks; b++) {
-        kept += memdedup_pass_keep_cross(&pass->blocks[b],
-                                         &pass->summaries[b]);
-    }
-    trace_memdedup_board_view_partial(kept);
 }
 
 /*
@@ -429,9 +419,6 @@ static void memdedup_pass_count(MemdedupPass *pass)
         if (stale) {
             pass->blocks[b].blk->judged_gen = 0;
         }
-    }
-    if (pass->board && recount) {
-        memdedup_pass_lookups_end(pass);
     }
     if (pass->board && pass->fps_changed &&
         !memdedup_pass_publication_current(pass)) {
@@ -567,11 +554,11 @@ void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
 }
 
 /*
- * Once a second: close a board the memdedup object let go, keep our
- * slot alive (or claim one if the board was full), and decide again when
- * other VMs published since we last looked.  Scanner thread.
+ * Once a second: close a board the memdedup object let go, serve ours
+ * (memdedup_board_tick), and decide again when a peer's filter changed
+ * since we last looked.  Scanner thread.
  */
-static void memdedup_board_tick(MemdedupEngine *engine)
+static void memdedup_thread_board(MemdedupEngine *engine)
 {
     MemdedupBoard *board, *retired;
 
@@ -584,7 +571,7 @@ static void memdedup_board_tick(MemdedupEngine *engine)
     if (!board) {
         return;
     }
-    memdedup_board_heartbeat(board);
+    memdedup_board_tick(board);
     if (memdedup_board_version(board) != engine->board_version) {
         qemu_mutex_lock(&engine->lock);
         engine->board_dirty = true;
@@ -644,7 +631,7 @@ static int64_t memdedup_thread_wait(MemdedupEngine *engine,
  * Destination of a migration: no reading of RAM that has not arrived
  * (postcopy) until the incoming side completes (migration.c resumes
  * the engine then), but the source's hints are registered as soon as
- * they arrive.
+ * they arrive, and the board is still served once a second.
  */
 static void memdedup_thread_incoming(MemdedupEngine *engine)
 {
@@ -652,7 +639,8 @@ static void memdedup_thread_incoming(MemdedupEngine *engine)
     QEMU_LOCK_GUARD(&engine->lock);
     if (engine->paused && engine->incoming && !engine->hints_pending &&
         !engine->quit) {
-        qemu_cond_wait(&engine->wakeup, &engine->lock);
+        qemu_cond_timedwait(&engine->wakeup, &engine->lock,
+                            MEMDEDUP_KERNEL_REFRESH_MS);
     }
 }
 
@@ -671,6 +659,7 @@ void *memdedup_thread(void *opaque)
         }
         if (w.incoming) {
             memdedup_thread_incoming(engine);
+            memdedup_thread_board(engine);
             continue;
         }
         if (w.rescan || w.apply) {
@@ -691,7 +680,7 @@ void *memdedup_thread(void *opaque)
             }
             memdedup_numa_watch(engine);
         }
-        memdedup_board_tick(engine);
+        memdedup_thread_board(engine);
         w.next_refresh = now + MEMDEDUP_KERNEL_REFRESH_MS;
     }
     rcu_unregister_thread();

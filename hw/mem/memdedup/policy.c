@@ -36,6 +36,17 @@ bool memdedup_policy_registers(MemdedupPolicy policy)
     }
 }
 
+/*
+ * Publishing on the board only helps a VM that registers what others
+ * hold: targeted (cross-VM duplicates count towards a region) and all.
+ * The others publish nothing, so a peer learns nothing of their content.
+ */
+bool memdedup_policy_publishes(MemdedupPolicy policy)
+{
+    return policy == MEMDEDUP_POLICY_TARGETED ||
+           policy == MEMDEDUP_POLICY_ALL;
+}
+
 bool memdedup_region_wanted(const MemdedupParams *params,
                             const MemdedupRegion *r)
 {

@@ -228,39 +228,6 @@ static void memdedup_block_tally(MemdedupPassBlock *pb,
 }
 
 /*
- * The board lookups of this pass missed a peer that was publishing, or
- * read one that published again meanwhile: a fingerprint not found may
- * just have been missed.  On such a view no region loses cross-VM
- * duplicates -- it would be unregistered, unmerging what the kernel
- * merged, and registered again once the peer has published.  The peer's
- * new publication changes the board's version, and the engine looks
- * again then (memdedup_board_tick).  Returns the regions kept.
- */
-uint64_t memdedup_pass_keep_cross(MemdedupPassBlock *pb,
-                                  MemdedupSummaryStats *st)
-{
-    MemdedupBlock *blk = pb->blk;
-    uint64_t i, kept = 0;
-
-    if (!pb->cross_before) {
-        return 0;
-    }
-    for (i = 0; i < blk->nr_regions; i++) {
-        MemdedupRegion *r = &blk->regions[i];
-        uint32_t room = r->resident - r->zero - r->duplicate;
-        uint32_t before = MIN(pb->cross_before[i], room);
-
-        if (before > r->cross_vm) {
-            memdedup_region_set_counts(r, r->resident, r->zero, r->duplicate,
-                                       before);
-            kept++;
-        }
-    }
-    memdedup_block_tally(pb, st);
-    return kept;
-}
-
-/*
  * Count the pages [@first, @last) of @blk against the dup set (into
  * *@duplicate) and, for those unique here, the board (*@cross_vm), and
  * into @numa if not NULL.  Returns the bytes merging would free: every
@@ -336,9 +303,6 @@ void memdedup_pass_summarize(MemdedupEngine *engine,
         numa = memdedup_numa_block_stats(blk);
     }
     memset(st, 0, sizeof(*st));
-    if (recount && board && pb->params.policy != MEMDEDUP_POLICY_OFF) {
-        pb->cross_before = g_new(uint32_t, blk->nr_regions);
-    }
     for (i = 0; i < blk->nr_regions; i++) {
         MemdedupRegion *r = &blk->regions[i];
         uint64_t first = i * blk->pages_per_region;
@@ -346,9 +310,6 @@ void memdedup_pass_summarize(MemdedupEngine *engine,
         uint32_t duplicate = r->duplicate, cross_vm = r->cross_vm;
 
         if (pb->params.policy != MEMDEDUP_POLICY_OFF) {
-            if (pb->cross_before) {
-                pb->cross_before[i] = cross_vm;
-            }
             if (recount) {
                 duplicate = cross_vm = 0;
                 st->estimated_saving += memdedup_region_count_pages(
