@@ -17,7 +17,7 @@ import signal
 import stat
 import sys
 
-from harness import (MiB, PAGE, QEMU, backend, check, qmp, run_pass,
+from harness import (MiB, PAGE, QEMU, Skip, backend, check, qmp, run_pass,
                      run_tests, start_qtest_vm, wait_for)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
@@ -46,14 +46,15 @@ def board_leftovers(board):
             if not stat.S_ISSOCK(os.lstat(os.path.join(board, n)).st_mode)]
 
 
-def start(workdir, name, board, key, engine_opts="", policy="targeted"):
+def start(workdir, name, board, key, engine_opts="", policy="targeted",
+          wrapper=()):
     args = ["-machine", "pc,memory-backend=m0", "-m", "%dM" % (SIZE // MiB),
             "-object", "secret,id=bk,data=%s" % key,
             "-object", "memdedup,id=engine,rescan-interval=3600000,"
             "board=%s,board-key=bk%s" % (board, engine_opts),
             "-object", "memory-backend-ksm,id=m0,size=%dM,dedup-policy=%s"
             % (SIZE // MiB, policy)]
-    return start_qtest_vm(workdir, name, args)
+    return start_qtest_vm(workdir, name, args, wrapper)
 
 
 def fill(qt, seed):
@@ -407,6 +408,49 @@ def test_unusable_directory(workdir):
             os.unlink(path)
 
 
+# QEMU as an unprivileged user, the way libvirt's system daemon runs it.
+AS_NOBODY = ("setpriv", "--reuid", "nobody", "--regid", "nogroup",
+             "--clear-groups", "--inh-caps", "-all", "--bounding-set", "-all")
+
+
+def test_non_root(workdir):
+    """QEMUs running as an unprivileged user share a board as root's do;
+    a QEMU of another user (root) may not use their directory: it works
+    alone and says why."""
+    if os.geteuid() != 0:
+        raise Skip("not root: cannot run QEMU as another user")
+    # The unprivileged QEMUs create their sockets and logs here.
+    shared = os.path.join(workdir, "nobody")
+    os.mkdir(shared)
+    os.chmod(shared, 0o777)
+    os.chmod(workdir, 0o711)
+    fleet = Fleet(shared)
+    umask = os.umask(0)         # the qtest sockets: writable by nobody
+    try:
+        a = fleet.add("a", wrapper=AS_NOBODY)
+        b = fleet.add("b", wrapper=AS_NOBODY)
+        os.umask(umask)
+        st = os.lstat(fleet.board)
+        check(st.st_uid != 0 and stat.S_IMODE(st.st_mode) == 0o700,
+              "board uid %d mode %o" % (st.st_uid, st.st_mode))
+        wait_for("the unprivileged QEMUs to pair", lambda: all(
+            board_info(vm)["peers"] == 1 for vm in (a, b)), 15)
+        for vm in (a, b, a):
+            run_pass(vm)
+        for vm in (a, b):
+            wait_cross(vm)
+        r = fleet.add("r")
+        info = board_info(r)
+        check(not info["joined"] and "belongs to uid" in info.get(
+            "reason", ""), "root's QEMU on nobody's board: %s" % info)
+        run_pass(r)
+        check(backend(r, "m0")["cross-vm-pages"] == 0,
+              "root's QEMU found the others' content")
+    finally:
+        os.umask(umask)
+        fleet.close()
+
+
 def test_bad_input(workdir):
     path = board_path(workdir)
     cases = [
@@ -448,5 +492,6 @@ if __name__ == "__main__":
         ("board/small-filter", test_small_filter),
         ("board/policies-publish", test_policies_publish),
         ("board/unusable-directory", test_unusable_directory),
+        ("board/non-root", test_non_root),
         ("board/bad-input", test_bad_input),
     ]))

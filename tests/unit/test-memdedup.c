@@ -540,6 +540,66 @@ static void test_bloom_plausible(void)
     }
 }
 
+/*
+ * What one page's board lookup costs against the number of peers: its
+ * key once, then one Bloom test, one cache line, per peer's filter,
+ * loaded MEMDEDUP_LOOKAHEAD pages ahead, as memdedup_board_lookup and
+ * memdedup_board_prefetch do.
+ * Each peer holds 1 GiB of guest RAM (a 512 KiB filter).  Timing only:
+ * run with -m perf (docs/devel/memdedup.rst quotes it).
+ */
+static void test_bloom_lookup_cost(void)
+{
+    const uint64_t pages = 256 * 1024, bits = pages * 16;
+    const uint64_t lookups = 1 << 21;
+    static const unsigned peers[] = { 1, 2, 4, 8, 16 };
+    g_autoptr(GRand) rand = g_rand_new_with_seed(9);
+    g_autofree uint32_t *fps = g_new(uint32_t, lookups);
+    uint8_t *filters[16];
+    uint64_t i, hits = 0;
+    size_t k, n;
+
+    for (k = 0; k < ARRAY_SIZE(filters); k++) {
+        filters[k] = g_malloc0(bits / 8);
+        for (i = 0; i < pages; i++) {
+            memdedup_bloom_add(filters[k], bits, g_rand_int(rand));
+        }
+    }
+    for (i = 0; i < lookups; i++) {
+        fps[i] = g_rand_int(rand);
+    }
+    for (n = 0; n < ARRAY_SIZE(peers); n++) {
+        int64_t start = g_get_monotonic_time();
+
+        for (i = 0; i < lookups; i++) {
+            MemdedupBloomKey key = memdedup_bloom_key(fps[i]);
+
+            if (i + MEMDEDUP_LOOKAHEAD < lookups) {
+                MemdedupBloomKey ahead =
+                    memdedup_bloom_key(fps[i + MEMDEDUP_LOOKAHEAD]);
+
+                for (k = 0; k < peers[n]; k++) {
+                    __builtin_prefetch(memdedup_bloom_line_key(filters[k],
+                                                               bits, ahead));
+                }
+            }
+            for (k = 0; k < peers[n]; k++) {
+                if (memdedup_bloom_test_key(filters[k], bits, key)) {
+                    hits++;
+                    break;
+                }
+            }
+        }
+        g_test_message("board lookup, %u peers: %.1f ns per page",
+                       peers[n], (g_get_monotonic_time() - start) * 1000.0 /
+                       lookups);
+    }
+    g_test_message("false positives: %" PRIu64, hits);
+    for (k = 0; k < ARRAY_SIZE(filters); k++) {
+        g_free(filters[k]);
+    }
+}
+
 static MemdedupParams params_for(MemdedupPolicy policy, uint8_t threshold)
 {
     MemdedupParams p = {
@@ -1429,6 +1489,9 @@ int main(int argc, char **argv)
     g_test_add_func("/memdedup/false-duplicates", test_false_duplicates);
     g_test_add_func("/memdedup/board/bloom", test_bloom);
     g_test_add_func("/memdedup/board/bloom-plausible", test_bloom_plausible);
+    if (g_test_perf()) {
+        g_test_add_func("/memdedup/board/lookup-cost", test_bloom_lookup_cost);
+    }
     g_test_add_func("/memdedup/region-wanted", test_region_wanted);
     g_test_add_func("/memdedup/region-counts", test_region_counts);
     g_test_add_func("/memdedup/region-cross-only", test_region_cross_only);

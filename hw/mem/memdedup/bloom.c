@@ -17,7 +17,6 @@
 
 #include "qemu/osdep.h"
 #include <math.h>
-#include "qemu/atomic.h"
 #include "qemu/host-utils.h"
 #include "memdedup-core.h"
 
@@ -33,23 +32,29 @@ static inline uint64_t memdedup_bloom_mix(uint64_t x)
 }
 
 /*
- * Where @fp's bits are in a filter of @bits bits (a multiple of 512, or
- * a power of two from 64 to 512): the first bit of its line, from one
- * mix (its high half scaled to the number of lines); and one bit in each
- * 64-bit word of the line (a "split block"), 6 bits each from a second
- * mix, so that no two probes share a bit.  Measured with 16 filter bits per
- * fingerprint: 0.09 % false positives; double hashing inside the line
- * gave 0.2 %.
+ * Where @fp's bits are, in any filter (memdedup_bloom_base places it in
+ * one): its line from one mix, the high half of which is scaled to the
+ * filter's number of lines; and one bit in each 64-bit word of the line
+ * (a "split block"), 6 bits each from a second mix, so that no two
+ * probes share a bit.  Measured with 16 filter bits per fingerprint:
+ * 0.09 % false positives; double hashing inside the line gave 0.2 %.
  */
-static inline uint64_t memdedup_bloom_where(uint64_t bits, uint32_t fp,
-                                            uint64_t *probes)
+MemdedupBloomKey memdedup_bloom_key(uint32_t fp)
 {
     uint64_t h = memdedup_bloom_mix(fp);
 
+    return (MemdedupBloomKey) {
+        .line = h >> 32,
+        .probes = memdedup_bloom_mix(h),
+    };
+}
+
+/* The first bit of @key's line in a filter of @bits bits. */
+static inline uint64_t memdedup_bloom_base(uint64_t bits, MemdedupBloomKey key)
+{
     uint64_t line_bits = MIN(bits, MEMDEDUP_BLOOM_LINE_BITS);
 
-    *probes = memdedup_bloom_mix(h);
-    return (((h >> 32) * (bits / line_bits)) >> 32) * line_bits;
+    return (((uint64_t)key.line * (bits / line_bits)) >> 32) * line_bits;
 }
 
 /* Bit @i of the probes of a line starting at bit @base. */
@@ -60,37 +65,49 @@ static inline uint64_t memdedup_bloom_bit(uint64_t bits, uint64_t base,
            ((probes >> (6 * i)) & 63);
 }
 
+const uint8_t *memdedup_bloom_line_key(const uint8_t *filter, uint64_t bits,
+                                       MemdedupBloomKey key)
+{
+    return filter + memdedup_bloom_base(bits, key) / 8;
+}
+
 const uint8_t *memdedup_bloom_line(const uint8_t *filter, uint64_t bits,
                                    uint32_t fp)
 {
-    uint64_t probes;
-
-    return filter + memdedup_bloom_where(bits, fp, &probes) / 8;
+    return memdedup_bloom_line_key(filter, bits, memdedup_bloom_key(fp));
 }
 
 void memdedup_bloom_add(uint8_t *filter, uint64_t bits, uint32_t fp)
 {
-    uint64_t probes, base = memdedup_bloom_where(bits, fp, &probes);
+    MemdedupBloomKey key = memdedup_bloom_key(fp);
+    uint64_t base = memdedup_bloom_base(bits, key);
     unsigned i;
 
     for (i = 0; i < MEMDEDUP_BLOOM_PROBES; i++) {
-        uint64_t pos = memdedup_bloom_bit(bits, base, probes, i);
+        uint64_t pos = memdedup_bloom_bit(bits, base, key.probes, i);
         filter[pos / 8] |= 1 << (pos % 8);
     }
 }
 
-bool memdedup_bloom_test(const uint8_t *filter, uint64_t bits, uint32_t fp)
+bool memdedup_bloom_test_key(const uint8_t *filter, uint64_t bits,
+                             MemdedupBloomKey key)
 {
-    uint64_t probes, base = memdedup_bloom_where(bits, fp, &probes);
+    uint64_t base = memdedup_bloom_base(bits, key);
     unsigned i;
 
     for (i = 0; i < MEMDEDUP_BLOOM_PROBES; i++) {
-        uint64_t pos = memdedup_bloom_bit(bits, base, probes, i);
-        if (!(qatomic_read(&filter[pos / 8]) & (1 << (pos % 8)))) {
+        uint64_t pos = memdedup_bloom_bit(bits, base, key.probes, i);
+
+        if (!(filter[pos / 8] & (1 << (pos % 8)))) {
             return false;
         }
     }
     return true;
+}
+
+bool memdedup_bloom_test(const uint8_t *filter, uint64_t bits, uint32_t fp)
+{
+    return memdedup_bloom_test_key(filter, bits, memdedup_bloom_key(fp));
 }
 
 /*

@@ -267,15 +267,17 @@ uint32_t memdedup_board_lookup_begin(MemdedupBoard *b)
     return b->nr_view;
 }
 
+/* One key for every peer's filter: the mixes are computed once. */
 bool memdedup_board_lookup(MemdedupBoard *b, uint32_t fp)
 {
+    MemdedupBloomKey key = memdedup_bloom_key(fp);
     uint32_t i;
 
     for (i = 0; i < b->nr_view; i++) {
         const MemdedupBoardFilter *f = &b->view[i];
 
         if (fp <= f->threshold &&
-            memdedup_bloom_test(f->bits_map, f->bits, fp)) {
+            memdedup_bloom_test_key(f->bits_map, f->bits, key)) {
             return true;
         }
     }
@@ -284,13 +286,15 @@ bool memdedup_board_lookup(MemdedupBoard *b, uint32_t fp)
 
 void memdedup_board_prefetch(MemdedupBoard *b, uint32_t fp)
 {
+    MemdedupBloomKey key = memdedup_bloom_key(fp);
     uint32_t i;
 
     for (i = 0; i < b->nr_view; i++) {
         const MemdedupBoardFilter *f = &b->view[i];
 
         if (fp <= f->threshold) {
-            __builtin_prefetch(memdedup_bloom_line(f->bits_map, f->bits, fp));
+            __builtin_prefetch(memdedup_bloom_line_key(f->bits_map, f->bits,
+                                                       key));
         }
     }
 }

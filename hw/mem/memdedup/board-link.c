@@ -129,7 +129,7 @@ static void memdedup_board_send_filter(MemdedupBoard *b, MemdedupBoardLink *l)
 
 /* A new link on socket @fd; @name: the socket we connected to, or "". */
 MemdedupBoardLink *memdedup_board_link_new(MemdedupBoard *b, int fd,
-                                                  const char *name)
+                                           const char *name)
 {
     MemdedupBoardLink *l = g_new0(MemdedupBoardLink, 1);
     MemdedupBoardMsg hello = { 0 };
@@ -157,7 +157,7 @@ MemdedupBoardLink *memdedup_board_link_new(MemdedupBoard *b, int fd,
 
 /* Close @l; @rejected counts it as a peer that misbehaved. */
 void memdedup_board_link_close(MemdedupBoard *b, MemdedupBoardLink *l,
-                                      bool rejected, const char *why)
+                               bool rejected, const char *why)
 {
     trace_memdedup_board_link_closed(l->fd, l->state, why);
     if (l->state == MEMDEDUP_LINK_PEER) {
@@ -388,7 +388,7 @@ full:
  * due, and deliver ours if the last try found its socket full.
  */
 void memdedup_board_serve_link(MemdedupBoard *b, MemdedupBoardLink *l,
-                                      int64_t now)
+                               int64_t now)
 {
     bool rejected = false;
     int i, r = 1;

@@ -84,10 +84,7 @@ static void memdedup_board_derive(const uint8_t *key, size_t key_len,
     g_hmac_unref(h);
 }
 
-/* ---------------------------------------------------------------- */
-/* Statistics for query-memdedup                                    */
-/* ---------------------------------------------------------------- */
-
+/* Why we are not on the board (NULL: we are), said once per change. */
 static void memdedup_board_set_reason(MemdedupBoard *b, const char *why)
 {
     bool changed;
@@ -104,10 +101,6 @@ static void memdedup_board_set_reason(MemdedupBoard *b, const char *why)
         info_report("memdedup: board '%s': joined", b->dir);
     }
 }
-
-/* ---------------------------------------------------------------- */
-/* Links                                                            */
-/* ---------------------------------------------------------------- */
 
 /* ---------------------------------------------------------------- */
 /* The directory and our socket                                     */
@@ -399,7 +392,10 @@ fail:
     memdedup_board_set_reason(b, why);
 }
 
-/* Between passes, once a second: see module comment.  Scanner thread. */
+/*
+ * Once a second, between passes and during a long one's hashing (see
+ * the top of this file).  Scanner thread.
+ */
 void memdedup_board_tick(MemdedupBoard *b)
 {
     int64_t now = memdedup_board_now();

@@ -234,6 +234,21 @@ void memdedup_dupset_clear(MemdedupDupSet *set);
 #define MEMDEDUP_BLOOM_PROBES 8
 
 void memdedup_bloom_add(uint8_t *filter, uint64_t bits, uint32_t fp);
+/*
+ * A fingerprint's place in any filter, computed once for a lookup in
+ * several (the board's peers): memdedup_bloom_test_key and
+ * memdedup_bloom_line_key are memdedup_bloom_test and _line with it.
+ */
+typedef struct MemdedupBloomKey {
+    uint32_t line;              /* scaled to a filter's number of lines */
+    uint64_t probes;            /* 6 bits per probe: the bit in its word */
+} MemdedupBloomKey;
+
+MemdedupBloomKey memdedup_bloom_key(uint32_t fp);
+bool memdedup_bloom_test_key(const uint8_t *filter, uint64_t bits,
+                             MemdedupBloomKey key);
+const uint8_t *memdedup_bloom_line_key(const uint8_t *filter, uint64_t bits,
+                                       MemdedupBloomKey key);
 bool memdedup_bloom_test(const uint8_t *filter, uint64_t bits, uint32_t fp);
 const uint8_t *memdedup_bloom_line(const uint8_t *filter, uint64_t bits,
                                    uint32_t fp);
