@@ -74,8 +74,8 @@ def thp_allowed(**ksm_knobs):
 
 def write_meminfo(path, available_kb):
     """The host's /proc/meminfo at @path (which QEMU reads instead when
-    QEMU_MEMDEDUP_MEMINFO names it), with MemAvailable replaced if
-    given."""
+    the memdedup object's x-meminfo names it), with MemAvailable
+    replaced if given."""
     with open("/proc/meminfo") as f:
         lines = f.readlines()
     with open(path + ".tmp", "w") as f:

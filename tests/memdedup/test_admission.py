@@ -44,15 +44,11 @@ def merging_ksm():
 
 @contextlib.contextmanager
 def faked_meminfo(workdir):
-    """A copy of /proc/meminfo that QEMUs started inside read instead
-    (write_meminfo changes its MemAvailable)."""
+    """A copy of /proc/meminfo for the memdedup object's x-meminfo, read
+    instead of the real one (write_meminfo changes its MemAvailable)."""
     meminfo = os.path.join(workdir, "meminfo")
     write_meminfo(meminfo, None)
-    os.environ["QEMU_MEMDEDUP_MEMINFO"] = meminfo
-    try:
-        yield meminfo
-    finally:
-        os.environ.pop("QEMU_MEMDEDUP_MEMINFO", None)
+    yield meminfo
 
 
 def wait_merged(vm, pages, what, timeout=90):
@@ -75,7 +71,8 @@ def test_refusal_inside_a_vma(workdir):
         vm, qt = start_qtest_vm(workdir, "vma", [
             "-machine", "pc,memory-backend=m0,mem-merge=off",
             "-m", "%dM" % (size // MiB),
-            "-object", "memdedup,id=engine,rescan-interval=3600000",
+            "-object", "memdedup,id=engine,rescan-interval=3600000,"
+            "x-meminfo=" + meminfo,
             # dump=off: a VMA flag no neighbour has (one mapping).
             "-object", "memory-backend-ksm,id=m0,size=%dM,dump=off"
                        % (size // MiB)])
@@ -140,7 +137,8 @@ def test_runtime_adoption(workdir):
             write_meminfo(meminfo, 1024)
             try:
                 vm.qmp.cmd("object-add", **{"qom-type": "memdedup",
-                                            "id": "md", "adopt": ["pc.ram"]})
+                                            "id": "md", "adopt": ["pc.ram"],
+                                            "x-meminfo": meminfo})
                 raise AssertionError("adoption admitted with 1 MiB "
                                      "available")
             except qmp.QMPError as e:
@@ -153,7 +151,8 @@ def test_runtime_adoption(workdir):
                   % (smaps_merged_pages(vm.pid), merged))
             write_meminfo(meminfo, None)
             vm.qmp.cmd("object-add", **{"qom-type": "memdedup", "id": "md",
-                                        "adopt": ["pc.ram"]})
+                                        "adopt": ["pc.ram"],
+                                        "x-meminfo": meminfo})
             check([b["id"] for b in vm.qmp.cmd("query-memdedup")["backends"]]
                   == ["pc.ram"], "not adopted with the memory there")
             check(digest_known(qt) == digest, "guest memory changed")

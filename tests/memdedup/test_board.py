@@ -359,6 +359,14 @@ def test_policies_publish(workdir):
         # estimate still looks peers up: it counts a's block.
         wait_for("estimate to count a's block", lambda: backend(
             quiet[0], "m0")["cross-vm-pages"] >= CROSS_PAGES * 0.98)
+        # a leaves targeted: its fingerprints go from the board at once,
+        # without waiting for a rescan.
+        a.qmp.cmd("qom-set", path="/objects/m0", property="dedup-policy",
+                  value="estimate")
+        wait_for("a to withdraw its filter", lambda: board_info(a)[
+            "published-pages"] == 0 and board_info(a)["filter-bytes"] == 0)
+        wait_for("the others to forget a's block", lambda: backend(
+            quiet[0], "m0")["cross-vm-pages"] == 0, 15)
     finally:
         fleet.close()
 

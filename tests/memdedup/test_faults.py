@@ -12,7 +12,8 @@
   fits in 64 KiB); huge page advice shares a small budget
   (vma-budget=64), longest runs first;
 - EINVAL (always) and EAGAIN (the first calls only) injected through
-  QEMU_MEMDEDUP_MADVISE_FAULT: nothing half-registered, a warning, and
+  the memdedup object's x-madvise-fault: nothing half-registered, a
+  warning, and
   recovery once the kernel accepts again;
 - /proc/kpageflags unreadable (bind-mounted over in a private mount
   namespace): the exact count is absent, everything else works;
@@ -271,23 +272,13 @@ def test_vma_budget_thp(workdir):
             qt.close()
 
 
-def known_vm(workdir, name, env=None):
-    """The known content in a 256 MiB guest; returns (vm, qt, digest)."""
-    saved = {}
-    for k, v in (env or {}).items():
-        saved[k] = os.environ.get(k)
-        os.environ[k] = v
-    try:
-        vm, qt = start_qtest_vm(workdir, name, [
-            "-machine", "pc,memory-backend=m0,mem-merge=off", "-m", "256M",
-            "-object", "memdedup,id=engine,rescan-interval=3600000",
-            "-object", "memory-backend-ksm,id=m0,size=256M"])
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def known_vm(workdir, name, engine_opts=""):
+    """The known content in a 256 MiB guest; returns (vm, qt, digest).
+    @engine_opts: more properties of the memdedup object."""
+    vm, qt = start_qtest_vm(workdir, name, [
+        "-machine", "pc,memory-backend=m0,mem-merge=off", "-m", "256M",
+        "-object", "memdedup,id=engine,rescan-interval=3600000" + engine_opts,
+        "-object", "memory-backend-ksm,id=m0,size=256M"])
     fill_known(qt, random.Random(1))
     return vm, qt, digest_known(qt)
 
@@ -296,7 +287,7 @@ def test_madvise_einval(workdir):
     if not os.path.exists("/sys/kernel/mm/ksm/run"):
         raise Skip("the host has no KSM")
     vm, qt, digest = known_vm(workdir, "einval",
-                              {"QEMU_MEMDEDUP_MADVISE_FAULT": "EINVAL"})
+                              ",x-madvise-fault=EINVAL")
     try:
         for _ in range(3):
             run_pass(vm)
@@ -328,7 +319,7 @@ def test_madvise_eagain_transient(workdir):
     # Early registration and the end-of-pass policy make several calls:
     # the first 3 fail, the rest go through.
     vm, qt, digest = known_vm(workdir, "eagain",
-                              {"QEMU_MEMDEDUP_MADVISE_FAULT": "EAGAIN:3"})
+                              ",x-madvise-fault=EAGAIN:3")
     try:
         run_pass(vm)
         b = backend(vm, "m0")

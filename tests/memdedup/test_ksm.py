@@ -41,12 +41,12 @@ def test_kernel_merges_registered(workdir):
         meminfo = os.path.join(workdir, "meminfo")
         write_meminfo(meminfo, None)
         trace = os.path.join(workdir, "view.trace")
-        os.environ["QEMU_MEMDEDUP_MEMINFO"] = meminfo
         # mem-merge=off keeps QEMU's firmware blocks out of the count.
         vm, qt = start_qtest_vm(workdir, "ksm", [
             "-machine", "pc,memory-backend=m0,mem-merge=off",
             "-m", "%dM" % (SIZE // MiB),
-            "-object", "memdedup,id=engine,rescan-interval=3600000",
+            "-object", "memdedup,id=engine,rescan-interval=3600000,"
+            "x-meminfo=" + meminfo,
             "-object", "memory-backend-ksm,id=m0,size=%dM" % (SIZE // MiB),
             "-trace", "enable=memdedup_kernel_view,file=%s" % trace])
         try:
@@ -106,7 +106,6 @@ def test_kernel_merges_registered(workdir):
             check_admission(vm, meminfo, want)
             check(digest_known(qt) == before, "guest memory changed by unmerging")
         finally:
-            os.environ.pop("QEMU_MEMDEDUP_MEMINFO", None)
             vm.stop()
             qt.close()
 

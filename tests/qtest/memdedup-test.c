@@ -669,6 +669,10 @@ static const BadInput bad_inputs[] = {
     { ADD_ENGINE("'rescan-backoff': -1"), "rescan-backoff" },
     { ADD_ENGINE("'migrate-hints': 'yes'"), "migrate-hints" },
     { ADD_ENGINE("'bogus': 1"), "bogus" },
+    /* test hooks check their input too */
+    { ADD_ENGINE("'x-madvise-fault': 'EFOO'"), "x-madvise-fault" },
+    { ADD_ENGINE("'x-madvise-fault': 'EINVAL:'"), "x-madvise-fault" },
+    { ADD_ENGINE("'x-madvise-fault': 'EAGAIN:-1'"), "x-madvise-fault" },
 
     /* memory-backend-ksm at runtime */
     { SET("/objects/good", "dedup-policy", "'nope'"), "nope" },
@@ -696,6 +700,9 @@ static const BadInput bad_inputs[] = {
     { SET("/objects/good", "bogus", "1"), "bogus" },
 
     /* the memdedup object at runtime */
+    { SET("/objects/engine", "x-ksm-sysfs", "'/tmp'"), "x-ksm-sysfs" },
+    { SET("/objects/engine", "x-madvise-fault", "'ENOMEM:2x'"),
+      "x-madvise-fault" },
     { SET("/objects/engine", "scan-threads", "100"), "scan-threads" },
     { SET("/objects/engine", "scan-threads", "0"), "scan-threads" },
     { SET("/objects/engine", "scan-rate", "0"), "scan-rate" },
@@ -845,12 +852,13 @@ static void test_no_ksm(void)
 {
     g_autofree char *dir = g_dir_make_tmp("memdedup-noksm-XXXXXX", NULL);
     g_autofree char *sysfs = g_build_filename(dir, "absent", NULL);
+    g_autofree char *args = g_strdup_printf("-machine none -object "
+                                            "memdedup,id=engine,"
+                                            "x-ksm-sysfs=%s", sysfs);
     QTestState *qts;
     QDict *resp, *info;
 
-    g_setenv("QEMU_MEMDEDUP_KSM_SYSFS", sysfs, true);
-    qts = qtest_init("-machine none");
-    g_unsetenv("QEMU_MEMDEDUP_KSM_SYSFS");
+    qts = qtest_init(args);
 
     expect_error(qts, "{ 'execute': 'object-add', 'arguments': {"
                  " 'qom-type': 'memory-backend-ksm', 'id': 'm1',"

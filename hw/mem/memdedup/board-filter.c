@@ -212,6 +212,7 @@ void memdedup_board_publish_end(MemdedupBoard *b)
             warn_report_once("memdedup: board '%s': cannot seal a filter: %s",
                              b->dir, strerror(errno));
             close(b->next_fd);
+            b->next_fd = -1;
             return;
         }
     }
@@ -219,6 +220,7 @@ void memdedup_board_publish_end(MemdedupBoard *b)
         close(b->pub_fd);
     }
     b->pub_fd = b->next_fd;
+    b->next_fd = -1;
     b->pub_msg = *m;
     b->published = true;
     WITH_QEMU_LOCK_GUARD(&b->lock) {

@@ -6,9 +6,10 @@
  * This work is licensed under the terms of the GNU GPL, version 2 or later.
  * See the COPYING file in the top-level directory.
  *
- * Between board.c (membership: the directory, sockets, proofs, links)
- * and board-filter.c (filters: publishing ours, checking and looking up
- * the peers').  Nothing outside these two files includes it.
+ * Between board.c (the directory, our socket, the tick), board-link.c
+ * (links: messages and proofs) and board-filter.c (filters: publishing
+ * ours, checking and looking up the peers').  Nothing outside these
+ * three files includes it.
  */
 
 #ifndef HW_MEM_MEMDEDUP_BOARD_INTERNAL_H
@@ -113,6 +114,7 @@ struct MemdedupBoard {
     /* Scanner thread only. */
     int listen_fd;              /* -1 while not joined */
     char own_name[24];          /* our socket's name in @dir */
+    ino_t own_ino;              /* ... and the inode it names */
     uint64_t own_id;            /* ... its number */
     GPtrArray *links;           /* of MemdedupBoardLink */
     uint32_t nr_pending;        /* links not proven yet */

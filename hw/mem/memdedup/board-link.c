@@ -155,11 +155,30 @@ MemdedupBoardLink *memdedup_board_link_new(MemdedupBoard *b, int fd,
     return l;
 }
 
+/* Connect to @l's socket again no sooner than MEMDEDUP_BOARD_RETRY_MS. */
+static void memdedup_board_retry_later(MemdedupBoard *b, MemdedupBoardLink *l)
+{
+    if (l->name[0]) {
+        int64_t *when = g_new(int64_t, 1);
+
+        *when = memdedup_board_now() + MEMDEDUP_BOARD_RETRY_MS;
+        g_hash_table_insert(b->retry_after, g_strdup(l->name), when);
+    }
+}
+
 /* Close @l; @rejected counts it as a peer that misbehaved. */
 void memdedup_board_link_close(MemdedupBoard *b, MemdedupBoardLink *l,
                                bool rejected, const char *why)
 {
     trace_memdedup_board_link_closed(l->fd, l->state, why);
+    /*
+     * Whatever ended it, the name we dialled waits before we dial it
+     * again: a socket that never proves the key gets one proof of ours
+     * per MEMDEDUP_BOARD_RETRY_MS at most.
+     */
+    if (l->outgoing) {
+        memdedup_board_retry_later(b, l);
+    }
     if (l->state == MEMDEDUP_LINK_PEER) {
         WITH_QEMU_LOCK_GUARD(&b->lock) {
             b->peers--;
@@ -198,17 +217,6 @@ static bool memdedup_board_adopt(MemdedupBoard *b, MemdedupBoardLink *l)
     l->refusals = 0;
     b->version++;
     return true;
-}
-
-/* Connect to @l's socket again no sooner than MEMDEDUP_BOARD_RETRY_MS. */
-static void memdedup_board_retry_later(MemdedupBoard *b, MemdedupBoardLink *l)
-{
-    if (l->name[0]) {
-        int64_t *when = g_new(int64_t, 1);
-
-        *when = memdedup_board_now() + MEMDEDUP_BOARD_RETRY_MS;
-        g_hash_table_insert(b->retry_after, g_strdup(l->name), when);
-    }
 }
 
 /*

@@ -44,11 +44,12 @@
  *    each gets "board-timeout" to prove itself.  A flood of connections
  *    or messages costs us a bounded amount of work per second.
  *
- * This file is membership: the directory, the sockets, the proofs and
- * the links; board-filter.c is the filters.  The board is the scanner
- * thread's: it serves the sockets once a second, between passes and
- * during the hashing of a long one (memdedup_board_tick), publishes
- * after a pass and looks peers' filters up during one.  Only the
+ * This file is the directory, our socket and the tick; board-link.c is
+ * the links (messages and proofs), board-filter.c the filters.  The
+ * board is the scanner thread's: it serves the sockets every
+ * MEMDEDUP_BOARD_TICK_MS, between passes and during the hashing of a
+ * long one (memdedup_board_tick), publishes after a pass and looks
+ * peers' filters up during one.  Only the
  * counters shown by query-memdedup and the socket's path are shared
  * with other threads, under @lock.
  */
@@ -259,15 +260,19 @@ static void memdedup_board_walk(MemdedupBoard *b, int64_t now)
             continue;
         }
         order = strcmp(e->d_name, b->own_name);
-        own_seen |= !order;
+        /* Ours, not another socket put in its place. */
+        own_seen |= !order && e->d_ino == b->own_ino;
         if (order && !memdedup_board_linked(b, e->d_name)) {
             memdedup_board_connect(b, e->d_name, now, order < 0);
         }
     }
     closedir(d);
     if (!own_seen && n <= MEMDEDUP_BOARD_WALK_MAX) {
-        /* Someone removed our socket: nobody new could find us. */
-        memdedup_board_leave(b, "its socket was removed");
+        /*
+         * Someone removed or replaced our socket: nobody new could find
+         * us, or they would find someone else under our name.
+         */
+        memdedup_board_leave(b, "its socket was removed or replaced");
     }
 }
 
@@ -335,6 +340,7 @@ static void memdedup_board_join(MemdedupBoard *b)
 {
     g_autofree char *why = NULL, *path = NULL, *tmp = NULL;
     struct sockaddr_un sa;
+    struct stat st;
     Error *err = NULL;
     int fd = -1, tries;
 
@@ -368,12 +374,13 @@ static void memdedup_board_join(MemdedupBoard *b)
     if (fd < 0) {
         goto fail;
     }
-    if (rename(tmp, path) < 0) {
+    if (lstat(tmp, &st) < 0 || rename(tmp, path) < 0) {
         why = g_strdup_printf("cannot name its socket: %s", strerror(errno));
         unlink(tmp);
         close(fd);
         goto fail;
     }
+    b->own_ino = st.st_ino;
     WITH_QEMU_LOCK_GUARD(&b->lock) {
         if (b->released) {
             unlink(path);
@@ -393,8 +400,8 @@ fail:
 }
 
 /*
- * Once a second, between passes and during a long one's hashing (see
- * the top of this file).  Scanner thread.
+ * Every MEMDEDUP_BOARD_TICK_MS, between passes and during a long one's
+ * hashing (see the top of this file).  Scanner thread.
  */
 void memdedup_board_tick(MemdedupBoard *b)
 {

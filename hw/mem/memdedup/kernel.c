@@ -24,12 +24,22 @@
 
 #define MEMDEDUP_KSM_SYSFS "/sys/kernel/mm/ksm"
 
+/*
+ * Where the KSM files are read: tests fake a host without KSM with the
+ * memdedup object's x-ksm-sysfs.  Interned strings are never freed, so
+ * readers in any thread need no lock.
+ */
+static const char *memdedup_ksm_sysfs = MEMDEDUP_KSM_SYSFS;
+
 const char *memdedup_ksm_sysfs_dir(void)
 {
-    /* Tests point this at a directory of their own to fake a host. */
-    const char *dir = g_getenv("QEMU_MEMDEDUP_KSM_SYSFS");
+    return qatomic_read(&memdedup_ksm_sysfs);
+}
 
-    return dir ? dir : MEMDEDUP_KSM_SYSFS;
+void memdedup_set_ksm_sysfs_dir(const char *dir)
+{
+    qatomic_set(&memdedup_ksm_sysfs, dir ? g_intern_string(dir) :
+                                           MEMDEDUP_KSM_SYSFS);
 }
 
 bool memdedup_host_has_ksm(void)
@@ -183,10 +193,9 @@ bool memdedup_parse_meminfo(const char *text, uint64_t *mem_available,
     return true;
 }
 
-bool memdedup_read_meminfo(uint64_t *mem_available, uint64_t *mem_total)
+bool memdedup_read_meminfo(const char *path, uint64_t *mem_available,
+                           uint64_t *mem_total)
 {
-    /* Tests point this at a file of their own to fake a tight host. */
-    const char *path = g_getenv("QEMU_MEMDEDUP_MEMINFO");
     g_autofree char *text = NULL;
 
     if (!g_file_get_contents(path ? path : "/proc/meminfo", &text, NULL,
@@ -458,20 +467,18 @@ int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
 }
 
 /*
- * Fault injection for tests: QEMU_MEMDEDUP_MADVISE_FAULT=ERRNO[:COUNT]
- * (ERRNO one of ENOMEM, EINVAL, EAGAIN, EPERM) makes the first COUNT
- * (default: every) MADV_MERGEABLE and MADV_UNMERGEABLE calls fail with
- * that errno, without calling the kernel.
+ * Refusals injected by tests (the memdedup object's x-madvise-fault):
+ * every (@memdedup_madvise_fault_always), or the next
+ * @memdedup_madvise_fault_left (it may go below 0), MADV_MERGEABLE and
+ * MADV_UNMERGEABLE calls fail with errno @memdedup_madvise_fault_err,
+ * without calling the kernel.  Written by memdedup_madvise_set_fault
+ * (main thread), read by any thread: atomics.
  */
-typedef struct MemdedupMadviseFault {
-    int err;                    /* errno to fail with, 0: none */
-    bool always;                /* fail every call */
-    int64_t remaining;          /* else: calls still to fail (may go < 0) */
-} MemdedupMadviseFault;
+static int memdedup_madvise_fault_err;
+static bool memdedup_madvise_fault_always;
+static int64_t memdedup_madvise_fault_left;
 
-static MemdedupMadviseFault memdedup_madvise_fault;
-
-static gpointer memdedup_madvise_fault_init(gpointer data)
+bool memdedup_parse_madvise_fault(const char *spec, int *err, int64_t *count)
 {
     static const struct {
         const char *name;
@@ -480,40 +487,49 @@ static gpointer memdedup_madvise_fault_init(gpointer data)
         { "ENOMEM", ENOMEM }, { "EINVAL", EINVAL }, { "EAGAIN", EAGAIN },
         { "EPERM", EPERM },
     };
-    const char *spec = g_getenv("QEMU_MEMDEDUP_MADVISE_FAULT");
     size_t i;
 
-    memdedup_madvise_fault.always = true;
-    for (i = 0; spec && i < ARRAY_SIZE(names); i++) {
+    *err = 0;
+    *count = -1;
+    if (!*spec) {
+        return true;
+    }
+    for (i = 0; i < ARRAY_SIZE(names); i++) {
         size_t len = strlen(names[i].name);
-        uint64_t count;
+        uint64_t n;
 
         if (strncmp(spec, names[i].name, len)) {
             continue;
         }
-        if (spec[len] == ':' &&
-            qemu_strtou64(spec + len + 1, NULL, 10, &count) == 0 &&
-            count <= INT64_MAX) {
-            memdedup_madvise_fault.always = false;
-            memdedup_madvise_fault.remaining = count;
+        if (spec[len] == ':') {
+            if (qemu_strtou64(spec + len + 1, NULL, 10, &n) || n > INT64_MAX) {
+                return false;
+            }
+            *count = n;
         } else if (spec[len]) {
-            break;
+            return false;
         }
-        memdedup_madvise_fault.err = names[i].err;
+        *err = names[i].err;
+        return true;
     }
-    return NULL;
+    return false;
+}
+
+void memdedup_madvise_set_fault(int err, int64_t count)
+{
+    qatomic_set(&memdedup_madvise_fault_always, count < 0);
+    qatomic_set(&memdedup_madvise_fault_left, count);
+    qatomic_set(&memdedup_madvise_fault_err, err);
 }
 
 int memdedup_madvise(void *addr, size_t len, int advice)
 {
-    static GOnce once = G_ONCE_INIT;
-    MemdedupMadviseFault *fault = &memdedup_madvise_fault;
+    int err = qatomic_read(&memdedup_madvise_fault_err);
 
-    g_once(&once, memdedup_madvise_fault_init, NULL);
-    if (fault->err &&
-        (advice == MADV_MERGEABLE || advice == MADV_UNMERGEABLE) &&
-        (fault->always || qatomic_fetch_dec(&fault->remaining) > 0)) {
-        errno = fault->err;
+    if (err && (advice == MADV_MERGEABLE || advice == MADV_UNMERGEABLE) &&
+        (qatomic_read(&memdedup_madvise_fault_always) ||
+         qatomic_fetch_dec(&memdedup_madvise_fault_left) > 0)) {
+        errno = err;
         return -1;
     }
     return madvise(addr, len, advice);

@@ -428,8 +428,12 @@ bool memdedup_read_ksm_knob(const char *name, uint64_t *value);
 /* CPU time of the calling thread, in nanoseconds (0 if unknown). */
 uint64_t memdedup_thread_cpu_ns(void);
 
-/* Directory of the host's KSM sysfs files (tests may redirect it). */
+/*
+ * Directory of the host's KSM sysfs files; set: another one (NULL: the
+ * host's), for tests.  Any thread.
+ */
 const char *memdedup_ksm_sysfs_dir(void);
+void memdedup_set_ksm_sysfs_dir(const char *dir);
 
 /* Does the host have KSM at all? */
 bool memdedup_host_has_ksm(void);
@@ -500,7 +504,9 @@ G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(MemdedupSmapsView, memdedup_smaps_view_clear)
 /* MemAvailable and MemTotal from /proc/meminfo text, in bytes. */
 bool memdedup_parse_meminfo(const char *text, uint64_t *mem_available,
                             uint64_t *mem_total);
-bool memdedup_read_meminfo(uint64_t *mem_available, uint64_t *mem_total);
+/* ... read from @path, or /proc/meminfo if NULL. */
+bool memdedup_read_meminfo(const char *path, uint64_t *mem_available,
+                           uint64_t *mem_total);
 
 /* pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst) */
 #define MEMDEDUP_PM_PRESENT   (1ULL << 63)
@@ -520,10 +526,17 @@ int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
 
 /*
  * memdedup_madvise: madvise(2), through which the engine registers and
- * unregisters memory, so that tests can inject kernel refusals (see
- * kernel.c).  Returns 0, or -1 with errno set.  Thread-safe.
+ * unregisters memory, so that tests can inject kernel refusals with
+ * memdedup_madvise_set_fault: the next @count (negative: every)
+ * MADV_(UN)MERGEABLE calls fail with errno @err (0: none).  Returns 0,
+ * or -1 with errno set.  Thread-safe.
+ * memdedup_parse_madvise_fault: "ERRNO[:COUNT]" (ENOMEM, EINVAL, EAGAIN,
+ * EPERM), or "" for none, into @err and @count; false if malformed.
  */
 int memdedup_madvise(void *addr, size_t len, int advice);
+void memdedup_madvise_set_fault(int err, int64_t count);
+bool memdedup_parse_madvise_fault(const char *spec, int *err,
+                                  int64_t *count);
 
 /* ------------------------------------------------------------------ */
 /* NUMA placement and per-node KSM trees (numa.c)                      */

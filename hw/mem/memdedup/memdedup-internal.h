@@ -225,7 +225,7 @@ typedef struct MemdedupEngine {
     int64_t collapse_after_scans; /* ksmd full_scans before collapsing */
     int64_t collapse_wait_start;  /* ms (realtime) the wait began */
     bool collapse_released;     /* ... reached: collapse from now on */
-    uint64_t board_version;     /* of the others' slots, last looked up */
+    uint64_t board_version;     /* of the peers' filters, last looked up */
     /*
      * Scanner-owned: the last publication came from a pass in which no
      * page changed, appeared or went (so no region was volatile), with
@@ -243,6 +243,7 @@ typedef struct MemdedupEngine {
     uint64_t scanner_cpu_time;     /* ns, all scanner threads */
     uint64_t index_failures;    /* passes that kept the last index: no memory */
     uint64_t x_index_memory;    /* atomic: x-index-memory, 0: no limit */
+    char *x_meminfo;            /* x-meminfo: read for /proc/meminfo */
     uint64_t dupset_dropped;    /* duplicates the last index left out */
 
     /* Atomic; written under lock.  Scanning and madvise stop when set. */
@@ -351,6 +352,12 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
 #define MEMDEDUP_BOARD_TIMEOUT_MIN      100         /* ms */
 #define MEMDEDUP_BOARD_TIMEOUT_MAX      600000      /* ms */
 #define MEMDEDUP_BOARD_KEY_MIN          16          /* bytes */
+/*
+ * How often the scanner thread serves the board (ms): a peer's new
+ * filter is read this soon; what any message may trigger is rate-limited
+ * in board-link.c, whatever this is.
+ */
+#define MEMDEDUP_BOARD_TICK_MS          200
 
 typedef struct MemdedupBoardConfig {
     char *path;                 /* "board": a directory */
@@ -370,14 +377,17 @@ void memdedup_board_release(MemdedupBoard *b);
 uint64_t memdedup_board_seed(MemdedupBoard *b);
 /*
  * Serve the board: join (again), accept and check peers, take their
- * new filters (rate-limited), deliver ours.  Between passes.
+ * new filters (rate-limited), deliver ours.  Every
+ * MEMDEDUP_BOARD_TICK_MS, between passes and during a long pass's
+ * hashing, and before a pass counts.
  */
 void memdedup_board_tick(MemdedupBoard *b);
 /*
  * Publish @pages fingerprints: begin, publish each, end (the filter is
- * sealed and sent to every peer then).  @pages 0 publishes that we
- * publish nothing.  memdedup_board_publish_prefetch: start loading the
- * line that publishing @fp writes, a few fingerprints ahead.
+ * sealed then, and the next memdedup_board_tick sends it to every
+ * peer).  @pages 0 publishes that we publish nothing.
+ * memdedup_board_publish_prefetch: start loading the line that
+ * publishing @fp writes, a few fingerprints ahead.
  */
 bool memdedup_board_publish_begin(MemdedupBoard *b, uint64_t pages);
 void memdedup_board_publish(MemdedupBoard *b, uint32_t fp);

@@ -36,6 +36,11 @@ struct MemdedupSettings {
     uint32_t rescan_backoff;    /* factor, 1-64 */
     uint32_t vma_budget;        /* 0: from vm.max_map_count */
     uint64_t x_index_memory;    /* test: index memory to refuse past; 0: no */
+    char *x_meminfo;            /* test: a file read for /proc/meminfo */
+    char *x_ksm_sysfs;          /* test: a directory read for KSM's sysfs */
+    char *x_madvise_fault;      /* test: "ERRNO[:COUNT]" madvise refusals */
+    int fault_err;              /* ... parsed: errno, 0: none */
+    int64_t fault_count;        /* ... calls to refuse, negative: every */
     bool migrate_hints;         /* send registered regions when migrating */
     bool completed;             /* complete ran: adopt* are fixed */
     strList *adopt_ids;         /* "adopt": memory-backend-ram ids */
@@ -61,6 +66,8 @@ static void memdedup_settings_apply(MemdedupSettings *s)
     engine->vma_budget = s->vma_budget ? s->vma_budget :
                          memdedup_read_vma_budget();
     qatomic_set(&engine->x_index_memory, s->x_index_memory);
+    g_free(engine->x_meminfo);
+    engine->x_meminfo = g_strdup(s->x_meminfo);
     memdedup_rescan_hurry_locked(engine);
 }
 
@@ -222,6 +229,74 @@ static void memdedup_settings_set_x_index_memory(Object *obj, Visitor *v,
 
     if (visit_type_size(v, name, &s->x_index_memory, errp)) {
         memdedup_settings_apply(s);
+    }
+}
+
+/*
+ * x-meminfo: tests make the host look short of memory with a file of
+ * their own in /proc/meminfo's format.
+ */
+static char *memdedup_settings_get_x_meminfo(Object *obj, Error **errp)
+{
+    return g_strdup(MEMDEDUP(obj)->x_meminfo ?: "");
+}
+
+static void memdedup_settings_set_x_meminfo(Object *obj, const char *value,
+                                            Error **errp)
+{
+    MemdedupSettings *s = MEMDEDUP(obj);
+
+    g_free(s->x_meminfo);
+    s->x_meminfo = *value ? g_strdup(value) : NULL;
+    memdedup_settings_apply(s);
+}
+
+/* x-ksm-sysfs: tests fake a host without KSM; set when created. */
+static char *memdedup_settings_get_x_ksm_sysfs(Object *obj, Error **errp)
+{
+    return g_strdup(MEMDEDUP(obj)->x_ksm_sysfs ?: "");
+}
+
+static void memdedup_settings_set_x_ksm_sysfs(Object *obj, const char *value,
+                                              Error **errp)
+{
+    MemdedupSettings *s = MEMDEDUP(obj);
+
+    if (s->completed) {
+        error_setg(errp, "cannot change property 'x-ksm-sysfs' of %s after "
+                   "it is created", TYPE_MEMDEDUP);
+        return;
+    }
+    g_free(s->x_ksm_sysfs);
+    s->x_ksm_sysfs = *value ? g_strdup(value) : NULL;
+}
+
+/* x-madvise-fault: tests make the kernel refuse registration. */
+static char *memdedup_settings_get_x_madvise_fault(Object *obj, Error **errp)
+{
+    return g_strdup(MEMDEDUP(obj)->x_madvise_fault ?: "");
+}
+
+static void memdedup_settings_set_x_madvise_fault(Object *obj,
+                                                  const char *value,
+                                                  Error **errp)
+{
+    MemdedupSettings *s = MEMDEDUP(obj);
+    int64_t count;
+    int err;
+
+    if (!memdedup_parse_madvise_fault(value, &err, &count)) {
+        error_setg(errp, "property 'x-madvise-fault' of %s must be ENOMEM, "
+                   "EINVAL, EAGAIN or EPERM, optionally followed by "
+                   "':COUNT', not '%s'", TYPE_MEMDEDUP, value);
+        return;
+    }
+    g_free(s->x_madvise_fault);
+    s->x_madvise_fault = g_strdup(value);
+    s->fault_err = err;
+    s->fault_count = count;
+    if (s->complete) {
+        memdedup_madvise_set_fault(err, count);
     }
 }
 
@@ -475,6 +550,10 @@ static void memdedup_settings_complete(UserCreatable *uc, Error **errp)
     MemdedupEngine *engine = &memdedup_engine;
 
     s->completed = true;
+    /* Before the engine's start-up probes the KSM files. */
+    if (s->x_ksm_sysfs) {
+        memdedup_set_ksm_sysfs_dir(s->x_ksm_sysfs);
+    }
     memdedup_engine_start();
     qemu_mutex_lock(&engine->lock);
     if (engine->settings_object) {
@@ -493,6 +572,7 @@ static void memdedup_settings_complete(UserCreatable *uc, Error **errp)
     }
     s->complete = true;
     memdedup_settings_apply(s);
+    memdedup_madvise_set_fault(s->fault_err, s->fault_count);
     /* On failure, finalize puts the engine back to its defaults. */
     memdedup_adopt_complete(s->adopt_ids, s->adopt_ram, &s->adopt, errp);
 }
@@ -518,11 +598,21 @@ static void memdedup_settings_finalize(Object *obj)
     memdedup_adopt_free(s->adopt);
     qapi_free_strList(s->adopt_ids);
     memdedup_board_config_clear(&s->board);
+    g_free(s->x_meminfo);
+    g_free(s->x_madvise_fault);
+    if (s->x_ksm_sysfs && s->completed) {
+        memdedup_set_ksm_sysfs_dir(NULL);
+    }
+    g_free(s->x_ksm_sysfs);
     if (!s->complete) {
         return;
     }
     /* Back to the defaults. */
+    memdedup_madvise_set_fault(0, -1);
     QEMU_LOCK_GUARD(&engine->lock);
+    g_free(engine->x_meminfo);
+    engine->x_meminfo = NULL;
+    qatomic_set(&engine->x_index_memory, 0);
     if (engine->board) {
         /*
          * Leave the board now (QEMU deletes objects on exit, before
@@ -585,6 +675,23 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
     object_class_property_set_description(oc, "vma-budget",
         "Most VMAs the engine may split guest RAM into, over all backends "
         "(default 0: half of vm.max_map_count)");
+    object_class_property_add_str(oc, "x-meminfo",
+                                  memdedup_settings_get_x_meminfo,
+                                  memdedup_settings_set_x_meminfo);
+    object_class_property_set_description(oc, "x-meminfo",
+        "For tests: a file read instead of /proc/meminfo (default: none)");
+    object_class_property_add_str(oc, "x-ksm-sysfs",
+                                  memdedup_settings_get_x_ksm_sysfs,
+                                  memdedup_settings_set_x_ksm_sysfs);
+    object_class_property_set_description(oc, "x-ksm-sysfs",
+        "For tests: a directory read instead of /sys/kernel/mm/ksm "
+        "(default: none)");
+    object_class_property_add_str(oc, "x-madvise-fault",
+                                  memdedup_settings_get_x_madvise_fault,
+                                  memdedup_settings_set_x_madvise_fault);
+    object_class_property_set_description(oc, "x-madvise-fault",
+        "For tests: ERRNO[:COUNT], the next COUNT (default every) "
+        "registration changes fail with ERRNO (default: none)");
     object_class_property_add(oc, "x-index-memory", "size",
                               memdedup_settings_get_x_index_memory,
                               memdedup_settings_set_x_index_memory, NULL,
@@ -639,8 +746,8 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
                               memdedup_settings_set_board_timeout, NULL,
                               NULL);
     object_class_property_set_description(oc, "board-timeout",
-        "Milliseconds a connecting VM has to prove it holds the key, "
-        "100-600000 (default 5000)");
+        "Milliseconds each board connection has to complete the proof of "
+        "the key, 100-600000 (default 5000)");
 }
 
 static const TypeInfo memdedup_settings_info = {

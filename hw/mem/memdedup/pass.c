@@ -52,15 +52,15 @@ static bool memdedup_quitting(MemdedupEngine *engine)
 
 /*
  * The scanner thread serves the board during a long hashing phase too,
- * once a second, so that peers' connections are answered within their
- * board-timeout.  Nothing looks the board up while hashing.
+ * as between passes, so that peers' connections are answered within
+ * their board-timeout.  Nothing looks the board up while hashing.
  */
 static void memdedup_pass_serve_board(MemdedupPass *pass)
 {
     int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
 
     if (pass->board && now >= pass->next_board_tick) {
-        pass->next_board_tick = now + MEMDEDUP_KERNEL_REFRESH_MS;
+        pass->next_board_tick = now + MEMDEDUP_BOARD_TICK_MS;
         memdedup_board_tick(pass->board);
     }
 }
@@ -219,6 +219,7 @@ static void memdedup_pass_publish(MemdedupPass *pass)
 static void memdedup_pass_snapshot(MemdedupPass *pass)
 {
     MemdedupEngine *engine = pass->engine;
+    bool params_changed = false;
     uint64_t regions = 0;
     MemdedupBlock *blk;
     size_t b = 0;
@@ -246,6 +247,7 @@ static void memdedup_pass_snapshot(MemdedupPass *pass)
         pass->summarize |= pb->discarded != NULL;
         pass->fps_changed |= pb->discarded != NULL;
         pass->inputs_changed |= pb->discarded || pb->apply_only;
+        params_changed |= pb->apply_only;
         /* A hinted block is judged by the policy once it was scanned. */
         pb->hinted = blk->hinted;
         if (pass->rescan) {
@@ -264,6 +266,13 @@ static void memdedup_pass_snapshot(MemdedupPass *pass)
     pass->blocks_gen = engine->blocks_gen;
     if (engine->board_dirty && pass->board) {
         pass->board_eval = pass->summarize = true;
+    }
+    /*
+     * A policy that changed may publish no more (or again): what the
+     * peers hold must follow at once, not at the next rescan.
+     */
+    if (params_changed && pass->board) {
+        pass->summarize = pass->fps_changed = true;
     }
     engine->board_dirty = false;
     pass->scan_rate = engine->scan_rate;
@@ -407,6 +416,12 @@ static void memdedup_pass_count(MemdedupPass *pass)
     }
     if (recount) {
         if (pass->board) {
+            /*
+             * Take what peers sent while we hashed (a peer that ended
+             * its pass a moment before ours), so that this count sees
+             * it rather than a second evaluation after the pass.
+             */
+            memdedup_board_tick(pass->board);
             engine->board_version = memdedup_board_version(pass->board);
             memdedup_board_lookup_begin(pass->board);
         }
@@ -554,11 +569,12 @@ void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
 }
 
 /*
- * Once a second: close a board the memdedup object let go, serve ours
- * (memdedup_board_tick), and decide again when a peer's filter changed
- * since we last looked.  Scanner thread.
+ * Every MEMDEDUP_BOARD_TICK_MS: close a board the memdedup object let
+ * go, serve ours (memdedup_board_tick), and decide again when a peer's
+ * filter changed since we last looked.  Scanner thread.  Returns
+ * whether there is a board.
  */
-static void memdedup_thread_board(MemdedupEngine *engine)
+static bool memdedup_thread_board(MemdedupEngine *engine)
 {
     MemdedupBoard *board, *retired;
 
@@ -569,7 +585,7 @@ static void memdedup_thread_board(MemdedupEngine *engine)
     qemu_mutex_unlock(&engine->lock);
     memdedup_board_close(retired);
     if (!board) {
-        return;
+        return false;
     }
     memdedup_board_tick(board);
     if (memdedup_board_version(board) != engine->board_version) {
@@ -577,12 +593,14 @@ static void memdedup_thread_board(MemdedupEngine *engine)
         engine->board_dirty = true;
         qemu_mutex_unlock(&engine->lock);
     }
+    return true;
 }
 
 /* What woke the scanner thread, and when it next has something to do. */
 typedef struct MemdedupWakeup {
     int64_t last_pass;          /* ms (realtime) the last rescan ended */
-    int64_t next_refresh;       /* ms: the next once-a-second tick */
+    int64_t next_refresh;       /* ms: the next tick */
+    int64_t next_second;        /* ms: the next once-a-second work */
     bool rescan;                /* a pass that hashes is due */
     bool apply;                 /* parameters, discards or peers changed */
     bool incoming;              /* paused for an incoming migration */
@@ -631,7 +649,7 @@ static int64_t memdedup_thread_wait(MemdedupEngine *engine,
  * Destination of a migration: no reading of RAM that has not arrived
  * (postcopy) until the incoming side completes (migration.c resumes
  * the engine then), but the source's hints are registered as soon as
- * they arrive, and the board is still served once a second.
+ * they arrive, and the board is still served.
  */
 static void memdedup_thread_incoming(MemdedupEngine *engine)
 {
@@ -640,7 +658,7 @@ static void memdedup_thread_incoming(MemdedupEngine *engine)
     if (engine->paused && engine->incoming && !engine->hints_pending &&
         !engine->quit) {
         qemu_cond_timedwait(&engine->wakeup, &engine->lock,
-                            MEMDEDUP_KERNEL_REFRESH_MS);
+                            MEMDEDUP_BOARD_TICK_MS);
     }
 }
 
@@ -671,7 +689,7 @@ void *memdedup_thread(void *opaque)
             }
             view_interval = MEMDEDUP_KERNEL_REFRESH_MS;
             next_view = now + view_interval;
-        } else {
+        } else if (now >= w.next_second || w.view_wanted) {
             if (now >= next_view || w.view_wanted) {
                 memdedup_refresh_kernel_view(engine, false);
                 view_interval = MIN(view_interval * 2,
@@ -679,9 +697,12 @@ void *memdedup_thread(void *opaque)
                 next_view = now + view_interval;
             }
             memdedup_numa_watch(engine);
+            w.next_second = now + MEMDEDUP_KERNEL_REFRESH_MS;
         }
-        memdedup_thread_board(engine);
-        w.next_refresh = now + MEMDEDUP_KERNEL_REFRESH_MS;
+        /* A board is served more often: a peer's filter is taken soon. */
+        w.next_refresh = now + (memdedup_thread_board(engine) ?
+                                MEMDEDUP_BOARD_TICK_MS :
+                                MEMDEDUP_KERNEL_REFRESH_MS);
     }
     rcu_unregister_thread();
     return NULL;

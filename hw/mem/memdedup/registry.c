@@ -457,7 +457,7 @@ bool memdedup_unmerge_check(MemdedupBlock *blk, uint64_t start,
                             MemdedupSmapsView *smaps,
                             uint64_t *merged, Error **errp)
 {
-    g_autofree char *cgroup = NULL;
+    g_autofree char *cgroup = NULL, *meminfo = NULL;
     uint64_t available, total, headroom, limit;
     int64_t bytes = memdedup_merged_bytes(smaps, start, end);
 
@@ -465,7 +465,10 @@ bool memdedup_unmerge_check(MemdedupBlock *blk, uint64_t start,
     if (force || !*merged) {
         return true;
     }
-    if (memdedup_read_meminfo(&available, &total) &&
+    WITH_QEMU_LOCK_GUARD(&memdedup_engine.lock) {
+        meminfo = g_strdup(memdedup_engine.x_meminfo);
+    }
+    if (memdedup_read_meminfo(meminfo, &available, &total) &&
         !memdedup_unmerge_admissible(*merged, available, total)) {
         error_setg(errp, "backend '%s': unmerging %.1f MiB needs more than "
                    "the host's MemAvailable (%.1f MiB, with %d%% of "
