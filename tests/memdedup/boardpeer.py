@@ -89,6 +89,26 @@ def vm_sockets(board):
                   if n.startswith("vm-"))
 
 
+def raw_connect(path):
+    """A connection to @path that says nothing (the QEMU's backlog may
+    be full: then it is not even made)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.setblocking(False)
+    try:
+        s.connect(path)
+    except OSError:
+        pass
+    return s
+
+
+def remove_board(board):
+    """Remove a board directory and whatever is left in it."""
+    if os.path.isdir(board):
+        for n in os.listdir(board):
+            os.unlink(os.path.join(board, n))
+        os.rmdir(board)
+
+
 class Peer:
     """One connection to a QEMU's board socket at @path."""
 

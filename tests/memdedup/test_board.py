@@ -20,6 +20,7 @@ import sys
 from harness import (MiB, PAGE, QEMU, Skip, backend, check, qmp, run_pass,
                      run_tests, start_qtest_vm, wait_for)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
+import boardpeer
 
 SIZE = 256 * MiB
 CROSS = (64 * MiB, 32 * MiB)      # the same in every VM
@@ -103,10 +104,7 @@ class Fleet:
         for vm, qt in self.vms:
             vm.stop()
             qt.close()
-        if os.path.isdir(self.board):
-            for n in os.listdir(self.board):
-                os.unlink(os.path.join(self.board, n))
-            os.rmdir(self.board)
+        boardpeer.remove_board(self.board)
 
 
 def test_cross_vm(workdir):
@@ -403,17 +401,17 @@ def test_unusable_directory(workdir):
             finally:
                 vm.stop()
                 qt.close()
-            if os.path.isdir(path):
-                os.rmdir(path) if not os.listdir(path) else None
-            elif os.path.exists(path):
-                os.unlink(path)
+            remove_path(path)
     finally:
-        if os.path.isdir(path):
-            for n in os.listdir(path):
-                os.unlink(os.path.join(path, n))
-            os.rmdir(path)
-        elif os.path.exists(path):
-            os.unlink(path)
+        remove_path(path)
+
+
+def remove_path(path):
+    """Remove the board directory, or the file squatting its path."""
+    if os.path.isdir(path):
+        boardpeer.remove_board(path)
+    elif os.path.exists(path):
+        os.unlink(path)
 
 
 # QEMU as an unprivileged user, the way libvirt's system daemon runs it.

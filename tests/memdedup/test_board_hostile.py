@@ -79,10 +79,7 @@ class Honest:
         for vm, qt in self.vms:
             vm.stop()
             qt.close()
-        if os.path.isdir(self.board):
-            for n in os.listdir(self.board):
-                os.unlink(os.path.join(self.board, n))
-            os.rmdir(self.board)
+        bp.remove_board(self.board)
 
     def state(self):
         """What must not move: registration and cross-VM regions."""
@@ -225,14 +222,7 @@ def attack_silent(h, deadline):
     """Connections that never speak, more than may wait at once."""
     socks = []
     for path in h.sockets():
-        for _ in range(20):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            s.setblocking(False)
-            try:
-                s.connect(path)
-            except BlockingIOError:
-                pass
-            socks.append(s)
+        socks += [bp.raw_connect(path) for _ in range(20)]
     time.sleep(max(0, deadline - time.monotonic()))
     refused = h.counters("refused-connections")
     check(all(n > 0 for n in refused), "no connection refused: %s" % refused)
@@ -247,13 +237,7 @@ def attack_hundreds(h, deadline):
     n = 0
     while time.monotonic() < deadline and n < 2000:
         for path in h.sockets():
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            s.setblocking(False)
-            try:
-                s.connect(path)
-            except OSError:
-                pass
-            s.close()
+            bp.raw_connect(path).close()
             n += 1
     print("  %d connections" % n)
 

@@ -270,13 +270,19 @@ static int memdedup_board_recv(MemdedupBoardLink *l, MemdedupBoardMsg *msg,
         .msg_control = control.buf, .msg_controllen = sizeof(control.buf),
     };
     struct cmsghdr *c;
-    int extra = 0;
+    int extra = 0, reset = 0;
     ssize_t n;
 
     *fd = -1;
+    /*
+     * A peer that closed while our messages lay unread on its side sets
+     * ECONNRESET on ours, reported before what it sent last (FULL, say):
+     * the error is consumed by being reported, so read once more.
+     */
     do {
         n = recvmsg(l->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-    } while (n < 0 && errno == EINTR);
+    } while (n < 0 && (errno == EINTR ||
+                       (errno == ECONNRESET && !reset++)));
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
         return 0;
     }
