@@ -61,6 +61,7 @@ $(TOOLS)/memdedup-stat: tools/memdedup-stat/memdedup-stat.c | deps
 
 guest: deps
 	$(S)/make-guest.sh
+	$(S)/fetch-kernel.sh trixie
 
 run: build guest
 	$(S)/demo.sh

@@ -86,6 +86,7 @@ for m in $modules; do
     cp "$ko" "$root/lib/modules/"
 done
 echo "$modules" | tr '\n' ' ' > "$root/lib/modules/order"
+echo "${kpkg#linux-image-}" > "$root/lib/modules/release"
 for app in $("$root/bin/busybox" --list); do
     [ "$app" = busybox ] || ln -s busybox "$root/bin/$app"
 done
@@ -105,9 +106,13 @@ exec </dev/console >/dev/console 2>&1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t tmpfs -o size=95% tmpfs /mnt/fill
-for m in $(cat /lib/modules/order); do
-    insmod "/lib/modules/$m.ko" || echo "memdedup: insmod $m failed"
-done
+# The modules are the packaged kernel's: another kernel (the kernel
+# matrix boots this initramfs with several) goes without them.
+if [ "$(uname -r)" = "$(cat /lib/modules/release)" ]; then
+    for m in $(cat /lib/modules/order); do
+        insmod "/lib/modules/$m.ko" || echo "memdedup: insmod $m failed"
+    done
+fi
 
 # Options from the kernel command line (MiB unless noted; shared is at
 # most the size of /data/shared.bin).

@@ -1,17 +1,16 @@
 #!/bin/sh
-# Build the two-node test guest: build/guest-numa/vmlinuz and
-# build/guest-numa/initramfs.cpio.gz.  It is the test guest of
+# Build the guest that carries our QEMU: build/guest-numa/vmlinuz and
+# build/guest-numa/initramfs.cpio.gz, for the two-node test and the
+# kernel matrix (which boots the same initramfs with other kernels
+# too).  It is the test guest of
 # make-guest.sh (same kernel, same busybox and /init, which runs shell
 # commands sent on ttyS1), minus its data file, plus what running our
 # QEMU inside it takes: qemu-system-x86_64 (stripped), the shared
 # libraries ldd lists for it, SeaBIOS (the pc machine's firmware) in
-# /qemu, and two helpers:
-#   qmp JSON   send one QMP command to the QEMU started with
-#              -qmp pipe:/tmp/qmp and print "QMP-REPLY <its reply>"
-#   qt         send the qtest commands read from stdin to the QEMU
-#              started with -qtest pipe:/tmp/qt; print "QT-OK <count>"
-# Does nothing when the initramfs is newer than QEMU, the test guest
-# and this script.
+# /qemu, and the helpers of scripts/memdedup/inner (qmp and qt: QMP and
+# qtest commands to the QEMU started with pipes in /tmp).
+# Does nothing when the initramfs is newer than QEMU, the test guest,
+# the helpers and this script.
 set -eu
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -25,6 +24,8 @@ initrd=$out/initramfs.cpio.gz
 [ -x "$qemu" ] || { echo "make-numa-guest: build QEMU first ($qemu)" >&2; exit 1; }
 [ -f "$bios" ] || { echo "make-numa-guest: $bios missing (seabios)" >&2; exit 1; }
 if [ -f "$initrd" ] && [ -z "$(find "$qemu" "$guest/initramfs.cpio.gz" "$0" \
+                              "$top/scripts/memdedup/inner/qmp" \
+                              "$top/scripts/memdedup/inner/qt" \
                               -newer "$initrd" 2>/dev/null)" ]; then
     exit 0
 fi
@@ -47,30 +48,7 @@ done
 mkdir -p "$root/qemu"
 cp "$bios" "$root/qemu/"
 
-cat > "$root/bin/qmp" <<'EOF'
-#!/bin/sh
-# qmp JSON: one QMP command to the QEMU listening on -qmp pipe:/tmp/qmp;
-# skips the greeting and events, prints the reply line.
-exec 5>/tmp/qmp.in 6</tmp/qmp.out
-echo "$1" >&5
-while read -r line <&6; do
-    case $line in
-        '{"return"'*|'{"error"'*) echo "QMP-REPLY $line"; exit 0 ;;
-    esac
-done
-exit 1
-EOF
-cat > "$root/bin/qt" <<'EOF'
-#!/bin/sh
-# qt < COMMANDS: qtest commands to the QEMU on -qtest pipe:/tmp/qt, sent
-# at once; waits for every reply and prints how many were OK.
-cat > /tmp/qt.cmds
-n=$(wc -l < /tmp/qt.cmds)
-exec 3>/tmp/qt.in 4</tmp/qt.out
-cat /tmp/qt.cmds >&3
-echo "QT-OK $(head -n "$n" <&4 | grep -c '^OK') of $n"
-EOF
-chmod 755 "$root/bin/qmp" "$root/bin/qt"
+cp "$top/scripts/memdedup/inner/qmp" "$top/scripts/memdedup/inner/qt" "$root/bin/"
 
 # Reproducible archive, as make-guest.sh makes it.
 find "$root" -exec touch -h -d @0 {} +

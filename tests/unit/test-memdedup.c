@@ -881,6 +881,58 @@ static void test_parse_ksm_stat(void)
     g_assert_false(memdedup_parse_ksm_stat("ksm_rmap_items_x 5\n", &st));
 }
 
+static void test_parse_stat_fields(void)
+{
+    g_auto(GStrv) all = memdedup_parse_stat_fields(
+        "ksm_rmap_items 400123\nksm_zero_pages 17\n"
+        "ksm_merging_pages 216000\nksm_process_profit -4096\n"
+        "ksm_merge_any: no\nksm_mergeable: yes\n");
+    g_auto(GStrv) old = memdedup_parse_stat_fields("ksm_rmap_items 5\n");
+    g_auto(GStrv) none = memdedup_parse_stat_fields("");
+    g_auto(GStrv) junk = memdedup_parse_stat_fields(
+        "Ksm 1\n name 2\nnovalue\nempty:\nx\ty\n");
+    g_autofree char *many = NULL, *long_name = g_strnfill(65, 'a');
+    g_autofree char *text = g_strdup_printf("%s 1\nok 2\n", long_name);
+    g_auto(GStrv) longer = memdedup_parse_stat_fields(text);
+    GString *lines = g_string_new(NULL);
+    g_auto(GStrv) capped = NULL;
+    int i;
+
+    g_assert_cmpuint(g_strv_length(all), ==, 6);
+    g_assert_cmpstr(all[1], ==, "ksm_zero_pages");
+    g_assert_cmpstr(all[5], ==, "ksm_mergeable");
+    g_assert_cmpuint(g_strv_length(old), ==, 1);
+    g_assert_cmpstr(old[0], ==, "ksm_rmap_items");
+    g_assert_cmpuint(g_strv_length(none), ==, 0);
+    g_assert_cmpuint(g_strv_length(junk), ==, 1);
+    g_assert_cmpstr(junk[0], ==, "x");
+    g_assert_cmpuint(g_strv_length(longer), ==, 1);
+    g_assert_cmpstr(longer[0], ==, "ok");
+    for (i = 0; i < 100; i++) {
+        g_string_append_printf(lines, "f%d %d\n", i, i);
+    }
+    many = g_string_free(lines, false);
+    capped = memdedup_parse_stat_fields(many);
+    g_assert_cmpuint(g_strv_length(capped), ==, MEMDEDUP_STAT_FIELDS_MAX);
+}
+
+static void test_parse_selected(void)
+{
+    g_autofree char *thp = memdedup_parse_selected("always [madvise] never\n");
+    g_autofree char *advisor = memdedup_parse_selected("[none] scan-time\n");
+    g_autofree char *last = memdedup_parse_selected("none [scan-time]");
+
+    g_assert_cmpstr(thp, ==, "madvise");
+    g_assert_cmpstr(advisor, ==, "none");
+    g_assert_cmpstr(last, ==, "scan-time");
+    g_assert_null(memdedup_parse_selected("always madvise never"));
+    g_assert_null(memdedup_parse_selected("[]"));
+    g_assert_null(memdedup_parse_selected("[mad vise]"));
+    g_assert_null(memdedup_parse_selected("[madvise"));
+    g_assert_null(memdedup_parse_selected(
+        "[aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa]"));
+}
+
 static void test_parse_meminfo(void)
 {
     uint64_t avail, total;
@@ -1501,6 +1553,8 @@ int main(int argc, char **argv)
     g_test_add_func("/memdedup/count-vmas", test_count_vmas);
     g_test_add_func("/memdedup/admission", test_admission);
     g_test_add_func("/memdedup/parse-ksm-stat", test_parse_ksm_stat);
+    g_test_add_func("/memdedup/parse-stat-fields", test_parse_stat_fields);
+    g_test_add_func("/memdedup/parse-selected", test_parse_selected);
     g_test_add_func("/memdedup/parse-meminfo", test_parse_meminfo);
     g_test_add_func("/memdedup/parse-smaps", test_parse_smaps);
     g_test_add_func("/memdedup/count-ksm-pages", test_count_ksm_pages);

@@ -322,8 +322,8 @@ static void memdedup_apply_thp(MemdedupBlock *blk, const bool *huge,
         }
         if (memdedup_advise(blk, i, j - i, want ? MADV_HUGEPAGE :
                                                   MADV_NOHUGEPAGE)) {
-            if (want) {
-                /* Best effort: the kernel may lack it, or memory. */
+            /* Best effort: no memory for a huge page is normal. */
+            if (want && memdedup_engine.features.madv_collapse) {
                 memdedup_advise(blk, i, j - i, MADV_COLLAPSE);
             }
             for (k = i; k < j; k++) {

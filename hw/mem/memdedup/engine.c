@@ -16,7 +16,8 @@
  *   migration.c              virtio-mem; live migration
  *   pass.c                   the scanner thread and its passes
  *   summary.c, advise.c,     region counts; madvise; the kernel's merged
- *   kernel-view.c            counts
+ *   kernel-view.c,           counts; which kernel interfaces exist
+ *   features.c
  *   scan.c, numa-engine.c,   hashing one region; host NUMA placement;
  *   board.c, board-link.c,   the cross-VM board: directory and sockets,
  *   board-filter.c           links and proofs, filters
@@ -60,6 +61,7 @@ void memdedup_engine_start(void)
         }
     }
     memdedup_learn_zero_pfns(engine);
+    memdedup_features_probe(engine);
     memdedup_migration_init(engine);
 }
 

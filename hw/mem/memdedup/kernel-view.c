@@ -10,7 +10,10 @@
  * line per VMA, readable without privileges; every registered range is
  * a VMA of its own) and, between smaps reads, from /proc/self/ksm_stat
  * when that is enough (see memdedup_view_from_ksm_stat); exactly from
- * pagemap and /proc/kpageflags (KPF_KSM) where QEMU may read PFNs.
+ * pagemap and /proc/kpageflags (KPF_KSM) where QEMU may read PFNs, at
+ * each pass -- which is also the merged count on kernels whose smaps has
+ * no KSM: lines (Linux 6.1): there it is as old as the last pass, and
+ * absent where PFNs are hidden.
  * MemdedupKernelView, MemdedupEngine.view, is this file's alone: only
  * the scanner thread writes it, under the engine lock, and QMP only
  * asks for a read (memdedup_kernel_view_note_query).  The one writer of
@@ -120,6 +123,10 @@ static bool memdedup_view_read_blocks_locked(MemdedupEngine *engine,
             *block_pages = blk->page_size == qemu_real_host_page_size() ?
                            (int64_t)(ksm_bytes / blk->page_size) : -1;
             blk->merged.kernel_merged_pages = ksm_bytes / blk->page_size;
+        } else {
+            /* Kernels without KSM: lines: the last pass's exact count. */
+            blk->merged.kernel_merged_pages =
+                blk->merged.kernel_merged_pages_exact;
         }
         same &= blk->merged.kernel_merged_pages == before;
     }
@@ -198,6 +205,7 @@ void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
     engine->view.merging_pages = stat.merging_pages;
     engine->view.zero_pages = stat.zero_pages;
     engine->view.blocks_gen = engine->blocks_gen;
+    engine->view.smaps_ksm = smaps.has_ksm;
     trace_memdedup_kernel_view(true, have_stat ? stat.merging_pages : -1,
                                have_stat ? stat.zero_pages : -1,
                                engine->view.max_age);
@@ -288,6 +296,9 @@ void memdedup_kernel_view_count_pass(MemdedupEngine *engine,
         QEMU_LOCK_GUARD(&engine->lock);
         if (exact) {
             pb->blk->merged.kernel_merged_pages_exact = exact_pages;
+            if (!engine->view.smaps_ksm) {
+                pb->blk->merged.kernel_merged_pages = exact_pages;
+            }
         }
         if (cross) {
             pb->blk->merged.cross_vm_merged_pages = cross_pages;

@@ -154,11 +154,66 @@ bool memdedup_parse_ksm_stat(const char *text, MemdedupKsmStat *stat)
 bool memdedup_read_ksm_stat(MemdedupKsmStat *stat)
 {
     g_autofree char *text = NULL;
+    uint64_t merging;
 
-    if (!g_file_get_contents("/proc/self/ksm_stat", &text, NULL, NULL)) {
+    if (!g_file_get_contents("/proc/self/ksm_stat", &text, NULL, NULL) ||
+        !memdedup_parse_ksm_stat(text, stat)) {
         return false;
     }
-    return memdedup_parse_ksm_stat(text, stat);
+    /* Older kernels (6.1) keep the merged pages in a file of their own. */
+    if (stat->merging_pages < 0 &&
+        memdedup_read_number("/proc/self/ksm_merging_pages", &merging) &&
+        merging <= INT64_MAX) {
+        stat->merging_pages = merging;
+    }
+    return true;
+}
+
+GStrv memdedup_parse_stat_fields(const char *text)
+{
+    GPtrArray *names = g_ptr_array_new();
+    const char *line = text;
+    int n = 0;
+
+    while (line && *line && n < MEMDEDUP_STAT_FIELDS_MAX) {
+        const char *end = line, *v;
+
+        while (g_ascii_islower(*end) || g_ascii_isdigit(*end) ||
+               *end == '_') {
+            end++;
+        }
+        for (v = end; *v == ' ' || *v == ':' || *v == '\t'; v++) {
+            /* to the value */
+        }
+        if (end > line && end - line <= MEMDEDUP_STAT_FIELD_LEN &&
+            v > end && (g_ascii_isalnum(*v) || *v == '-')) {
+            g_ptr_array_add(names, g_strndup(line, end - line));
+            n++;
+        }
+        line = strchr(line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    g_ptr_array_add(names, NULL);
+    return (GStrv)g_ptr_array_free(names, false);
+}
+
+char *memdedup_parse_selected(const char *text)
+{
+    const char *open = strchr(text, '['), *close, *p;
+
+    if (!open) {
+        return NULL;
+    }
+    close = strchr(open + 1, ']');
+    if (!close || close == open + 1 || close - open - 1 > 32) {
+        return NULL;
+    }
+    for (p = open + 1; p < close; p++) {
+        if (!g_ascii_isalnum(*p) && *p != '-' && *p != '_') {
+            return NULL;
+        }
+    }
+    return g_strndup(open + 1, close - open - 1);
 }
 
 bool memdedup_process_has_merged_pages(const MemdedupKsmStat *stat)

@@ -405,7 +405,30 @@ typedef struct MemdedupKsmStat {
 } MemdedupKsmStat;
 
 bool memdedup_parse_ksm_stat(const char *text, MemdedupKsmStat *stat);
+/*
+ * /proc/self/ksm_stat; where it lacks ksm_merging_pages (Linux 6.1),
+ * merging_pages comes from /proc/self/ksm_merging_pages.
+ */
 bool memdedup_read_ksm_stat(MemdedupKsmStat *stat);
+
+/* A kernel file's field names are at most this long; at most this many. */
+#define MEMDEDUP_STAT_FIELD_LEN     64
+#define MEMDEDUP_STAT_FIELDS_MAX    32
+
+/*
+ * The names of the "name value" (or "name: value") lines of a kernel
+ * file such as /proc/self/ksm_stat: lower case, digits and '_', at most
+ * MEMDEDUP_STAT_FIELD_LEN long, followed by a value; in order, at most
+ * MEMDEDUP_STAT_FIELDS_MAX.  Never NULL.
+ */
+GStrv memdedup_parse_stat_fields(const char *text);
+
+/*
+ * The selected word of a sysfs choice file ("always [madvise] never"):
+ * a newly allocated string, or NULL when none is selected or the word
+ * is not one (alphanumerics, '-' and '_', at most 32).
+ */
+char *memdedup_parse_selected(const char *text);
 
 /*
  * False only when /proc/self/ksm_stat says that this process maps no page

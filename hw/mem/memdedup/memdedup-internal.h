@@ -189,7 +189,22 @@ typedef struct MemdedupKernelView {
     int64_t max_age;            /* ms: smaps is read again at this age */
     uint32_t age_factor;        /* its multiple of the base age, 1-8 */
     uint64_t blocks_gen;        /* MemdedupEngine.blocks_gen at that read */
+    bool smaps_ksm;             /* smaps had KSM: lines (not Linux 6.1) */
 } MemdedupKernelView;
+
+/*
+ * The kernel interfaces found when the engine started (features.c).
+ * Written once by memdedup_engine_start() (BQL) before the scanner
+ * thread exists; constant afterwards.
+ */
+typedef struct MemdedupFeatures {
+    bool probed;
+    char *release;              /* uname -r, shown only */
+    bool ksm_stat;              /* /proc/self/ksm_stat exists */
+    GStrv ksm_stat_fields;      /* its field names */
+    bool merging_pages_file;    /* /proc/self/ksm_merging_pages exists */
+    bool madv_collapse;         /* MADV_COLLAPSE is known */
+} MemdedupFeatures;
 
 typedef struct MemdedupEngine {
     QemuMutex lock;             /* protects the fields marked below */
@@ -262,6 +277,7 @@ typedef struct MemdedupEngine {
     uint64_t zero_pfn;          /* the shared zero page, 0 if unknown or */
                                 /* never mapped on a read fault */
     uint64_t huge_zero_pfn;     /* first PFN of the huge zero page, or 0 */
+    MemdedupFeatures features;  /* the kernel's interfaces (features.c) */
     QemuThread thread;
     RAMBlockNotifier notifier;
     Notifier migration_notifier;
@@ -304,6 +320,16 @@ typedef struct MemdedupScanBuffers {
  * PAGEMAP_SCAN ioctl tells them apart.  Once, at init.
  */
 void memdedup_learn_zero_pfns(MemdedupEngine *engine);
+
+/*
+ * Try the PAGEMAP_SCAN ioctl once on a page of our own: where the kernel
+ * lacks it, engine->pagemap_scan is cleared before any pass.
+ */
+void memdedup_probe_pagemap_scan(MemdedupEngine *engine);
+
+/* features.c: probe once at start (BQL); the QMP view of the result. */
+void memdedup_features_probe(MemdedupEngine *engine);
+struct MemdedupKernelFeatures *memdedup_features_query(MemdedupEngine *engine);
 
 /*
  * After a rescan: pages whose fingerprint changed, appeared or went are

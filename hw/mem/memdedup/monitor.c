@@ -14,6 +14,7 @@
 
 #include "qemu/osdep.h"
 #include "qemu/atomic.h"
+#include "qemu/cutils.h"
 #include "qemu/lockable.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
@@ -45,8 +46,11 @@ static MemdedupHostKsm *memdedup_query_host_ksm(void)
         KNOB("pages_shared", pages_shared),
         KNOB("pages_sharing", pages_sharing),
         KNOB("full_scans", full_scans),
+        KNOB("ksm_zero_pages", ksm_zero_pages),
+        KNOB("smart_scan", smart_scan),
 #undef KNOB
     };
+    g_autofree char *profit = NULL, *advisor = NULL, *path = NULL;
     size_t i;
 
     for (i = 0; i < ARRAY_SIZE(knobs); i++) {
@@ -56,6 +60,20 @@ static MemdedupHostKsm *memdedup_query_host_ksm(void)
             *(bool *)((char *)host + knobs[i].has_off) = true;
             *(uint64_t *)((char *)host + knobs[i].val_off) = value;
         }
+    }
+    /* general_profit may be negative: KSM's metadata costs memory too. */
+    path = g_build_filename(memdedup_ksm_sysfs_dir(), "general_profit", NULL);
+    if (g_file_get_contents(path, &profit, NULL, NULL)) {
+        const char *end;
+
+        host->has_general_profit =
+            qemu_strtoi64(profit, &end, 10, &host->general_profit) == 0;
+    }
+    g_free(path);
+    path = g_build_filename(memdedup_ksm_sysfs_dir(), "advisor_mode", NULL);
+    if (g_file_get_contents(path, &advisor, NULL, NULL)) {
+        host->advisor_mode = memdedup_parse_selected(advisor);
+        host->has_advisor_mode = host->advisor_mode != NULL;
     }
     return host;
 }
@@ -153,6 +171,10 @@ static void memdedup_query_engine_locked(MemdedupEngine *engine,
     if (engine->board) {
         info->has_board = true;
         info->board = memdedup_board_info(engine->board);
+    }
+    if (engine->features.probed) {
+        info->has_kernel = true;
+        info->kernel = memdedup_features_query(engine);
     }
 }
 
@@ -437,6 +459,54 @@ static void hmp_info_memdedup_ksm(Monitor *mon, MemdedupInfo *info)
     }
 }
 
+/* Which kernel interfaces the engine found, and what they mean here. */
+static void hmp_info_memdedup_kernel(Monitor *mon, MemdedupKernelFeatures *k)
+{
+    static const char *const tristate[] = { "unknown", "no", "yes" };
+    const struct {
+        const char *name;
+        bool has;
+    } features[] = {
+        { "ksm", k->ksm }, { "ksm_stat", k->ksm_stat },
+        { "ksm_merging_pages", k->merging_pages_file },
+        { "ksm_zero_pages", k->ksm_zero_pages },
+        { "general_profit", k->general_profit },
+        { "smart_scan", k->smart_scan }, { "advisor", k->advisor },
+        { "PAGEMAP_SCAN", k->pagemap_scan },
+        { "MADV_COLLAPSE", k->madv_collapse }, { "PFNs", k->pfns },
+        { "kpageflags", k->kpageflags },
+    };
+    strList *f;
+    size_t i;
+    int pass;
+
+    monitor_printf(mon, "kernel %s, THP %s\n", k->release,
+                   k->has_thp ? k->thp : "none");
+    for (pass = 0; pass < 2; pass++) {
+        const char *sep = "";
+
+        monitor_printf(mon, "  %s:", pass ? "lacks" : "has");
+        for (i = 0; i < ARRAY_SIZE(features); i++) {
+            if (features[i].has == !pass) {
+                monitor_printf(mon, "%s %s", sep, features[i].name);
+                sep = ",";
+            }
+        }
+        monitor_printf(mon, "\n");
+    }
+    monitor_printf(mon, "  ksm_stat fields:");
+    for (f = k->ksm_stat_fields; f; f = f->next) {
+        monitor_printf(mon, " %s", f->value);
+    }
+    monitor_printf(mon, "%s\n", k->ksm_stat_fields ? "" : " none");
+    monitor_printf(mon, "  read fault maps the zero page: %s, "
+                   "the huge zero page: %s\n",
+                   tristate[k->has_zero_page_on_read ?
+                            1 + k->zero_page_on_read : 0],
+                   tristate[k->has_huge_zero_page ?
+                            1 + k->huge_zero_page : 0]);
+}
+
 void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
 {
     Error *err = NULL;
@@ -449,4 +519,7 @@ void hmp_info_memdedup(Monitor *mon, const QDict *qdict)
     hmp_info_memdedup_backends(mon, info);
     hmp_info_memdedup_numa(mon, info);
     hmp_info_memdedup_ksm(mon, info);
+    if (info->kernel) {
+        hmp_info_memdedup_kernel(mon, info->kernel);
+    }
 }

@@ -257,6 +257,29 @@ static bool memdedup_scan_residency(MemdedupEngine *engine, uint8_t *addr,
     return true;
 }
 
+void memdedup_probe_pagemap_scan(MemdedupEngine *engine)
+{
+    size_t page_size = qemu_real_host_page_size();
+    MemdedupPageRegion vec[1];
+    bool present[1];
+    uint8_t *page;
+
+    if (!qatomic_read(&engine->pagemap_scan)) {
+        return;
+    }
+    page = mmap(NULL, page_size, PROT_READ | PROT_WRITE,
+                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (page == MAP_FAILED) {
+        return;
+    }
+    page[0] = 1;
+    if (!memdedup_scan_residency(engine, page, 1, page_size, vec, present) ||
+        !present[0]) {
+        qatomic_set(&engine->pagemap_scan, false);
+    }
+    munmap(page, page_size);
+}
+
 /* Does PAGEMAP_SCAN say the page at @addr maps the zero page? */
 static bool memdedup_scan_says_zero(MemdedupEngine *engine, uint8_t *addr)
 {
