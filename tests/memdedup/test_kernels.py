@@ -198,6 +198,8 @@ def check_kernel_view(t, pid, info):
     exact = b.get("kernel-merged-pages-exact")
     check(exact is None or exact == merging, "exact %s" % exact)
     smaps_ksm = [kb(f, "KSM") for _, _, f in vmas(t, pid) if "KSM" in f]
+    print("  %s: smaps %s KSM: lines" % (t.name, "has" if smaps_ksm
+                                          else "has no"))
     if smaps_ksm:
         check(sum(smaps_ksm) // PAGE == merging, "smaps KSM %d pages"
               % (sum(smaps_ksm) // PAGE))

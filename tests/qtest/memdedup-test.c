@@ -875,8 +875,81 @@ static void test_no_ksm(void)
     info = qdict_get_qdict(resp, "return");
     g_assert(!qdict_haskey(info, "host-ksm"));
     g_assert(strstr(qdict_get_str(info, "warning"), "no KSM"));
+    info = qdict_get_qdict(info, "kernel");
+    g_assert(!qdict_get_bool(info, "ksm"));
+    g_assert(!qdict_get_bool(info, "smart-scan"));
+    g_assert(!qdict_get_bool(info, "advisor"));
+    g_assert_cmpstr(qdict_get_str(info, "release"), !=, "");
     qobject_unref(resp);
     qtest_quit(qts);
+    rmdir(dir);
+}
+
+/*
+ * Which KSM files exist is what query-memdedup's kernel features and
+ * host-ksm say: a sysfs directory with a newer kernel's files (and
+ * hostile values in some), then one with only an old kernel's.
+ */
+static void test_kernel_features(void)
+{
+    static const char *const newer[][2] = {
+        { "run", "1\n" }, { "pages_shared", "5\n" },
+        { "smart_scan", "1\n" }, { "advisor_mode", "none [scan-time]\n" },
+        { "general_profit", "-4096\n" }, { "ksm_zero_pages", "x\n" },
+    };
+    g_autofree char *dir = g_dir_make_tmp("memdedup-ksm-XXXXXX", NULL);
+    g_autofree char *args = g_strdup_printf("-machine none -object "
+                                            "memdedup,id=engine,"
+                                            "x-ksm-sysfs=%s", dir);
+    QDict *resp, *info, *host, *kernel;
+    QTestState *qts;
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(newer); i++) {
+        g_autofree char *path = g_build_filename(dir, newer[i][0], NULL);
+        g_assert(g_file_set_contents(path, newer[i][1], -1, NULL));
+    }
+    qts = qtest_init(args);
+    resp = qtest_qmp(qts, "{ 'execute': 'query-memdedup' }");
+    info = qdict_get_qdict(resp, "return");
+    host = qdict_get_qdict(info, "host-ksm");
+    kernel = qdict_get_qdict(info, "kernel");
+    g_assert_cmpint(qdict_get_int(host, "smart-scan"), ==, 1);
+    g_assert_cmpstr(qdict_get_str(host, "advisor-mode"), ==, "scan-time");
+    g_assert_cmpint(qdict_get_int(host, "general-profit"), ==, -4096);
+    g_assert(!qdict_haskey(host, "ksm-zero-pages"));    /* not a number */
+    g_assert(qdict_get_bool(kernel, "ksm"));
+    g_assert(qdict_get_bool(kernel, "smart-scan"));
+    g_assert(qdict_get_bool(kernel, "advisor"));
+    g_assert(qdict_get_bool(kernel, "general-profit"));
+    g_assert(qdict_get_bool(kernel, "ksm-zero-pages"));
+    qobject_unref(resp);
+    qtest_quit(qts);
+
+    /* An old kernel's directory: the newer members are absent. */
+    for (i = 2; i < ARRAY_SIZE(newer); i++) {
+        g_autofree char *path = g_build_filename(dir, newer[i][0], NULL);
+        g_assert_cmpint(unlink(path), ==, 0);
+    }
+    qts = qtest_init(args);
+    resp = qtest_qmp(qts, "{ 'execute': 'query-memdedup' }");
+    info = qdict_get_qdict(resp, "return");
+    host = qdict_get_qdict(info, "host-ksm");
+    kernel = qdict_get_qdict(info, "kernel");
+    g_assert_cmpint(qdict_get_int(host, "pages-shared"), ==, 5);
+    g_assert(!qdict_haskey(host, "smart-scan"));
+    g_assert(!qdict_haskey(host, "advisor-mode"));
+    g_assert(!qdict_haskey(host, "general-profit"));
+    g_assert(!qdict_get_bool(kernel, "smart-scan"));
+    g_assert(!qdict_get_bool(kernel, "advisor"));
+    g_assert(!qdict_get_bool(kernel, "general-profit"));
+    g_assert(!qdict_get_bool(kernel, "ksm-zero-pages"));
+    qobject_unref(resp);
+    qtest_quit(qts);
+    for (i = 0; i < 2; i++) {
+        g_autofree char *path = g_build_filename(dir, newer[i][0], NULL);
+        unlink(path);
+    }
     rmdir(dir);
 }
 
@@ -1079,6 +1152,7 @@ int main(int argc, char **argv)
     qtest_add_func("/memdedup/rescan-backoff", test_rescan_backoff);
     qtest_add_func("/memdedup/bad-input", test_bad_input);
     qtest_add_func("/memdedup/no-ksm", test_no_ksm);
+    qtest_add_func("/memdedup/kernel-features", test_kernel_features);
     qtest_add_func("/memdedup/hmp-and-dimm", test_hmp_and_dimm);
     qtest_add_func("/memdedup/unplug-after-quiet-pass",
                    test_unplug_after_quiet_pass);
