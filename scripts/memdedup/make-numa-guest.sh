@@ -7,8 +7,9 @@
 # commands sent on ttyS1), minus its data file, plus what running our
 # QEMU inside it takes: qemu-system-x86_64 (stripped), the shared
 # libraries ldd lists for it, SeaBIOS (the pc machine's firmware) in
-# /qemu, and the helpers of scripts/memdedup/inner (qmp and qt: QMP and
-# qtest commands to the QEMU started with pipes in /tmp).
+# /qemu, the helpers of scripts/memdedup/inner (qmp and qt: QMP and
+# qtest commands to the QEMU started with pipes in /tmp), and a user
+# nobody.
 # Does nothing when the initramfs is newer than QEMU, the test guest,
 # the helpers and this script.
 set -eu
@@ -49,6 +50,11 @@ mkdir -p "$root/qemu"
 cp "$bios" "$root/qemu/"
 
 cp "$top/scripts/memdedup/inner/qmp" "$top/scripts/memdedup/inner/qt" "$root/bin/"
+# An unprivileged user for the tests (busybox su runs QEMU as nobody).
+mkdir -p "$root/etc"
+printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n' \
+    > "$root/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$root/etc/group"
 
 # Reproducible archive, as make-guest.sh makes it.
 find "$root" -exec touch -h -d @0 {} +

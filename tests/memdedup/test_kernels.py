@@ -16,7 +16,10 @@ what was written, after merging and after unmerging; the engine's
 kernel view (kernel-merged-pages, process and host KSM counters) equal
 to what that kernel's own files say, read with ksmd stopped; the
 kernel features query-memdedup reports equal to what the kernel has;
-and the runtime policy switch with unmerge admission.  Each prints its
+and the runtime policy switch with unmerge admission.  Then QEMU runs
+as nobody (no PFNs, no page flags): the same registration, and a merged
+count that is the kernel's where smaps has KSM: lines and absent where
+it has not (6.1).  Each prints its
 pass time and engine CPU per GiB of resident memory (inside a guest
 these compare the kernels with each other, not with the host).
 """
@@ -46,6 +49,8 @@ QEMU_ARGS = ("-machine pc,memory-backend=m0,mem-merge=off -m %dM "
              "-object memory-backend-ksm,id=m0,size=%dM,dump=off"
              % (SIZE // MiB, SIZE // MiB))
 
+NOBODY = 65534
+
 KERNELS = {
     "debian12": os.path.join(TOP, "build", "guest", "vmlinuz"),
     "debian13": os.path.join(TOP, "build", "kernels", "trixie", "vmlinuz"),
@@ -74,11 +79,13 @@ def dump_digest(t):
     """sha256 of the written ranges as QEMU has them (pmemsave; never
     a page that was not written, whose residency reading would change)."""
     ranges = (ZERO, (DUP_AT, DUP_COPIES * DUP_PAGES * PAGE), UNIQUE)
+    d = t.pipes + "/dumps"          # QEMU may run as another user
+    t.sh("mkdir -p -m 1777 " + d)
     for i, (addr, size) in enumerate(ranges):
         t.qmp("pmemsave", val=addr, size=size,
-              filename="%s/mem%d.bin" % (t.pipes, i))
+              filename="%s/mem%d.bin" % (d, i))
     out = t.sh("cat {0}/mem0.bin {0}/mem1.bin {0}/mem2.bin | sha256sum; "
-               "rm -f {0}/mem?.bin".format(t.pipes))
+               "rm -f {0}/mem?.bin".format(d))
     return out.split()[0]
 
 
@@ -216,15 +223,18 @@ def check_kernel_view(t, pid, info):
     return merging
 
 
-def matrix_checks(t, guest):
-    """The checks, on shell @t; @guest: the KSM knobs are the guest's."""
-    write_meminfo(t, None)
-    pid = t.start_qemu(QEMU_ARGS.format(pipes=t.pipes))
+ZERO_PAGES, DUP_ALL = ZERO[1] // PAGE, DUP_COPIES * DUP_PAGES
+REGISTERED = ZERO[1] + DUP_ALL * PAGE   # bytes: the zero and dup regions
+
+
+def start_filled(t, uid=None):
+    """QEMU (as @uid if given) with the content written and one pass
+    done, its registration checked; returns (pid, base, digest, info)."""
+    pid = t.start_qemu(QEMU_ARGS.format(pipes=t.pipes), uid)
     base = ram_base(t, pid)
     t0 = time.monotonic()
-    out = t.sh("{ echo 'memset 0x%x 0x%x 0'; %s; } | qt" % (
-        ZERO[0], ZERO[1], fill_command(segments()).rsplit("|", 1)[0]),
-        timeout=600)
+    out = t.sh(fill_command(segments(), ["memset 0x%x 0x%x 0" % ZERO]),
+               timeout=600)
     count = 1 + sum(n + 1 for _, _, n in segments())
     check("QT-OK %d of %d" % (count, count) in out, out)
     print("  %s: filled in %.1f s" % (t.name, time.monotonic() - t0))
@@ -234,20 +244,45 @@ def matrix_checks(t, guest):
 
     # Registered exactly: the zero and duplicated regions.
     info = t.run_pass()
-    features = check_features(t, info)
     b = info["backends"][0]
-    zero_pages, dup_pages = ZERO[1] // PAGE, DUP_COPIES * DUP_PAGES
-    unique_pages = UNIQUE[1] // PAGE
-    check(b["zero-pages"] == zero_pages, "zero pages %d" % b["zero-pages"])
-    extra = b["duplicate-pages"] - dup_pages
-    check(0 <= extra <= fingerprint_slack(DUP_PAGES + unique_pages),
-          "duplicate pages %d, want %d" % (b["duplicate-pages"], dup_pages))
-    want = ZERO[1] + dup_pages * PAGE
-    check(b["registered-bytes"] == want, "registered %d, want %d"
-          % (b["registered-bytes"], want))
+    check(b["zero-pages"] == ZERO_PAGES, "zero pages %d" % b["zero-pages"])
+    extra = b["duplicate-pages"] - DUP_ALL
+    check(0 <= extra <= fingerprint_slack(DUP_PAGES + UNIQUE[1] // PAGE),
+          "duplicate pages %d, want %d" % (b["duplicate-pages"], DUP_ALL))
+    check(b["registered-bytes"] == REGISTERED, "registered %d, want %d"
+          % (b["registered-bytes"], REGISTERED))
     mergeable = sum(e - s for s, e, f in vmas(t, pid)
                     if " mg" in " " + f.get("VmFlags", ""))
-    check(mergeable == want, "the kernel has %d bytes mergeable" % mergeable)
+    check(mergeable == REGISTERED, "the kernel has %d bytes mergeable"
+          % mergeable)
+    return pid, base, written, info
+
+
+def merging_pages(t, pid):
+    """The kernel's own count of QEMU's merged pages."""
+    return int(t.read("/proc/%d/ksm_merging_pages" % pid).split()[-1])
+
+
+def merge(t, pid, goal):
+    """Start ksmd, wait until it merged @goal pages of QEMU's."""
+    t.knob("use_zero_pages", 0)
+    t.knob("pages_to_scan", 4000)
+    t.knob("sleep_millisecs", 10)
+    t.knob("run", 1)
+    t1 = time.monotonic()
+    wait_for("ksmd merging", lambda: merging_pages(t, pid) >= goal,
+             MERGE_BOUND)
+    print("  %s: ksmd merged %d pages in %.1f s" % (
+        t.name, goal, time.monotonic() - t1))
+
+
+def matrix_checks(t, guest):
+    """The checks, on shell @t; @guest: the KSM knobs are the guest's."""
+    write_meminfo(t, None)
+    pid, base, written, info = start_filled(t)
+    features = check_features(t, info)
+    want, zero_pages, dup_pages = REGISTERED, ZERO_PAGES, DUP_ALL
+    b = info["backends"][0]
 
     # The same content, three more passes: the per-kernel figures.
     resident = b["resident-pages"] * PAGE
@@ -263,17 +298,8 @@ def matrix_checks(t, guest):
           "median of 3)" % (t.name, figures[0], figures[1], resident // MiB))
 
     # Merged by this kernel's ksmd.
-    t.knob("use_zero_pages", 0)
-    t.knob("pages_to_scan", 4000)
-    t.knob("sleep_millisecs", 10)
-    t.knob("run", 1)
     goal = dup_pages + zero_pages
-    t1 = time.monotonic()
-    wait_for("ksmd merging", lambda: int(t.read(
-        "/proc/%d/ksm_merging_pages" % pid).split()[-1]) >= goal,
-        MERGE_BOUND)
-    print("  %s: ksmd merged %d pages in %.1f s" % (
-        t.name, goal, time.monotonic() - t1))
+    merge(t, pid, goal)
 
     # Unique memory stays unregistered, and on huge pages: the engine
     # hands it back (MADV_COLLAPSE where the kernel has it) after
@@ -327,13 +353,43 @@ def matrix_checks(t, guest):
     t.qmp("qom-set", path="/objects/m0", property="dedup-policy", value="off")
     wait_for("everything to go", lambda: backend(t)["registered-bytes"] == 0,
              120)
-    wait_for("the kernel to count nothing merged", lambda: int(t.read(
-        "/proc/%d/ksm_merging_pages" % pid).split()[-1]) == 0, MERGE_BOUND)
+    wait_for("the kernel to count nothing merged",
+             lambda: merging_pages(t, pid) == 0, MERGE_BOUND)
     wait_for("the engine to see nothing merged",
              lambda: backend(t)["kernel-merged-pages"] == 0, 30)
     check(dump_digest(t) == written, "guest memory changed by unmerging")
     write_meminfo(t, None)
+    t.close_qemu(pid)
+    t.knob("run", 0)
+    unprivileged_checks(t)
     return figures
+
+
+def unprivileged_checks(t):
+    """QEMU as nobody: no PFNs, no page flags.  The registration is the
+    same, and the merged count is the kernel's (from smaps) where smaps
+    has KSM: lines, and absent where it has not -- never wrong."""
+    pid, _, written, info = start_filled(t, NOBODY)
+    k = info["kernel"]
+    check(not k["pfns"] and not k["kpageflags"], "PFNs as nobody: %r" % k)
+    check("zero-page-on-read" not in k, "zero page guessed without PFNs")
+    merge(t, pid, ZERO_PAGES + DUP_ALL)
+    t.knob("run", 0)
+    b = t.run_pass()["backends"][0]
+    merged = merging_pages(t, pid)
+    has_lines = any("KSM" in f for _, _, f in vmas(t, pid))
+    check("kernel-merged-pages-exact" not in b, "exact count as nobody")
+    if has_lines:
+        check(b.get("kernel-merged-pages") == merged, "as nobody: "
+              "kernel-merged-pages %s, the kernel %d"
+              % (b.get("kernel-merged-pages"), merged))
+    else:
+        check("kernel-merged-pages" not in b and "actual-saving" not in b,
+              "as nobody, no KSM: lines: %r" % b)
+    print("  %s: as nobody: kernel-merged-pages %s (the kernel: %d)" % (
+        t.name, b.get("kernel-merged-pages", "absent"), merged))
+    check(dump_digest(t) == written, "guest memory changed (nobody)")
+    t.close_qemu(pid)
 
 
 def test_host(workdir):
