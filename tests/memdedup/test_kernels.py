@@ -326,6 +326,15 @@ def matrix_checks(t, guest):
     t.knob("run", 0)
     info = t.run_pass()
     merged = check_kernel_view(t, pid, info)
+    b = info["backends"][0]
+    check(b.get("attributed-saving-accuracy") == "exact", "attributed %r"
+          % b.get("attributed-saving-accuracy"))
+    if guest:
+        # QEMU is the guest's only KSM user: its share is all of it.
+        sharing = t.knob("pages_sharing")
+        check(abs(b["attributed-saving"] / PAGE - sharing) <= 1,
+              "attributed %.1f pages, pages_sharing %d"
+              % (b["attributed-saving"] / PAGE, sharing))
     check(merged == goal, "merged %d, want %d" % (merged, goal))
     check(dump_digest(t) == written, "guest memory changed by merging")
 

@@ -1080,6 +1080,20 @@ static void test_count_ksm_pages(void)
         n = memdedup_count_ksm_pages(pagemap, kpageflags, (uintptr_t)mem,
                                      len);
         g_assert(n == 0 || n == -1);
+        if (n == 0) {
+            MemdedupKsmShares shares = { 0 };
+            int kpagecount = open("/proc/kpagecount", O_RDONLY);
+
+            /* Nothing merged: no share, whatever the counts say. */
+            g_assert_true(memdedup_count_ksm_shares(
+                pagemap, kpageflags, kpagecount, (uintptr_t)mem, len,
+                &shares));
+            g_assert_cmpuint(shares.pages, ==, 0);
+            g_assert_cmpuint(shares.attributed, ==, 0);
+            if (kpagecount >= 0) {
+                close(kpagecount);
+            }
+        }
         /* Invalid file descriptor: unavailable, not a crash. */
         g_assert_cmpint(memdedup_count_ksm_pages(-1, kpageflags,
                                                  (uintptr_t)mem, len),

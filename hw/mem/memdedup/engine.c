@@ -36,6 +36,20 @@
 #include "qapi/error.h"
 #include "memdedup-internal.h"
 
+/* A /proc/kpage* file, or -1 where it cannot be opened or read. */
+static int memdedup_open_page_file(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    uint64_t first;
+
+    /* Opened but unreadable (another file mounted over it): none. */
+    if (fd >= 0 && pread(fd, &first, sizeof(first), 0) != sizeof(first)) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
 void memdedup_engine_start(void)
 {
     MemdedupEngine *engine = &memdedup_engine;
@@ -49,17 +63,8 @@ void memdedup_engine_start(void)
     memdedup_kernel_view_init(&engine->view);
     engine->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
     engine->pagemap_scan = engine->pagemap_fd >= 0;    /* until refused */
-    engine->kpageflags_fd = open("/proc/kpageflags", O_RDONLY | O_CLOEXEC);
-    /* Opened but unreadable (another file mounted over it): none. */
-    if (engine->kpageflags_fd >= 0) {
-        uint64_t flags;
-
-        if (pread(engine->kpageflags_fd, &flags, sizeof(flags), 0) !=
-                sizeof(flags)) {
-            close(engine->kpageflags_fd);
-            engine->kpageflags_fd = -1;
-        }
-    }
+    engine->kpageflags_fd = memdedup_open_page_file("/proc/kpageflags");
+    engine->kpagecount_fd = memdedup_open_page_file("/proc/kpagecount");
     memdedup_learn_zero_pfns(engine);
     memdedup_features_probe(engine);
     memdedup_migration_init(engine);

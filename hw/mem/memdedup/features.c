@@ -88,6 +88,7 @@ MemdedupKernelFeatures *memdedup_features_query(MemdedupEngine *engine)
     k->madv_collapse = f->madv_collapse;
     k->pfns = engine->pfns_visible;
     k->kpageflags = engine->kpageflags_fd >= 0;
+    k->kpagecount = engine->kpagecount_fd >= 0;
     if (engine->pfns_visible) {
         k->has_zero_page_on_read = k->has_huge_zero_page = true;
         k->zero_page_on_read = engine->zero_pfn != 0;

@@ -213,28 +213,32 @@ void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
 
 /*
  * KSM pages, through kpageflags, in the runs of regions of @blk for which
- * @want says yes; -1 if unknown.  KSM pages exist only in registered
- * regions (unregistering unmerges), so nothing else needs looking at.
- * Scanner thread, lock not held.
+ * @want says yes, and their share of the saving where @kpagecount_fd is
+ * not -1 (memdedup_count_ksm_shares); false if unknown.  KSM pages exist
+ * only in registered regions (unregistering unmerges), so nothing else
+ * needs looking at.  Scanner thread, lock not held.
  */
-static int64_t memdedup_count_ksm_runs(MemdedupEngine *engine,
-                                       MemdedupPassBlock *pb,
-                                       bool (*want)(MemdedupPassBlock *pb,
-                                                    uint64_t region))
+static bool memdedup_count_ksm_runs(MemdedupEngine *engine,
+                                    MemdedupPassBlock *pb,
+                                    bool (*want)(MemdedupPassBlock *pb,
+                                                 uint64_t region),
+                                    int kpagecount_fd,
+                                    MemdedupKsmShares *shares)
 {
     MemdedupBlock *blk = pb->blk;
     uint64_t region_size = blk->pages_per_region * blk->page_size;
     uint64_t i, j;
-    int64_t total = 0;
+    bool ok = true;
 
+    *shares = (MemdedupKsmShares) { 0 };
     if (engine->pagemap_fd < 0 || engine->kpageflags_fd < 0) {
-        return -1;
+        return false;
     }
     /* Nothing merged, and PFNs visible, so that a walk would say so. */
     if (engine->pfns_visible && !memdedup_process_has_merged_pages(NULL)) {
-        return 0;
+        return true;
     }
-    for (i = 0; i < blk->nr_regions && total >= 0; i = j) {
+    for (i = 0; i < blk->nr_regions && ok; i = j) {
         /* Runs of at most MEMDEDUP_RCU_CHUNK: one RCU section each. */
         for (j = i; j < blk->nr_regions && want(pb, j) &&
              (j - i) * region_size < MEMDEDUP_RCU_CHUNK; j++) {
@@ -245,18 +249,15 @@ static int64_t memdedup_count_ksm_runs(MemdedupEngine *engine,
             continue;
         }
         WITH_RCU_READ_LOCK_GUARD() {
-            int64_t n = -1;
-
-            if (!qatomic_load_acquire(&blk->removed)) {
-                n = memdedup_count_ksm_pages(
-                    engine->pagemap_fd, engine->kpageflags_fd,
-                    (uintptr_t)blk->host + i * region_size,
-                    MIN((j - i) * region_size, blk->size - i * region_size));
-            }
-            total = n < 0 ? -1 : total + n;
+            ok = !qatomic_load_acquire(&blk->removed) &&
+                 memdedup_count_ksm_shares(
+                     engine->pagemap_fd, engine->kpageflags_fd,
+                     kpagecount_fd, (uintptr_t)blk->host + i * region_size,
+                     MIN((j - i) * region_size,
+                         blk->size - i * region_size), shares);
         }
     }
-    return total;
+    return ok;
 }
 
 static bool memdedup_region_registered(MemdedupPassBlock *pb, uint64_t i)
@@ -283,25 +284,32 @@ void memdedup_kernel_view_count_pass(MemdedupEngine *engine,
 
     for (b = 0; b < pass->nr_blocks && (exact || cross); b++) {
         MemdedupPassBlock *pb = &pass->blocks[b];
-        int64_t exact_pages = 0, cross_pages = 0;
+        MemdedupKsmShares all = { 0 }, board = { 0 };
+        bool all_known = false, board_known = false;
 
         if (exact) {
-            exact_pages = memdedup_count_ksm_runs(engine, pb,
-                                                  memdedup_region_registered);
+            all_known = memdedup_count_ksm_runs(engine, pb,
+                                                memdedup_region_registered,
+                                                engine->kpagecount_fd, &all);
         }
         if (cross) {
-            cross_pages = memdedup_count_ksm_runs(
-                engine, pb, memdedup_region_registered_cross);
+            board_known = memdedup_count_ksm_runs(
+                engine, pb, memdedup_region_registered_cross, -1, &board);
         }
         QEMU_LOCK_GUARD(&engine->lock);
         if (exact) {
-            pb->blk->merged.kernel_merged_pages_exact = exact_pages;
+            MemdedupMergedStats *merged = &pb->blk->merged;
+
+            merged->kernel_merged_pages_exact = all_known ? all.pages : -1;
+            merged->attributed = all_known && engine->kpagecount_fd >= 0 ?
+                                 all.attributed : -1;
             if (!engine->view.smaps_ksm) {
-                pb->blk->merged.kernel_merged_pages = exact_pages;
+                merged->kernel_merged_pages = all_known ? all.pages : -1;
             }
         }
         if (cross) {
-            pb->blk->merged.cross_vm_merged_pages = cross_pages;
+            pb->blk->merged.cross_vm_merged_pages = board_known ?
+                                                    board.pages : -1;
         }
     }
 }

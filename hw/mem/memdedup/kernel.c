@@ -463,15 +463,50 @@ bool memdedup_parse_smaps_ksm(const char *text, uint64_t start, uint64_t end,
     return view.has_ksm;
 }
 
-int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
-                                 uintptr_t start, size_t len)
+/*
+ * Add to @shares the share of this mapping in each KSM page among
+ * @flags (@n pages from @pfn): (sharers - 1) / sharers of a page, in
+ * MEMDEDUP_SHARE_UNIT parts, the sharers being the page's mappings by
+ * /proc/kpagecount (@kpagecount_fd).  False if a read fails.
+ */
+static bool memdedup_add_ksm_shares(int kpagecount_fd, const uint64_t *flags,
+                                    uint64_t pfn, size_t n,
+                                    MemdedupKsmShares *shares)
+{
+    size_t k;
+
+    for (k = 0; k < n; k++) {
+        uint64_t sharers;
+
+        if (!((flags[k] >> MEMDEDUP_KPF_KSM) & 1)) {
+            continue;
+        }
+        shares->pages++;
+        if (kpagecount_fd < 0) {
+            continue;
+        }
+        if (pread(kpagecount_fd, &sharers, sizeof(sharers),
+                  (off_t)((pfn + k) * sizeof(sharers))) != sizeof(sharers)) {
+            return false;
+        }
+        /* A KSM page nobody else maps (yet, or any more) saves nothing. */
+        if (sharers > 1) {
+            shares->attributed += MEMDEDUP_SHARE_UNIT -
+                                  MEMDEDUP_SHARE_UNIT / sharers;
+        }
+    }
+    return true;
+}
+
+bool memdedup_count_ksm_shares(int pagemap_fd, int kpageflags_fd,
+                               int kpagecount_fd, uintptr_t start,
+                               size_t len, MemdedupKsmShares *shares)
 {
     const size_t batch = 4096;
     size_t page_size = qemu_real_host_page_size();
     size_t pages = len / page_size, done = 0;
     g_autofree uint64_t *entries = g_new(uint64_t, batch);
     g_autofree uint64_t *flags = g_new(uint64_t, batch);
-    int64_t ksm_pages = 0;
     bool saw_pfn = false, saw_present = false;
 
     while (done < pages) {
@@ -480,7 +515,7 @@ int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
 
         if (pread(pagemap_fd, entries, n * sizeof(uint64_t), off) !=
             (ssize_t)(n * sizeof(uint64_t))) {
-            return -1;
+            return false;
         }
         /*
          * One kpageflags read per run of physically consecutive pages
@@ -505,20 +540,28 @@ int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
             }
             want = (j - i) * sizeof(uint64_t);
             if (pread(kpageflags_fd, flags, want,
-                      (off_t)(pfn * sizeof(uint64_t))) != want) {
-                return -1;
-            }
-            for (size_t k = 0; k < j - i; k++) {
-                ksm_pages += (flags[k] >> MEMDEDUP_KPF_KSM) & 1;
+                      (off_t)(pfn * sizeof(uint64_t))) != want ||
+                !memdedup_add_ksm_shares(kpagecount_fd, flags, pfn, j - i,
+                                         shares)) {
+                return false;
             }
         }
         done += n;
     }
     /* Unprivileged readers see present pages with PFN 0. */
-    if (saw_present && !saw_pfn) {
+    return !(saw_present && !saw_pfn);
+}
+
+int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
+                                 uintptr_t start, size_t len)
+{
+    MemdedupKsmShares shares = { 0 };
+
+    if (!memdedup_count_ksm_shares(pagemap_fd, kpageflags_fd, -1, start, len,
+                                   &shares)) {
         return -1;
     }
-    return ksm_pages;
+    return shares.pages;
 }
 
 /*

@@ -547,6 +547,28 @@ bool memdedup_read_meminfo(const char *path, uint64_t *mem_available,
 int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
                                  uintptr_t start, size_t len);
 
+/* A page's saving is divided among its sharers in this many parts. */
+#define MEMDEDUP_SHARE_UNIT   1000000
+
+typedef struct MemdedupKsmShares {
+    uint64_t pages;             /* KSM pages mapped in the range */
+    uint64_t attributed;        /* their share of the saving, in */
+                                /* MEMDEDUP_SHARE_UNIT parts of a page */
+} MemdedupKsmShares;
+
+/*
+ * memdedup_count_ksm_shares: add to @shares the KSM pages of [@start,
+ * @start + @len) (as memdedup_count_ksm_pages) and, when @kpagecount_fd
+ * (/proc/kpagecount) is not -1, this range's share of what they save:
+ * a KSM page mapped N times saves N - 1 pages, and each mapping is
+ * attributed (N - 1) / N of a page, so that the shares of every mapping
+ * on the host add up to KSM's pages_sharing.  False if PFNs are hidden
+ * or a read fails (@shares then partly added to).
+ */
+bool memdedup_count_ksm_shares(int pagemap_fd, int kpageflags_fd,
+                               int kpagecount_fd, uintptr_t start,
+                               size_t len, MemdedupKsmShares *shares);
+
 /*
  * memdedup_madvise: madvise(2), through which the engine registers and
  * unregisters memory, so that tests can inject kernel refusals with

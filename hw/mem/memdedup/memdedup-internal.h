@@ -83,6 +83,8 @@ typedef struct MemdedupMergedStats {
     int64_t kernel_merged_pages;        /* smaps; -1: unavailable */
     int64_t kernel_merged_pages_exact;  /* kpageflags; -1: unavailable */
     int64_t cross_vm_merged_pages;      /* KSM pages there; -1: unknown */
+    /* Share of the saving, MEMDEDUP_SHARE_UNIT per page; -1: unknown. */
+    int64_t attributed;
 } MemdedupMergedStats;
 
 /*
@@ -273,6 +275,7 @@ typedef struct MemdedupEngine {
     int pagemap_fd;             /* /proc/self/pagemap or -1 */
     bool pagemap_scan;          /* atomic: its PAGEMAP_SCAN ioctl works */
     int kpageflags_fd;          /* /proc/kpageflags or -1 */
+    int kpagecount_fd;          /* /proc/kpagecount or -1 */
     bool pfns_visible;          /* pagemap shows PFNs (CAP_SYS_ADMIN) */
     uint64_t zero_pfn;          /* the shared zero page, 0 if unknown or */
                                 /* never mapped on a read fault */

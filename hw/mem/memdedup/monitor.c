@@ -120,6 +120,18 @@ static MemdedupBackendInfo *memdedup_query_backend(MemdedupEngine *engine,
     bi->kernel_merged_pages_exact = MAX(merged->kernel_merged_pages_exact, 0);
     bi->has_actual_saving = bi->has_kernel_merged_pages;
     bi->actual_saving = bi->kernel_merged_pages * blk->page_size;
+    if (merged->attributed >= 0) {
+        bi->has_attributed_saving = bi->has_attributed_saving_accuracy = true;
+        bi->attributed_saving = merged->attributed / MEMDEDUP_SHARE_UNIT *
+                                blk->page_size +
+                                merged->attributed % MEMDEDUP_SHARE_UNIT *
+                                blk->page_size / MEMDEDUP_SHARE_UNIT;
+        bi->attributed_saving_accuracy = MEMDEDUP_SAVING_ACCURACY_EXACT;
+    } else if (bi->has_actual_saving) {
+        bi->has_attributed_saving = bi->has_attributed_saving_accuracy = true;
+        bi->attributed_saving = bi->actual_saving;
+        bi->attributed_saving_accuracy = MEMDEDUP_SAVING_ACCURACY_UPPER_BOUND;
+    }
     bi->has_cross_vm_merged_pages = engine->board &&
                                     merged->cross_vm_merged_pages >= 0;
     bi->cross_vm_merged_pages = MAX(merged->cross_vm_merged_pages, 0);
@@ -414,6 +426,13 @@ static void hmp_info_memdedup_backends(Monitor *mon, MemdedupInfo *info)
         monitor_printf(mon, "  %s: %" PRIu64 " VMAs of %" PRIu64 " allowed "
                        "(budget %" PRIu64 " over all backends)",
                        b->id, b->vmas, b->vma_share, info->vma_budget);
+        if (b->has_attributed_saving) {
+            monitor_printf(mon, "; attributed saving %.1f MiB (%s)",
+                           (double)b->attributed_saving / MiB,
+                           b->attributed_saving_accuracy ==
+                           MEMDEDUP_SAVING_ACCURACY_EXACT ? "exact" :
+                                                            "upper bound");
+        }
         if (b->registration_failures || b->thp_advice_failures) {
             monitor_printf(mon, "; refused by the kernel: %" PRIu64
                            " registration changes, %" PRIu64
@@ -474,7 +493,7 @@ static void hmp_info_memdedup_kernel(Monitor *mon, MemdedupKernelFeatures *k)
         { "smart_scan", k->smart_scan }, { "advisor", k->advisor },
         { "PAGEMAP_SCAN", k->pagemap_scan },
         { "MADV_COLLAPSE", k->madv_collapse }, { "PFNs", k->pfns },
-        { "kpageflags", k->kpageflags },
+        { "kpageflags", k->kpageflags }, { "kpagecount", k->kpagecount },
     };
     strList *f;
     size_t i;

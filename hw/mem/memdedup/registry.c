@@ -58,6 +58,7 @@ void memdedup_registry_init(void)
     engine->state = MEMDEDUP_STATE_DISABLED;
     engine->pagemap_fd = -1;
     engine->kpageflags_fd = -1;
+    engine->kpagecount_fd = -1;
     engine->vma_budget = memdedup_read_vma_budget();
     engine->thp_size = memdedup_read_thp_size();
     qemu_guest_getrandom_nofail(&engine->seed, sizeof(engine->seed));
@@ -237,6 +238,7 @@ static MemdedupBlock *memdedup_block_new(const char *id, void *host,
     blk->params_changed = true;
     blk->merged.kernel_merged_pages = -1;
     blk->merged.kernel_merged_pages_exact = -1;
+    blk->merged.attributed = -1;
     return blk;
 }
 

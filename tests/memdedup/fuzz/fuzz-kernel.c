@@ -136,6 +136,17 @@ static void fuzz_page_records(const uint8_t *data, size_t size)
     if (pm_len < entries * 8) {
         g_assert_cmpint(ksm, ==, -1);
     }
+    /* The same bytes as kpagecount: any count gives a share below 1. */
+    if (ksm >= 0) {
+        MemdedupKsmShares shares = { 0 };
+
+        if (memdedup_count_ksm_shares(pagemap, kpageflags, kpageflags, 0,
+                                      entries * PAGE, &shares)) {
+            g_assert_cmpuint(shares.pages, ==, ksm);
+            g_assert_cmpuint(shares.attributed, <=,
+                             shares.pages * MEMDEDUP_SHARE_UNIT);
+        }
+    }
     close(pagemap);
     close(kpageflags);
 }
