@@ -426,7 +426,7 @@ def parse_table(text):
     """{domain: {backend: [MiB columns]}} and {domain: status text}."""
     rows, others, domain = {}, {}, None
     for line in text.splitlines()[2:]:
-        if line.startswith("TOTAL") or line.startswith("host KSM") or \
+        if line.startswith(("TOTAL", "HOST", "host KSM", "* upper")) or \
                 ": engine " in line:
             continue
         m = re.match(r"(\S+)\s+\((.*)\)$", line)
@@ -437,7 +437,7 @@ def parse_table(text):
         if not line.startswith(" "):
             domain = fields.pop(0)
         rows.setdefault(domain, {})[fields[0]] = [
-            None if f == "-" else float(f) for f in fields[2:]]
+            None if f == "-" else float(f.rstrip("*")) for f in fields[2:]]
     return rows, others
 
 
@@ -569,6 +569,36 @@ def test_libvirt(workdir):
         host_ksm = js["host-ksm"]
         check(host_ksm["available"] and host_ksm["page-size"] == PAGE,
               str(host_ksm))
+        # The totals: the sum of the backends' attributed savings, and
+        # what the host saved, from the same snapshot.
+        # Exact where QEMU may read /proc/kpagecount, else an upper
+        # bound (actual-saving) that says so.
+        total = js["total"]
+        backends = [b for d in js["domains"] if d["memdedup"]
+                    for b in d["query-memdedup"]["backends"]]
+        exact = all(b["attributed-saving-accuracy"] == "exact"
+                    for b in backends)
+        for b in backends:
+            check(b["attributed-saving"] <= b["actual-saving"] if
+                  b["attributed-saving-accuracy"] == "exact" else
+                  b["attributed-saving"] == b["actual-saving"],
+                  "attributed saving: %r" % b)
+        check(total["attributed-saving"] ==
+              sum(b["attributed-saving"] for b in backends) and
+              total["attributed-saving-accuracy"] ==
+              ("exact" if exact else "upper-bound") and
+              total["host-saving"] == host_ksm["pages-sharing"] * PAGE,
+              "--json total %r" % total)
+
+        # --sort attributed: the largest share first, plain last.
+        js = json.loads(stat(lv, "--json", "--sort", "attributed").stdout)
+        order = [d["name"] for d in js["domains"]]
+        shares = {d["name"]: sum(b.get("attributed-saving", 0) for b in
+                                 d["query-memdedup"]["backends"])
+                  for d in js["domains"] if d["memdedup"]}
+        check(order[-1] == "plain" and order[:-1] == sorted(
+            shares, key=lambda n: (-shares[n], n)), "--sort attributed: "
+            "%s, shares %s" % (order, shares))
         if ksm.active:
             check(host_ksm["pages-sharing"] > 0 and
                   host_ksm["pages-to-scan"] == 2000, "host KSM %s" % host_ksm)
@@ -594,6 +624,13 @@ def test_libvirt(workdir):
                               backend=bid)
                     check(got == value, "prometheus %s %s %s: %d != %d"
                           % (name, bid, metric, got, value))
+        for name in doms:
+            for bid, b in by_id(queried[name]).items():
+                got = val("memdedup_backend_attributed_saving_bytes",
+                          domain=name, backend=bid,
+                          accuracy=b["attributed-saving-accuracy"])
+                check(0 <= got <= b["size"], "attributed %s %s: %d"
+                      % (name, bid, got))
         check(val("memdedup_host_ksm_up") == 1, "host KSM up")
         if ksm.active:
             check(val("memdedup_host_ksm_pages_sharing") > 0,
@@ -605,6 +642,13 @@ def test_libvirt(workdir):
         table = stat(lv).stdout
         print("\n".join("  | " + line for line in table.splitlines()))
         rows, others = parse_table(table)
+        # The HOST row is the host KSM line's pages_sharing, in MiB.
+        check(("* upper bound" in table) != exact, "upper-bound note")
+        host_row = re.search(r"^HOST\s+pages_sharing\s+(\S+)$", table, re.M)
+        sharing = re.search(r"pages_sharing (\d+)", table)
+        check(host_row and sharing and abs(float(host_row.group(1)) -
+              int(sharing.group(1)) * PAGE / MiB) <= 0.05 + 1e-9,
+              "HOST row %r" % (host_row and host_row.group(0)))
         check(others.get("plain", "").startswith("no memdedup"),
               "table: plain is %r" % others.get("plain"))
         for name in doms:
@@ -660,7 +704,8 @@ def test_stat_errors(workdir):
     doms = json.loads(r.stdout)["domains"]
     check([(d["name"], d["status"], d["memdedup"]) for d in doms] ==
           [("test", "error", False)] and doms[0]["error"], str(doms))
-    for bad in (["--watch", "0"], ["--bogus"], ["extra"]):
+    for bad in (["--watch", "0"], ["--bogus"], ["extra"],
+                ["--sort", "size"]):
         r = subprocess.run([STAT] + bad, capture_output=True, text=True,
                            timeout=30)
         check(r.returncode == 2 and r.stderr, "%s: rc %d" % (bad,

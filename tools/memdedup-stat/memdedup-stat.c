@@ -48,6 +48,9 @@ enum {
 
 enum format { FORMAT_TABLE, FORMAT_JSON, FORMAT_PROMETHEUS };
 
+/* The order of the domains: by name, or by attributed saving. */
+enum sort_key { SORT_NAME, SORT_ATTRIBUTED };
+
 /* Why a domain shows no memdedup statistics. */
 enum domain_status {
     DOMAIN_MEMDEDUP,            /* query-memdedup answered, backends > 0 */
@@ -78,6 +81,9 @@ struct backend_stats {
     bool has_kernel_merged;
     uint64_t estimated_saving;
     uint64_t actual_saving;
+    uint64_t attributed;        /* attributed-saving */
+    bool has_attributed;
+    bool attributed_exact;      /* else an upper bound */
 };
 
 struct domain_stats {
@@ -220,6 +226,9 @@ static void backend_parse(json_object *b, struct backend_stats *out)
                                   &out->has_kernel_merged) * page;
     out->estimated_saving = json_u64(b, "estimated-saving", NULL);
     out->actual_saving = json_u64(b, "actual-saving", NULL);
+    out->attributed = json_u64(b, "attributed-saving", &out->has_attributed);
+    out->attributed_exact = !strcmp(json_str(b, "attributed-saving-accuracy"),
+                                    "exact");
 }
 
 /* Is this monitor reply (or libvirt error) a missing command? */
@@ -365,8 +374,32 @@ static int domain_compare(const void *a, const void *b)
                   ((const struct domain_stats *)b)->name);
 }
 
+/* A domain's attributed saving over its backends. */
+static uint64_t domain_attributed(const struct domain_stats *d)
+{
+    uint64_t sum = 0;
+    size_t j;
+
+    for (j = 0; j < d->nr_backends; j++) {
+        sum += d->backends[j].attributed;
+    }
+    return sum;
+}
+
+/* Largest attributed saving first; ties, and domains without, by name. */
+static int domain_compare_attributed(const void *a, const void *b)
+{
+    uint64_t sa = domain_attributed(a), sb = domain_attributed(b);
+
+    if (sa != sb) {
+        return sa > sb ? -1 : 1;
+    }
+    return domain_compare(a, b);
+}
+
 /* Gather everything; false (with a message printed) if libvirt fails. */
-static bool snapshot_take(virConnectPtr conn, struct snapshot *snap)
+static bool snapshot_take(virConnectPtr conn, enum sort_key sort,
+                          struct snapshot *snap)
 {
     virDomainPtr *doms = NULL;
     int n, i;
@@ -390,7 +423,8 @@ static bool snapshot_take(virConnectPtr conn, struct snapshot *snap)
     }
     free(doms);
     qsort(snap->domains, snap->nr_domains, sizeof(*snap->domains),
-          domain_compare);
+          sort == SORT_ATTRIBUTED ? domain_compare_attributed :
+                                    domain_compare);
     return true;
 }
 
@@ -431,12 +465,15 @@ static void print_table(FILE *out, const struct snapshot *snap)
     struct backend_stats total = { 0 };
     size_t i, j;
 
-    fprintf(out, "%-16s %-12s %-10s %9s %9s %9s %9s %9s %10s %9s %9s\n",
-            "DOMAIN", "BACKEND", "POLICY", "SIZE", "RESIDENT", "ZERO",
-            "DUPLICATE", "UNIQUE", "REGISTERED", "MERGED", "ESTIMATED");
-    fprintf(out, "%-16s %-12s %-10s %9s %9s %9s %9s %9s %10s %9s %9s\n",
-            "", "", "", "MiB", "MiB", "MiB", "MiB", "MiB", "MiB", "MiB",
-            "MiB");
+    bool upper = false;
+
+    fprintf(out, "%-16s %-12s %-10s %9s %9s %9s %9s %9s %10s %9s %9s "
+            "%10s\n", "DOMAIN", "BACKEND", "POLICY", "SIZE", "RESIDENT",
+            "ZERO", "DUPLICATE", "UNIQUE", "REGISTERED", "MERGED",
+            "ESTIMATED", "ATTRIBUTED");
+    fprintf(out, "%-16s %-12s %-10s %9s %9s %9s %9s %9s %10s %9s %9s "
+            "%10s\n", "", "", "", "MiB", "MiB", "MiB", "MiB", "MiB", "MiB",
+            "MiB", "MiB", "MiB");
     for (i = 0; i < snap->nr_domains; i++) {
         const struct domain_stats *d = &snap->domains[i];
 
@@ -466,6 +503,13 @@ static void print_table(FILE *out, const struct snapshot *snap)
                 fprintf(out, " %9s", "-");
             }
             print_mib(out, 9, b->estimated_saving);
+            if (b->has_attributed) {
+                fprintf(out, " %*.1f%s", b->attributed_exact ? 10 : 9,
+                        b->attributed / MIB, b->attributed_exact ? "" : "*");
+                upper |= !b->attributed_exact;
+            } else {
+                fprintf(out, " %10s", "-");
+            }
             fputc('\n', out);
             total.size += b->size;
             total.resident += b->resident;
@@ -475,6 +519,7 @@ static void print_table(FILE *out, const struct snapshot *snap)
             total.registered += b->registered;
             total.kernel_merged += b->kernel_merged;
             total.estimated_saving += b->estimated_saving;
+            total.attributed += b->attributed;
         }
     }
     fprintf(out, "%-16s %-12s %-10s", "TOTAL", "", "");
@@ -486,7 +531,19 @@ static void print_table(FILE *out, const struct snapshot *snap)
     print_mib(out, 10, total.registered);
     print_mib(out, 9, total.kernel_merged);
     print_mib(out, 9, total.estimated_saving);
-    fputc('\n', out);
+    fprintf(out, " %*.1f%s\n", upper ? 9 : 10, total.attributed / MIB,
+            upper ? "*" : "");
+    /* What the host saved: the attributed savings of all its KSM users. */
+    if (k->available && k->pages_sharing >= 0) {
+        fprintf(out, "%-16s %-12s %-10s %9s %9s %9s %9s %9s %10s %9s %9s",
+                "HOST", "pages_sharing", "", "", "", "", "", "", "", "", "");
+        print_mib(out, 10, (uint64_t)k->pages_sharing * snap->page_size);
+        fputc('\n', out);
+    }
+    if (upper) {
+        fprintf(out, "* upper bound: that QEMU cannot read /proc/kpagecount "
+                "(no CAP_SYS_ADMIN)\n");
+    }
 
     for (i = 0; i < snap->nr_domains; i++) {
         const struct domain_stats *d = &snap->domains[i];
@@ -522,6 +579,38 @@ static void json_add_ll(json_object *obj, const char *key, long long value)
     }
 }
 
+/*
+ * The sums over every backend: attributed-saving (exact only if every
+ * backend's is) and the host's saving, pages_sharing in bytes, which the
+ * attributed savings of all KSM users on the host add up to.
+ */
+static json_object *json_total(const struct snapshot *snap)
+{
+    json_object *total = json_object_new_object();
+    uint64_t attributed = 0;
+    bool exact = true;
+    size_t i, j;
+
+    for (i = 0; i < snap->nr_domains; i++) {
+        const struct domain_stats *d = &snap->domains[i];
+
+        for (j = 0; j < d->nr_backends; j++) {
+            attributed += d->backends[j].attributed;
+            exact &= d->backends[j].attributed_exact;
+        }
+    }
+    json_object_object_add(total, "attributed-saving",
+                           json_object_new_int64(attributed));
+    json_object_object_add(total, "attributed-saving-accuracy",
+                           json_object_new_string(exact ? "exact" :
+                                                          "upper-bound"));
+    if (snap->ksm.available && snap->ksm.pages_sharing >= 0) {
+        json_add_ll(total, "host-saving",
+                    snap->ksm.pages_sharing * snap->page_size);
+    }
+    return total;
+}
+
 static void print_json(FILE *out, const struct snapshot *snap)
 {
     json_object *root = json_object_new_object();
@@ -549,6 +638,7 @@ static void print_json(FILE *out, const struct snapshot *snap)
                                json_object_new_string(k->error));
     }
     json_object_object_add(root, "host-ksm", host);
+    json_object_object_add(root, "total", json_total(snap));
 
     for (i = 0; i < snap->nr_domains; i++) {
         const struct domain_stats *d = &snap->domains[i];
@@ -755,6 +845,27 @@ static void print_prometheus(FILE *out, const struct snapshot *snap)
             }
         }
     }
+    prom_header(out, "memdedup_backend_attributed_saving_bytes", "gauge",
+                "The backend's share of what KSM saves host wide: a page "
+                "mapped N times saves N - 1, (N - 1) / N to each mapping");
+    for (i = 0; i < snap->nr_domains; i++) {
+        const struct domain_stats *d = &snap->domains[i];
+
+        for (j = 0; j < d->nr_backends; j++) {
+            const struct backend_stats *b = &d->backends[j];
+
+            if (!b->has_attributed) {
+                continue;
+            }
+            fputs("memdedup_backend_attributed_saving_bytes{domain=\"", out);
+            print_label(out, d->name);
+            fputs("\",backend=\"", out);
+            print_label(out, b->id);
+            fprintf(out, "\",accuracy=\"%s\"} %" PRIu64 "\n",
+                    b->attributed_exact ? "exact" : "upper-bound",
+                    b->attributed);
+        }
+    }
     prom_header(out, "memdedup_host_ksm_up", "gauge",
                 "1 if libvirt reported the host's KSM parameters");
     fprintf(out, "memdedup_host_ksm_up %d\n", snap->ksm.available);
@@ -784,6 +895,8 @@ static void usage(FILE *out)
 "                      query-memdedup's reply\n"
 "  -p, --prometheus    print Prometheus text exposition format (for\n"
 "                      node-exporter's textfile collector)\n"
+"  -s, --sort KEY      order the domains by KEY: name (the default) or\n"
+"                      attributed (largest attributed saving first)\n"
 "  -w, --watch SECS    refresh every SECS seconds until interrupted\n"
 "  -o, --output FILE   write to FILE (replaced atomically at each refresh)\n"
 "                      instead of standard output\n"
@@ -791,7 +904,10 @@ static void usage(FILE *out)
 "\n"
 "The table shows one row per memory backend, sizes in MiB; a domain\n"
 "without memdedup (QEMU lacks query-memdedup, or manages no backend) is\n"
-"listed as such.  Querying QEMU's monitor needs a read-write connection.\n"
+"listed as such.  ATTRIBUTED is each backend's share of the host's\n"
+"saving (see the man page); the HOST row is what the host saved\n"
+"(pages_sharing), which the shares of all its KSM users add up to.\n"
+"Querying QEMU's monitor needs a read-write connection.\n"
 "\n"
 "Exit status: 0 on success, 1 if libvirt cannot be reached or queried,\n"
 "2 on a usage error.\n", progname);
@@ -858,18 +974,20 @@ int main(int argc, char **argv)
         { "prometheus", no_argument, NULL, 'p' },
         { "watch", required_argument, NULL, 'w' },
         { "output", required_argument, NULL, 'o' },
+        { "sort", required_argument, NULL, 's' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     const char *uri = NULL, *output = NULL;
     enum format format = FORMAT_TABLE;
+    enum sort_key sort = SORT_NAME;
     long watch = 0;
     virConnectPtr conn;
     struct sigaction sa = { .sa_handler = on_signal };
     int opt, status = EXIT_OK;
     bool clear;
 
-    while ((opt = getopt_long(argc, argv, "c:jpw:o:h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:jpw:o:s:h", options, NULL)) != -1) {
         char *end;
 
         switch (opt) {
@@ -893,6 +1011,17 @@ int main(int argc, char **argv)
             break;
         case 'o':
             output = optarg;
+            break;
+        case 's':
+            if (!strcmp(optarg, "name")) {
+                sort = SORT_NAME;
+            } else if (!strcmp(optarg, "attributed")) {
+                sort = SORT_ATTRIBUTED;
+            } else {
+                fprintf(stderr, "%s: --sort takes name or attributed, not "
+                        "'%s'\n", progname, optarg);
+                return EXIT_USAGE;
+            }
             break;
         case 'h':
             usage(stdout);
@@ -927,7 +1056,7 @@ int main(int argc, char **argv)
         struct snapshot snap;
         struct timespec pause = { .tv_sec = watch };
 
-        if (!snapshot_take(conn, &snap)) {
+        if (!snapshot_take(conn, sort, &snap)) {
             status = EXIT_FAILURE_LIBVIRT;
             break;
         }
