@@ -89,12 +89,14 @@ def stop_vms(vms):
 
 
 def settle(ksm):
-    """pages_sharing once ksmd has dropped what exited processes left."""
-    last = None
-    for _ in range(50):
+    """pages_sharing once ksmd has dropped what exited processes left:
+    the same for a second (ksmd, at 4000 pages per 10 ms, has gone over
+    everything registered many times by then)."""
+    last, same = None, 0
+    deadline = time.monotonic() + 30
+    while same < 5 and time.monotonic() < deadline:
         now = host.ksm_read("pages_sharing")
-        if now == last:
-            return now
+        same = same + 1 if now == last else 0
         last = now
         time.sleep(0.2)
     return last
