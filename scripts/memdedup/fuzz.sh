@@ -7,8 +7,9 @@
 # build/fuzz/corpus-<target>, never into the committed seeds; crashes
 # to build/fuzz/.  Ends with "fuzz: N passed, N failed, N skipped".
 #
-# The targets compile kernel.c, policy.c and index.c outside QEMU's
-# meson, against the headers and libqemuutil.a of the QEMU build.
+# The targets compile kernel.c, kernel-pages.c, policy.c and index.c
+# outside QEMU's meson, against the headers and libqemuutil.a of the QEMU
+# build.
 set -u
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -40,8 +41,8 @@ cflags="-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
  -iquote $src -iquote $src/include $(pkg-config --cflags glib-2.0)"
 libs="$bld/libqemuutil.a $(pkg-config --libs glib-2.0 libxxhash) -lnuma -lm
  -pthread"
-core="$src/hw/mem/memdedup/kernel.c $src/hw/mem/memdedup/policy.c
- $src/hw/mem/memdedup/index.c"
+core="$src/hw/mem/memdedup/kernel.c $src/hw/mem/memdedup/kernel-pages.c
+ $src/hw/mem/memdedup/policy.c $src/hw/mem/memdedup/index.c"
 # The AVX2 page hash is compiled alone for AVX2, as meson does, where the
 # QEMU build has it (CONFIG_AVX2_OPT in its config-host.h).
 if grep -q '^#define CONFIG_AVX2_OPT' "$bld/config-host.h"; then

@@ -23,8 +23,8 @@
  *   board-filter.c           links and proofs, filters
  *   registry.c               the engine singleton and its blocks
  *   index.c, policy.c,       the pure core, free of softmmu state
- *   kernel.c, numa.c,
- *   bloom.c
+ *   kernel.c, kernel-pages.c,
+ *   numa.c, bloom.c
  *
  * Start-up happens once, with the BQL held: the kernel files the
  * scanner reads are opened and probed, migration is hooked, and with
