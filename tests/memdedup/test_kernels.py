@@ -181,24 +181,12 @@ def check_features(t, info):
     return k
 
 
-def wait_for_view(current, last):
-    """current() once it is true (the engine's kernel view refreshed),
-    polling for VIEW_BOUND seconds; fails showing @last otherwise."""
-    deadline = time.monotonic() + VIEW_BOUND
-    while time.monotonic() < deadline:
-        value = current()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError("the kernel view did not catch up: %r" % last)
-
-
 def check_kernel_view(t, pid, info):
     """With ksmd stopped, what query-memdedup says of the kernel is what
     the kernel's files say (once the engine's view is current)."""
-    merging = int(t.read("/proc/%d/ksm_merging_pages" % pid).split()[-1])
-    wait_for_view(lambda: backend(t).get("kernel-merged-pages") == merging,
-                  info["backends"][0])
+    merging = merging_pages(t, pid)
+    wait_for("the kernel view to be current", lambda: backend(t).get(
+        "kernel-merged-pages") == merging, VIEW_BOUND)
     info = t.qmp("query-memdedup")
     b = info["backends"][0]
     stat = ksm_fields(t.read("/proc/%d/ksm_stat" % pid)) \
@@ -412,7 +400,8 @@ def unprivileged_checks(t):
         if has_lines:
             return b if b.get("kernel-merged-pages") == merged else None
         return b if "kernel-merged-pages" not in b else None
-    b = wait_for_view(current, backend(t))
+    b = wait_for("the kernel view to be current (as nobody)", current,
+                 VIEW_BOUND)
     check("kernel-merged-pages-exact" not in b, "exact count as nobody")
     check(has_lines or "actual-saving" not in b, "as nobody, no KSM: lines: "
           "%r" % b)
