@@ -100,7 +100,15 @@ for s in $suites; do
             passed=$((passed + 1))
         else
             failed=$((failed + 1))
-        fi ;;
+        fi
+        # memdedup-stat's Prometheus rules (promtool check rules and test
+        # rules) and its dashboard against them.
+        "$top/scripts/memdedup/check-rules.sh"
+        case $? in
+        0) passed=$((passed + 1)) ;;
+        77) skipped=$((skipped + 1)) ;;
+        *) failed=$((failed + 1)) ;;
+        esac ;;
     unit) meson_test test-memdedup test-memdedup-engine ;;
     qtest) meson_test qtest-x86_64/memdedup-test ;;
     qemu)

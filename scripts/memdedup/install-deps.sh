@@ -10,7 +10,12 @@ seabios qemu-system-data ipxe-qemu dpkg-dev cpio gzip xz-utils
 python3-sphinx python3-sphinx-rtd-theme python3-matplotlib python3-numpy
 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
 libjson-c-dev
-clang libclang-rt-14-dev"
+clang libclang-rt-14-dev
+prometheus prometheus-node-exporter"
+# The services Debian's prometheus packages would start (prometheus,
+# prometheus-node-exporter): the tests start private instances
+# on loopback and nothing may stay running on the host.
+services="prometheus prometheus-node-exporter"
 
 missing=""
 for p in $pkgs; do
@@ -27,5 +32,21 @@ fi
 echo "install-deps: installing$missing"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq || true
+# No service starts during the installation: a policy-rc.d that denies
+# every start (invoke-rc.d and deb-systemd-invoke ask it), ours only
+# while apt runs, unless the host has one already.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\n# memdedup install-deps: no service starts\nexit 101\n' \
+        >"$policy"
+    chmod 755 "$policy"
+fi
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $missing
+# Under systemd the units are still enabled for the next boot.
+if [ -d /run/systemd/system ]; then
+    for s in $services; do
+        systemctl disable --now "$s" >/dev/null 2>&1 || true
+    done
+fi

@@ -426,8 +426,10 @@ def parse_table(text):
     """{domain: {backend: [MiB columns]}} and {domain: status text}."""
     rows, others, domain = {}, {}, None
     for line in text.splitlines()[2:]:
+        # The lines under the table: "DOMAIN: engine ...", "DOMAIN:
+        # board ...", "DOMAIN BACKEND: THP kept ...".
         if line.startswith(("TOTAL", "HOST", "host KSM", "* upper")) or \
-                ": engine " in line:
+                re.match(r"\S+( \S+)?: ", line):
             continue
         m = re.match(r"(\S+)\s+\((.*)\)$", line)
         if m:

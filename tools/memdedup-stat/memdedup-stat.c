@@ -84,6 +84,32 @@ struct backend_stats {
     uint64_t attributed;        /* attributed-saving */
     bool has_attributed;
     bool attributed_exact;      /* else an upper bound */
+    uint64_t region_size;       /* bytes */
+    uint64_t huge_regions;      /* regions handed back to huge pages */
+    uint64_t unmerge_refusals;  /* count since QEMU started */
+    uint64_t registration_failures; /* madvise refusals since start */
+    /*
+     * Copy-on-write churn: merged pages broken by a write in the last
+     * pass and since start (pages, not bytes: each one cost the guest a
+     * fault; absent where QEMU cannot read pagemap), and regions
+     * unregistered for a backoff period because of it.  An older QEMU
+     * reports neither.
+     */
+    bool has_cow_broken;
+    uint64_t cow_broken_pages;
+    uint64_t cow_broken_pages_total;
+    bool has_cow_backoff;
+    uint64_t cow_backoff_regions;
+};
+
+/* query-memdedup's board member: the counters of refused peers. */
+struct board_stats {
+    bool present;               /* the domain's QEMU is on a board */
+    bool joined;
+    uint64_t peers;
+    uint64_t rejected_peers;    /* connections closed: no proof, bad data */
+    uint64_t rejected_updates;  /* peers' filters refused */
+    uint64_t refused_connections;   /* closed unread: too many waiting */
 };
 
 struct domain_stats {
@@ -96,6 +122,8 @@ struct domain_stats {
     uint64_t passes_completed;
     uint64_t scanner_cpu_ns;
     uint64_t metadata_bytes;
+    long long ksm_run;          /* host-ksm's run, -1 if absent */
+    struct board_stats board;
     struct backend_stats *backends;
     size_t nr_backends;
 };
@@ -112,6 +140,7 @@ struct host_ksm {
     long long pages_volatile;
     long long full_scans;
     long long merge_across_nodes;
+    long long run;              /* from query-memdedup's host-ksm, or -1 */
 };
 
 struct snapshot {
@@ -229,6 +258,36 @@ static void backend_parse(json_object *b, struct backend_stats *out)
     out->attributed = json_u64(b, "attributed-saving", &out->has_attributed);
     out->attributed_exact = !strcmp(json_str(b, "attributed-saving-accuracy"),
                                     "exact");
+    out->region_size = json_u64(b, "region-size", NULL);
+    out->huge_regions = json_u64(b, "huge-regions", NULL);
+    out->unmerge_refusals = json_u64(b, "unmerge-refusals", NULL);
+    out->registration_failures = json_u64(b, "registration-failures", NULL);
+    out->cow_broken_pages = json_u64(b, "cow-broken-pages",
+                                     &out->has_cow_broken);
+    if (out->has_cow_broken) {
+        out->cow_broken_pages_total = json_u64(b, "cow-broken-pages-total",
+                                               &out->has_cow_broken);
+    }
+    out->cow_backoff_regions = json_u64(b, "cow-backoff-regions",
+                                        &out->has_cow_backoff);
+}
+
+/* The board's counters, if the domain's QEMU has a board. */
+static void board_parse(json_object *info, struct board_stats *out)
+{
+    json_object *board, *joined;
+
+    if (!json_object_object_get_ex(info, "board", &board) ||
+        !json_object_is_type(board, json_type_object)) {
+        return;
+    }
+    out->present = true;
+    out->joined = json_object_object_get_ex(board, "joined", &joined) &&
+                  json_object_get_boolean(joined);
+    out->peers = json_u64(board, "peers", NULL);
+    out->rejected_peers = json_u64(board, "rejected-peers", NULL);
+    out->rejected_updates = json_u64(board, "rejected-updates", NULL);
+    out->refused_connections = json_u64(board, "refused-connections", NULL);
 }
 
 /* Is this monitor reply (or libvirt error) a missing command? */
@@ -247,10 +306,11 @@ static void domain_query(virDomainPtr dom, struct domain_stats *d)
 {
     char uuid[VIR_UUID_STRING_BUFLEN];
     char *text = NULL;
-    json_object *reply, *ret, *backends, *err;
+    json_object *reply, *ret, *backends, *err, *host_ksm;
     size_t i;
 
     d->name = xstrdup(virDomainGetName(dom));
+    d->ksm_run = -1;
     d->uuid = xstrdup(virDomainGetUUIDString(dom, uuid) == 0 ? uuid : "");
 
     if (virDomainQemuMonitorCommand(dom, "{\"execute\":\"query-memdedup\"}",
@@ -293,6 +353,15 @@ static void domain_query(virDomainPtr dom, struct domain_stats *d)
     d->passes_completed = json_u64(ret, "passes-completed", NULL);
     d->scanner_cpu_ns = json_u64(ret, "scanner-cpu-time", NULL);
     d->metadata_bytes = json_u64(ret, "metadata-bytes", NULL);
+    if (json_object_object_get_ex(ret, "host-ksm", &host_ksm)) {
+        bool present;
+        uint64_t run = json_u64(host_ksm, "run", &present);
+
+        if (present) {
+            d->ksm_run = run;
+        }
+    }
+    board_parse(ret, &d->board);
     if (json_object_object_get_ex(ret, "backends", &backends) &&
         json_object_is_type(backends, json_type_array)) {
         d->nr_backends = json_object_array_length(backends);
@@ -415,11 +484,19 @@ static bool snapshot_take(virConnectPtr conn, enum sort_key sort,
         return false;
     }
     host_ksm_query(conn, &snap->ksm);
+    snap->ksm.run = -1;
     snap->domains = xcalloc(n, sizeof(*snap->domains));
     snap->nr_domains = n;
     for (i = 0; i < n; i++) {
         domain_query(doms[i], &snap->domains[i]);
         virDomainFree(doms[i]);
+        /*
+         * libvirt does not report ksmd's run setting; every QEMU reads
+         * it from the same /sys/kernel/mm/ksm/run of this host.
+         */
+        if (snap->ksm.run < 0) {
+            snap->ksm.run = snap->domains[i].ksm_run;
+        }
     }
     free(doms);
     qsort(snap->domains, snap->nr_domains, sizeof(*snap->domains),
@@ -457,6 +534,30 @@ static void snapshot_free(struct snapshot *snap)
 static void print_mib(FILE *out, int width, uint64_t bytes)
 {
     fprintf(out, " %*.1f", width, bytes / MIB);
+}
+
+/*
+ * One line per backend under the table: what its figures in the columns
+ * do not show.  The copy-on-write figures only where QEMU reports them.
+ */
+static void print_backend_figures(FILE *out, const struct domain_stats *d,
+                                  const struct backend_stats *b)
+{
+    fprintf(out, "%s %s: THP kept %" PRIu64 " regions (%.1f MiB), "
+            "unmerge refusals %" PRIu64 ", registration failures %" PRIu64,
+            d->name, b->id, b->huge_regions,
+            b->huge_regions * b->region_size / MIB, b->unmerge_refusals,
+            b->registration_failures);
+    if (b->has_cow_broken) {
+        fprintf(out, ", COW broken %" PRIu64 " pages in the last pass (%"
+                PRIu64 " in all)", b->cow_broken_pages,
+                b->cow_broken_pages_total);
+    }
+    if (b->has_cow_backoff) {
+        fprintf(out, ", COW backoff %" PRIu64 " regions",
+                b->cow_backoff_regions);
+    }
+    fputc('\n', out);
 }
 
 static void print_table(FILE *out, const struct snapshot *snap)
@@ -548,18 +649,35 @@ static void print_table(FILE *out, const struct snapshot *snap)
     for (i = 0; i < snap->nr_domains; i++) {
         const struct domain_stats *d = &snap->domains[i];
 
-        if (d->status == DOMAIN_MEMDEDUP) {
-            fprintf(out, "%s: engine %s, %" PRIu64 " passes, scanner CPU "
-                    "%.3f s, metadata %.1f KiB\n", d->name, d->state,
-                    d->passes_completed, d->scanner_cpu_ns / 1e9,
-                    d->metadata_bytes / 1024.0);
+        if (d->status != DOMAIN_MEMDEDUP) {
+            continue;
+        }
+        fprintf(out, "%s: engine %s, %" PRIu64 " passes, scanner CPU "
+                "%.3f s, metadata %.1f KiB\n", d->name, d->state,
+                d->passes_completed, d->scanner_cpu_ns / 1e9,
+                d->metadata_bytes / 1024.0);
+        for (j = 0; j < d->nr_backends; j++) {
+            print_backend_figures(out, d, &d->backends[j]);
+        }
+        if (d->board.present) {
+            fprintf(out, "%s: board %s, %" PRIu64 " peers, rejected %"
+                    PRIu64 " peers and %" PRIu64 " updates, refused %"
+                    PRIu64 " connections\n", d->name,
+                    d->board.joined ? "joined" : "not joined",
+                    d->board.peers, d->board.rejected_peers,
+                    d->board.rejected_updates,
+                    d->board.refused_connections);
         }
     }
     if (!k->available) {
         fprintf(out, "host KSM: unavailable (%s)\n", k->error);
         return;
     }
-    fprintf(out, "host KSM: pages_shared %lld, pages_sharing %lld "
+    fputs("host KSM: ", out);
+    if (k->run >= 0) {
+        fprintf(out, "run %lld, ", k->run);
+    }
+    fprintf(out, "pages_shared %lld, pages_sharing %lld "
             "(saving %.1f MiB), pages_unshared %lld, pages_volatile %lld, "
             "full_scans %lld, pages_to_scan %lld, sleep_millisecs %lld, "
             "merge_across_nodes %lld\n", k->pages_shared, k->pages_sharing,
@@ -582,23 +700,58 @@ static void json_add_ll(json_object *obj, const char *key, long long value)
 /*
  * The sums over every backend: attributed-saving (exact only if every
  * backend's is) and the host's saving, pages_sharing in bytes, which the
- * attributed savings of all KSM users on the host add up to.
+ * attributed savings of all KSM users on the host add up to; the THP
+ * kept, refusals and failures, copy-on-write churn (where any QEMU
+ * reports it) and the engines' CPU time in seconds.
  */
 static json_object *json_total(const struct snapshot *snap)
 {
     json_object *total = json_object_new_object();
-    uint64_t attributed = 0;
-    bool exact = true;
+    uint64_t attributed = 0, huge = 0, refusals = 0, failures = 0;
+    uint64_t cow = 0, cow_total = 0, backoff = 0, cpu_ns = 0;
+    bool exact = true, has_cow_broken = false, has_cow_backoff = false;
     size_t i, j;
 
     for (i = 0; i < snap->nr_domains; i++) {
         const struct domain_stats *d = &snap->domains[i];
 
+        cpu_ns += d->scanner_cpu_ns;
         for (j = 0; j < d->nr_backends; j++) {
-            attributed += d->backends[j].attributed;
-            exact &= d->backends[j].attributed_exact;
+            const struct backend_stats *b = &d->backends[j];
+
+            attributed += b->attributed;
+            exact &= b->attributed_exact;
+            huge += b->huge_regions * b->region_size;
+            refusals += b->unmerge_refusals;
+            failures += b->registration_failures;
+            if (b->has_cow_broken) {
+                has_cow_broken = true;
+                cow += b->cow_broken_pages;
+                cow_total += b->cow_broken_pages_total;
+            }
+            if (b->has_cow_backoff) {
+                has_cow_backoff = true;
+                backoff += b->cow_backoff_regions;
+            }
         }
     }
+    json_object_object_add(total, "huge-bytes", json_object_new_int64(huge));
+    json_object_object_add(total, "unmerge-refusals",
+                           json_object_new_int64(refusals));
+    json_object_object_add(total, "registration-failures",
+                           json_object_new_int64(failures));
+    if (has_cow_broken) {
+        json_object_object_add(total, "cow-broken-pages",
+                               json_object_new_int64(cow));
+        json_object_object_add(total, "cow-broken-pages-total",
+                               json_object_new_int64(cow_total));
+    }
+    if (has_cow_backoff) {
+        json_object_object_add(total, "cow-backoff-regions",
+                               json_object_new_int64(backoff));
+    }
+    json_object_object_add(total, "scanner-cpu-seconds",
+                           json_object_new_double(cpu_ns / 1e9));
     json_object_object_add(total, "attributed-saving",
                            json_object_new_int64(attributed));
     json_object_object_add(total, "attributed-saving-accuracy",
@@ -632,6 +785,7 @@ static void print_json(FILE *out, const struct snapshot *snap)
         json_add_ll(host, "pages-volatile", k->pages_volatile);
         json_add_ll(host, "full-scans", k->full_scans);
         json_add_ll(host, "merge-across-nodes", k->merge_across_nodes);
+        json_add_ll(host, "run", k->run);
         json_add_ll(host, "page-size", snap->page_size);
     } else {
         json_object_object_add(host, "error",
@@ -711,6 +865,49 @@ BACKEND_FIELD(registered)
 BACKEND_FIELD(kernel_merged)
 BACKEND_FIELD(estimated_saving)
 BACKEND_FIELD(actual_saving)
+BACKEND_FIELD(huge_regions)
+BACKEND_FIELD(unmerge_refusals)
+BACKEND_FIELD(registration_failures)
+BACKEND_FIELD(cow_broken_pages)
+BACKEND_FIELD(cow_broken_pages_total)
+BACKEND_FIELD(cow_backoff_regions)
+
+static uint64_t backend_huge_bytes(const struct backend_stats *b)
+{
+    return b->huge_regions * b->region_size;
+}
+
+/* Whether a backend has an optional figure (NULL: always). */
+typedef bool (*backend_has)(const struct backend_stats *b);
+
+static bool backend_has_kernel_merged(const struct backend_stats *b)
+{
+    return b->has_kernel_merged;
+}
+
+static bool backend_has_cow_broken(const struct backend_stats *b)
+{
+    return b->has_cow_broken;
+}
+
+static bool backend_has_cow_backoff(const struct backend_stats *b)
+{
+    return b->has_cow_backoff;
+}
+
+/* Which board counter a per-domain board metric reports. */
+typedef uint64_t (*board_field)(const struct board_stats *b);
+
+#define BOARD_FIELD(field) \
+    static uint64_t board_##field(const struct board_stats *b) \
+    { \
+        return b->field; \
+    }
+BOARD_FIELD(joined)
+BOARD_FIELD(peers)
+BOARD_FIELD(rejected_peers)
+BOARD_FIELD(rejected_updates)
+BOARD_FIELD(refused_connections)
 
 static double domain_passes(const struct domain_stats *d)
 {
@@ -727,33 +924,79 @@ static double domain_metadata(const struct domain_stats *d)
     return d->metadata_bytes;
 }
 
+/*
+ * A metric family is printed with its HELP and TYPE lines before its
+ * first sample; an optional figure that no domain reports (an older
+ * QEMU, no board) leaves its family out altogether.
+ */
+static void prom_sample_start(FILE *out, bool *headed, const char *name,
+                              const char *type, const char *help,
+                              const char *domain)
+{
+    if (!*headed) {
+        prom_header(out, name, type, help);
+        *headed = true;
+    }
+    fprintf(out, "%s{domain=\"", name);
+    print_label(out, domain);
+    fputc('"', out);
+}
+
 static void print_prometheus(FILE *out, const struct snapshot *snap)
 {
     static const struct {
         const char *name;
+        const char *type;
         backend_field get;
+        backend_has has;
         const char *help;
     } metrics[] = {
-        { "memdedup_backend_size_bytes", backend_size,
+        { "memdedup_backend_size_bytes", "gauge", backend_size, NULL,
           "Size of the memory backend" },
-        { "memdedup_backend_resident_bytes", backend_resident,
+        { "memdedup_backend_resident_bytes", "gauge", backend_resident, NULL,
           "Resident guest memory of the backend" },
-        { "memdedup_backend_zero_bytes", backend_zero,
+        { "memdedup_backend_zero_bytes", "gauge", backend_zero, NULL,
           "Resident zero pages of the backend" },
-        { "memdedup_backend_duplicate_bytes", backend_duplicate,
+        { "memdedup_backend_duplicate_bytes", "gauge", backend_duplicate,
+          NULL,
           "Resident non-zero pages whose content occurs more than once" },
-        { "memdedup_backend_unique_bytes", backend_unique,
+        { "memdedup_backend_unique_bytes", "gauge", backend_unique, NULL,
           "Resident non-zero pages whose content occurs once" },
-        { "memdedup_backend_volatile_bytes", backend_volatile_bytes,
-          "Pages whose content changed during the last pass" },
-        { "memdedup_backend_registered_bytes", backend_registered,
-          "Memory registered with KSM (madvise MADV_MERGEABLE)" },
-        { "memdedup_backend_kernel_merged_bytes", backend_kernel_merged,
+        { "memdedup_backend_volatile_bytes", "gauge", backend_volatile_bytes,
+          NULL, "Pages whose content changed during the last pass" },
+        { "memdedup_backend_registered_bytes", "gauge", backend_registered,
+          NULL, "Memory registered with KSM (madvise MADV_MERGEABLE)" },
+        { "memdedup_backend_kernel_merged_bytes", "gauge",
+          backend_kernel_merged, backend_has_kernel_merged,
           "Memory the kernel reports merged by KSM" },
-        { "memdedup_backend_estimated_saving_bytes", backend_estimated_saving,
+        { "memdedup_backend_estimated_saving_bytes", "gauge",
+          backend_estimated_saving, NULL,
           "Memory that merging every zero and duplicate page would free" },
-        { "memdedup_backend_actual_saving_bytes", backend_actual_saving,
+        { "memdedup_backend_actual_saving_bytes", "gauge",
+          backend_actual_saving, NULL,
           "Private copies the kernel dropped by merging" },
+        { "memdedup_backend_huge_regions", "gauge", backend_huge_regions,
+          NULL, "Regions handed back to transparent huge pages (THP kept)" },
+        { "memdedup_backend_huge_bytes", "gauge", backend_huge_bytes, NULL,
+          "Memory handed back to transparent huge pages: huge regions "
+          "times the region size" },
+        { "memdedup_backend_unmerge_refusals_total", "counter",
+          backend_unmerge_refusals, NULL,
+          "Unregistrations refused because unmerging would not fit in "
+          "host memory" },
+        { "memdedup_backend_registration_failures_total", "counter",
+          backend_registration_failures, NULL,
+          "Registration changes (madvise) the kernel refused" },
+        { "memdedup_backend_cow_broken_pages", "gauge",
+          backend_cow_broken_pages, backend_has_cow_broken,
+          "Merged pages a write broke (copy-on-write) in the last pass" },
+        { "memdedup_backend_cow_broken_pages_total", "counter",
+          backend_cow_broken_pages_total, backend_has_cow_broken,
+          "Merged pages a write broke (copy-on-write) since QEMU started" },
+        { "memdedup_backend_cow_backoff_regions", "gauge",
+          backend_cow_backoff_regions, backend_has_cow_backoff,
+          "Regions unregistered for a backoff period because writes kept "
+          "breaking their merged pages" },
     };
     static const struct {
         const char *name;
@@ -769,12 +1012,38 @@ static void print_prometheus(FILE *out, const struct snapshot *snap)
         { "memdedup_metadata_bytes", "gauge", domain_metadata, 1,
           "Memory the engine uses for its per-page metadata" },
     };
+    static const struct {
+        const char *name;
+        const char *type;
+        board_field get;
+        const char *help;
+    } board[] = {
+        { "memdedup_board_joined", "gauge", board_joined,
+          "1 if the QEMU listens on its cross-VM board, 0 while it "
+          "cannot use the board directory" },
+        { "memdedup_board_peers", "gauge", board_peers,
+          "Board peers that proved the key and exchange fingerprints" },
+        { "memdedup_board_rejected_peers_total", "counter",
+          board_rejected_peers,
+          "Board connections closed: no proof of the key in time, a "
+          "malformed message or filters refused again and again" },
+        { "memdedup_board_rejected_updates_total", "counter",
+          board_rejected_updates,
+          "Board peers' filters refused and never used" },
+        { "memdedup_board_refused_connections_total", "counter",
+          board_refused_connections,
+          "Board connections closed unread: too many waiting to prove "
+          "the key" },
+    };
     const struct {
         const char *name;
         const char *type;
         long long value;
         const char *help;
     } host[] = {
+        { "memdedup_host_ksm_run", "gauge", snap->ksm.run,
+          "ksmd's run setting from query-memdedup: 0 stopped, 1 running, "
+          "2 unmerging everything" },
         { "memdedup_host_ksm_pages_shared", "gauge", snap->ksm.pages_shared,
           "KSM pages in use (shm_pages_shared)" },
         { "memdedup_host_ksm_pages_sharing", "gauge", snap->ksm.pages_sharing,
@@ -825,21 +1094,34 @@ static void print_prometheus(FILE *out, const struct snapshot *snap)
             }
         }
     }
+    for (m = 0; m < sizeof(board) / sizeof(board[0]); m++) {
+        bool headed = false;
+
+        for (i = 0; i < snap->nr_domains; i++) {
+            const struct domain_stats *d = &snap->domains[i];
+
+            if (d->status == DOMAIN_MEMDEDUP && d->board.present) {
+                prom_sample_start(out, &headed, board[m].name, board[m].type,
+                                  board[m].help, d->name);
+                fprintf(out, "} %" PRIu64 "\n", board[m].get(&d->board));
+            }
+        }
+    }
     for (m = 0; m < sizeof(metrics) / sizeof(metrics[0]); m++) {
-        prom_header(out, metrics[m].name, "gauge", metrics[m].help);
+        bool headed = false;
+
         for (i = 0; i < snap->nr_domains; i++) {
             const struct domain_stats *d = &snap->domains[i];
 
             for (j = 0; j < d->nr_backends; j++) {
                 const struct backend_stats *b = &d->backends[j];
 
-                if (metrics[m].get == backend_kernel_merged &&
-                    !b->has_kernel_merged) {
+                if (metrics[m].has && !metrics[m].has(b)) {
                     continue;
                 }
-                fprintf(out, "%s{domain=\"", metrics[m].name);
-                print_label(out, d->name);
-                fputs("\",backend=\"", out);
+                prom_sample_start(out, &headed, metrics[m].name,
+                                  metrics[m].type, metrics[m].help, d->name);
+                fputs(",backend=\"", out);
                 print_label(out, b->id);
                 fprintf(out, "\"} %" PRIu64 "\n", metrics[m].get(b));
             }
