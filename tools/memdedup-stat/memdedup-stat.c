@@ -880,20 +880,14 @@ static uint64_t backend_huge_bytes(const struct backend_stats *b)
 /* Whether a backend has an optional figure (NULL: always). */
 typedef bool (*backend_has)(const struct backend_stats *b);
 
-static bool backend_has_kernel_merged(const struct backend_stats *b)
-{
-    return b->has_kernel_merged;
-}
-
-static bool backend_has_cow_broken(const struct backend_stats *b)
-{
-    return b->has_cow_broken;
-}
-
-static bool backend_has_cow_backoff(const struct backend_stats *b)
-{
-    return b->has_cow_backoff;
-}
+#define BACKEND_HAS(flag) \
+    static bool backend_##flag(const struct backend_stats *b) \
+    { \
+        return b->flag; \
+    }
+BACKEND_HAS(has_kernel_merged)
+BACKEND_HAS(has_cow_broken)
+BACKEND_HAS(has_cow_backoff)
 
 /* Which board counter a per-domain board metric reports. */
 typedef uint64_t (*board_field)(const struct board_stats *b);
