@@ -217,6 +217,65 @@ static void ksm_backend_set_threshold(Object *obj, Visitor *v,
     ksm_backend_update(ksm, &params, errp);
 }
 
+static void ksm_backend_get_cow_threshold(Object *obj, Visitor *v,
+                                          const char *name, void *opaque,
+                                          Error **errp)
+{
+    visit_type_uint8(v, name, &MEMORY_BACKEND_KSM(obj)->params.cow_threshold,
+                     errp);
+}
+
+static void ksm_backend_set_cow_threshold(Object *obj, Visitor *v,
+                                          const char *name, void *opaque,
+                                          Error **errp)
+{
+    HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(obj);
+    MemdedupParams params = ksm->params;
+    uint8_t value;
+
+    if (!visit_type_uint8(v, name, &value, errp)) {
+        return;
+    }
+    if (value > 100) {
+        error_setg(errp, "property '%s' of %s must be a percentage between "
+                   "0 (off) and 100, not %u", name, object_get_typename(obj),
+                   value);
+        return;
+    }
+    params.cow_threshold = value;
+    ksm_backend_update(ksm, &params, errp);
+}
+
+static void ksm_backend_get_cow_backoff(Object *obj, Visitor *v,
+                                        const char *name, void *opaque,
+                                        Error **errp)
+{
+    visit_type_uint32(v, name, &MEMORY_BACKEND_KSM(obj)->params.cow_backoff,
+                      errp);
+}
+
+static void ksm_backend_set_cow_backoff(Object *obj, Visitor *v,
+                                        const char *name, void *opaque,
+                                        Error **errp)
+{
+    HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(obj);
+    MemdedupParams params = ksm->params;
+    uint32_t value;
+
+    if (!visit_type_uint32(v, name, &value, errp)) {
+        return;
+    }
+    if (value < MEMDEDUP_COW_BACKOFF_MIN || value > MEMDEDUP_COW_BACKOFF_MAX) {
+        error_setg(errp, "property '%s' of %s must be between %u and %u "
+                   "milliseconds, not %" PRIu32, name,
+                   object_get_typename(obj), MEMDEDUP_COW_BACKOFF_MIN,
+                   MEMDEDUP_COW_BACKOFF_MAX, value);
+        return;
+    }
+    params.cow_backoff = value;
+    ksm_backend_update(ksm, &params, errp);
+}
+
 static bool ksm_backend_get_manage_thp(Object *obj, Error **errp)
 {
     return MEMORY_BACKEND_KSM(obj)->params.manage_thp;
@@ -317,6 +376,8 @@ static void ksm_backend_instance_init(Object *obj)
     ksm->params.duplicate_threshold = MEMDEDUP_THRESHOLD_DEFAULT;
     ksm->params.manage_thp = true;
     ksm->params.force_unmerge = false;
+    ksm->params.cow_threshold = MEMDEDUP_COW_THRESHOLD_DEFAULT;
+    ksm->params.cow_backoff = MEMDEDUP_COW_BACKOFF_DEFAULT;
 }
 
 static void ksm_backend_instance_finalize(Object *obj)
@@ -366,6 +427,19 @@ static void ksm_backend_class_init(ObjectClass *oc, void *data)
     object_class_property_set_description(oc, "duplicate-threshold",
         "Percentage of a region's resident pages that must be duplicate "
         "or zero for it to be registered, 1-100 (default 10)");
+    object_class_property_add(oc, "cow-threshold", "uint8",
+                              ksm_backend_get_cow_threshold,
+                              ksm_backend_set_cow_threshold, NULL, NULL);
+    object_class_property_set_description(oc, "cow-threshold",
+        "Percentage of a region's merged pages that, broken by writes "
+        "between two passes, take the region off KSM for a while, "
+        "0-100 (default 50, 0: never)");
+    object_class_property_add(oc, "cow-backoff", "uint32",
+                              ksm_backend_get_cow_backoff,
+                              ksm_backend_set_cow_backoff, NULL, NULL);
+    object_class_property_set_description(oc, "cow-backoff",
+        "Milliseconds a churning region first stays off KSM, doubled while "
+        "the churn continues (default 60000)");
     object_class_property_add_bool(oc, "manage-thp",
                                    ksm_backend_get_manage_thp,
                                    ksm_backend_set_manage_thp);

@@ -27,6 +27,8 @@ typedef struct MemdedupParams {
     uint8_t duplicate_threshold; /* percent of resident pages, 1-100 */
     bool manage_thp;            /* candidates on small pages, THP for rest */
     bool force_unmerge;         /* skip admission control on unmerge */
+    uint8_t cow_threshold;      /* percent of merged pages broken, 0: off */
+    uint32_t cow_backoff;       /* ms a churning region first stays off */
 } MemdedupParams;
 
 /* Region granularity limits and defaults (see docs/system/memdedup.rst). */
@@ -36,6 +38,18 @@ typedef struct MemdedupParams {
 #define MEMDEDUP_REGION_SIZE_DEFAULT (2 * MiB)
 /* Percent; registered 99.9% of duplicates, skipped 25% of non-zero RAM. */
 #define MEMDEDUP_THRESHOLD_DEFAULT   10
+/*
+ * Copy-on-write churn (see hw/mem/memdedup/cow.c): a region is taken off
+ * KSM when, from one pass to the next, at least this percentage of its
+ * merged pages stopped being merged while resident -- it then loses as
+ * many merged pages per pass as it keeps, and the guest pays a
+ * copy-on-write fault for each page it keeps merged.
+ */
+#define MEMDEDUP_COW_THRESHOLD_DEFAULT 50
+/* ms, its first time off; doubled each time the churn comes back. */
+#define MEMDEDUP_COW_BACKOFF_DEFAULT   60000
+#define MEMDEDUP_COW_BACKOFF_MIN       100
+#define MEMDEDUP_COW_BACKOFF_MAX       86400000     /* one day */
 /* Host nodes reported one by one; pages on higher nodes count as unknown. */
 #define MEMDEDUP_NUMA_NODES_MAX 64
 

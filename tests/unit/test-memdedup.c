@@ -709,6 +709,92 @@ static void test_region_wanted(void)
     g_assert_true(memdedup_region_wanted(&targeted, &r));
 }
 
+/* Copy-on-write churn: the walk over pagemap entries, and the backoff. */
+static void test_cow_walk(void)
+{
+    const uint64_t shared = MEMDEDUP_PM_PRESENT;
+    const uint64_t alone = MEMDEDUP_PM_PRESENT | MEMDEDUP_PM_EXCLUSIVE;
+    uint64_t entries[8] = { shared, shared, shared, shared, shared,
+                            MEMDEDUP_PM_PRESENT | MEMDEDUP_PM_FILE, 0,
+                            shared };
+    bool nonzero[8] = { true, true, true, true, false, true, true, true };
+    unsigned long bits[BITS_TO_LONGS(16)] = { 0 };
+    uint32_t sharing;
+
+    /* First walk: nothing was shared before; non-zero shared pages now. */
+    g_assert_cmpuint(memdedup_cow_walk(entries, nonzero, 8, bits, 8,
+                                       &sharing), ==, 0);
+    g_assert_cmpuint(sharing, ==, 5);
+    g_assert_true(test_bit(8, bits) && test_bit(15, bits));
+    g_assert_false(test_bit(12, bits) || test_bit(13, bits) ||
+                   test_bit(14, bits));
+
+    /*
+     * Written (alone now): pages 0 and 1.  Page 2 swapped out: not
+     * broken.  Page 3 still shared.  Page 4 (was zero) alone: not
+     * counted.  Page 7 still shared.
+     */
+    entries[0] = entries[1] = alone;
+    entries[2] = MEMDEDUP_PM_SWAPPED;
+    entries[4] = alone;
+    g_assert_cmpuint(memdedup_cow_walk(entries, nonzero, 8, bits, 8,
+                                       &sharing), ==, 2);
+    g_assert_cmpuint(sharing, ==, 2);
+    /* Once counted, never again. */
+    g_assert_cmpuint(memdedup_cow_walk(entries, nonzero, 8, bits, 8,
+                                       &sharing), ==, 0);
+}
+
+static void test_cow_backoff(void)
+{
+    MemdedupParams p = params_for(MEMDEDUP_POLICY_TARGETED, 10);
+    MemdedupRegion r = { .resident = 512, .duplicate = 512, .shared = 100 };
+    int64_t t = 1000000;
+
+    p.cow_threshold = 50;
+    p.cow_backoff = 1000;
+    /* Under the threshold, or too few pages: no churn. */
+    g_assert_false(memdedup_cow_judge(&p, &r, 49, t));
+    r.shared = 10;
+    g_assert_false(memdedup_cow_judge(&p, &r, MEMDEDUP_COW_MIN_PAGES - 1,
+                                      t));
+    g_assert_false(r.cow_off);
+    r.shared = 100;
+    g_assert_true(memdedup_cow_judge(&p, &r, 50, t));
+    g_assert_true(r.cow_off);
+    g_assert_cmpint(r.cow_level, ==, 1);
+    g_assert_cmpint(r.cow_until, ==, t + 1000);
+
+    /* Not before its time, and not while still written. */
+    g_assert_false(memdedup_cow_release(&r, t + 999));
+    r.volatile_pages = 1;
+    g_assert_false(memdedup_cow_release(&r, t + 5000));
+    r.volatile_pages = 0;
+    g_assert_true(memdedup_cow_release(&r, t + 5000));
+    g_assert_false(r.cow_off);
+    t += 5000;
+
+    /* Churning again: twice as long, up to 64 times. */
+    g_assert_true(memdedup_cow_judge(&p, &r, 100, t));
+    g_assert_cmpint(r.cow_until, ==, t + 2000);
+    g_assert_cmpint(memdedup_cow_backoff_ms(1000, MEMDEDUP_COW_LEVEL_MAX),
+                    ==, 64000);
+    g_assert_cmpint(memdedup_cow_backoff_ms(1000, 200), ==, 64000);
+    g_assert_true(memdedup_cow_release(&r, t + 2000));
+    t += 2000;
+
+    /* Registered without churn for its last time off: down a level. */
+    g_assert_false(memdedup_cow_judge(&p, &r, 0, t + 1999));
+    g_assert_cmpint(r.cow_level, ==, 2);
+    g_assert_false(memdedup_cow_judge(&p, &r, 0, t + 2000));
+    g_assert_cmpint(r.cow_level, ==, 1);
+
+    /* Threshold 0: never off. */
+    p.cow_threshold = 0;
+    g_assert_false(memdedup_cow_judge(&p, &r, 100, t + 3000));
+    g_assert_false(r.cow_off);
+}
+
 static void test_region_thp(void)
 {
     MemdedupParams p = params_for(MEMDEDUP_POLICY_TARGETED, 10);
@@ -1576,6 +1662,8 @@ int main(int argc, char **argv)
     g_test_add_func("/memdedup/parse-proc-cgroup", test_parse_proc_cgroup);
     g_test_add_func("/memdedup/admission-cgroup", test_admission_cgroup);
     g_test_add_func("/memdedup/policy-registers", test_policy_registers);
+    g_test_add_func("/memdedup/cow/walk", test_cow_walk);
+    g_test_add_func("/memdedup/cow/backoff", test_cow_backoff);
     g_test_add_func("/memdedup/numa/node-list", test_numa_node_list);
     g_test_add_func("/memdedup/numa/place-pages", test_numa_place_pages);
     g_test_add_func("/memdedup/numa/partition", test_numa_partition);

@@ -99,6 +99,8 @@ static bool memdedup_adopt_backend(MemdedupAdoptRun *run,
         .duplicate_threshold = MEMDEDUP_THRESHOLD_DEFAULT,
         .manage_thp = true,
         .force_unmerge = false,
+        .cow_threshold = MEMDEDUP_COW_THRESHOLD_DEFAULT,
+        .cow_backoff = MEMDEDUP_COW_BACKOFF_DEFAULT,
     };
     MemdedupBlock *blk;
 

@@ -162,7 +162,7 @@ void memdedup_register_early(MemdedupBlock *blk, const MemdedupParams *params,
 {
     MemdedupRegion *r = &blk->regions[region];
 
-    if (r->registered || !memdedup_region_wanted(params, r)) {
+    if (r->registered || r->cow_off || !memdedup_region_wanted(params, r)) {
         return;
     }
     /* One region alone splits its VMA in three; else wait for the pass. */
@@ -255,6 +255,8 @@ static bool memdedup_unregister_run(MemdedupBlock *blk,
     } else {
         memdedup_advise_regions(blk, first, end, false);
     }
+    /* Unmerged by the kernel, not broken by the guest. */
+    memdedup_cow_forget(blk, first, end);
     return true;
 }
 
@@ -405,6 +407,13 @@ bool memdedup_apply_policy(MemdedupBlock *blk, const MemdedupParams *params,
     qatomic_set(&blk->vma_cut, false);
     /* Registration first: each range costs at most two VMAs. */
     memdedup_coalesce_ranges(wanted, n, (limit - 1) / 2);
+    /*
+     * Regions off KSM for their copy-on-write churn stay off, even in a
+     * gap the coalescing filled (at most two VMAs more each).
+     */
+    for (i = 0; i < n && params->cow_threshold; i++) {
+        wanted[i] &= !blk->regions[i].cow_off;
+    }
     memdedup_choose_thp(blk, params, wanted, limit, huge);
     qatomic_set(&blk->vma_target,
                 MIN(memdedup_count_vmas(wanted, huge, n), UINT32_MAX));

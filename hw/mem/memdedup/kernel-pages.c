@@ -15,6 +15,7 @@
  */
 
 #include "qemu/osdep.h"
+#include "qemu/bitops.h"
 #include "memdedup-core.h"
 
 /*
@@ -116,4 +117,30 @@ int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
         return -1;
     }
     return shares.pages;
+}
+
+uint32_t memdedup_cow_walk(const uint64_t *entries, const bool *nonzero,
+                           size_t n, unsigned long *shared, uint64_t first,
+                           uint32_t *sharing)
+{
+    uint32_t broken = 0;
+    size_t k;
+
+    *sharing = 0;
+    for (k = 0; k < n; k++) {
+        bool present = entries[k] & MEMDEDUP_PM_PRESENT;
+        bool now = present &&
+                   !(entries[k] & (MEMDEDUP_PM_FILE | MEMDEDUP_PM_EXCLUSIVE));
+
+        if (present && !now && test_bit(first + k, shared)) {
+            broken++;
+        }
+        if (now && nonzero[k]) {
+            set_bit(first + k, shared);
+            (*sharing)++;
+        } else {
+            clear_bit(first + k, shared);
+        }
+    }
+    return broken;
 }

@@ -271,6 +271,13 @@ typedef struct MemdedupRegion {
     bool seen_resident;         /* had resident pages in some pass */
     bool registered;            /* currently madvised MERGEABLE */
     bool huge;                  /* handed back to THP (MADV_HUGEPAGE) */
+    /* Copy-on-write churn (memdedup_cow_judge). */
+    bool cow_off;               /* taken off KSM for its churn */
+    uint8_t cow_level;          /* times off in a row, 0: never churned */
+    uint32_t shared;            /* pages that shared their frame at the */
+                                /* last walk (memdedup_cow_walk) */
+    int64_t cow_until;          /* ms: off at least until then; once */
+                                /* registered again, when that was */
 } MemdedupRegion;
 
 /*
@@ -298,6 +305,32 @@ void memdedup_region_set_counts(MemdedupRegion *r, uint32_t resident,
 #define MEMDEDUP_MAX_MAP_COUNT_DEFAULT 65530
 /* Fewest VMAs any backend may use, whatever its share of the budget. */
 #define MEMDEDUP_VMA_SHARE_MIN       16
+
+/*
+ * Copy-on-write churn.  Between two passes, a registered region's merged
+ * pages may stop being merged while they stay resident: the guest wrote
+ * them, paid a copy-on-write fault each, and ksmd will spend scans to
+ * merge them again.  memdedup_cow_judge decides, after each pass's walk
+ * of a registered region: @broken of the @shared pages it had merged at
+ * the previous walk were broken.  When that reaches @params' cow_threshold
+ * percent (and at least MEMDEDUP_COW_MIN_PAGES), the region is taken off
+ * KSM (cow_off) for cow_backoff ms, doubled each time in a row (up to
+ * MEMDEDUP_COW_LEVEL_MAX doublings).  A region registered again that
+ * goes without churn for as long as its last time off comes down a
+ * level.  Returns whether the region goes off now.
+ *
+ * memdedup_cow_release: a region off KSM may be registered again when its
+ * time is up and the last pass found its content unchanged
+ * (volatile_pages 0); until then the guest is still writing it.  Clears
+ * cow_off and returns true then.
+ */
+#define MEMDEDUP_COW_MIN_PAGES  8
+#define MEMDEDUP_COW_LEVEL_MAX  7
+bool memdedup_cow_judge(const MemdedupParams *params, MemdedupRegion *r,
+                        uint32_t broken, int64_t now_ms);
+bool memdedup_cow_release(MemdedupRegion *r, int64_t now_ms);
+/* The time off at @level (1 .. MEMDEDUP_COW_LEVEL_MAX), ms. */
+int64_t memdedup_cow_backoff_ms(uint32_t backoff, uint8_t level);
 
 /* Does @params' policy register memory with KSM at all? */
 bool memdedup_policy_registers(MemdedupPolicy policy);
@@ -534,6 +567,8 @@ bool memdedup_read_meminfo(const char *path, uint64_t *mem_available,
 /* pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst) */
 #define MEMDEDUP_PM_PRESENT   (1ULL << 63)
 #define MEMDEDUP_PM_SWAPPED   (1ULL << 62)
+#define MEMDEDUP_PM_FILE      (1ULL << 61)
+#define MEMDEDUP_PM_EXCLUSIVE (1ULL << 56)
 #define MEMDEDUP_PM_PFN_MASK  ((1ULL << 55) - 1)
 #define MEMDEDUP_KPF_KSM      21
 #define MEMDEDUP_KPF_ZERO_PAGE 24
@@ -546,6 +581,24 @@ bool memdedup_read_meminfo(const char *path, uint64_t *mem_available,
  */
 int64_t memdedup_count_ksm_pages(int pagemap_fd, int kpageflags_fd,
                                  uintptr_t start, size_t len);
+
+/*
+ * memdedup_cow_walk: one registered region's walk for copy-on-write
+ * churn, over the pagemap @entries of its @n pages.  A page shares its
+ * frame when it is present, anonymous and not mapped exclusively (a KSM
+ * page mapped more than once, or the zero page): what the kernel shows
+ * every reader, with or without CAP_SYS_ADMIN.  @shared has a bit per
+ * page (from @first): set at the previous walk for pages that shared
+ * their frame and held non-zero content (@nonzero); those that are
+ * present now but no longer share it were broken by a write, and are
+ * counted (the return value).  Pages not present (swapped, discarded)
+ * are not.  The bits are then set as of now (zero pages left out: a
+ * guest writing its zeroed free memory is allocating it, not churning);
+ * *@sharing is the number set.
+ */
+uint32_t memdedup_cow_walk(const uint64_t *entries, const bool *nonzero,
+                           size_t n, unsigned long *shared, uint64_t first,
+                           uint32_t *sharing);
 
 /* A page's saving is divided among its sharers in this many parts. */
 #define MEMDEDUP_SHARE_UNIT   1000000

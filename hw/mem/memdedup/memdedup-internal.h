@@ -87,6 +87,28 @@ typedef struct MemdedupMergedStats {
     int64_t attributed;
 } MemdedupMergedStats;
 
+/* One region's churn as the last pass left it (cow.c). */
+typedef struct MemdedupCowReport {
+    uint64_t region;
+    uint32_t broken;            /* in the last pass */
+    bool off;
+    int64_t until;              /* ms (realtime), while off */
+    uint8_t level;
+} MemdedupCowReport;
+
+/* The regions reported one by one, at most. */
+#define MEMDEDUP_COW_REPORT_MAX 32
+
+/* Copy-on-write churn; written by cow.c. */
+typedef struct MemdedupCowStats {
+    bool known;                 /* pagemap was readable */
+    uint64_t broken_pages;      /* merged pages broken, in the last pass */
+    uint64_t broken_total;      /* ... in every pass */
+    uint64_t off_regions;       /* regions off KSM for their churn now */
+    size_t nr_report;
+    MemdedupCowReport report[MEMDEDUP_COW_REPORT_MAX];
+} MemdedupCowStats;
+
 /*
  * Guest RAM is touched (madvise, pagemap walks) only inside RCU read-side
  * sections that saw its block alive; each covers at most
@@ -145,6 +167,7 @@ struct MemdedupBlock {
     MemdedupSummaryStats summary;
     MemdedupRegistrationStats registration;
     MemdedupMergedStats merged;
+    MemdedupCowStats cow;
     unsigned long *registered;  /* nr_regions bits, as advise.c published */
     unsigned long *hints;       /* migration hints not yet applied */
     unsigned long *discarded;   /* regions with pages discarded since */
@@ -159,6 +182,7 @@ struct MemdedupBlock {
     MemdedupRegion *regions;    /* nr_regions summaries */
     bool hinted;                /* registered from hints, not yet scanned */
     int8_t *nodes;             /* nr_pages host nodes, or -1 (numa.c) */
+    unsigned long *shared;      /* nr_pages bits: shared their frame (cow.c) */
     /*
      * engine->dupset_gen when the last summary counted every region's
      * duplicates (MemdedupRegion.duplicate) against the dup set; 0: not
@@ -580,6 +604,21 @@ void memdedup_apply_pending_hints(MemdedupEngine *engine);
 uint64_t memdedup_publish_registration(MemdedupEngine *engine,
                                        MemdedupBlock *blk, uint64_t refusals,
                                        uint64_t hinted);
+
+/* ------------------------------------------------------------------ */
+/* cow.c: copy-on-write churn; scanner thread only                     */
+/* ------------------------------------------------------------------ */
+
+/*
+ * After a rescan's hashing, before its policy is applied: count the
+ * merged pages of @pb's registered regions that writes broke since the
+ * last pass, take churning regions off KSM (MemdedupRegion.cow_off) and
+ * let quiet ones back, and publish MemdedupBlock.cow.
+ */
+void memdedup_cow_pass(MemdedupEngine *engine, MemdedupPassBlock *pb);
+
+/* Regions [@first, @end) of @blk were unregistered: nothing shared. */
+void memdedup_cow_forget(MemdedupBlock *blk, uint64_t first, uint64_t end);
 
 /* ------------------------------------------------------------------ */
 /* summary.c: the index and the region counts; scanner thread only     */

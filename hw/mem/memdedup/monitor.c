@@ -78,6 +78,29 @@ static MemdedupHostKsm *memdedup_query_host_ksm(void)
     return host;
 }
 
+/* The regions cow.c reported, in its order.  Engine lock held. */
+static void memdedup_query_cow_regions(MemdedupBlock *blk,
+                                       MemdedupBackendInfo *bi)
+{
+    uint64_t region_size = blk->pages_per_region * blk->page_size;
+    int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+    MemdedupCowRegionList **tail = &bi->cow_regions;
+    size_t k;
+
+    for (k = 0; k < blk->cow.nr_report; k++) {
+        const MemdedupCowReport *c = &blk->cow.report[k];
+        MemdedupCowRegion *r = g_new0(MemdedupCowRegion, 1);
+
+        r->offset = c->region * region_size;
+        r->broken_pages = c->broken;
+        r->off = c->off;
+        r->has_off_remaining = c->off;
+        r->off_remaining = MAX(c->until - now, 0);
+        r->level = c->level;
+        QAPI_LIST_APPEND(tail, r);
+    }
+}
+
 /* One backend's row of the reply.  Engine lock held. */
 static MemdedupBackendInfo *memdedup_query_backend(MemdedupEngine *engine,
                                                    MemdedupBlock *blk)
@@ -93,6 +116,8 @@ static MemdedupBackendInfo *memdedup_query_backend(MemdedupEngine *engine,
     bi->page_size = blk->page_size;
     bi->region_size = blk->params.region_size;
     bi->duplicate_threshold = blk->params.duplicate_threshold;
+    bi->cow_threshold = blk->params.cow_threshold;
+    bi->cow_backoff = blk->params.cow_backoff;
     bi->resident_pages = sum->resident_pages;
     bi->scanned_pages = sum->scanned_pages;
     bi->zero_pages = sum->zero_pages;
@@ -107,6 +132,12 @@ static MemdedupBackendInfo *memdedup_query_backend(MemdedupEngine *engine,
     bi->registered_ranges = reg->registered_ranges;
     bi->huge_regions = reg->huge_regions;
     bi->unmerge_refusals = reg->unmerge_refusals;
+    bi->has_cow_broken_pages = bi->has_cow_broken_pages_total =
+        blk->cow.known;
+    bi->cow_broken_pages = blk->cow.broken_pages;
+    bi->cow_broken_pages_total = blk->cow.broken_total;
+    bi->cow_backoff_regions = blk->cow.off_regions;
+    memdedup_query_cow_regions(blk, bi);
     bi->hinted_regions = reg->hinted_regions;
     bi->registration_failures = qatomic_read(&blk->advise_failures);
     bi->thp_advice_failures = qatomic_read(&blk->thp_advise_failures);
@@ -432,6 +463,13 @@ static void hmp_info_memdedup_backends(Monitor *mon, MemdedupInfo *info)
                            b->attributed_saving_accuracy ==
                            MEMDEDUP_SAVING_ACCURACY_EXACT ? "exact" :
                                                             "upper bound");
+        }
+        if (b->has_cow_broken_pages) {
+            monitor_printf(mon, "; copy-on-write: %" PRIu64 " merged pages "
+                           "broken in the last pass, %" PRIu64 " in all, %"
+                           PRIu64 " regions off KSM",
+                           b->cow_broken_pages, b->cow_broken_pages_total,
+                           b->cow_backoff_regions);
         }
         if (b->registration_failures || b->thp_advice_failures) {
             monitor_printf(mon, "; refused by the kernel: %" PRIu64

@@ -442,7 +442,8 @@ static void memdedup_pass_count(MemdedupPass *pass)
 }
 
 /*
- * Phase register: bring registration in line with the summaries
+ * Phase register: after a rescan, judge the copy-on-write churn of what
+ * is registered; bring registration in line with the summaries
  * (register, unregister, THP), then count what the kernel merged there.
  */
 static void memdedup_pass_register(MemdedupPass *pass)
@@ -455,6 +456,10 @@ static void memdedup_pass_register(MemdedupPass *pass)
         MemdedupPassBlock *pb = &pass->blocks[b];
         uint64_t refusals = 0;
 
+        if (pass->rescan && !qatomic_read(&pb->blk->removed) &&
+            memdedup_policy_registers(pb->params.policy)) {
+            memdedup_cow_pass(engine, pb);
+        }
         if (!qatomic_read(&pb->blk->removed) &&
             (pass->rescan ||
              ((pb->apply_only || pass->board_eval) && !pb->hinted))) {

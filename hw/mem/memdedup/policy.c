@@ -268,3 +268,42 @@ bool memdedup_unmerge_admissible_cgroup(uint64_t merged_bytes,
     }
     return headroom > reserve && merged_bytes <= headroom - reserve;
 }
+
+int64_t memdedup_cow_backoff_ms(uint32_t backoff, uint8_t level)
+{
+    level = MIN(MAX(level, 1), MEMDEDUP_COW_LEVEL_MAX);
+    return (int64_t)backoff << (level - 1);
+}
+
+bool memdedup_cow_judge(const MemdedupParams *params, MemdedupRegion *r,
+                        uint32_t broken, int64_t now_ms)
+{
+    uint64_t shared = r->shared;
+
+    if (params->cow_threshold && broken >= MEMDEDUP_COW_MIN_PAGES &&
+        (uint64_t)broken * 100 >= (uint64_t)params->cow_threshold * shared) {
+        r->cow_level = MIN(r->cow_level + 1, MEMDEDUP_COW_LEVEL_MAX);
+        r->cow_until = now_ms + memdedup_cow_backoff_ms(params->cow_backoff,
+                                                        r->cow_level);
+        r->cow_off = true;
+        return true;
+    }
+    /* Registered again for as long as it was last off, quietly: relax. */
+    if (r->cow_level && !r->cow_off &&
+        now_ms >= r->cow_until + memdedup_cow_backoff_ms(params->cow_backoff,
+                                                         r->cow_level)) {
+        r->cow_level--;
+        r->cow_until = now_ms;
+    }
+    return false;
+}
+
+bool memdedup_cow_release(MemdedupRegion *r, int64_t now_ms)
+{
+    if (!r->cow_off || now_ms < r->cow_until || r->volatile_pages) {
+        return false;
+    }
+    r->cow_off = false;
+    r->cow_until = now_ms;      /* from now on, the time registered */
+    return true;
+}

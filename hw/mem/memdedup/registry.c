@@ -117,6 +117,7 @@ uint64_t memdedup_block_metadata_bytes(const MemdedupBlock *blk)
 
     return blk->nr_pages * (sizeof(*blk->fps) + sizeof(*blk->fp_hi) +
                             sizeof(*blk->nodes)) +
+           BITS_TO_LONGS(blk->nr_pages) * sizeof(unsigned long) +
            blk->nr_regions * sizeof(MemdedupRegion) + region_bits +
            (blk->plugged ? BITS_TO_LONGS(blk->nr_pages) *
                            sizeof(unsigned long) : 0) +
@@ -128,6 +129,7 @@ static void memdedup_block_free(MemdedupBlock *blk)
     g_free(blk->fps);
     g_free(blk->fp_hi);
     g_free(blk->nodes);
+    g_free(blk->shared);
     g_free(blk->numa_stats);
     g_free(blk->regions);
     g_free(blk->hints);
@@ -195,8 +197,9 @@ static void memdedup_ram_block_resized(RAMBlockNotifier *n, void *host,
 }
 
 /*
- * A new block for @size bytes at @host, with its metadata (4 bytes of
- * fingerprint and 1 of host node per page, a summary per region); NULL
+ * A new block for @size bytes at @host, with its metadata (5 bytes of
+ * fingerprint, 1 of host node and a bit of sharing per page, a summary
+ * per region); NULL
  * with @errp set if that cannot be allocated.
  */
 static MemdedupBlock *memdedup_block_new(const char *id, void *host,
@@ -220,8 +223,10 @@ static MemdedupBlock *memdedup_block_new(const char *id, void *host,
     blk->registered = bitmap_try_new(blk->nr_regions);
     /* Host node of each page (numa-engine.c), unknown until scanned. */
     blk->nodes = g_try_new(int8_t, blk->nr_pages);
+    /* Pages that shared their frame at the last pass (cow.c). */
+    blk->shared = bitmap_try_new(blk->nr_pages);
     if (!blk->fps || !blk->fp_hi || !blk->regions || !blk->registered ||
-        !blk->nodes) {
+        !blk->nodes || !blk->shared) {
         error_setg(errp, "memory-backend-ksm '%s': cannot allocate %" PRIu64
                    " MiB of memdedup metadata for its %" PRIu64 " GiB",
                    id, memdedup_block_metadata_bytes(blk) / MiB, size / GiB);
