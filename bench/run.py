@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """memdedup benchmarks: side by side with stock QEMU + KSM, in one run,
-with the same ksmd settings (make bench).
+with the same ksmd settings (make bench).  After the workloads below,
+the scanner micro-benchmark, hostile content and the copy-on-write
+churn workload (bench/cow.py; --no-cow skips it).
 
 For every workload (mixed, volatile, guests; see workloads.py), THP mode
 (on: the host's 'madvise' mode with QEMU's MADV_HUGEPAGE; off: 'never')
@@ -613,6 +615,10 @@ def table(result):
             lines.append("%-10s %10.3f %8.2f %10.2f" % (
                 kind, h["cpu_ns"][kind] / 1e9, h["ratios"][kind],
                 h["metadata_per_page"][kind]))
+    if result.get("cow"):
+        import cow
+        lines.append("")
+        lines.append(cow.table(result["cow"]))
     m = result.get("micro")
     if m:
         lines.append("")
@@ -749,8 +755,9 @@ def plan(a):
     return out
 
 
-def estimate_minutes(steps, with_micro):
-    total = 0.0
+def estimate_minutes(steps, with_micro, cow_seconds=0):
+    # The copy-on-write churn: two configurations, smart_scan off and on.
+    total = 4.0 * (cow_seconds + 20) if cow_seconds else 0.0
     for _, _, w, configs, secs in steps:
         setup = 50 if w == "guests" else 14
         total += len(configs) * (secs + setup + 6)
@@ -778,7 +785,8 @@ def main():
                "at ksmd 1000/20, mixed (stock, targeted, board) at 100/20; "
                "THP on, at 1000/20: mixed (stock, targeted, board), "
                "volatile and guests (stock, board); then the scanner "
-               "micro-benchmark (about 65 minutes).  Any of --workloads, "
+               "micro-benchmark and the copy-on-write churn workload "
+               "(about 95 minutes).  Any of --workloads, "
                "--thp, --rates selects the product of the lists given "
                "instead (unspecified: all workloads, THP off,on, 1000/20), "
                "each workload with its applicable configurations unless "
@@ -805,6 +813,12 @@ def main():
     ap.add_argument("--guest-mib", type=int, help="MiB per real guest")
     ap.add_argument("--no-micro", action="store_true",
                     help="skip the scanner micro-benchmark")
+    ap.add_argument("--no-cow", action="store_true",
+                    help="skip the copy-on-write churn workload "
+                         "(bench/cow.py)")
+    ap.add_argument("--cow-seconds", type=int,
+                    help="seconds per configuration of the copy-on-write "
+                         "churn workload (default 300, --quick 60)")
     ap.add_argument("--micro-only", action="store_true",
                     help="only the scanner micro-benchmark")
     ap.add_argument("--interval", type=float, default=1.0,
@@ -832,6 +846,9 @@ def main():
         old["ratios"] = ratios(old["runs"])
         old["targets"] = check_targets(old["ratios"]) + \
             micro_targets(old) + hostile_targets(old)
+        if old.get("cow"):
+            import cow
+            old["targets"] += cow.targets(old["cow"])
         print(table(old))
         for t in rst_tables(old):
             print()
@@ -842,13 +859,19 @@ def main():
     sizes = SIZES["quick" if a.quick else "default"]
     steps = [] if a.micro_only else plan(a)
     with_micro = not a.no_micro
-    est = estimate_minutes(steps, with_micro)
+    with_cow = not a.no_cow and not a.micro_only
+    cow_seconds = a.cow_seconds or (60 if a.quick else 300)
+    est = estimate_minutes(steps, with_micro,
+                           cow_seconds if with_cow else 0)
     log("plan (%s), about %.0f minutes:" % (preset, est))
     for thp, rate, w, configs, secs in steps:
         log("  THP %-3s ksmd %-7s %-8s %s (%d s each)"
             % (thp, rate, w, ", ".join(configs), secs))
     if with_micro:
         log("  scanner micro-benchmark")
+    if with_cow:
+        log("  copy-on-write churn: stock, memdedup (%d s each)"
+            % cow_seconds)
     if a.dry_run:
         return 0
 
@@ -941,6 +964,17 @@ def main():
                 import micro
                 result["micro"] = micro.run(ctx, log)
                 result["hostile"] = run_hostile(ctx, log)
+            if with_cow:
+                import cow
+                thpmode.set(host_thp)
+                try:
+                    result["cow"] = cow.run(ctx.workdir, cow_seconds)
+                except Exception as e:  # noqa: B902  reported, rc 1
+                    log("copy-on-write churn FAILED: %s" % e)
+                    traceback.print_exc()
+                    result["errors"].append({"workload": "cow",
+                                             "error": str(e)})
+                    rc = 1
             host.ksm_reset()
     except KeyboardInterrupt:
         log("interrupted: QEMUs stopped, KSM knobs and THP mode restored")
@@ -950,6 +984,9 @@ def main():
     result["ratios"] = ratios(result["runs"])
     result["targets"] = check_targets(result["ratios"]) + \
         micro_targets(result) + hostile_targets(result)
+    if result.get("cow"):
+        import cow
+        result["targets"] += cow.targets(result["cow"])
     result["meta"]["minutes"] = round((time.monotonic() - t_all) / 60.0, 1)
     text = table(result)
     print()

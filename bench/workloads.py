@@ -177,36 +177,29 @@ def loader_args(image, base_gpa):
             % (image, base_gpa + SKIP)]
 
 
-class VolatileWriter(threading.Thread):
-    """Rewrites the volatile pages of each VM through its qtest socket
-    (8 bytes per page, at offset 8: the page stays unique), one sweep
-    every `period` seconds, until stop()."""
+class PeriodicWriter(threading.Thread):
+    """One sweep of qtest writes every `period` seconds, until stop():
+    sweep(n) (n from 1) gives [(qtest, lines)], each list sent through
+    its qtest socket.  Counts sweeps and pages (lines) written; an error
+    is kept in .error for the driver."""
 
-    def __init__(self, targets, layout, period):
-        """targets: [(qtest, base_gpa)], one per VM."""
+    def __init__(self, period):
         super().__init__(daemon=True)
-        self.targets = targets
-        self.layout = layout
         self.period = period
         self.halt = threading.Event()
         self.sweeps = 0
         self.pages_written = 0
         self.error = None
 
+    def sweep(self, n):
+        raise NotImplementedError
+
     def run(self):
         try:
             while not self.halt.is_set():
                 t0 = time.monotonic()
                 n = self.sweeps + 1
-                for qt, base in self.targets:
-                    lines = []
-                    for kind, start, length, _ in self.layout.areas:
-                        if kind != "volatile":
-                            continue
-                        for p in range(start // PAGE,
-                                       (start + length) // PAGE):
-                            lines.append("writeq 0x%x 0x%x" % (
-                                base + p * PAGE + 8, (K_VOLATILE << 56) | n))
+                for qt, lines in self.sweep(n):
                     qt.pipeline(lines)
                     self.pages_written += len(lines)
                 self.sweeps = n
@@ -219,6 +212,30 @@ class VolatileWriter(threading.Thread):
     def stop(self):
         self.halt.set()
         self.join(30)
+
+
+class VolatileWriter(PeriodicWriter):
+    """Rewrites the volatile pages of each VM through its qtest socket
+    (8 bytes per page, at offset 8: the page stays unique)."""
+
+    def __init__(self, targets, layout, period):
+        """targets: [(qtest, base_gpa)], one per VM."""
+        super().__init__(period)
+        self.targets = targets
+        self.layout = layout
+
+    def sweep(self, n):
+        out = []
+        for qt, base in self.targets:
+            lines = []
+            for kind, start, length, _ in self.layout.areas:
+                if kind != "volatile":
+                    continue
+                for p in range(start // PAGE, (start + length) // PAGE):
+                    lines.append("writeq 0x%x 0x%x" % (
+                        base + p * PAGE + 8, (K_VOLATILE << 56) | n))
+            out.append((qt, lines))
+        return out
 
 
 # ---------------------------------------------------------------------

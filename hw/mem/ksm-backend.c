@@ -187,19 +187,38 @@ static void ksm_backend_set_region_size(Object *obj, Visitor *v,
     ksm->params.region_size = value;
 }
 
-static void ksm_backend_get_threshold(Object *obj, Visitor *v,
-                                      const char *name, void *opaque,
-                                      Error **errp)
+/*
+ * The percentage properties: a uint8_t of MemdedupParams (at @offset)
+ * from @min to 100.
+ */
+typedef struct KsmBackendPercent {
+    size_t offset;
+    uint8_t min;
+} KsmBackendPercent;
+
+static const KsmBackendPercent ksm_backend_duplicate_threshold = {
+    .offset = offsetof(MemdedupParams, duplicate_threshold), .min = 1,
+};
+static const KsmBackendPercent ksm_backend_cow_threshold = {
+    .offset = offsetof(MemdedupParams, cow_threshold), .min = 0,
+};
+
+static void ksm_backend_get_percent(Object *obj, Visitor *v,
+                                    const char *name, void *opaque,
+                                    Error **errp)
 {
-    visit_type_uint8(v, name,
-                     &MEMORY_BACKEND_KSM(obj)->params.duplicate_threshold,
-                     errp);
+    const KsmBackendPercent *p = opaque;
+    uint8_t value = *((uint8_t *)&MEMORY_BACKEND_KSM(obj)->params +
+                      p->offset);
+
+    visit_type_uint8(v, name, &value, errp);
 }
 
-static void ksm_backend_set_threshold(Object *obj, Visitor *v,
-                                      const char *name, void *opaque,
-                                      Error **errp)
+static void ksm_backend_set_percent(Object *obj, Visitor *v,
+                                    const char *name, void *opaque,
+                                    Error **errp)
 {
+    const KsmBackendPercent *p = opaque;
     HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(obj);
     MemdedupParams params = ksm->params;
     uint8_t value;
@@ -207,42 +226,13 @@ static void ksm_backend_set_threshold(Object *obj, Visitor *v,
     if (!visit_type_uint8(v, name, &value, errp)) {
         return;
     }
-    if (value < 1 || value > 100) {
+    if (value < p->min || value > 100) {
         error_setg(errp, "property '%s' of %s must be a percentage between "
-                   "1 and 100, not %u", name, object_get_typename(obj),
-                   value);
+                   "%u%s and 100, not %u", name, object_get_typename(obj),
+                   p->min, p->min ? "" : " (off)", value);
         return;
     }
-    params.duplicate_threshold = value;
-    ksm_backend_update(ksm, &params, errp);
-}
-
-static void ksm_backend_get_cow_threshold(Object *obj, Visitor *v,
-                                          const char *name, void *opaque,
-                                          Error **errp)
-{
-    visit_type_uint8(v, name, &MEMORY_BACKEND_KSM(obj)->params.cow_threshold,
-                     errp);
-}
-
-static void ksm_backend_set_cow_threshold(Object *obj, Visitor *v,
-                                          const char *name, void *opaque,
-                                          Error **errp)
-{
-    HostMemoryBackendKsm *ksm = MEMORY_BACKEND_KSM(obj);
-    MemdedupParams params = ksm->params;
-    uint8_t value;
-
-    if (!visit_type_uint8(v, name, &value, errp)) {
-        return;
-    }
-    if (value > 100) {
-        error_setg(errp, "property '%s' of %s must be a percentage between "
-                   "0 (off) and 100, not %u", name, object_get_typename(obj),
-                   value);
-        return;
-    }
-    params.cow_threshold = value;
+    *((uint8_t *)&params + p->offset) = value;
     ksm_backend_update(ksm, &params, errp);
 }
 
@@ -422,14 +412,16 @@ static void ksm_backend_class_init(ObjectClass *oc, void *data)
         "Granularity of classification and registration, a power of two "
         "between 64K and 1G (default 2M)");
     object_class_property_add(oc, "duplicate-threshold", "uint8",
-                              ksm_backend_get_threshold,
-                              ksm_backend_set_threshold, NULL, NULL);
+                              ksm_backend_get_percent,
+                              ksm_backend_set_percent, NULL,
+                              (void *)&ksm_backend_duplicate_threshold);
     object_class_property_set_description(oc, "duplicate-threshold",
         "Percentage of a region's resident pages that must be duplicate "
         "or zero for it to be registered, 1-100 (default 10)");
     object_class_property_add(oc, "cow-threshold", "uint8",
-                              ksm_backend_get_cow_threshold,
-                              ksm_backend_set_cow_threshold, NULL, NULL);
+                              ksm_backend_get_percent,
+                              ksm_backend_set_percent, NULL,
+                              (void *)&ksm_backend_cow_threshold);
     object_class_property_set_description(oc, "cow-threshold",
         "Percentage of a region's merged pages that, broken by writes "
         "between two passes, take the region off KSM for a while, "

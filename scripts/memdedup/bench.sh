@@ -3,7 +3,9 @@
 # (bench/run.py; see --help).  Needs root: it borrows the host's KSM knobs
 # and THP mode and restores them on every exit path.
 #
-#   scripts/memdedup/bench.sh                 the default suite (~30 min)
+#   scripts/memdedup/bench.sh                 the default suite (~95 min,
+#                                             --dry-run prints the plan)
+#   scripts/memdedup/bench.sh --no-cow        without bench/cow.py (21 min)
 #   scripts/memdedup/bench.sh --quick         a short one (< 5 min)
 #   scripts/memdedup/bench.sh --workloads mixed --thp off --rates 1000/20
 #   MEMDEDUP_BENCH_SECONDS=30 scripts/memdedup/bench.sh ...

@@ -6,4 +6,7 @@ set -eu
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
 "$top/scripts/memdedup/make-guest.sh"      # no-op when the guest is built
-exec python3 "$top/scripts/memdedup/demo.py" "$@"
+# Debian's interpreter: python3-matplotlib (the picture) lives there.
+py=/usr/bin/python3
+[ -x "$py" ] || py=python3
+exec "$py" "$top/scripts/memdedup/demo.py" "$@"

@@ -48,27 +48,40 @@ def host_address(pid, size):
     return found[0]
 
 
-def kernel_residency(pid, base, size):
-    """Which pages of [base, base + size) in process @pid hold memory of
-    their own, as the kernel has it: present in pagemap, not swapped,
-    and not the kernel's (small or huge) zero page by /proc/kpageflags.
-    A bytearray with one 0/1 flag per page; None when PFNs or page flags
-    cannot be read (not root).  This is what the engine calls resident,
-    whatever this kernel does on a read fault (some map the zero page,
-    some allocate a zero-filled page or THP)."""
+def dontdump_range(pid):
+    """(start, end) of the VM_DONTDUMP memory of process @pid (not the
+    kernel's PFN mappings, vvar and the like), which must be one
+    contiguous run: the RAM of a backend with dump=off, however
+    registration split it into VMAs."""
+    runs = []
+    for s, e, fields in smaps_vmas(pid):
+        flags = fields.get("VmFlags", "").split()
+        if "dd" in flags and "pf" not in flags:
+            if runs and runs[-1][1] == s:
+                runs[-1][1] = e
+            else:
+                runs.append([s, e])
+    if len(runs) != 1:
+        raise AssertionError("%d runs of VM_DONTDUMP mappings" % len(runs))
+    return tuple(runs[0])
+
+
+def page_flags(pid, base, size):
+    """{page index: /proc/kpageflags flags} of the present (not swapped)
+    pages of [base, base + size) in process @pid; None when PFNs or page
+    flags cannot be read (not root)."""
     pages = size // PAGE
     try:
         pm = open("/proc/%d/pagemap" % pid, "rb", buffering=0)
         kf = open("/proc/kpageflags", "rb", buffering=0)
     except OSError:
         return None
-    out = bytearray(pages)
+    out, flags = {}, {}
     with pm, kf:
         raw = os.pread(pm.fileno(), pages * 8, base // PAGE * 8)
         if len(raw) != pages * 8:
             return None
         entries = memoryview(raw).cast("Q")
-        flags = {}
         for i in range(pages):
             e = entries[i]
             if not e & PM_PRESENT or e & PM_SWAPPED:
@@ -82,9 +95,35 @@ def kernel_residency(pid, base, size):
                 if len(data) != 8:
                     return None
                 f = flags[pfn] = int.from_bytes(data, "little")
-            if not f >> KPF_ZERO_PAGE & 1:
-                out[i] = 1
+            out[i] = f
     return out
+
+
+def kernel_residency(pid, base, size):
+    """Which pages of [base, base + size) in process @pid hold memory of
+    their own, as the kernel has it: present in pagemap, not swapped,
+    and not the kernel's (small or huge) zero page by /proc/kpageflags.
+    A bytearray with one 0/1 flag per page; None when PFNs or page flags
+    cannot be read (not root).  This is what the engine calls resident,
+    whatever this kernel does on a read fault (some map the zero page,
+    some allocate a zero-filled page or THP)."""
+    flags = page_flags(pid, base, size)
+    if flags is None:
+        return None
+    out = bytearray(size // PAGE)
+    for i, f in flags.items():
+        if not f >> KPF_ZERO_PAGE & 1:
+            out[i] = 1
+    return out
+
+
+def ksm_pages(pid, base, size):
+    """Pages of [base, base + size) in process @pid that map a KSM page
+    (KPF_KSM), or None when page flags cannot be read."""
+    flags = page_flags(pid, base, size)
+    if flags is None:
+        return None
+    return sum(f >> KPF_KSM & 1 for f in flags.values())
 
 
 def thread_cpu_ns(pid, prefix):
@@ -114,6 +153,17 @@ def thread_cpu_ns(pid, prefix):
         except (OSError, ValueError, IndexError):
             continue                # the thread ended
     return total
+
+
+def vmstat(name):
+    """A counter of /proc/vmstat (e.g. cow_ksm, the kernel's writes to
+    KSM pages, host wide), or None where this kernel has none."""
+    with open("/proc/vmstat") as f:
+        for line in f:
+            key, value = line.split()
+            if key == name:
+                return int(value)
+    return None
 
 
 def meminfo(field):
@@ -295,7 +345,7 @@ class KsmKnobs:
     """
 
     KNOBS = ("pages_to_scan", "sleep_millisecs", "use_zero_pages",
-             "max_page_sharing", "merge_across_nodes", "run")
+             "smart_scan", "max_page_sharing", "merge_across_nodes", "run")
     # Knobs the kernel changes only while no KSM page is shared.
     UNSHARED = ("max_page_sharing", "merge_across_nodes")
     UNMERGE_TIMEOUT = 60.0        # seconds for run=2 to unshare everything

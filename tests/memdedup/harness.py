@@ -48,6 +48,31 @@ def start_qtest_vm(workdir, name, extra_args, wrapper=()):
     return qtestvm.start_qtest_vm(QEMU, workdir, name, extra_args, wrapper)
 
 
+# QEMU as an unprivileged user, the way libvirt's system daemon runs it.
+AS_NOBODY = ("setpriv", "--reuid", "nobody", "--regid", "nogroup",
+             "--clear-groups", "--inh-caps", "-all", "--bounding-set", "-all")
+
+
+def nobody_workdir(workdir):
+    """A new directory in @workdir where QEMUs run as nobody
+    (AS_NOBODY) can create their sockets and logs."""
+    shared = os.path.join(workdir, "nobody")
+    os.mkdir(shared)
+    os.chmod(shared, 0o777)
+    os.chmod(workdir, 0o711)
+    return shared
+
+
+@contextlib.contextmanager
+def open_umask():
+    """What is created inside (the qtest sockets) is writable by nobody."""
+    umask = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(umask)
+
+
 def need_ksm_root():
     """Skip unless the host has KSM and we may start ksmd."""
     if not os.path.exists("/sys/kernel/mm/ksm/run"):

@@ -14,12 +14,12 @@ accounting/unprivileged  the same QEMUs as nobody: the figure is an
                        upper bound, said so, and equals actual-saving
 """
 
-import os
 import sys
 import time
 
-from harness import (MiB, PAGE, Skip, backend, check, need_ksm_root,
-                     run_pass, run_tests, start_qtest_vm, wait_for)
+from harness import (AS_NOBODY, MiB, PAGE, Skip, backend, check,
+                     need_ksm_root, nobody_workdir, open_umask, run_pass,
+                     run_tests, start_qtest_vm, wait_for)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 
 SIZE = 64 * MiB
@@ -153,27 +153,15 @@ def test_attributed(workdir):
             stop_vms(vms)
 
 
-# QEMU as an unprivileged user, the way libvirt's system daemon runs it.
-AS_NOBODY = ("setpriv", "--reuid", "nobody", "--regid", "nogroup",
-             "--clear-groups", "--inh-caps", "-all", "--bounding-set", "-all")
-
-
 def test_unprivileged(workdir):
     need_ksm_root()
-    # The unprivileged QEMUs create their sockets and logs here.
-    shared = os.path.join(workdir, "nobody")
-    os.mkdir(shared)
-    os.chmod(shared, 0o777)
-    os.chmod(workdir, 0o711)
+    shared = nobody_workdir(workdir)
     with host.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10,
                       use_zero_pages=0) as ksm:
         if not ksm.active:
             raise Skip(ksm.reason)
-        umask = os.umask(0)     # the qtest sockets: writable by nobody
-        try:
+        with open_umask():
             vms = start_vms(shared, wrapper=AS_NOBODY)
-        finally:
-            os.umask(umask)
         try:
             merge_all(vms)
             ksm.set("run", 0)

@@ -17,8 +17,9 @@ import signal
 import stat
 import sys
 
-from harness import (MiB, PAGE, QEMU, Skip, backend, check, qmp, run_pass,
-                     run_tests, start_qtest_vm, wait_for)
+from harness import (AS_NOBODY, MiB, PAGE, QEMU, Skip, backend, check,
+                     nobody_workdir, open_umask, qmp, run_pass, run_tests,
+                     start_qtest_vm, wait_for)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
 import boardpeer
 
@@ -414,28 +415,17 @@ def remove_path(path):
         os.unlink(path)
 
 
-# QEMU as an unprivileged user, the way libvirt's system daemon runs it.
-AS_NOBODY = ("setpriv", "--reuid", "nobody", "--regid", "nogroup",
-             "--clear-groups", "--inh-caps", "-all", "--bounding-set", "-all")
-
-
 def test_non_root(workdir):
     """QEMUs running as an unprivileged user share a board as root's do;
     a QEMU of another user (root) may not use their directory: it works
     alone and says why."""
     if os.geteuid() != 0:
         raise Skip("not root: cannot run QEMU as another user")
-    # The unprivileged QEMUs create their sockets and logs here.
-    shared = os.path.join(workdir, "nobody")
-    os.mkdir(shared)
-    os.chmod(shared, 0o777)
-    os.chmod(workdir, 0o711)
-    fleet = Fleet(shared)
-    umask = os.umask(0)         # the qtest sockets: writable by nobody
+    fleet = Fleet(nobody_workdir(workdir))
     try:
-        a = fleet.add("a", wrapper=AS_NOBODY)
-        b = fleet.add("b", wrapper=AS_NOBODY)
-        os.umask(umask)
+        with open_umask():
+            a = fleet.add("a", wrapper=AS_NOBODY)
+            b = fleet.add("b", wrapper=AS_NOBODY)
         st = os.lstat(fleet.board)
         check(st.st_uid != 0 and stat.S_IMODE(st.st_mode) == 0o700,
               "board uid %d mode %o" % (st.st_uid, st.st_mode))
@@ -453,7 +443,6 @@ def test_non_root(workdir):
         check(backend(r, "m0")["cross-vm-pages"] == 0,
               "root's QEMU found the others' content")
     finally:
-        os.umask(umask)
         fleet.close()
 
 

@@ -765,14 +765,16 @@ static void test_cow_backoff(void)
     g_assert_cmpint(r.cow_level, ==, 1);
     g_assert_cmpint(r.cow_until, ==, t + 1000);
 
-    /* Not before its time, and not while still written. */
-    g_assert_false(memdedup_cow_release(&r, t + 999));
+    /* Not before its time; written meanwhile, its time starts again. */
+    g_assert_false(memdedup_cow_release(&p, &r, t + 999));
     r.volatile_pages = 1;
-    g_assert_false(memdedup_cow_release(&r, t + 5000));
+    g_assert_false(memdedup_cow_release(&p, &r, t + 5000));
+    g_assert_cmpint(r.cow_until, ==, t + 6000);
     r.volatile_pages = 0;
-    g_assert_true(memdedup_cow_release(&r, t + 5000));
+    g_assert_false(memdedup_cow_release(&p, &r, t + 5999));
+    g_assert_true(memdedup_cow_release(&p, &r, t + 6000));
     g_assert_false(r.cow_off);
-    t += 5000;
+    t += 6000;
 
     /* Churning again: twice as long, up to 64 times. */
     g_assert_true(memdedup_cow_judge(&p, &r, 100, t));
@@ -780,7 +782,7 @@ static void test_cow_backoff(void)
     g_assert_cmpint(memdedup_cow_backoff_ms(1000, MEMDEDUP_COW_LEVEL_MAX),
                     ==, 64000);
     g_assert_cmpint(memdedup_cow_backoff_ms(1000, 200), ==, 64000);
-    g_assert_true(memdedup_cow_release(&r, t + 2000));
+    g_assert_true(memdedup_cow_release(&p, &r, t + 2000));
     t += 2000;
 
     /* Registered without churn for its last time off: down a level. */

@@ -140,7 +140,7 @@ void memdedup_cow_pass(MemdedupEngine *engine, MemdedupPassBlock *pb)
             /* Churn is not judged: nothing stays off for it. */
             r->cow_off = false;
             r->cow_level = 0;
-        } else if (memdedup_cow_release(r, now)) {
+        } else if (memdedup_cow_release(&pb->params, r, now)) {
             trace_memdedup_cow_on(blk->id, i, r->cow_level);
         }
         st->off_regions += r->cow_off;

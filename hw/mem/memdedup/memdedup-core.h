@@ -319,16 +319,17 @@ void memdedup_region_set_counts(MemdedupRegion *r, uint32_t resident,
  * goes without churn for as long as its last time off comes down a
  * level.  Returns whether the region goes off now.
  *
- * memdedup_cow_release: a region off KSM may be registered again when its
- * time is up and the last pass found its content unchanged
- * (volatile_pages 0); until then the guest is still writing it.  Clears
+ * memdedup_cow_release: a region off KSM may be registered again once it
+ * has gone its whole time off without a write: each pass that finds its
+ * content changed (volatile_pages) starts the time again.  Clears
  * cow_off and returns true then.
  */
 #define MEMDEDUP_COW_MIN_PAGES  8
 #define MEMDEDUP_COW_LEVEL_MAX  7
 bool memdedup_cow_judge(const MemdedupParams *params, MemdedupRegion *r,
                         uint32_t broken, int64_t now_ms);
-bool memdedup_cow_release(MemdedupRegion *r, int64_t now_ms);
+bool memdedup_cow_release(const MemdedupParams *params, MemdedupRegion *r,
+                          int64_t now_ms);
 /* The time off at @level (1 .. MEMDEDUP_COW_LEVEL_MAX), ms. */
 int64_t memdedup_cow_backoff_ms(uint32_t backoff, uint8_t level);
 

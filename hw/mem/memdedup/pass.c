@@ -456,8 +456,7 @@ static void memdedup_pass_register(MemdedupPass *pass)
         MemdedupPassBlock *pb = &pass->blocks[b];
         uint64_t refusals = 0;
 
-        if (pass->rescan && !qatomic_read(&pb->blk->removed) &&
-            memdedup_policy_registers(pb->params.policy)) {
+        if (pass->rescan && !qatomic_read(&pb->blk->removed)) {
             memdedup_cow_pass(engine, pb);
         }
         if (!qatomic_read(&pb->blk->removed) &&

@@ -298,9 +298,20 @@ bool memdedup_cow_judge(const MemdedupParams *params, MemdedupRegion *r,
     return false;
 }
 
-bool memdedup_cow_release(MemdedupRegion *r, int64_t now_ms)
+bool memdedup_cow_release(const MemdedupParams *params, MemdedupRegion *r,
+                          int64_t now_ms)
 {
-    if (!r->cow_off || now_ms < r->cow_until || r->volatile_pages) {
+    if (!r->cow_off) {
+        return false;
+    }
+    if (r->volatile_pages) {
+        /* Still written: its whole time off starts again. */
+        r->cow_until = MAX(r->cow_until,
+                           now_ms + memdedup_cow_backoff_ms(params->cow_backoff,
+                                                            r->cow_level));
+        return false;
+    }
+    if (now_ms < r->cow_until) {
         return false;
     }
     r->cow_off = false;
