@@ -82,6 +82,17 @@ def need_ksm_root():
 
 
 @contextlib.contextmanager
+def borrowed_ksm(**knobs):
+    """The KSM knobs set as asked for the block (host.KsmKnobs), and
+    restored after; Skip where KSM or root is missing."""
+    need_ksm_root()
+    with host.KsmKnobs(**knobs) as ksm:
+        if not ksm.active:
+            raise Skip(ksm.reason)
+        yield ksm
+
+
+@contextlib.contextmanager
 def thp_allowed(**ksm_knobs):
     """Transparent huge pages at least on madvise, and the KSM knobs
     @ksm_knobs if any are given, borrowed for the block and restored

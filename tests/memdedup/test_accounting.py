@@ -17,7 +17,7 @@ accounting/unprivileged  the same QEMUs as nobody: the figure is an
 import sys
 import time
 
-from harness import (AS_NOBODY, MiB, PAGE, Skip, backend, check,
+from harness import (AS_NOBODY, MiB, PAGE, backend, borrowed_ksm, check,
                      need_ksm_root, nobody_workdir, open_umask, run_pass,
                      run_tests, start_qtest_vm, wait_for)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
@@ -111,11 +111,8 @@ def merge_all(vms):
 
 
 def test_attributed(workdir):
-    need_ksm_root()
-    with host.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10,
+    with borrowed_ksm(run=1, pages_to_scan=4000, sleep_millisecs=10,
                       use_zero_pages=0) as ksm:
-        if not ksm.active:
-            raise Skip(ksm.reason)
         base = settle(ksm)
         vms = start_vms(workdir)
         try:
@@ -156,10 +153,8 @@ def test_attributed(workdir):
 def test_unprivileged(workdir):
     need_ksm_root()
     shared = nobody_workdir(workdir)
-    with host.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10,
+    with borrowed_ksm(run=1, pages_to_scan=4000, sleep_millisecs=10,
                       use_zero_pages=0) as ksm:
-        if not ksm.active:
-            raise Skip(ksm.reason)
         with open_umask():
             vms = start_vms(shared, wrapper=AS_NOBODY)
         try:

@@ -22,8 +22,8 @@ import random
 import sys
 import time
 
-from harness import (MiB, PAGE, Skip, backend, check, digest_known,
-                     fill_known, host_address, mergeable_vmas, need_ksm_root,
+from harness import (MiB, PAGE, Skip, backend, borrowed_ksm, check,
+                     digest_known, fill_known, host_address, mergeable_vmas,
                      qmp, run_pass, run_tests, smaps_merged_pages,
                      start_qtest_vm, wait_for, write_meminfo)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
@@ -34,11 +34,8 @@ REGION = 2 * MiB
 @contextlib.contextmanager
 def merging_ksm():
     """ksmd merging fast, zero pages as KSM pages; knobs restored."""
-    need_ksm_root()
-    with host.KsmKnobs(run=1, pages_to_scan=4000, sleep_millisecs=10,
-                       use_zero_pages=0) as ksm:
-        if not ksm.active:
-            raise Skip(ksm.reason)
+    with borrowed_ksm(run=1, pages_to_scan=4000, sleep_millisecs=10,
+                      use_zero_pages=0) as ksm:
         yield ksm
 
 

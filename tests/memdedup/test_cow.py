@@ -16,6 +16,8 @@ cow/backoff     a QEMU under -accel qtest, real ksmd: duplicate regions
                 for that long, it is registered again; broken again, it
                 goes off for twice as long; cow-threshold=0 lets it back
                 at once
+cow/kernel-unmerge  ksmd's run=2 unmerges every merged page (no write):
+                no page counted broken, no region off, registration kept
 cow/unprivileged  the same counts with QEMU as nobody (pagemap's
                 exclusive bit needs no privilege)
 cow/properties  bad cow-threshold and cow-backoff values are refused
@@ -25,7 +27,7 @@ cow/properties  bad cow-threshold and cow-backoff values are refused
 import sys
 import time
 
-from harness import (AS_NOBODY, MiB, PAGE, Skip, backend, check,
+from harness import (AS_NOBODY, MiB, PAGE, backend, borrowed_ksm, check,
                      need_ksm_root, nobody_workdir, open_umask, run_pass,
                      run_tests, start_qtest_vm, wait_for)
 import host  # noqa: E402  (scripts/memdedup/host.py, on harness's path)
@@ -136,11 +138,8 @@ def break_and_count(ksm, vm, qt):
 
 
 def test_backoff(workdir):
-    need_ksm_root()
-    with host.KsmKnobs(run=0, pages_to_scan=4000, sleep_millisecs=10,
+    with borrowed_ksm(run=0, pages_to_scan=4000, sleep_millisecs=10,
                       use_zero_pages=0) as ksm:
-        if not ksm.active:
-            raise Skip(ksm.reason)
         vm, qt = start_vm(workdir, "cow")
         try:
             base = break_and_count(ksm, vm, qt)
@@ -202,13 +201,38 @@ def test_backoff(workdir):
             qt.close()
 
 
+def test_kernel_unmerge(workdir):
+    """ksmd's run=2 unmerges every page without a write: not churn."""
+    with borrowed_ksm(run=0, pages_to_scan=4000, sleep_millisecs=10,
+                      use_zero_pages=0) as ksm:
+        vm, qt = start_vm(workdir, "cow-unmerge")
+        try:
+            run_pass(vm)
+            merge(ksm, vm, ALL_MERGED)
+            registered = backend(vm, "m0")["registered-bytes"]
+            host.ksm_reset()                # run=2 until nothing is shared
+            check(merging(vm.pid) == 0 or
+                  host.smaps_merged_pages(vm.pid) == 0, "still merged")
+            ksm.set("run", 1)
+            run_pass(vm)
+            b = backend(vm, "m0")
+            print("  after run=2: cow-broken-pages %s, regions off %d"
+                  % (b.get("cow-broken-pages"), b["cow-backoff-regions"]))
+            check(b["cow-broken-pages"] == 0 and
+                  b["cow-backoff-regions"] == 0, "churn: %r" % b)
+            check(b["registered-bytes"] == registered,
+                  "registered %d, was %d" % (b["registered-bytes"],
+                                             registered))
+        finally:
+            vm.stop()
+            qt.close()
+
+
 def test_unprivileged(workdir):
     need_ksm_root()
     shared = nobody_workdir(workdir)
-    with host.KsmKnobs(run=0, pages_to_scan=4000, sleep_millisecs=10,
+    with borrowed_ksm(run=0, pages_to_scan=4000, sleep_millisecs=10,
                       use_zero_pages=0) as ksm:
-        if not ksm.active:
-            raise Skip(ksm.reason)
         with open_umask():
             vm, qt = start_vm(shared, "cow-nobody", wrapper=AS_NOBODY)
         try:
@@ -249,5 +273,6 @@ def test_properties(workdir):
 
 if __name__ == "__main__":
     sys.exit(run_tests([("cow/backoff", test_backoff),
+                        ("cow/kernel-unmerge", test_kernel_unmerge),
                         ("cow/unprivileged", test_unprivileged),
                         ("cow/properties", test_properties)]))

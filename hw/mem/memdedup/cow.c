@@ -12,7 +12,8 @@
  * pass's hashing, the registered regions' pagemap entries (no page
  * content, no privilege) say which pages share their frame now; those
  * that shared it at the previous pass and are resident but alone now
- * were broken by a write.  That count is the backend's
+ * were broken by a write -- as many of them, in a region, as the pass
+ * found pages with new content there.  That count is the backend's
  * cow-broken-pages, a lower bound of the faults (a page broken and
  * merged again between two passes is not seen), and the policy's
  * memdedup_cow_judge takes churning regions off KSM for a while.
@@ -121,8 +122,14 @@ void memdedup_cow_pass(MemdedupEngine *engine, MemdedupPassBlock *pb)
                 nonzero[k] = memdedup_block_fp(blk, first + k) !=
                              MEMDEDUP_FP_ZERO;
             }
-            broken = memdedup_cow_walk(entries, nonzero, pages, blk->shared,
-                                       first, &sharing);
+            /*
+             * Broken by a write, the content changed: a page the kernel
+             * unmerged (ksmd's run=2, an unregistration elsewhere)
+             * keeps its content, and is not the guest's churn.
+             */
+            broken = MIN(memdedup_cow_walk(entries, nonzero, pages,
+                                           blk->shared, first, &sharing),
+                         r->volatile_pages);
             if (!judge) {
                 broken = 0;
             } else {
