@@ -283,6 +283,72 @@ static void test_apply_policy(void)
     test_block_free(&t);
 }
 
+/*
+ * The residency watch: memory that fills between passes is marked
+ * region by region (nothing else), and a partial pass hashes only it,
+ * counts duplicates inside a region and across regions, and registers
+ * them without waiting for the next full pass.
+ */
+static void test_watch_partial_pass(void)
+{
+    MemdedupEngine *engine = &memdedup_engine;
+    uint64_t passes, partial, p, ppr;
+    TestBlock t;
+
+    if (!test_block_new(&t, MEMDEDUP_POLICY_TARGETED)) {
+        return;
+    }
+    ppr = t.pages_per_region;
+    /* Regions 8-15 were never used: not resident. */
+    g_assert_cmpint(madvise(t.host + 8 * REGION, 8 * REGION, MADV_DONTNEED),
+                    ==, 0);
+    memdedup_run_pass(engine, true);
+    g_assert_cmpuint(t.blk->summary.resident_pages, ==, 8 * ppr);
+    g_assert_cmphex(kernel_registered(&t), ==, 0x1f);
+    g_assert_false(memdedup_watch(engine));
+    g_assert_cmpuint(bitmap_count_one(t.blk->watched, NR_REGIONS), ==, 0);
+
+    /*
+     * The guest fills regions 8-10: 9 a copy of 8, 10 its first half
+     * twice.  A page more in region 11 is too little to mark it.
+     */
+    for (p = 8 * ppr; p < 9 * ppr; p++) {
+        fill_unique(&t, p, 3);
+    }
+    memcpy(t.host + 9 * REGION, t.host + 8 * REGION, REGION);
+    for (p = 10 * ppr; p < 10 * ppr + ppr / 2; p++) {
+        fill_unique(&t, p, 4);
+    }
+    memcpy(t.host + 10 * REGION + REGION / 2, t.host + 10 * REGION,
+           REGION / 2);
+    fill_unique(&t, 11 * ppr, 5);
+    g_assert_true(memdedup_watch(engine));
+    g_assert_cmphex(t.blk->watched[0], ==, 0x700);
+
+    passes = engine->passes_completed;
+    partial = engine->partial_passes;
+    memdedup_run_partial_pass(engine);
+    g_assert_cmpuint(engine->passes_completed, ==, passes);
+    g_assert_cmpuint(engine->partial_passes, ==, partial + 1);
+    /* Region 11 was not hashed: its page is not known yet. */
+    g_assert_cmpuint(t.blk->summary.resident_pages, ==, 11 * ppr);
+    g_assert_cmpuint(t.blk->regions[11].resident, ==, 0);
+    g_assert_cmpuint(t.blk->regions[8].duplicate, ==, ppr);
+    g_assert_cmpuint(t.blk->regions[9].duplicate, ==, ppr);
+    g_assert_cmpuint(t.blk->regions[10].duplicate, ==, ppr);
+    g_assert_cmphex(engine_registered(&t), ==, 0x71f);
+    g_assert_cmphex(kernel_registered(&t), ==, 0x71f);
+
+    /* Nothing moved since: no pass. */
+    g_assert_false(memdedup_watch(engine));
+
+    /* A full pass finds region 11's page. */
+    memdedup_run_pass(engine, true);
+    g_assert_cmpuint(t.blk->regions[11].resident, ==, 1);
+    g_assert_cmpuint(engine->passes_completed, ==, passes + 1);
+    test_block_free(&t);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -292,5 +358,7 @@ int main(int argc, char **argv)
                     test_pass_summary_and_registration);
     g_test_add_func("/memdedup-engine/pass/estimate", test_pass_estimate);
     g_test_add_func("/memdedup-engine/apply-policy", test_apply_policy);
+    g_test_add_func("/memdedup-engine/watch/partial-pass",
+                    test_watch_partial_pass);
     return g_test_run();
 }

@@ -160,6 +160,16 @@ static void test_hostile_collisions(void)
     g_assert_cmpuint(collide, ==, 0);
 }
 
+/* Every copy of a repeated fingerprint counts; singles do not. */
+static void test_count_repeats(void)
+{
+    MemdedupFp fps[] = { 7, 3, 9, 3, 7, 3, 11, 5, 1ull << 39, 1ull << 39 };
+
+    g_assert_cmpuint(memdedup_count_repeats(fps, ARRAY_SIZE(fps)), ==, 7);
+    g_assert_cmpuint(memdedup_count_repeats(fps, 1), ==, 0);
+    g_assert_cmpuint(memdedup_count_repeats(fps, 0), ==, 0);
+}
+
 static void test_sort(void)
 {
     const size_t n = 100000;
@@ -1636,6 +1646,7 @@ int main(int argc, char **argv)
                     test_fingerprint_reserved);
     g_test_add_func("/memdedup/hostile-collisions", test_hostile_collisions);
     g_test_add_func("/memdedup/sort", test_sort);
+    g_test_add_func("/memdedup/count-repeats", test_count_repeats);
     g_test_add_func("/memdedup/dupset", test_dupset);
     g_test_add_func("/memdedup/dupset-indexed", test_dupset_indexed);
     g_test_add_func("/memdedup/dupset-budget", test_dupset_budget);

@@ -190,6 +190,27 @@ void memdedup_fp_sort(uint32_t *fps, uint32_t *tmp, size_t n)
     }
 }
 
+static int memdedup_fp_cmp(const void *a, const void *b)
+{
+    MemdedupFp x = *(const MemdedupFp *)a, y = *(const MemdedupFp *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+size_t memdedup_count_repeats(MemdedupFp *fps, size_t n)
+{
+    size_t i, run, repeats = 0;
+
+    qsort(fps, n, sizeof(*fps), memdedup_fp_cmp);
+    for (i = 0; i < n; i += run) {
+        for (run = 1; i + run < n && fps[i + run] == fps[i]; run++) {
+            /* find the end of the run */
+        }
+        repeats += run > 1 ? run : 0;
+    }
+    return repeats;
+}
+
 void memdedup_dupset_clear(MemdedupDupSet *set)
 {
     g_free(set->fps);

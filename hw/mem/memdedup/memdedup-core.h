@@ -160,6 +160,12 @@ size_t memdedup_dupset_bytes(const MemdedupDupSet *set);
 void memdedup_fp_sort(uint32_t *fps, uint32_t *tmp, size_t n);
 
 /*
+ * How many of the @n fingerprints have their value more than once
+ * (every copy counts: two equal ones make 2)?  Sorts @fps.
+ */
+size_t memdedup_count_repeats(MemdedupFp *fps, size_t n);
+
+/*
  * memdedup_dupset_build: replace @set with the fingerprints that occur at
  * least twice in the @nr arrays @arrays (reserved values are skipped).
  * The set takes at most @budget bytes, counting @extra_bits more per

@@ -183,6 +183,7 @@ struct MemdedupBlock {
     bool hinted;                /* registered from hints, not yet scanned */
     int8_t *nodes;             /* nr_pages host nodes, or -1 (numa.c) */
     unsigned long *shared;      /* nr_pages bits: shared their frame (cow.c) */
+    unsigned long *watched;     /* nr_regions bits: residency moved (watch.c) */
     /*
      * engine->dupset_gen when the last summary counted every region's
      * duplicates (MemdedupRegion.duplicate) against the dup set; 0: not
@@ -282,6 +283,8 @@ typedef struct MemdedupEngine {
     uint64_t last_pass_duration;   /* ns */
     uint64_t metadata_bytes;
     uint64_t scanner_cpu_time;     /* ns, all scanner threads */
+    uint64_t partial_passes;    /* passes that hashed the watched regions */
+    uint64_t watch_cpu_time;    /* ns the residency watch took */
     uint64_t index_failures;    /* passes that kept the last index: no memory */
     uint64_t x_index_memory;    /* atomic: x-index-memory, 0: no limit */
     char *x_meminfo;            /* x-meminfo: read for /proc/meminfo */
@@ -338,6 +341,7 @@ typedef struct MemdedupScanBuffers {
     int *status;                /* move_pages results, one per page */
     int8_t *nodes;              /* one region's nodes before placement */
     MemdedupFp *fps;            /* new fingerprints of one region */
+    MemdedupFp *others;         /* ... of its pages in no dup set */
     uint64_t churn;             /* pages changed, appeared or gone so far */
     uint64_t reused;            /* regions whose last count still held */
 } MemdedupScanBuffers;
@@ -383,6 +387,16 @@ void memdedup_scan_buffers_free(MemdedupScanBuffers *buf);
 bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
                           uint64_t region, MemdedupScanBuffers *buf,
                           uint64_t *bytes_hashed);
+
+/*
+ * How many pages of region @region of @blk are resident now, as
+ * memdedup_scan_region would find them (no page is read or faulted
+ * in); -1 if the block went or residency cannot be learned.  Scanner
+ * threads only.
+ */
+int64_t memdedup_region_resident_now(MemdedupEngine *engine,
+                                     MemdedupBlock *blk, uint64_t region,
+                                     MemdedupScanBuffers *buf);
 
 /*
  * board.c: the cross-VM fingerprint board (see there).
@@ -542,6 +556,7 @@ typedef struct MemdedupPassBlock {
     bool indexed;               /* its pages are in the dup set rebuilt */
     unsigned long *discarded;   /* regions to forget pages of, or NULL */
     uint64_t first_item;        /* index of its region 0 in the item space */
+    const unsigned long *only;  /* partial pass: the regions to hash */
 } MemdedupPassBlock;
 
 typedef struct MemdedupPass {
@@ -561,7 +576,8 @@ typedef struct MemdedupPass {
     MemdedupBoard *board;       /* the cross-VM board, or NULL */
     uint64_t blocks_gen;        /* the engine's when the pass began */
     uint32_t nr_threads;        /* scanner threads hashing */
-    bool rescan;                /* hash every region (else apply only) */
+    bool rescan;                /* hash (else apply only) */
+    bool partial;               /* ... only the watched regions (watch.c) */
     bool inputs_changed;        /* pages discarded, or parameters changed */
     bool summarize;             /* count the regions again */
     bool fps_changed;           /* fingerprints changed: publish them */
@@ -685,6 +701,34 @@ void *memdedup_thread(void *opaque);
  * apply what changed.  The scanner thread's, or the unit test's.
  */
 void memdedup_run_pass(MemdedupEngine *engine, bool rescan);
+
+/*
+ * A pass that hashes only the regions the residency watch marked
+ * (MemdedupBlock.watched), then counts and registers as a full one.
+ */
+void memdedup_run_partial_pass(MemdedupEngine *engine);
+
+/* ------------------------------------------------------------------ */
+/* watch.c: guest memory that filled or emptied between passes         */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A region is marked when its resident pages moved by at least
+ * 1/MEMDEDUP_WATCH_REGION_DIV of its pages since it was hashed; a
+ * partial pass runs once the marked regions hold at least
+ * 1/MEMDEDUP_WATCH_PASS_DIV of the memory watched, or
+ * MEMDEDUP_WATCH_PASS_BYTES.
+ */
+#define MEMDEDUP_WATCH_REGION_DIV  8
+#define MEMDEDUP_WATCH_PASS_DIV    64
+#define MEMDEDUP_WATCH_PASS_BYTES  (64 * MiB)
+
+/*
+ * Look at every block's residency (no content read) and mark the
+ * regions that changed; true if a partial pass is worth running.
+ * Scanner thread, lock not held.
+ */
+bool memdedup_watch(MemdedupEngine *engine);
 
 /*
  * Open and probe the kernel files, hook migration: once, before the

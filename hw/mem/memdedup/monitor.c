@@ -185,6 +185,8 @@ static void memdedup_query_engine_locked(MemdedupEngine *engine,
         info->paused_reason = g_strdup(engine->paused_reason);
     }
     info->passes_completed = engine->passes_completed;
+    info->partial_passes = engine->partial_passes;
+    info->watch_cpu_time = engine->watch_cpu_time;
     info->last_pass_duration = engine->last_pass_duration;
     info->scanner_cpu_time = engine->scanner_cpu_time;
     info->metadata_bytes = engine->metadata_bytes;
@@ -395,12 +397,14 @@ static void hmp_info_memdedup_state(Monitor *mon, MemdedupInfo *info)
     if (info->paused_reason) {
         monitor_printf(mon, " (%s)", info->paused_reason);
     }
-    monitor_printf(mon, ", %" PRIu64 " passes, last %.3f s, "
-                   "scanner CPU %.3f s, metadata %.1f KiB, "
+    monitor_printf(mon, ", %" PRIu64 " passes (+%" PRIu64 " partial), "
+                   "last %.3f s, scanner CPU %.3f s (watch %.3f s), "
+                   "metadata %.1f KiB, "
                    "scan rate %" PRIu64 " MiB/s, rescan every %u ms",
-                   info->passes_completed,
+                   info->passes_completed, info->partial_passes,
                    info->last_pass_duration / 1e9,
                    info->scanner_cpu_time / 1e9,
+                   info->watch_cpu_time / 1e9,
                    info->metadata_bytes / 1024.0,
                    info->scan_rate / MiB, info->rescan_interval);
     if (info->next_rescan_interval != info->rescan_interval) {

@@ -22,7 +22,8 @@
  *              kernel view refreshed
  *
  * A pass without @rescan (only parameters, discards or peers changed)
- * skips hashing.  Between passes the thread refreshes the kernel view
+ * skips hashing; a partial one (watch.c) hashes only the regions whose
+ * residency moved since they were hashed.  Between passes the thread refreshes the kernel view
  * and serves the board (during a long hashing phase too).  The thread
  * never holds the engine
  * lock while hashing, reading kernel files or calling madvise.
@@ -111,6 +112,9 @@ static void memdedup_pass_work(MemdedupPass *pass, bool scanner)
         }
         pb = &pass->blocks[b];
         region = item - pb->first_item;
+        if (pb->only && !test_bit(region, pb->only)) {
+            continue;
+        }
         if (memdedup_scan_region(pass->engine, pb->blk, region, &buf,
                                  &hashed)) {
             qatomic_add(&pass->bytes_hashed, hashed);
@@ -250,9 +254,11 @@ static void memdedup_pass_snapshot(MemdedupPass *pass)
         params_changed |= pb->apply_only;
         /* A hinted block is judged by the policy once it was scanned. */
         pb->hinted = blk->hinted;
-        if (pass->rescan) {
+        if (pass->rescan && !pass->partial) {
             blk->hinted = false;
         }
+        /* The watched bits stay put until the next watch: ours. */
+        pb->only = pass->partial ? blk->watched : NULL;
         pb->first_item = pass->nr_items;
         if (pass->rescan && pb->params.policy != MEMDEDUP_POLICY_OFF) {
             pass->nr_items += blk->nr_regions;
@@ -279,6 +285,8 @@ static void memdedup_pass_snapshot(MemdedupPass *pass)
     pass->nr_threads = engine->scan_threads;
     if (pass->rescan) {
         engine->state = MEMDEDUP_STATE_SCANNING;
+    }
+    if (pass->rescan && !pass->partial) {
         engine->scan_requested = false;
         engine->rescan_hurry = false;
     }
@@ -321,9 +329,13 @@ static bool memdedup_pass_hash(MemdedupPass *pass)
     size_t b;
 
     for (b = 0; b < pass->nr_blocks; b++) {
-        if (pass->blocks[b].params.policy != MEMDEDUP_POLICY_OFF) {
-            total += pass->blocks[b].blk->nr_regions *
-                     pass->blocks[b].blk->pages_per_region;
+        const MemdedupPassBlock *pb = &pass->blocks[b];
+        uint64_t regions = pb->only ? bitmap_count_one(pb->only,
+                                                       pb->blk->nr_regions) :
+                                      pb->blk->nr_regions;
+
+        if (pb->params.policy != MEMDEDUP_POLICY_OFF) {
+            total += regions * pb->blk->pages_per_region;
         }
     }
     qatomic_set(&engine->pass_pages_done, 0);
@@ -456,12 +468,16 @@ static void memdedup_pass_register(MemdedupPass *pass)
         MemdedupPassBlock *pb = &pass->blocks[b];
         uint64_t refusals = 0;
 
-        if (pass->rescan && !qatomic_read(&pb->blk->removed)) {
+        /* Churn is judged between full passes, a pass apart. */
+        if (pass->rescan && !pass->partial &&
+            !qatomic_read(&pb->blk->removed)) {
             memdedup_cow_pass(engine, pb);
         }
+        /* A hinted block waits for a full pass to be judged. */
         if (!qatomic_read(&pb->blk->removed) &&
-            (pass->rescan ||
-             ((pb->apply_only || pass->board_eval) && !pb->hinted))) {
+            ((pass->rescan && !pass->partial) ||
+             ((pass->partial || pb->apply_only || pass->board_eval) &&
+              !pb->hinted))) {
             pass->unregistered |= memdedup_apply_policy(pb->blk, &pb->params,
                                                         collapse, &refusals);
         }
@@ -519,10 +535,13 @@ static void memdedup_pass_finish(MemdedupPass *pass)
         }
         engine->metadata_bytes = pass->metadata;
         engine->scanner_cpu_time += pass->cpu_time;
-        if (pass->rescan) {
+        if (pass->rescan && !pass->partial) {
             memdedup_pass_schedule_locked(pass, resident);
             engine->passes_completed++;
             engine->last_pass_duration = duration;
+        }
+        if (pass->rescan) {
+            engine->partial_passes += pass->partial;
             engine->state = QTAILQ_EMPTY(&engine->blocks) ?
                             MEMDEDUP_STATE_DISABLED : MEMDEDUP_STATE_IDLE;
         }
@@ -532,7 +551,10 @@ static void memdedup_pass_finish(MemdedupPass *pass)
     memdedup_pass_release(pass);
 
     memdedup_refresh_kernel_view(engine, pass->unregistered);
-    if (pass->rescan) {
+    if (pass->partial) {
+        trace_memdedup_partial_pass_done(duration, pass->bytes_hashed,
+                                         pass->registered);
+    } else if (pass->rescan) {
         trace_memdedup_pass_done(pass_no, duration, scanned, zero, duplicate,
                                  pass->registered);
         qapi_event_send_memdedup_pass_completed(pass_no, duration, scanned,
@@ -546,11 +568,13 @@ static void memdedup_pass_finish(MemdedupPass *pass)
  * (parameters, discards, the board).  Scanner thread (or the unit test,
  * which has no scanner thread).
  */
-void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
+static void memdedup_pass_run(MemdedupEngine *engine, bool rescan,
+                              bool partial)
 {
     MemdedupPass pass = {
         .engine = engine,
         .rescan = rescan,
+        .partial = partial,
         .summarize = rescan,
         .fps_changed = rescan,
     };
@@ -570,6 +594,16 @@ void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
     }
     memdedup_pass_register(&pass);
     memdedup_pass_finish(&pass);
+}
+
+void memdedup_run_pass(MemdedupEngine *engine, bool rescan)
+{
+    memdedup_pass_run(engine, rescan, false);
+}
+
+void memdedup_run_partial_pass(MemdedupEngine *engine)
+{
+    memdedup_pass_run(engine, true, true);
 }
 
 /*
@@ -693,6 +727,13 @@ void *memdedup_thread(void *opaque)
             }
             view_interval = MEMDEDUP_KERNEL_REFRESH_MS;
             next_view = now + view_interval;
+        } else if (now >= w.next_second && memdedup_watch(engine)) {
+            /* Memory filled or emptied: hash that part now. */
+            memdedup_run_partial_pass(engine);
+            now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
+            view_interval = MEMDEDUP_KERNEL_REFRESH_MS;
+            next_view = now + view_interval;
+            w.next_second = now + MEMDEDUP_KERNEL_REFRESH_MS;
         } else if (now >= w.next_second || w.view_wanted) {
             if (now >= next_view || w.view_wanted) {
                 memdedup_refresh_kernel_view(engine, false);

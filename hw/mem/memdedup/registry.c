@@ -111,8 +111,8 @@ void memdedup_block_ref(MemdedupBlock *blk)
 
 uint64_t memdedup_block_metadata_bytes(const MemdedupBlock *blk)
 {
-    /* registered, discarded and hints: a bit per region each. */
-    uint64_t region_bits = 3 * BITS_TO_LONGS(blk->nr_regions) *
+    /* registered, discarded, hints and watched: a bit per region each. */
+    uint64_t region_bits = 4 * BITS_TO_LONGS(blk->nr_regions) *
                            sizeof(unsigned long);
 
     return blk->nr_pages * (sizeof(*blk->fps) + sizeof(*blk->fp_hi) +
@@ -130,6 +130,7 @@ static void memdedup_block_free(MemdedupBlock *blk)
     g_free(blk->fp_hi);
     g_free(blk->nodes);
     g_free(blk->shared);
+    g_free(blk->watched);
     g_free(blk->numa_stats);
     g_free(blk->regions);
     g_free(blk->hints);
@@ -225,8 +226,10 @@ static MemdedupBlock *memdedup_block_new(const char *id, void *host,
     blk->nodes = g_try_new(int8_t, blk->nr_pages);
     /* Pages that shared their frame at the last pass (cow.c). */
     blk->shared = bitmap_try_new(blk->nr_pages);
+    /* Regions whose residency moved since they were hashed (watch.c). */
+    blk->watched = bitmap_try_new(blk->nr_regions);
     if (!blk->fps || !blk->fp_hi || !blk->regions || !blk->registered ||
-        !blk->nodes || !blk->shared) {
+        !blk->nodes || !blk->shared || !blk->watched) {
         error_setg(errp, "memory-backend-ksm '%s': cannot allocate %" PRIu64
                    " MiB of memdedup metadata for its %" PRIu64 " GiB",
                    id, memdedup_block_metadata_bytes(blk) / MiB, size / GiB);

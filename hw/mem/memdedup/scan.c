@@ -376,7 +376,7 @@ static void memdedup_judge_region(MemdedupEngine *engine, MemdedupBlock *blk,
                                   uint32_t *duplicate, uint32_t *changed)
 {
     uint64_t first = region * blk->pages_per_region;
-    uint64_t i, moved = 0;
+    uint64_t i, moved = 0, others = 0;
 
     for (i = 0; i < pages; i++) {
         MemdedupFp old = memdedup_block_fp(blk, first + i), fp = buf->fps[i];
@@ -405,13 +405,71 @@ static void memdedup_judge_region(MemdedupEngine *engine, MemdedupBlock *blk,
 
         memdedup_dupset_prefetch(&engine->dupset, blk->fps + first,
                                  blk->fp_hi + first, i, pages);
-        if (buf->present[i] && fp != MEMDEDUP_FP_ZERO &&
-            memdedup_numa_candidate(&engine->numa,
+        if (!buf->present[i] || fp == MEMDEDUP_FP_ZERO) {
+            continue;
+        }
+        if (memdedup_numa_candidate(&engine->numa,
                 memdedup_numa_classify(&engine->numa, &engine->dupset, fp,
                                        blk->nodes[first + i], NULL))) {
             (*duplicate)++;
+        } else {
+            buf->others[others++] = fp;
         }
     }
+    /*
+     * New content duplicated inside the region is in no dup set yet:
+     * count it now, so that such a region registers as soon as it is
+     * hashed (the pass's count finds the same pages in the new set).
+     * Copies on two host nodes count once the set is rebuilt.
+     */
+    if (!engine->numa.partitioned) {
+        *duplicate += memdedup_count_repeats(buf->others, others);
+    }
+}
+
+/*
+ * Which pages of [@first, @first + @pages) of @blk are guest memory now
+ * resident, into @buf->present; false if the block went or residency
+ * cannot be learned.  Inside the caller's RCU read-side section.
+ */
+static bool memdedup_region_presence(MemdedupEngine *engine,
+                                     MemdedupBlock *blk, uint64_t first,
+                                     uint64_t pages, MemdedupScanBuffers *buf)
+{
+    unsigned long *plugged;
+    uint64_t i;
+
+    if (qatomic_load_acquire(&blk->removed) ||
+        !memdedup_read_residency(engine, blk->host + first * blk->page_size,
+                                 pages, blk->page_size, buf)) {
+        return false;
+    }
+    /* With virtio-mem, the parts not plugged are not guest memory. */
+    plugged = qatomic_load_acquire(&blk->plugged);
+    for (i = 0; plugged && i < pages; i++) {
+        buf->present[i] &= test_bit(first + i, plugged);
+    }
+    return true;
+}
+
+int64_t memdedup_region_resident_now(MemdedupEngine *engine,
+                                     MemdedupBlock *blk, uint64_t region,
+                                     MemdedupScanBuffers *buf)
+{
+    uint64_t first = region * blk->pages_per_region;
+    uint64_t pages = MIN(blk->pages_per_region, blk->nr_pages - first);
+    int64_t resident = 0;
+    uint64_t i;
+
+    WITH_RCU_READ_LOCK_GUARD() {
+        if (!memdedup_region_presence(engine, blk, first, pages, buf)) {
+            return -1;
+        }
+    }
+    for (i = 0; i < pages; i++) {
+        resident += buf->present[i];
+    }
+    return resident;
 }
 
 bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
@@ -433,22 +491,11 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
      * every reader that saw removed == false.
      */
     WITH_RCU_READ_LOCK_GUARD() {
-        unsigned long *plugged;
-        uint8_t *base;
+        uint8_t *base = blk->host + first * blk->page_size;
         bool placed_same;
 
-        if (qatomic_load_acquire(&blk->removed)) {
+        if (!memdedup_region_presence(engine, blk, first, pages, buf)) {
             return false;
-        }
-        base = blk->host + first * blk->page_size;
-        if (!memdedup_read_residency(engine, base, pages, blk->page_size,
-                                     buf)) {
-            return false;
-        }
-        /* With virtio-mem, the parts not plugged are not guest memory. */
-        plugged = qatomic_load_acquire(&blk->plugged);
-        for (i = 0; plugged && i < pages; i++) {
-            buf->present[i] &= test_bit(first + i, plugged);
         }
         /* The host node of each present page (numa-engine.c). */
         placed_same = memdedup_numa_scan_region(blk, region, base, buf);
@@ -487,6 +534,7 @@ void memdedup_scan_buffers_init(MemdedupScanBuffers *buf, uint64_t pages)
     buf->addrs = g_new(void *, pages);
     buf->status = g_new(int, pages);
     buf->fps = g_new(MemdedupFp, pages);
+    buf->others = g_new(MemdedupFp, pages);
     buf->nodes = g_new(int8_t, pages);
     buf->churn = 0;
     buf->reused = 0;
@@ -500,5 +548,6 @@ void memdedup_scan_buffers_free(MemdedupScanBuffers *buf)
     g_free(buf->addrs);
     g_free(buf->status);
     g_free(buf->fps);
+    g_free(buf->others);
     g_free(buf->nodes);
 }
