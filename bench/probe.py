@@ -59,6 +59,50 @@ def host_info():
     return info
 
 
+def pagemap_pfns(pid, base, size):
+    """The PFN of every page of [base, base + size) in process @pid, a
+    numpy uint64 array, 0 where a page is not present (or swapped); None
+    when pagemap cannot be read or hides the PFNs (not root)."""
+    import numpy as np
+    raw = host.pagemap(pid, base, size)
+    if raw is None:
+        return None
+    e = np.frombuffer(raw, dtype=np.uint64)
+    present = (e & np.uint64(host.PM_PRESENT | host.PM_SWAPPED)) == \
+        np.uint64(host.PM_PRESENT)
+    pfns = np.where(present, e & np.uint64(host.PM_PFN_MASK), np.uint64(0))
+    if (pfns[present] == 0).any():
+        return None                 # PFNs hidden
+    return pfns
+
+
+def kpageflags(pfns, gap=64):
+    """/proc/kpageflags flags of the PFNs of a numpy uint64 array (in any
+    order, repeated or not), as host.page_flags reads them one by one:
+    in sorted runs here, gaps of up to @gap PFNs read through.  None
+    when they cannot be read (not root)."""
+    import numpy as np
+    u = np.unique(pfns)
+    flags = np.empty(len(u), dtype=np.uint64)
+    if not len(u):
+        return flags
+    ends = np.append(np.nonzero(np.diff(u) > gap)[0] + 1, len(u))
+    try:
+        with open("/proc/kpageflags", "rb", buffering=0) as kf:
+            start = 0
+            for end in ends:
+                lo, n = int(u[start]), int(u[end - 1] - u[start]) + 1
+                data = os.pread(kf.fileno(), n * 8, lo * 8)
+                if len(data) != n * 8:
+                    return None
+                flags[start:end] = np.frombuffer(data, dtype=np.uint64)[
+                    u[start:end] - np.uint64(lo)]
+                start = end
+    except OSError:
+        return None
+    return flags[np.searchsorted(u, pfns)]
+
+
 def guest_ram_regions(pid, region=2 << 20):
     """[(addr, present, huge, first8)] for every region-aligned region of
     the QEMU process's guest RAM mappings: anonymous rw VMAs at least one

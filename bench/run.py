@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """memdedup benchmarks: side by side with stock QEMU + KSM, in one run,
 with the same ksmd settings (make bench).  After the workloads below,
-the scanner micro-benchmark, hostile content and the copy-on-write
-churn workload (bench/cow.py; --no-cow skips it).
+the scanner micro-benchmark, hostile content, the copy-on-write
+churn workload (bench/cow.py; --no-cow skips it) and guest memory that
+fills over time (bench/fill.py; --no-fill skips it, --fill-only runs
+only it).
 
 For every workload (mixed, volatile, guests; see workloads.py), THP mode
 (on: the host's 'madvise' mode with QEMU's MADV_HUGEPAGE; off: 'never')
@@ -124,17 +126,6 @@ def start_qtest_procs(config, layout, images, workdir, out):
         out.append(Proc(vm, qt, placed, config in wl.MEMDEDUP_CONFIGS))
 
 
-def wait_engine_idle(procs, timeout=120):
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        if not p.memdedup:
-            continue
-        while time.monotonic() < deadline:
-            if p.vm.qmp.cmd("query-memdedup")["state"] != "scanning":
-                break
-            time.sleep(0.1)
-
-
 def sample(procs, ksmd, base):
     """One sample of everything, as deltas from base (None: take base)."""
     s = {"t": time.monotonic(),
@@ -212,7 +203,7 @@ def run_config(ctx, workload, config, thp, rate, seconds):
                 start_qtest_procs(config, ctx.layout, ctx.images, workdir,
                                   procs)
             res["setup_seconds"] = round(time.monotonic() - t_start, 1)
-            wait_engine_idle(procs)
+            wl.wait_engine_idle([p.vm for p in procs if p.memdedup])
             base = sample(procs, ctx.ksmd, None)
             res["rss_at_start_bytes"] = sum(base["rss"]) * PAGE
 
@@ -220,13 +211,7 @@ def run_config(ctx, workload, config, thp, rate, seconds):
             host.ksm_set(run=1)
             for p in procs:
                 if p.memdedup:
-                    # The pass first: the new interval would start one
-                    # at once (the last pass was before the fill), and
-                    # memdedup-scan during it would queue a second.
-                    p.vm.qmp.cmd("memdedup-scan")
-                    p.vm.qmp.cmd("qom-set", path="/objects/" + wl.ENGINE_ID,
-                                 property="rescan-interval",
-                                 value=a.rescan_interval)
+                    wl.start_engine(p.vm, a.rescan_interval)
             if workload == "volatile":
                 writer = wl.VolatileWriter(
                     [(p.qt, base_gpa) for p in procs
@@ -488,6 +473,17 @@ def check_targets(rows):
     return out
 
 
+def all_targets(result):
+    """Every target row of a result: the workloads', the scanner's,
+    hostile content's, bench/cow.py's and bench/fill.py's."""
+    out = check_targets(result["ratios"]) + micro_targets(result) + \
+        hostile_targets(result)
+    for name in ("cow", "fill"):
+        if result.get(name):
+            out += __import__(name).targets(result[name])
+    return out
+
+
 def micro_targets(result):
     out = []
     m = result.get("micro")
@@ -615,10 +611,10 @@ def table(result):
             lines.append("%-10s %10.3f %8.2f %10.2f" % (
                 kind, h["cpu_ns"][kind] / 1e9, h["ratios"][kind],
                 h["metadata_per_page"][kind]))
-    if result.get("cow"):
-        import cow
-        lines.append("")
-        lines.append(cow.table(result["cow"]))
+    for name in ("cow", "fill"):
+        if result.get(name):
+            lines.append("")
+            lines.append(__import__(name).table(result[name]))
     m = result.get("micro")
     if m:
         lines.append("")
@@ -755,14 +751,37 @@ def plan(a):
     return out
 
 
-def estimate_minutes(steps, with_micro, cow_seconds=0):
+def estimate_minutes(steps, with_micro, cow_seconds=0, fill_runs=()):
+    """fill_runs: the seconds of each run of bench/fill.py."""
     # The copy-on-write churn: two configurations, smart_scan off and on.
     total = 4.0 * (cow_seconds + 20) if cow_seconds else 0.0
+    # The filling guests: their content first, then a reset, two QEMUs
+    # and ksmd's settling per run.
+    total += sum(secs + 25 for secs in fill_runs) + (15 if fill_runs
+                                                      else 0)
     for _, _, w, configs, secs in steps:
         setup = 50 if w == "guests" else 14
         total += len(configs) * (secs + setup + 6)
     # The micro-benchmark about a minute, the hostile content three.
     return (total + (240 if with_micro else 0) + 20) / 60.0
+
+
+def fill_options(a):
+    """bench/fill.py's run() arguments from the --fill-* options."""
+    import fill
+    base = fill.QUICK if a.quick else {}
+    period = a.fill_period or base.get("period", fill.PERIOD)
+    out = {"seconds": a.fill_seconds or base.get(
+               "seconds", fill.default_seconds(period)),
+           "period": period,
+           "vm_mib": a.fill_vm_mib or base.get("vm_mib", fill.VM_MIB),
+           "rate": a.fill_rate or "1000/20",
+           "thp": tuple(csv(a.fill_thp)) if a.fill_thp
+           else base.get("thp", fill.THP)}
+    err = fill.option_error(out["vm_mib"], out["thp"])
+    if err:
+        sys.exit("bench: --fill-*: " + err)
+    return out
 
 
 def binary_info(path):
@@ -785,15 +804,18 @@ def main():
                "at ksmd 1000/20, mixed (stock, targeted, board) at 100/20; "
                "THP on, at 1000/20: mixed (stock, targeted, board), "
                "volatile and guests (stock, board); then the scanner "
-               "micro-benchmark and the copy-on-write churn workload "
-               "(about 95 minutes).  Any of --workloads, "
+               "micro-benchmark, the copy-on-write churn workload and "
+               "guest memory filling over time (about 105 minutes).  Any "
+               "of --workloads, "
                "--thp, --rates selects the product of the lists given "
                "instead (unspecified: all workloads, THP off,on, 1000/20), "
                "each workload with its applicable configurations unless "
                "--configs says otherwise.")
     ap.add_argument("--quick", action="store_true",
                     help="mixed only, 512 MiB VMs, 1000/20, THP off and "
-                         "on, stock and targeted, 40 s per run (~5 min)")
+                         "on, stock and targeted, 40 s per run; short "
+                         "runs of bench/cow.py and bench/fill.py "
+                         "(~16 min)")
     ap.add_argument("--full", action="store_true",
                     help="every workload, THP mode, rate and applicable "
                          "configuration (about 2 hours)")
@@ -821,6 +843,24 @@ def main():
                          "churn workload (default 300, --quick 60)")
     ap.add_argument("--micro-only", action="store_true",
                     help="only the scanner micro-benchmark")
+    ap.add_argument("--no-fill", action="store_true",
+                    help="skip guest memory filling over time "
+                         "(bench/fill.py)")
+    ap.add_argument("--fill-only", action="store_true",
+                    help="only guest memory filling over time")
+    ap.add_argument("--fill-seconds", type=int,
+                    help="seconds per run of bench/fill.py (default 5 "
+                         "periods + 60, --quick 45)")
+    ap.add_argument("--fill-period", type=float,
+                    help="seconds between bench/fill.py's steps (8, "
+                         "--quick 4)")
+    ap.add_argument("--fill-vm-mib", type=int,
+                    help="MiB per VM of bench/fill.py (1024, --quick 256)")
+    ap.add_argument("--fill-rate", choices=sorted(RATES),
+                    help="ksmd rate of bench/fill.py (1000/20)")
+    ap.add_argument("--fill-thp",
+                    help="THP modes of bench/fill.py (madvise,never; "
+                         "--quick madvise)")
     ap.add_argument("--interval", type=float, default=1.0,
                     help="seconds between samples at 1000/20 (1)")
     ap.add_argument("--rescan-interval", type=int, default=10000,
@@ -844,11 +884,7 @@ def main():
         with open(a.report) as f:
             old = json.load(f)
         old["ratios"] = ratios(old["runs"])
-        old["targets"] = check_targets(old["ratios"]) + \
-            micro_targets(old) + hostile_targets(old)
-        if old.get("cow"):
-            import cow
-            old["targets"] += cow.targets(old["cow"])
+        old["targets"] = all_targets(old)
         print(table(old))
         for t in rst_tables(old):
             print()
@@ -857,12 +893,16 @@ def main():
 
     preset = "quick" if a.quick else ("full" if a.full else "default")
     sizes = SIZES["quick" if a.quick else "default"]
-    steps = [] if a.micro_only else plan(a)
-    with_micro = not a.no_micro
-    with_cow = not a.no_cow and not a.micro_only
+    steps = [] if a.micro_only or a.fill_only else plan(a)
+    with_micro = not a.no_micro and not a.fill_only
+    with_cow = not a.no_cow and not a.micro_only and not a.fill_only
     cow_seconds = a.cow_seconds or (60 if a.quick else 300)
+    with_fill = not a.no_fill and not a.micro_only
+    fill_args = fill_options(a)
+    fill_runs = ([fill_args["seconds"]] * 2 * len(fill_args["thp"])
+                 if with_fill else [])
     est = estimate_minutes(steps, with_micro,
-                           cow_seconds if with_cow else 0)
+                           cow_seconds if with_cow else 0, fill_runs)
     log("plan (%s), about %.0f minutes:" % (preset, est))
     for thp, rate, w, configs, secs in steps:
         log("  THP %-3s ksmd %-7s %-8s %s (%d s each)"
@@ -872,6 +912,11 @@ def main():
     if with_cow:
         log("  copy-on-write churn: stock, memdedup (%d s each)"
             % cow_seconds)
+    if with_fill:
+        log("  guest memory filling over time: 2 x %d MiB, a step every "
+            "%.0f s, ksmd %s, THP %s: stock, memdedup (%d s each)"
+            % (fill_args["vm_mib"], fill_args["period"], fill_args["rate"],
+               ", ".join(fill_args["thp"]), fill_args["seconds"]))
     if a.dry_run:
         return 0
 
@@ -967,13 +1012,17 @@ def main():
             if with_cow:
                 import cow
                 thpmode.set(host_thp)
-                try:
-                    result["cow"] = cow.run(ctx.workdir, cow_seconds)
-                except Exception as e:  # noqa: B902  reported, rc 1
-                    log("copy-on-write churn FAILED: %s" % e)
-                    traceback.print_exc()
-                    result["errors"].append({"workload": "cow",
-                                             "error": str(e)})
+                if not run_part(result, "cow", "copy-on-write churn",
+                                lambda: cow.run(ctx.workdir, cow_seconds)):
+                    rc = 1
+            if with_fill:
+                import fill
+                if not run_part(result, "fill",
+                                "guest memory filling over time",
+                                lambda: fill.run(
+                                    ctx.workdir, thpmode,
+                                    rescan_interval=a.rescan_interval,
+                                    **fill_args)):
                     rc = 1
             host.ksm_reset()
     except KeyboardInterrupt:
@@ -982,11 +1031,7 @@ def main():
     finally:
         shutil.rmtree(ctx.workdir, ignore_errors=True)
     result["ratios"] = ratios(result["runs"])
-    result["targets"] = check_targets(result["ratios"]) + \
-        micro_targets(result) + hostile_targets(result)
-    if result.get("cow"):
-        import cow
-        result["targets"] += cow.targets(result["cow"])
+    result["targets"] = all_targets(result)
     result["meta"]["minutes"] = round((time.monotonic() - t_all) / 60.0, 1)
     text = table(result)
     print()
@@ -1003,6 +1048,19 @@ def main():
             log("no plot (%s): install python3-matplotlib" % e)
     log("results in %s (%.1f minutes)" % (outdir, result["meta"]["minutes"]))
     return rc
+
+
+def run_part(result, name, what, fn):
+    """result[name] = fn(); on an exception, log it, keep it in
+    result["errors"] and return False."""
+    try:
+        result[name] = fn()
+    except Exception as e:  # noqa: B902  reported, rc 1
+        log("%s FAILED: %s" % (what, e))
+        traceback.print_exc()
+        result["errors"].append({"workload": name, "error": str(e)})
+        return False
+    return True
 
 
 def save(result, outdir, partial):

@@ -284,10 +284,20 @@ def _ksm_backend(bid, mib, config):
     return ["-object", s]
 
 
-def qtest_processes(config, layout, nvms=2, board=None):
+def qtest_processes(config, layout, nvms=2, board=None, dump=True):
     """The qtest QEMU processes of a configuration: a list of
     (name, args, [(vm_index, base_gpa)]) (without the loader).  board:
-    the board file of the "board" configuration."""
+    the board file of the "board" configuration.  dump=False: the
+    backends with dump=off (host.dontdump_range finds their RAM)."""
+    procs = _qtest_processes(config, layout, nvms, board)
+    if not dump:
+        for _, args, _ in procs:
+            args[:] = [a + ",dump=off" if a.startswith("memory-backend-")
+                       else a for a in args]
+    return procs
+
+
+def _qtest_processes(config, layout, nvms, board):
     mib = layout.vm_mib
     procs = []
     if config == "proxy":
@@ -319,6 +329,28 @@ def qtest_processes(config, layout, nvms=2, board=None):
             raise ValueError("unknown configuration %s" % config)
         procs.append((name, _common(name) + args, [(i, 0)]))
     return procs
+
+
+def wait_engine_idle(vms, timeout=120):
+    """Wait until the engines of @vms (memdedup QEMUs, qmp.Qemu) are
+    between passes."""
+    deadline = time.monotonic() + timeout
+    for vm in vms:
+        while time.monotonic() < deadline:
+            if vm.qmp.cmd("query-memdedup")["state"] != "scanning":
+                break
+            time.sleep(0.1)
+
+
+def start_engine(vm, interval_ms):
+    """t = 0 for the engine of @vm (idle, as qtest_processes or
+    guest_args started it): a pass at once, then one every
+    @interval_ms.  The pass first: the new interval would start one at
+    once (the last pass was before the VM filled), and memdedup-scan
+    during it would queue a second."""
+    vm.qmp.cmd("memdedup-scan")
+    vm.qmp.cmd("qom-set", path="/objects/" + ENGINE_ID,
+               property="rescan-interval", value=interval_ms)
 
 
 def guest_args(config, mem_mib, name, append, board=None):

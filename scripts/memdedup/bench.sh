@@ -3,10 +3,15 @@
 # (bench/run.py; see --help).  Needs root: it borrows the host's KSM knobs
 # and THP mode and restores them on every exit path.
 #
-#   scripts/memdedup/bench.sh                 the default suite (~95 min,
+#   scripts/memdedup/bench.sh                 the default suite (~105 min,
 #                                             --dry-run prints the plan)
-#   scripts/memdedup/bench.sh --no-cow        without bench/cow.py (21 min)
-#   scripts/memdedup/bench.sh --quick         a short one (< 5 min)
+#   scripts/memdedup/bench.sh --no-cow        without bench/cow.py
+#   scripts/memdedup/bench.sh --no-fill       without bench/fill.py
+#   scripts/memdedup/bench.sh --fill-only     only bench/fill.py (~9 min;
+#                                             --fill-thp, --fill-period,
+#                                             --fill-vm-mib, --fill-rate,
+#                                             --fill-seconds)
+#   scripts/memdedup/bench.sh --quick         a short one (~16 min)
 #   scripts/memdedup/bench.sh --workloads mixed --thp off --rates 1000/20
 #   MEMDEDUP_BENCH_SECONDS=30 scripts/memdedup/bench.sh ...
 #   scripts/memdedup/bench.sh --thp-legacy    also bench/thp.py (512 MiB

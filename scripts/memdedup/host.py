@@ -2,7 +2,8 @@
 is on both's path): what it says of a process (procfs), and its KSM and
 THP state (sysfs), read, borrowed and given back.
 
-Readers    host_address, kernel_residency, thread_cpu_ns, cpu_seconds,
+Readers    host_address, pagemap, page_flags, kernel_residency,
+           ksm_pages, thread_cpu_ns, cpu_seconds, cpu_busy_seconds,
            rss_bytes, smaps_vmas, mergeable_vmas, smaps_merged_pages,
            smaps_rollup, ksm_stat, ksmd_pid, ksm_read, thp_read, meminfo
 KsmKnobs   saves, sets and restores the /sys/kernel/mm/ksm knobs
@@ -66,23 +67,33 @@ def dontdump_range(pid):
     return tuple(runs[0])
 
 
+def pagemap(pid, base, size):
+    """The /proc/PID/pagemap entries of [base, base + size) in process
+    @pid, 8 bytes a page (PM_* bits, the PFN where root may see it), or
+    None when they cannot be read."""
+    try:
+        with open("/proc/%d/pagemap" % pid, "rb", buffering=0) as pm:
+            raw = os.pread(pm.fileno(), size // PAGE * 8, base // PAGE * 8)
+    except OSError:
+        return None
+    return raw if len(raw) == size // PAGE * 8 else None
+
+
 def page_flags(pid, base, size):
     """{page index: /proc/kpageflags flags} of the present (not swapped)
     pages of [base, base + size) in process @pid; None when PFNs or page
     flags cannot be read (not root)."""
-    pages = size // PAGE
+    raw = pagemap(pid, base, size)
+    if raw is None:
+        return None
     try:
-        pm = open("/proc/%d/pagemap" % pid, "rb", buffering=0)
         kf = open("/proc/kpageflags", "rb", buffering=0)
     except OSError:
         return None
     out, flags = {}, {}
-    with pm, kf:
-        raw = os.pread(pm.fileno(), pages * 8, base // PAGE * 8)
-        if len(raw) != pages * 8:
-            return None
+    with kf:
         entries = memoryview(raw).cast("Q")
-        for i in range(pages):
+        for i in range(len(entries)):
             e = entries[i]
             if not e & PM_PRESENT or e & PM_SWAPPED:
                 continue
@@ -263,6 +274,16 @@ def cpu_seconds(pid):
         return None
     # fields[0] is field 3 (state): utime, stime are fields 14 and 15.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_busy_seconds():
+    """CPU seconds the host's CPUs spent busy since boot, all of them
+    together (/proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest: in user)
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def _raise_exit(signum, frame):

@@ -59,13 +59,23 @@ class QTest(QEMUQtestProtocol):
         for i in range(0, len(lines), batch):
             part = lines[i:i + batch]
             self._sock.sendall(("\n".join(part) + "\n").encode())
-            for text in part:
+            self._replies(part)
+
+    def send_joined(self, data, count):
+        """Run @count commands given joined, a line each, as bytes: sent
+        at once (their replies, "OK" each, fit the socket's buffer)."""
+        self._sock.sendall(data)
+        self._replies(["command %d of %d" % (i + 1, count)
+                       for i in range(count)])
+
+    def _replies(self, sent):
+        for text in sent:
+            line = self._sockfile.readline()
+            while line.startswith("IRQ"):
                 line = self._sockfile.readline()
-                while line.startswith("IRQ"):
-                    line = self._sockfile.readline()
-                if not line.startswith("OK"):
-                    raise RuntimeError("qtest: %s -> %s"
-                                       % (text[:40], line.strip()))
+            if not line.startswith("OK"):
+                raise RuntimeError("qtest: %s -> %s"
+                                   % (text[:40], line.strip()))
 
     def write(self, addr, data):
         for off in range(0, len(data), 4 * MiB):

@@ -283,10 +283,12 @@ static void memdedup_pass_snapshot(MemdedupPass *pass)
     engine->board_dirty = false;
     pass->scan_rate = engine->scan_rate;
     pass->nr_threads = engine->scan_threads;
-    if (pass->rescan) {
-        engine->state = MEMDEDUP_STATE_SCANNING;
-    }
+    /*
+     * A partial pass is not shown as scanning (nor its progress): a
+     * client that asked for a pass waits for a full one.
+     */
     if (pass->rescan && !pass->partial) {
+        engine->state = MEMDEDUP_STATE_SCANNING;
         engine->scan_requested = false;
         engine->rescan_hurry = false;
     }
@@ -329,17 +331,13 @@ static bool memdedup_pass_hash(MemdedupPass *pass)
     size_t b;
 
     for (b = 0; b < pass->nr_blocks; b++) {
-        const MemdedupPassBlock *pb = &pass->blocks[b];
-        uint64_t regions = pb->only ? bitmap_count_one(pb->only,
-                                                       pb->blk->nr_regions) :
-                                      pb->blk->nr_regions;
-
-        if (pb->params.policy != MEMDEDUP_POLICY_OFF) {
-            total += regions * pb->blk->pages_per_region;
+        if (pass->blocks[b].params.policy != MEMDEDUP_POLICY_OFF) {
+            total += pass->blocks[b].blk->nr_regions *
+                     pass->blocks[b].blk->pages_per_region;
         }
     }
     qatomic_set(&engine->pass_pages_done, 0);
-    qatomic_set(&engine->pass_pages_total, total);
+    qatomic_set(&engine->pass_pages_total, pass->partial ? 0 : total);
     pass->start_ns = qemu_clock_get_ns(QEMU_CLOCK_REALTIME);
     /* merge_across_nodes decides how duplicates are judged. */
     memdedup_numa_pass_begin(engine);
@@ -535,13 +533,12 @@ static void memdedup_pass_finish(MemdedupPass *pass)
         }
         engine->metadata_bytes = pass->metadata;
         engine->scanner_cpu_time += pass->cpu_time;
-        if (pass->rescan && !pass->partial) {
+        if (pass->partial) {
+            engine->partial_passes++;
+        } else if (pass->rescan) {
             memdedup_pass_schedule_locked(pass, resident);
             engine->passes_completed++;
             engine->last_pass_duration = duration;
-        }
-        if (pass->rescan) {
-            engine->partial_passes += pass->partial;
             engine->state = QTAILQ_EMPTY(&engine->blocks) ?
                             MEMDEDUP_STATE_DISABLED : MEMDEDUP_STATE_IDLE;
         }
