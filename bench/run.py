@@ -583,6 +583,8 @@ def table(result):
                               fmt(r["thp_kept"]),
                               fmt(r["metadata_per_page"]),
                               fmt(r.get("ksmd_page_cost"))))
+    if not result["runs"]:
+        lines = []          # no workload ran (--micro-only, --fill-only)
     vs = [r for r in result["ratios"] if r.get("vs_ideal")]
     if vs:
         lines.append("")
@@ -648,7 +650,7 @@ def table(result):
                 "met" if t["met"] else "NOT", t["workload"], t["config"],
                 t["thp"], t["rate"], t["target"], fmt(t["value"])) +
                 ("   (%s)" % t["note"] if t.get("note") else "")))
-    return "\n".join(lines)
+    return "\n".join(lines).lstrip("\n")
 
 
 def rst_tables(result):
@@ -769,16 +771,8 @@ def estimate_minutes(steps, with_micro, cow_seconds=0, fill_runs=()):
 def fill_options(a):
     """bench/fill.py's run() arguments from the --fill-* options."""
     import fill
-    base = fill.QUICK if a.quick else {}
-    period = a.fill_period or base.get("period", fill.PERIOD)
-    out = {"seconds": a.fill_seconds or base.get(
-               "seconds", fill.default_seconds(period)),
-           "period": period,
-           "vm_mib": a.fill_vm_mib or base.get("vm_mib", fill.VM_MIB),
-           "rate": a.fill_rate or "1000/20",
-           "thp": tuple(csv(a.fill_thp)) if a.fill_thp
-           else base.get("thp", fill.THP)}
-    err = fill.option_error(out["vm_mib"], out["thp"])
+    out, err = fill.options(a.quick, a.fill_seconds, a.fill_period,
+                            a.fill_vm_mib, a.fill_rate, a.fill_thp)
     if err:
         sys.exit("bench: --fill-*: " + err)
     return out
@@ -886,7 +880,7 @@ def main():
         old["ratios"] = ratios(old["runs"])
         old["targets"] = all_targets(old)
         print(table(old))
-        for t in rst_tables(old):
+        for t in rst_tables(old) if old["runs"] else ():
             print()
             print(t)
         return 0

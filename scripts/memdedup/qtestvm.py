@@ -11,6 +11,7 @@ complete_pass       the same over any QMP transport (libvirt's, say)
 import base64
 import contextlib
 import os
+import threading
 import time
 
 import qmp
@@ -62,11 +63,26 @@ class QTest(QEMUQtestProtocol):
             self._replies(part)
 
     def send_joined(self, data, count):
-        """Run @count commands given joined, a line each, as bytes: sent
-        at once (their replies, "OK" each, fit the socket's buffer)."""
-        self._sock.sendall(data)
-        self._replies(["command %d of %d" % (i + 1, count)
-                       for i in range(count)])
+        """Run @count commands given joined, a line each, as bytes: a
+        thread sends them all while this one reads the replies (QEMU
+        stops reading once a few hundred replies lie unread: each takes
+        a socket buffer of its own)."""
+        failed = []
+
+        def send():
+            try:
+                self._sock.sendall(data)
+            except OSError as e:
+                failed.append(e)
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        try:
+            self._replies(["command %d of %d" % (i + 1, count)
+                           for i in range(count)])
+        finally:
+            sender.join()
+        if failed:
+            raise failed[0]
 
     def _replies(self, sent):
         for text in sent:
