@@ -77,6 +77,7 @@ scrape_configs:
 # Families memdedup-stat writes for these domains (ksmd running, a board,
 # a booted guest).  The copy-on-write ones only where QEMU reports them.
 FAMILIES = """memdedup_domain_enabled memdedup_passes_completed_total
+memdedup_partial_passes_total
 memdedup_scanner_cpu_seconds_total memdedup_metadata_bytes
 memdedup_board_joined memdedup_board_peers
 memdedup_board_rejected_peers_total memdedup_board_rejected_updates_total
@@ -144,6 +145,8 @@ def expected_samples(js):
         q = d["query-memdedup"]
         out[key("memdedup_passes_completed_total", domain=name)] = \
             q["passes-completed"]
+        out[key("memdedup_partial_passes_total", domain=name)] = \
+            q["partial-passes"]
         out[key("memdedup_scanner_cpu_seconds_total", domain=name)] = \
             q["scanner-cpu-time"] / 1e9
         out[key("memdedup_metadata_bytes", domain=name)] = \

@@ -120,6 +120,7 @@ struct domain_stats {
     json_object *reply;         /* query-memdedup's "return", or NULL */
     char *state;                /* engine state: idle, scanning, ... */
     uint64_t passes_completed;
+    uint64_t partial_passes;    /* the residency watch's */
     uint64_t scanner_cpu_ns;
     uint64_t metadata_bytes;
     long long ksm_run;          /* host-ksm's run, -1 if absent */
@@ -351,6 +352,7 @@ static void domain_query(virDomainPtr dom, struct domain_stats *d)
 
     d->state = xstrdup(json_str(ret, "state"));
     d->passes_completed = json_u64(ret, "passes-completed", NULL);
+    d->partial_passes = json_u64(ret, "partial-passes", NULL);
     d->scanner_cpu_ns = json_u64(ret, "scanner-cpu-time", NULL);
     d->metadata_bytes = json_u64(ret, "metadata-bytes", NULL);
     if (json_object_object_get_ex(ret, "host-ksm", &host_ksm)) {
@@ -652,9 +654,10 @@ static void print_table(FILE *out, const struct snapshot *snap)
         if (d->status != DOMAIN_MEMDEDUP) {
             continue;
         }
-        fprintf(out, "%s: engine %s, %" PRIu64 " passes, scanner CPU "
-                "%.3f s, metadata %.1f KiB\n", d->name, d->state,
-                d->passes_completed, d->scanner_cpu_ns / 1e9,
+        fprintf(out, "%s: engine %s, %" PRIu64 " passes (+%" PRIu64
+                " partial), scanner CPU %.3f s, metadata %.1f KiB\n",
+                d->name, d->state, d->passes_completed, d->partial_passes,
+                d->scanner_cpu_ns / 1e9,
                 d->metadata_bytes / 1024.0);
         for (j = 0; j < d->nr_backends; j++) {
             print_backend_figures(out, d, &d->backends[j]);
@@ -908,6 +911,11 @@ static double domain_passes(const struct domain_stats *d)
     return d->passes_completed;
 }
 
+static double domain_partial_passes(const struct domain_stats *d)
+{
+    return d->partial_passes;
+}
+
 static double domain_cpu(const struct domain_stats *d)
 {
     return d->scanner_cpu_ns;
@@ -1001,6 +1009,8 @@ static void print_prometheus(FILE *out, const struct snapshot *snap)
     } engine[] = {
         { "memdedup_passes_completed_total", "counter", domain_passes, 1,
           "Scan passes the engine completed" },
+        { "memdedup_partial_passes_total", "counter", domain_partial_passes,
+          1, "Passes that hashed only memory that filled or emptied" },
         { "memdedup_scanner_cpu_seconds_total", "counter", domain_cpu, 1e9,
           "CPU time the engine's scanner threads spent hashing" },
         { "memdedup_metadata_bytes", "gauge", domain_metadata, 1,
