@@ -693,7 +693,7 @@ void memdedup_kernel_view_note_query(MemdedupEngine *engine);
 /* pass.c, engine.c                                                    */
 /* ------------------------------------------------------------------ */
 
-/* The scanner thread (pass.c); started by memdedup_block_add. */
+/* The scanner thread (thread.c); started by memdedup_block_add. */
 void *memdedup_thread(void *opaque);
 
 /*
