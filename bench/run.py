@@ -62,6 +62,10 @@ import workloads as wl  # noqa: E402
 MiB = 1 << 20
 PAGE = probe.PAGE
 RATES = {"100/20": (100, 20), "1000/20": (1000, 20)}
+# ksmd under the kernel's scan-time advisor (Linux 6.7), from a reset
+# advisor state each run (switching it off and on again), instead of a
+# fixed rate: it sets pages_to_scan itself.
+ADVISOR = "advisor"
 THP_MODES = {"on": None, "off": "never"}   # None: the host's own mode
 WORKLOADS = ("mixed", "volatile", "guests")
 CONFIG_ORDER = ("stock", "targeted", "board", "proxy", "ideal", "nomanage")
@@ -70,7 +74,8 @@ CONFIG_ORDER = ("stock", "targeted", "board", "proxy", "ideal", "nomanage")
 # (almost) nothing for the first ~3 minutes at 1000/20 on this host, so
 # THP-on runs are longer.
 SECONDS = {("1000/20", "off"): 75, ("1000/20", "on"): 240,
-           ("100/20", "off"): 360, ("100/20", "on"): 480}
+           ("100/20", "off"): 360, ("100/20", "on"): 480,
+           (ADVISOR, "off"): 300, (ADVISOR, "on"): 300}
 QUICK_SECONDS = 40
 WORKLOAD_CONFIGS = {"mixed": "stock,targeted,board,proxy,ideal",
                     "volatile": "stock,targeted,board,ideal",
@@ -133,6 +138,7 @@ def sample(procs, ksmd, base):
          "pages_shared": host.ksm_read("pages_shared") or 0,
          "full_scans": host.ksm_read("full_scans") or 0,
          "pages_scanned": host.ksm_read("pages_scanned") or 0,
+         "pages_to_scan": host.ksm_read("pages_to_scan") or 0,
          "ksmd_cpu": host.cpu_seconds(ksmd) or 0.0,
          "rss": [], "merging": 0, "rmap_items": 0, "ksm_zero": 0,
          "anon_huge": 0, "md_cpu": 0.0, "registered": 0,
@@ -161,6 +167,7 @@ def sample(procs, ksmd, base):
         "pages_sharing": s["pages_sharing"] - base["pages_sharing"],
         "rss_drop_pages": rss_drop,
         "pages_shared": s["pages_shared"],
+        "pages_to_scan": s["pages_to_scan"],
         "merging_pages": s["merging"],
         "rmap_items": s["rmap_items"],
         "ksm_zero_pages": s["ksm_zero"],
@@ -175,9 +182,23 @@ def sample(procs, ksmd, base):
     }
 
 
+def set_rate(rate, res):
+    """ksmd's rate for a run: fixed, or the advisor's from its start."""
+    if host.advisor_mode() is not None:
+        host.set_advisor_mode("none")       # resets it; pages_to_scan free
+    if rate != ADVISOR:
+        pts, sleep_ms = RATES[rate]
+        host.ksm_set(pages_to_scan=pts, sleep_millisecs=sleep_ms)
+        return
+    host.ksm_set(sleep_millisecs=20)        # the kernel's default
+    host.set_advisor_mode("scan-time")
+    res["advisor"] = {k: host.ksm_read(k) for k in (
+        "advisor_target_scan_time", "advisor_min_pages_to_scan",
+        "advisor_max_pages_to_scan", "advisor_max_cpu")}
+
+
 def run_config(ctx, workload, config, thp, rate, seconds):
     a = ctx.args
-    pts, sleep_ms = RATES[rate]
     label = "%s/%s THP %s ksmd %s" % (workload, config, thp, rate)
     res = {"workload": workload, "config": config, "thp": thp, "rate": rate,
            "thp_mode": host.thp_read(), "seconds": seconds}
@@ -187,7 +208,7 @@ def run_config(ctx, workload, config, thp, rate, seconds):
         t_start = time.monotonic()
         log("%s: ksmd reset (run=2) ..." % label)
         res["reset_seconds"] = round(host.ksm_reset(), 2)
-        host.ksm_set(pages_to_scan=pts, sleep_millisecs=sleep_ms)
+        set_rate(rate, res)
         workdir = tempfile.mkdtemp(prefix="run-", dir=ctx.workdir)
         try:
             if workload == "guests":
@@ -268,6 +289,9 @@ def run_config(ctx, workload, config, thp, rate, seconds):
                     shutil.rmtree(workdir, ignore_errors=True)
         res["wall_seconds"] = round(time.monotonic() - t_start, 1)
     last = res["samples"][-1]
+    if rate == ADVISOR:
+        log("%s: the advisor's pages_to_scan went %s" % (label, " ".join(
+            str(s["pages_to_scan"]) for s in res["samples"][::15])))
     log("%s: saving %.0f MiB (sharing %d + rss drop %d pages), ksmd %.2f s,"
         " memdedup %.2f s, rmap_items %d, AnonHuge %d MiB, %.0f s wall" % (
             label, last["saving_pages"] * PAGE / MiB, last["pages_sharing"],
@@ -731,9 +755,12 @@ def plan(a):
                      % (w, ", ".join(WORKLOADS)))
         if thp not in THP_MODES:
             sys.exit("bench: THP mode is on or off, not %s" % thp)
-        if rate not in RATES:
-            sys.exit("bench: ksmd rate is one of %s, not %s"
-                     % (", ".join(RATES), rate))
+        if rate not in RATES and rate != ADVISOR:
+            sys.exit("bench: ksmd rate is one of %s, %s, not %s"
+                     % (", ".join(RATES), ADVISOR, rate))
+        if rate == ADVISOR and host.advisor_mode() is None:
+            sys.exit("bench: this kernel has no KSM advisor "
+                     "(/sys/kernel/mm/ksm/advisor_mode, Linux 6.7)")
         configs = csv(a.configs or configs)
         for c in configs:
             if c not in wl.CONFIGS:
@@ -818,7 +845,9 @@ def main():
     ap.add_argument("--configs", help="comma list of " +
                     ", ".join(CONFIG_ORDER) + " (stock always runs)")
     ap.add_argument("--thp", help="comma list of on, off")
-    ap.add_argument("--rates", help="comma list of " + ", ".join(RATES))
+    ap.add_argument("--rates", help="comma list of " + ", ".join(RATES) +
+                    ", " + ADVISOR + " (the kernel's scan-time advisor "
+                    "from a reset state, 300 s runs)")
     ap.add_argument("--seconds", type=int,
                     default=int(os.environ.get("MEMDEDUP_BENCH_SECONDS", 0)),
                     help="measurement seconds per run at 1000/20 with THP "
@@ -960,7 +989,8 @@ def main():
     t_all = time.monotonic()
     rc = 0
     try:
-        with host.KsmKnobs(settle=10.0) as knobs, host.ThpMode() as thpmode:
+        with host.KsmKnobs(settle=10.0) as knobs, host.ThpMode() as thpmode, \
+                host.borrowed_advisor():
             if not knobs.active:
                 sys.exit("bench: " + knobs.reason)
             if not thpmode.active and any(s[0] == "off" for s in steps):

@@ -332,6 +332,41 @@ def ksm_set(**values):
                 f.write("%d\n" % values[k])
 
 
+def advisor_mode():
+    """The KSM advisor's mode ("none" or "scan-time"), or None where the
+    kernel has no advisor (before Linux 6.7)."""
+    try:
+        with open(os.path.join(KSM_DIR, "advisor_mode")) as f:
+            words = f.read().split()
+    except OSError:
+        return None
+    chosen = [w[1:-1] for w in words if w.startswith("[")]
+    return chosen[0] if chosen else None
+
+
+def set_advisor_mode(mode):
+    """Write the advisor's mode.  A change resets the advisor's state:
+    to none, pages_to_scan goes back to the kernel's default; to
+    scan-time, the advisor starts again from advisor_min_pages_to_scan."""
+    with open(os.path.join(KSM_DIR, "advisor_mode"), "w") as f:
+        f.write(mode + "\n")
+
+
+@contextlib.contextmanager
+def borrowed_advisor():
+    """Give the advisor's mode back as found, on every exit path.  Use it
+    inside a KsmKnobs block: that turns SIGTERM and SIGHUP into
+    exceptions, and restores pages_to_scan after this (the kernel takes
+    pages_to_scan only while the advisor is off)."""
+    saved = advisor_mode()
+    try:
+        yield saved
+    finally:
+        if saved is not None and advisor_mode() != saved:
+            with shielded():
+                set_advisor_mode(saved)
+
+
 def ksm_reset(timeout=60.0):
     """Forget every KSM page: run=2 (unmerge all), wait, then run=0
     (inside a KsmKnobs block).  Returns the seconds it took."""
