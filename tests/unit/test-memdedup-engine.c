@@ -292,7 +292,7 @@ static void test_apply_policy(void)
 static void test_watch_partial_pass(void)
 {
     MemdedupEngine *engine = &memdedup_engine;
-    uint64_t passes, partial, p, ppr;
+    uint64_t passes, partial, p, ppr, cpu;
     TestBlock t;
 
     if (!test_block_new(&t, MEMDEDUP_POLICY_TARGETED)) {
@@ -305,7 +305,7 @@ static void test_watch_partial_pass(void)
     memdedup_run_pass(engine, true);
     g_assert_cmpuint(t.blk->summary.resident_pages, ==, 8 * ppr);
     g_assert_cmphex(kernel_registered(&t), ==, 0x1f);
-    g_assert_false(memdedup_watch(engine));
+    g_assert_false(memdedup_watch(engine, &cpu));
     g_assert_cmpuint(bitmap_count_one(t.blk->watched, NR_REGIONS), ==, 0);
 
     /*
@@ -322,7 +322,7 @@ static void test_watch_partial_pass(void)
     memcpy(t.host + 10 * REGION + REGION / 2, t.host + 10 * REGION,
            REGION / 2);
     fill_unique(&t, 11 * ppr, 5);
-    g_assert_true(memdedup_watch(engine));
+    g_assert_true(memdedup_watch(engine, &cpu));
     g_assert_cmphex(t.blk->watched[0], ==, 0x700);
 
     passes = engine->passes_completed;
@@ -340,7 +340,7 @@ static void test_watch_partial_pass(void)
     g_assert_cmphex(kernel_registered(&t), ==, 0x71f);
 
     /* Nothing moved since: no pass. */
-    g_assert_false(memdedup_watch(engine));
+    g_assert_false(memdedup_watch(engine, &cpu));
 
     /* A full pass finds region 11's page. */
     memdedup_run_pass(engine, true);

@@ -444,6 +444,13 @@ bool memdedup_collapse_allowed(MemdedupEngine *engine,
     bool registered = false;
     size_t b;
 
+    /*
+     * A partial pass follows memory that is filling: collapsing, and
+     * arming the wait for ksmd, is for full passes.
+     */
+    if (pass->partial) {
+        return false;
+    }
     if (engine->collapse_released) {
         return true;
     }

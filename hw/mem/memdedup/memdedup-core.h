@@ -273,7 +273,7 @@ typedef struct MemdedupRegion {
     uint32_t unique;            /* resident non-zero pages seen once */
     uint32_t volatile_pages;    /* pages whose content changed this pass */
     uint32_t cross_vm;          /* unique here, held by another VM (board) */
-    uint8_t stable_passes;      /* consecutive passes with no change */
+    uint8_t stable_passes;      /* consecutive hashings with no change */
     bool seen_resident;         /* had resident pages in some pass */
     bool registered;            /* currently madvised MERGEABLE */
     bool huge;                  /* handed back to THP (MADV_HUGEPAGE) */
@@ -297,7 +297,7 @@ void memdedup_region_set_counts(MemdedupRegion *r, uint32_t resident,
 
 /* A region is "unique" enough for THP when this share is unique, percent. */
 #define MEMDEDUP_THP_UNIQUE_PERCENT  95
-/* ... and unchanged for this many passes. */
+/* ... and unchanged for this many full passes. */
 #define MEMDEDUP_THP_STABLE_PASSES   2
 /* ksmd full scans after the first registration before MADV_COLLAPSE. */
 #define MEMDEDUP_COLLAPSE_AFTER_SCANS 3

@@ -556,7 +556,8 @@ typedef struct MemdedupPassBlock {
     bool indexed;               /* its pages are in the dup set rebuilt */
     unsigned long *discarded;   /* regions to forget pages of, or NULL */
     uint64_t first_item;        /* index of its region 0 in the item space */
-    const unsigned long *only;  /* partial pass: the regions to hash */
+    bool hashed;                /* this pass hashes it (else apply only) */
+    const unsigned long *only;  /* ... partial pass: only these regions */
 } MemdedupPassBlock;
 
 typedef struct MemdedupPass {
@@ -713,12 +714,16 @@ void memdedup_run_partial_pass(MemdedupEngine *engine);
 /* ------------------------------------------------------------------ */
 
 /*
+ * The watch looks every MEMDEDUP_WATCH_INTERVAL_MS, or less often so as
+ * to take at most 1/MEMDEDUP_WATCH_CPU_DIV of a core.
  * A region is marked when its resident pages moved by at least
  * 1/MEMDEDUP_WATCH_REGION_DIV of its pages since it was hashed; a
  * partial pass runs once the marked regions hold at least
  * 1/MEMDEDUP_WATCH_PASS_DIV of the memory watched, or
  * MEMDEDUP_WATCH_PASS_BYTES.
  */
+#define MEMDEDUP_WATCH_INTERVAL_MS 1000
+#define MEMDEDUP_WATCH_CPU_DIV     100
 #define MEMDEDUP_WATCH_REGION_DIV  8
 #define MEMDEDUP_WATCH_PASS_DIV    64
 #define MEMDEDUP_WATCH_PASS_BYTES  (64 * MiB)
@@ -726,9 +731,9 @@ void memdedup_run_partial_pass(MemdedupEngine *engine);
 /*
  * Look at every block's residency (no content read) and mark the
  * regions that changed; true if a partial pass is worth running.
- * Scanner thread, lock not held.
+ * *@cpu_ns: the CPU time it took.  Scanner thread, lock not held.
  */
-bool memdedup_watch(MemdedupEngine *engine);
+bool memdedup_watch(MemdedupEngine *engine, uint64_t *cpu_ns);
 
 /*
  * Open and probe the kernel files, hook migration: once, before the

@@ -255,6 +255,7 @@ static void memdedup_pass_snapshot(MemdedupPass *pass)
         if (pass->rescan && !pass->partial) {
             blk->hinted = false;
         }
+        pb->hashed = pass->rescan;
         /* The watched bits stay put until the next watch: ours. */
         pb->only = pass->partial ? blk->watched : NULL;
         pb->first_item = pass->nr_items;

@@ -308,6 +308,7 @@ void memdedup_pass_summarize(MemdedupEngine *engine,
         uint64_t first = i * blk->pages_per_region;
         uint64_t last = MIN(first + blk->pages_per_region, blk->nr_pages);
         uint32_t duplicate = r->duplicate, cross_vm = r->cross_vm;
+        bool hashed;
 
         if (pb->params.policy != MEMDEDUP_POLICY_OFF) {
             if (recount) {
@@ -318,10 +319,15 @@ void memdedup_pass_summarize(MemdedupEngine *engine,
             }
             memdedup_region_set_counts(r, r->resident, r->zero, duplicate,
                                        cross_vm);
-            /* Stable: resident and unchanged, pass after pass. */
-            if (r->volatile_pages || !r->resident) {
+            /*
+             * Stable: resident and unchanged, full pass after full pass
+             * (a pass that only applied what changed, or hashed only
+             * what the residency watch marked, says nothing of it).
+             */
+            hashed = pb->hashed && !pb->only;
+            if (hashed && (r->volatile_pages || !r->resident)) {
                 r->stable_passes = 0;
-            } else if (r->stable_passes < UINT8_MAX) {
+            } else if (hashed && r->stable_passes < UINT8_MAX) {
                 r->stable_passes++;
             }
         }

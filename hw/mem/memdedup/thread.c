@@ -57,6 +57,7 @@ typedef struct MemdedupWakeup {
     int64_t last_pass;          /* ms (realtime) the last rescan ended */
     int64_t next_refresh;       /* ms: the next tick */
     int64_t next_second;        /* ms: the next once-a-second work */
+    int64_t next_watch;         /* ms: the next residency watch */
     bool rescan;                /* a pass that hashes is due */
     bool apply;                 /* parameters, discards or peers changed */
     bool incoming;              /* paused for an incoming migration */
@@ -118,6 +119,23 @@ static void memdedup_thread_incoming(MemdedupEngine *engine)
     }
 }
 
+/*
+ * The residency watch (watch.c), once every MEMDEDUP_WATCH_INTERVAL_MS
+ * -- less often where looking took more than 1/MEMDEDUP_WATCH_CPU_DIV
+ * of that (guests of hundreds of GiB).  True if a partial pass is due.
+ */
+static bool memdedup_thread_watch(MemdedupEngine *engine, MemdedupWakeup *w,
+                                  int64_t now)
+{
+    uint64_t cpu_ns;
+    bool due = memdedup_watch(engine, &cpu_ns);
+
+    w->next_watch = now + MAX(MEMDEDUP_WATCH_INTERVAL_MS,
+                              (int64_t)(cpu_ns / SCALE_MS) *
+                              MEMDEDUP_WATCH_CPU_DIV);
+    return due;
+}
+
 void *memdedup_thread(void *opaque)
 {
     MemdedupEngine *engine = opaque;
@@ -145,7 +163,8 @@ void *memdedup_thread(void *opaque)
             }
             view_interval = MEMDEDUP_KERNEL_REFRESH_MS;
             next_view = now + view_interval;
-        } else if (now >= w.next_second && memdedup_watch(engine)) {
+        } else if (now >= w.next_watch &&
+                   memdedup_thread_watch(engine, &w, now)) {
             /* Memory filled or emptied: hash that part now. */
             memdedup_run_partial_pass(engine);
             now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);

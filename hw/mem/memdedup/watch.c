@@ -75,7 +75,7 @@ static uint64_t memdedup_watch_block(MemdedupEngine *engine,
     return marked;
 }
 
-bool memdedup_watch(MemdedupEngine *engine)
+bool memdedup_watch(MemdedupEngine *engine, uint64_t *cpu_ns)
 {
     uint64_t cpu_start = memdedup_thread_cpu_ns();
     g_autofree MemdedupBlock **blocks = NULL;
@@ -84,6 +84,7 @@ bool memdedup_watch(MemdedupEngine *engine)
     size_t n = 0, b;
     bool worth;
 
+    *cpu_ns = 0;
     WITH_QEMU_LOCK_GUARD(&engine->lock) {
         MemdedupBlock *blk;
 
@@ -115,10 +116,9 @@ bool memdedup_watch(MemdedupEngine *engine)
                        marked >= MEMDEDUP_WATCH_PASS_BYTES);
     trace_memdedup_watch(watched, marked, worth);
     WITH_QEMU_LOCK_GUARD(&engine->lock) {
-        uint64_t cpu = memdedup_thread_cpu_ns() - cpu_start;
-
-        engine->watch_cpu_time += cpu;
-        engine->scanner_cpu_time += cpu;
+        *cpu_ns = memdedup_thread_cpu_ns() - cpu_start;
+        engine->watch_cpu_time += *cpu_ns;
+        engine->scanner_cpu_time += *cpu_ns;
     }
     return worth;
 }
