@@ -515,14 +515,14 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
     }
     *bytes_hashed = (uint64_t)resident * blk->page_size;
 
-    /*
-     * Tentative until the pass ends: judged against the last dup set,
-     * and cross-VM duplicates as many as the last summary found.
-     */
     /* Pages that came or went: not stable, whatever their content. */
     if (resident != r->resident) {
         r->stable_passes = 0;
     }
+    /*
+     * Tentative until the pass ends: judged against the last dup set,
+     * and cross-VM duplicates as many as the last summary found.
+     */
     memdedup_region_set_counts(r, resident, zero, duplicate,
                                MIN(r->cross_vm, resident - zero - duplicate));
     r->seen_resident |= resident > 0;
