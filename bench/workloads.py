@@ -268,13 +268,14 @@ def _common(name):
 
 
 def _engine(board=None):
-    """The memdedup object; with a board path, on that board."""
+    """The memdedup object, with the residency watch; with a board
+    path, on that board."""
+    opts = "memdedup,id=%s,rescan-interval=%d,residency-watch=on" % (
+        ENGINE_ID, FILL_INTERVAL)
     if not board:
-        return ["-object", "memdedup,id=%s,rescan-interval=%d"
-                % (ENGINE_ID, FILL_INTERVAL)]
+        return ["-object", opts]
     return ["-object", "secret,id=bk,data=" + BOARD_KEY,
-            "-object", "memdedup,id=%s,rescan-interval=%d,board=%s,"
-            "board-key=bk" % (ENGINE_ID, FILL_INTERVAL, board)]
+            "-object", opts + ",board=%s,board-key=bk" % board]
 
 
 def _ksm_backend(bid, mib, config):

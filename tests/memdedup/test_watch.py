@@ -72,7 +72,8 @@ def follow(workdir, wrapper):
         vm, qt = start_qtest_vm(workdir, "watch", [
             "-machine", "pc,memory-backend=m0,mem-merge=off",
             "-m", "%dM" % (SIZE // MiB),
-            "-object", "memdedup,id=engine,rescan-interval=3600000",
+            "-object", "memdedup,id=engine,rescan-interval=3600000,"
+                       "residency-watch=on",
             "-object", "memory-backend-ksm,id=m0,size=%dM,dump=off"
                        % (SIZE // MiB)], wrapper)
     try:

@@ -292,6 +292,8 @@ typedef struct MemdedupEngine {
 
     /* Atomic; written under lock.  Scanning and madvise stop when set. */
     bool paused;
+    /* Atomic; written under lock: the residency watch runs (watch.c). */
+    bool residency_watch;
 
     /* Atomic: progress of the running pass. */
     uint64_t pass_pages_total;

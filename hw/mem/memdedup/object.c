@@ -42,6 +42,7 @@ struct MemdedupSettings {
     int fault_err;              /* ... parsed: errno, 0: none */
     int64_t fault_count;        /* ... calls to refuse, negative: every */
     bool migrate_hints;         /* send registered regions when migrating */
+    bool residency_watch;       /* partial passes between passes (watch.c) */
     bool completed;             /* complete ran: adopt* are fixed */
     strList *adopt_ids;         /* "adopt": memory-backend-ram ids */
     bool adopt_ram;             /* "adopt-ram": every memory-backend-ram */
@@ -61,6 +62,7 @@ static void memdedup_settings_apply(MemdedupSettings *s)
     engine->scan_rate = s->scan_rate;
     engine->scan_threads = s->scan_threads;
     engine->send_hints = s->migrate_hints;
+    qatomic_set(&engine->residency_watch, s->residency_watch);
     qatomic_set(&engine->rescan_interval, s->rescan_interval);
     engine->rescan_backoff = s->rescan_backoff;
     engine->vma_budget = s->vma_budget ? s->vma_budget :
@@ -69,6 +71,20 @@ static void memdedup_settings_apply(MemdedupSettings *s)
     g_free(engine->x_meminfo);
     engine->x_meminfo = g_strdup(s->x_meminfo);
     memdedup_rescan_hurry_locked(engine);
+}
+
+static bool memdedup_settings_get_residency_watch(Object *obj, Error **errp)
+{
+    return MEMDEDUP(obj)->residency_watch;
+}
+
+static void memdedup_settings_set_residency_watch(Object *obj, bool value,
+                                                  Error **errp)
+{
+    MemdedupSettings *s = MEMDEDUP(obj);
+
+    s->residency_watch = value;
+    memdedup_settings_apply(s);
 }
 
 static bool memdedup_settings_get_migrate_hints(Object *obj, Error **errp)
@@ -700,6 +716,12 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
         "For tests: an index build that needs more transient memory than "
         "this fails as if the memory could not be allocated (default 0: "
         "no limit)");
+    object_class_property_add_bool(oc, "residency-watch",
+                                   memdedup_settings_get_residency_watch,
+                                   memdedup_settings_set_residency_watch);
+    object_class_property_set_description(oc, "residency-watch",
+        "Between passes, hash at once the regions whose residency moved "
+        "(experimental)");
     object_class_property_add_bool(oc, "migrate-hints",
                                    memdedup_settings_get_migrate_hints,
                                    memdedup_settings_set_migrate_hints);

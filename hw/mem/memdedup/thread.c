@@ -164,6 +164,7 @@ void *memdedup_thread(void *opaque)
             view_interval = MEMDEDUP_KERNEL_REFRESH_MS;
             next_view = now + view_interval;
         } else if (now >= w.next_watch &&
+                   qatomic_read(&engine->residency_watch) &&
                    memdedup_thread_watch(engine, &w, now)) {
             /* Memory filled or emptied: hash that part now. */
             memdedup_run_partial_pass(engine);
