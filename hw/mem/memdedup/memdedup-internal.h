@@ -558,8 +558,8 @@ typedef struct MemdedupPassBlock {
     bool indexed;               /* its pages are in the dup set rebuilt */
     unsigned long *discarded;   /* regions to forget pages of, or NULL */
     uint64_t first_item;        /* index of its region 0 in the item space */
-    bool hashed;                /* this pass hashes it (else apply only) */
-    const unsigned long *only;  /* ... partial pass: only these regions */
+    bool full;                  /* a full pass hashes all of it */
+    const unsigned long *only;  /* a partial pass hashes only these */
 } MemdedupPassBlock;
 
 typedef struct MemdedupPass {
@@ -590,6 +590,12 @@ typedef struct MemdedupPass {
     uint64_t registered;        /* bytes, over all blocks */
     uint64_t metadata;          /* bytes the engine keeps between passes */
 } MemdedupPass;
+
+/* A full pass: one that hashes every region (not partial, not apply). */
+static inline bool memdedup_pass_full(const MemdedupPass *pass)
+{
+    return pass->rescan && !pass->partial;
+}
 
 /* ------------------------------------------------------------------ */
 /* advise.c: registration; scanner thread only                         */

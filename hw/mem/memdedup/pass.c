@@ -252,10 +252,10 @@ static void memdedup_pass_snapshot(MemdedupPass *pass)
         params_changed |= pb->apply_only;
         /* A hinted block is judged by the policy once it was scanned. */
         pb->hinted = blk->hinted;
-        if (pass->rescan && !pass->partial) {
+        if (memdedup_pass_full(pass)) {
             blk->hinted = false;
         }
-        pb->hashed = pass->rescan;
+        pb->full = memdedup_pass_full(pass);
         /* The watched bits stay put until the next watch: ours. */
         pb->only = pass->partial ? blk->watched : NULL;
         pb->first_item = pass->nr_items;
@@ -286,7 +286,7 @@ static void memdedup_pass_snapshot(MemdedupPass *pass)
      * A partial pass is not shown as scanning (nor its progress): a
      * client that asked for a pass waits for a full one.
      */
-    if (pass->rescan && !pass->partial) {
+    if (memdedup_pass_full(pass)) {
         engine->state = MEMDEDUP_STATE_SCANNING;
         engine->scan_requested = false;
         engine->rescan_hurry = false;
@@ -466,13 +466,13 @@ static void memdedup_pass_register(MemdedupPass *pass)
         uint64_t refusals = 0;
 
         /* Churn is judged between full passes, a pass apart. */
-        if (pass->rescan && !pass->partial &&
+        if (memdedup_pass_full(pass) &&
             !qatomic_read(&pb->blk->removed)) {
             memdedup_cow_pass(engine, pb);
         }
         /* A hinted block waits for a full pass to be judged. */
         if (!qatomic_read(&pb->blk->removed) &&
-            ((pass->rescan && !pass->partial) ||
+            ((memdedup_pass_full(pass)) ||
              ((pass->partial || pb->apply_only || pass->board_eval) &&
               !pb->hinted))) {
             pass->unregistered |= memdedup_apply_policy(pb->blk, &pb->params,

@@ -308,7 +308,6 @@ void memdedup_pass_summarize(MemdedupEngine *engine,
         uint64_t first = i * blk->pages_per_region;
         uint64_t last = MIN(first + blk->pages_per_region, blk->nr_pages);
         uint32_t duplicate = r->duplicate, cross_vm = r->cross_vm;
-        bool hashed;
 
         if (pb->params.policy != MEMDEDUP_POLICY_OFF) {
             if (recount) {
@@ -324,10 +323,9 @@ void memdedup_pass_summarize(MemdedupEngine *engine,
              * (a pass that only applied what changed, or hashed only
              * what the residency watch marked, says nothing of it).
              */
-            hashed = pb->hashed && !pb->only;
-            if (hashed && (r->volatile_pages || !r->resident)) {
+            if (pb->full && (r->volatile_pages || !r->resident)) {
                 r->stable_passes = 0;
-            } else if (hashed && r->stable_passes < UINT8_MAX) {
+            } else if (pb->full && r->stable_passes < UINT8_MAX) {
                 r->stable_passes++;
             }
         }
