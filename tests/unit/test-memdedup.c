@@ -807,6 +807,68 @@ static void test_cow_backoff(void)
     g_assert_false(r.cow_off);
 }
 
+/* Pairs ksmd's smart scan keeps apart: judged once, off, back, retried. */
+static void test_rearm(void)
+{
+    MemdedupRegion r = { .resident = 512, .duplicate = 200, .cross_vm = 56 };
+    uint64_t s = 1000;
+    int tries;
+
+    /* Not registered: nothing; registered: the wait starts. */
+    g_assert_cmpint(memdedup_rearm_due(&r, s), ==, MEMDEDUP_REARM_NOTHING);
+    g_assert_cmpint(r.rearm, ==, MEMDEDUP_REARM_IDLE);
+    r.registered = true;
+    g_assert_cmpint(memdedup_rearm_due(&r, s), ==, MEMDEDUP_REARM_NOTHING);
+    g_assert_cmpint(r.rearm, ==, MEMDEDUP_REARM_WAIT);
+    g_assert_cmpint(memdedup_rearm_due(&r, s + MEMDEDUP_REARM_SCANS - 1), ==,
+                    MEMDEDUP_REARM_NOTHING);
+    s += MEMDEDUP_REARM_SCANS;
+    g_assert_cmpint(memdedup_rearm_due(&r, s), ==, MEMDEDUP_REARM_JUDGE);
+    /* Half of the 256 duplicates merged: judged, left alone. */
+    g_assert_false(memdedup_rearm_judge(&r, s, 128));
+    g_assert_cmpint(r.rearm, ==, MEMDEDUP_REARM_DONE);
+    g_assert_cmpint(memdedup_rearm_due(&r, s + 1000), ==,
+                    MEMDEDUP_REARM_NOTHING);
+
+    /* Its duplicates more than doubled: judged again, later. */
+    r.duplicate = 600;
+    g_assert_cmpint(memdedup_rearm_due(&r, s), ==, MEMDEDUP_REARM_NOTHING);
+    g_assert_cmpint(r.rearm, ==, MEMDEDUP_REARM_WAIT);
+    s += MEMDEDUP_REARM_SCANS;
+    for (tries = 1; tries <= MEMDEDUP_REARM_TRIES; tries++) {
+        g_assert_cmpint(memdedup_rearm_due(&r, s), ==, MEMDEDUP_REARM_JUDGE);
+        g_assert_true(memdedup_rearm_judge(&r, s, 327));
+        r.registered = false;
+        memdedup_rearm_set(&r, true, s);
+        g_assert_cmpint(r.rearm_tries, ==, tries);
+        /* Off until ksmd passed it twice. */
+        g_assert_cmpint(memdedup_rearm_due(&r, s + 1), ==,
+                        MEMDEDUP_REARM_NOTHING);
+        s += MEMDEDUP_REARM_GAP_SCANS;
+        g_assert_cmpint(memdedup_rearm_due(&r, s), ==,
+                        MEMDEDUP_REARM_REGISTER);
+        r.registered = true;
+        memdedup_rearm_set(&r, false, s);
+        /* Each try waits twice as long. */
+        s += (uint64_t)MEMDEDUP_REARM_SCANS << tries;
+        g_assert_cmpint(memdedup_rearm_due(&r, s - 1), ==,
+                        MEMDEDUP_REARM_NOTHING);
+    }
+    /* Enough tries: left as it is. */
+    g_assert_cmpint(memdedup_rearm_due(&r, s), ==, MEMDEDUP_REARM_JUDGE);
+    g_assert_false(memdedup_rearm_judge(&r, s, 0));
+    g_assert_cmpint(r.rearm, ==, MEMDEDUP_REARM_DONE);
+
+    /* Too few duplicates to judge; unregistered by the policy: idle. */
+    r = (MemdedupRegion) { .resident = 512, .duplicate = 15,
+                           .registered = true };
+    memdedup_rearm_due(&r, s);
+    g_assert_false(memdedup_rearm_judge(&r, s + 100, 0));
+    r.registered = false;
+    g_assert_cmpint(memdedup_rearm_due(&r, s), ==, MEMDEDUP_REARM_NOTHING);
+    g_assert_cmpint(r.rearm, ==, MEMDEDUP_REARM_IDLE);
+}
+
 static void test_region_thp(void)
 {
     MemdedupParams p = params_for(MEMDEDUP_POLICY_TARGETED, 10);
@@ -1647,6 +1709,7 @@ int main(int argc, char **argv)
     g_test_add_func("/memdedup/hostile-collisions", test_hostile_collisions);
     g_test_add_func("/memdedup/sort", test_sort);
     g_test_add_func("/memdedup/count-repeats", test_count_repeats);
+    g_test_add_func("/memdedup/rearm", test_rearm);
     g_test_add_func("/memdedup/dupset", test_dupset);
     g_test_add_func("/memdedup/dupset-indexed", test_dupset_indexed);
     g_test_add_func("/memdedup/dupset-budget", test_dupset_budget);

@@ -162,7 +162,8 @@ void memdedup_register_early(MemdedupBlock *blk, const MemdedupParams *params,
 {
     MemdedupRegion *r = &blk->regions[region];
 
-    if (r->registered || r->cow_off || !memdedup_region_wanted(params, r)) {
+    if (r->registered || r->cow_off || r->rearm == MEMDEDUP_REARM_OFF ||
+        !memdedup_region_wanted(params, r)) {
         return;
     }
     /* One region alone splits its VMA in three; else wait for the pass. */
@@ -349,6 +350,24 @@ static uint32_t memdedup_block_vmas(MemdedupBlock *blk)
     return MIN(memdedup_count_vmas(registered, huge, n), UINT32_MAX);
 }
 
+bool memdedup_rearm_advise(MemdedupBlock *blk, const MemdedupParams *params,
+                           uint64_t i, bool on)
+{
+    g_auto(MemdedupSmapsView) smaps = { 0 };
+    uint64_t refusals = 0;
+
+    if (on) {
+        blk->regions[i].registered = memdedup_advise(blk, i, 1,
+                                                     MADV_MERGEABLE);
+    } else if (qatomic_read(&blk->vmas) + 2 > memdedup_vma_limit(blk) ||
+               !memdedup_unregister_run(blk, params, i, i + 1, &smaps,
+                                        &refusals)) {
+        return false;
+    }
+    qatomic_set(&blk->vmas, memdedup_block_vmas(blk));
+    return blk->regions[i].registered == on;
+}
+
 /*
  * Which regions get huge pages, within what @wanted leaves of @limit
  * VMAs: those huge already and the stable unique ones, longest runs
@@ -413,6 +432,10 @@ bool memdedup_apply_policy(MemdedupBlock *blk, const MemdedupParams *params,
      */
     for (i = 0; i < n && params->cow_threshold; i++) {
         wanted[i] &= !blk->regions[i].cow_off;
+    }
+    /* ... as do those waiting for ksmd to forget them (rearm.c). */
+    for (i = 0; i < n; i++) {
+        wanted[i] &= blk->regions[i].rearm != MEMDEDUP_REARM_OFF;
     }
     memdedup_choose_thp(blk, params, wanted, limit, huge);
     qatomic_set(&blk->vma_target,

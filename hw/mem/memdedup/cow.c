@@ -30,8 +30,7 @@
 #include "memdedup-internal.h"
 #include "trace.h"
 
-/* Read the pagemap entries of region @i of @blk; false if it went. */
-static bool memdedup_cow_read(MemdedupEngine *engine, MemdedupBlock *blk,
+bool memdedup_cow_read(MemdedupEngine *engine, MemdedupBlock *blk,
                               uint64_t i, uint64_t pages, uint64_t *entries)
 {
     uintptr_t start = (uintptr_t)blk->host +

@@ -284,6 +284,11 @@ typedef struct MemdedupRegion {
                                 /* last walk (memdedup_cow_walk) */
     int64_t cow_until;          /* ms: off at least until then; once */
                                 /* registered again, when that was */
+    /* Pairs ksmd's smart scan keeps apart (memdedup_rearm_due). */
+    uint8_t rearm;              /* MemdedupRearmState */
+    uint8_t rearm_tries;        /* times off since its counts last grew */
+    uint32_t rearm_expect;      /* duplicate + cross_vm when last judged */
+    uint64_t rearm_scan;        /* ksmd's full_scans at its last step */
 } MemdedupRegion;
 
 /*
@@ -338,6 +343,53 @@ bool memdedup_cow_release(const MemdedupParams *params, MemdedupRegion *r,
                           int64_t now_ms);
 /* The time off at @level (1 .. MEMDEDUP_COW_LEVEL_MAX), ms. */
 int64_t memdedup_cow_backoff_ms(uint32_t backoff, uint8_t level);
+
+/*
+ * Pairs that KSM's smart scan keeps apart.  With smart_scan, ksmd visits
+ * a page that has not merged less and less often: in each of its first
+ * four full scans, then after skipping 1, 2 and 4 scans, and from then on
+ * once every 9 scans, counted from the scan in which KSM first saw it.
+ * Two unmerged copies of a content merge only in a scan that visits
+ * both; copies first seen by ksmd 4, 6 or 7 scans apart (modulo 9)
+ * after the older one reached its 9-scan rhythm never are, so they never
+ * merge -- about a third of them when one VM registers, or writes, a
+ * content long after another.  A region registered with duplicates
+ * (duplicate + cross_vm, at least MEMDEDUP_REARM_MIN_PAGES) of which
+ * fewer than half share their frame MEMDEDUP_REARM_SCANS full scans after
+ * its registration is taken off KSM until ksmd has passed it twice (so
+ * that KSM forgets its pages), then registered again: its pages start
+ * afresh, in another rhythm.  Each try waits twice as long before its
+ * judgement; after MEMDEDUP_REARM_TRIES, the region is left as it is
+ * until its duplicates double.
+ *
+ * The caller reads ksmd's full_scans (@scans) and, per registered
+ * region: memdedup_rearm_due says what is due -- a judgement, for which
+ * the caller counts the region's pages that share their frame and calls
+ * memdedup_rearm_judge (true: take it off), or a registration again;
+ * memdedup_rearm_set records that the region went off or on.
+ */
+typedef enum MemdedupRearmState {
+    MEMDEDUP_REARM_IDLE,        /* not registered, or not seen so yet */
+    MEMDEDUP_REARM_WAIT,        /* registered: judged at rearm_scan + ... */
+    MEMDEDUP_REARM_DONE,        /* judged: merging, or given up */
+    MEMDEDUP_REARM_OFF,         /* taken off KSM until ksmd passed it */
+} MemdedupRearmState;
+
+typedef enum MemdedupRearmAction {
+    MEMDEDUP_REARM_NOTHING,
+    MEMDEDUP_REARM_JUDGE,       /* count the sharing pages, then judge */
+    MEMDEDUP_REARM_REGISTER,    /* register the region again */
+} MemdedupRearmAction;
+
+#define MEMDEDUP_REARM_SCANS      24
+#define MEMDEDUP_REARM_GAP_SCANS  2
+#define MEMDEDUP_REARM_TRIES      4
+#define MEMDEDUP_REARM_MIN_PAGES  16
+
+MemdedupRearmAction memdedup_rearm_due(MemdedupRegion *r, uint64_t scans);
+bool memdedup_rearm_judge(MemdedupRegion *r, uint64_t scans,
+                          uint32_t sharing);
+void memdedup_rearm_set(MemdedupRegion *r, bool off, uint64_t scans);
 
 /* Does @params' policy register memory with KSM at all? */
 bool memdedup_policy_registers(MemdedupPolicy policy);

@@ -76,6 +76,7 @@ typedef struct MemdedupRegistrationStats {
     uint64_t huge_regions;
     uint64_t unmerge_refusals;
     uint64_t hinted_regions;            /* registered from migration hints */
+    uint64_t rearmed_regions;           /* taken off and back (rearm.c) */
 } MemdedupRegistrationStats;
 
 /* What the kernel merged; written by kernel-view.c. */
@@ -294,6 +295,10 @@ typedef struct MemdedupEngine {
     bool paused;
     /* Atomic; written under lock: the residency watch runs (watch.c). */
     bool residency_watch;
+    /* Atomic; written under lock: stuck pairs are registered again. */
+    bool rearm;
+    /* Scanner thread: ksmd's full_scans at the last rearm tick. */
+    uint64_t rearm_scans;
 
     /* Atomic: progress of the running pass. */
     uint64_t pass_pages_total;
@@ -644,6 +649,33 @@ void memdedup_cow_pass(MemdedupEngine *engine, MemdedupPassBlock *pb);
 
 /* Regions [@first, @end) of @blk were unregistered: nothing shared. */
 void memdedup_cow_forget(MemdedupBlock *blk, uint64_t first, uint64_t end);
+
+/*
+ * Read the pagemap entries of region @i of @blk (@pages of them) into
+ * @entries; false if the block went or pagemap could not be read.
+ */
+bool memdedup_cow_read(MemdedupEngine *engine, MemdedupBlock *blk,
+                       uint64_t i, uint64_t pages, uint64_t *entries);
+
+/* ------------------------------------------------------------------ */
+/* rearm.c: pairs KSM's smart scan keeps apart; scanner thread only    */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Once a second between passes: judge the registered regions KSM had
+ * time to merge, take off KSM those whose duplicates did not merge and
+ * register them again after ksmd passed them (memdedup_rearm_due).
+ * Lock not held.
+ */
+void memdedup_rearm_tick(MemdedupEngine *engine);
+
+/*
+ * Take region @i of @blk off KSM (@on false: if admission control lets
+ * it unmerge, and within the block's VMA limit) or register it again.
+ * True if done.  Scanner thread (advise.c).
+ */
+bool memdedup_rearm_advise(MemdedupBlock *blk, const MemdedupParams *params,
+                           uint64_t i, bool on);
 
 /* ------------------------------------------------------------------ */
 /* summary.c: the index and the region counts; scanner thread only     */

@@ -139,6 +139,7 @@ static MemdedupBackendInfo *memdedup_query_backend(MemdedupEngine *engine,
     bi->cow_backoff_regions = blk->cow.off_regions;
     memdedup_query_cow_regions(blk, bi);
     bi->hinted_regions = reg->hinted_regions;
+    bi->rearmed_regions = reg->rearmed_regions;
     bi->registration_failures = qatomic_read(&blk->advise_failures);
     bi->thp_advice_failures = qatomic_read(&blk->thp_advise_failures);
     bi->vmas = qatomic_read(&blk->vmas);
@@ -474,6 +475,10 @@ static void hmp_info_memdedup_backends(Monitor *mon, MemdedupInfo *info)
                            PRIu64 " regions off KSM",
                            b->cow_broken_pages, b->cow_broken_pages_total,
                            b->cow_backoff_regions);
+        }
+        if (b->rearmed_regions) {
+            monitor_printf(mon, "; registered again for ksmd's smart scan: "
+                           "%" PRIu64 " times", b->rearmed_regions);
         }
         if (b->registration_failures || b->thp_advice_failures) {
             monitor_printf(mon, "; refused by the kernel: %" PRIu64

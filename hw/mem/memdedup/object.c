@@ -43,6 +43,7 @@ struct MemdedupSettings {
     int64_t fault_count;        /* ... calls to refuse, negative: every */
     bool migrate_hints;         /* send registered regions when migrating */
     bool residency_watch;       /* partial passes between passes (watch.c) */
+    bool x_rearm;               /* stuck pairs registered again (rearm.c) */
     bool completed;             /* complete ran: adopt* are fixed */
     strList *adopt_ids;         /* "adopt": memory-backend-ram ids */
     bool adopt_ram;             /* "adopt-ram": every memory-backend-ram */
@@ -63,6 +64,7 @@ static void memdedup_settings_apply(MemdedupSettings *s)
     engine->scan_threads = s->scan_threads;
     engine->send_hints = s->migrate_hints;
     qatomic_set(&engine->residency_watch, s->residency_watch);
+    qatomic_set(&engine->rearm, s->x_rearm);
     qatomic_set(&engine->rescan_interval, s->rescan_interval);
     engine->rescan_backoff = s->rescan_backoff;
     engine->vma_budget = s->vma_budget ? s->vma_budget :
@@ -84,6 +86,20 @@ static void memdedup_settings_set_residency_watch(Object *obj, bool value,
     MemdedupSettings *s = MEMDEDUP(obj);
 
     s->residency_watch = value;
+    memdedup_settings_apply(s);
+}
+
+static bool memdedup_settings_get_x_rearm(Object *obj, Error **errp)
+{
+    return MEMDEDUP(obj)->x_rearm;
+}
+
+static void memdedup_settings_set_x_rearm(Object *obj, bool value,
+                                          Error **errp)
+{
+    MemdedupSettings *s = MEMDEDUP(obj);
+
+    s->x_rearm = value;
     memdedup_settings_apply(s);
 }
 
@@ -601,6 +617,8 @@ static void memdedup_settings_init(Object *obj)
     s->scan_threads = MEMDEDUP_SCAN_THREADS_DEFAULT;
     s->rescan_interval = MEMDEDUP_RESCAN_INTERVAL_DEFAULT;
     s->rescan_backoff = MEMDEDUP_RESCAN_BACKOFF_DEFAULT;
+    s->residency_watch = true;
+    s->x_rearm = true;
     s->board.size = MEMDEDUP_BOARD_SIZE_DEFAULT;
     s->board.slots = MEMDEDUP_BOARD_SLOTS_DEFAULT;
     s->board.timeout = MEMDEDUP_BOARD_TIMEOUT_DEFAULT;
@@ -650,6 +668,8 @@ static void memdedup_settings_finalize(Object *obj)
     engine->scan_threads = MEMDEDUP_SCAN_THREADS_DEFAULT;
     qatomic_set(&engine->rescan_interval, MEMDEDUP_RESCAN_INTERVAL_DEFAULT);
     engine->rescan_backoff = MEMDEDUP_RESCAN_BACKOFF_DEFAULT;
+    qatomic_set(&engine->residency_watch, true);
+    qatomic_set(&engine->rearm, true);
     engine->vma_budget = memdedup_read_vma_budget();
     memdedup_rescan_hurry_locked(engine);
 }
@@ -721,7 +741,13 @@ static void memdedup_settings_class_init(ObjectClass *oc, void *data)
                                    memdedup_settings_set_residency_watch);
     object_class_property_set_description(oc, "residency-watch",
         "Between passes, hash at once the regions whose residency moved "
-        "(experimental)");
+        "(default on)");
+    object_class_property_add_bool(oc, "x-rearm",
+                                   memdedup_settings_get_x_rearm,
+                                   memdedup_settings_set_x_rearm);
+    object_class_property_set_description(oc, "x-rearm",
+        "For tests: register again the regions whose duplicates KSM's "
+        "smart scan kept from merging (default on)");
     object_class_property_add_bool(oc, "migrate-hints",
                                    memdedup_settings_get_migrate_hints,
                                    memdedup_settings_set_migrate_hints);

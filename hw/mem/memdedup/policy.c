@@ -318,3 +318,60 @@ bool memdedup_cow_release(const MemdedupParams *params, MemdedupRegion *r,
     r->cow_until = now_ms;      /* from now on, the time registered */
     return true;
 }
+
+MemdedupRearmAction memdedup_rearm_due(MemdedupRegion *r, uint64_t scans)
+{
+    uint32_t expect = r->duplicate + r->cross_vm;
+
+    if (r->rearm == MEMDEDUP_REARM_OFF) {
+        return scans >= r->rearm_scan + MEMDEDUP_REARM_GAP_SCANS ?
+               MEMDEDUP_REARM_REGISTER : MEMDEDUP_REARM_NOTHING;
+    }
+    if (!r->registered) {
+        /* The policy let it go: start again at its next registration. */
+        r->rearm = MEMDEDUP_REARM_IDLE;
+        r->rearm_tries = 0;
+        return MEMDEDUP_REARM_NOTHING;
+    }
+    switch (r->rearm) {
+    case MEMDEDUP_REARM_IDLE:
+        r->rearm = MEMDEDUP_REARM_WAIT;
+        r->rearm_scan = scans;
+        return MEMDEDUP_REARM_NOTHING;
+    case MEMDEDUP_REARM_DONE:
+        /* New duplicates came: KSM saw those pages later. */
+        if (expect >= MEMDEDUP_REARM_MIN_PAGES &&
+            expect > 2 * (uint64_t)r->rearm_expect) {
+            r->rearm = MEMDEDUP_REARM_WAIT;
+            r->rearm_scan = scans;
+            r->rearm_tries = 0;
+        }
+        return MEMDEDUP_REARM_NOTHING;
+    default:
+        break;
+    }
+    return scans >= r->rearm_scan +
+                    ((uint64_t)MEMDEDUP_REARM_SCANS << r->rearm_tries) ?
+           MEMDEDUP_REARM_JUDGE : MEMDEDUP_REARM_NOTHING;
+}
+
+bool memdedup_rearm_judge(MemdedupRegion *r, uint64_t scans,
+                          uint32_t sharing)
+{
+    uint32_t expect = r->duplicate + r->cross_vm;
+
+    r->rearm_expect = expect;
+    if (expect < MEMDEDUP_REARM_MIN_PAGES || (uint64_t)sharing * 2 >= expect ||
+        r->rearm_tries >= MEMDEDUP_REARM_TRIES) {
+        r->rearm = MEMDEDUP_REARM_DONE;
+        return false;
+    }
+    return true;
+}
+
+void memdedup_rearm_set(MemdedupRegion *r, bool off, uint64_t scans)
+{
+    r->rearm = off ? MEMDEDUP_REARM_OFF : MEMDEDUP_REARM_WAIT;
+    r->rearm_scan = scans;
+    r->rearm_tries += off;
+}

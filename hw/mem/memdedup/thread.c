@@ -180,6 +180,7 @@ void *memdedup_thread(void *opaque)
                 next_view = now + view_interval;
             }
             memdedup_numa_watch(engine);
+            memdedup_rearm_tick(engine);
             w.next_second = now + MEMDEDUP_KERNEL_REFRESH_MS;
         }
         /* A board is served more often: a peer's filter is taken soon. */
