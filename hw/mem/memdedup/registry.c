@@ -53,6 +53,8 @@ void memdedup_registry_init(void)
     engine->rescan_interval = MEMDEDUP_RESCAN_INTERVAL_DEFAULT;
     engine->rescan_backoff = MEMDEDUP_RESCAN_BACKOFF_DEFAULT;
     engine->rescan_factor = 1;
+    engine->residency_watch = true;
+    engine->rearm = true;
     engine->collapse_after_scans = -1;
     engine->dupset_gen = 1;     /* a new block's judged_gen 0 never matches */
     engine->state = MEMDEDUP_STATE_DISABLED;
