@@ -76,7 +76,8 @@ typedef struct MemdedupRegistrationStats {
     uint64_t huge_regions;
     uint64_t unmerge_refusals;
     uint64_t hinted_regions;            /* registered from migration hints */
-    uint64_t rearmed_regions;           /* taken off and back (rearm.c) */
+    uint64_t rearmed_regions;           /* taken off and back; rearm.c */
+                                        /* is its only writer */
 } MemdedupRegistrationStats;
 
 /* What the kernel merged; written by kernel-view.c. */
