@@ -287,7 +287,10 @@ def test_board_full(workdir):
     try:
         a = fleet.add("a", engine_opts=opts)
         b = fleet.add("b", engine_opts=opts)
-        wait_for("a and b to pair", lambda: board_info(a)["peers"] == 1)
+        # Both sides: a counts b once b's proof checked out, b counts a
+        # a tick later, when a's proof reaches it (or after b's pass).
+        wait_for("a and b to pair", lambda: all(
+            board_info(vm)["peers"] == 1 for vm in (a, b)))
         f = fleet.add("f", engine_opts=opts)
         wait_for("f to be told there is no room",
                  lambda: "has no room" in f.stderr(), 15)
