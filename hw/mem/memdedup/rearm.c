@@ -74,13 +74,18 @@ static uint64_t memdedup_rearm_block(MemdedupEngine *engine,
         }
         switch (memdedup_rearm_due(r, scans)) {
         case MEMDEDUP_REARM_REGISTER:
-            if (!memdedup_region_wanted(params, r)) {
-                /* Its counts changed meanwhile: the policy decides. */
-                r->rearm = MEMDEDUP_REARM_IDLE;
-            } else if (memdedup_rearm_advise(blk, params, i, true)) {
+            if (memdedup_region_wanted(params, r) &&
+                memdedup_rearm_advise(blk, params, i, true)) {
                 memdedup_rearm_set(r, false, scans);
                 trace_memdedup_rearm_on(blk->id, i, r->rearm_tries);
                 *changed = true;
+            } else {
+                /*
+                 * Its counts changed meanwhile, or the kernel refused
+                 * (counted as a registration failure): the policy
+                 * decides at the next pass.
+                 */
+                r->rearm = MEMDEDUP_REARM_IDLE;
             }
             break;
         case MEMDEDUP_REARM_JUDGE:
