@@ -825,7 +825,7 @@ static void test_rearm(void)
     s += MEMDEDUP_REARM_SCANS;
     g_assert_cmpint(memdedup_rearm_due(&r, s), ==, MEMDEDUP_REARM_JUDGE);
     /* Half of the 256 duplicates merged: judged, left alone. */
-    g_assert_false(memdedup_rearm_judge(&r, s, 128));
+    g_assert_false(memdedup_rearm_judge(&r, 128));
     g_assert_cmpint(r.rearm, ==, MEMDEDUP_REARM_DONE);
     g_assert_cmpint(memdedup_rearm_due(&r, s + 1000), ==,
                     MEMDEDUP_REARM_NOTHING);
@@ -837,7 +837,7 @@ static void test_rearm(void)
     s += MEMDEDUP_REARM_SCANS;
     for (tries = 1; tries <= MEMDEDUP_REARM_TRIES; tries++) {
         g_assert_cmpint(memdedup_rearm_due(&r, s), ==, MEMDEDUP_REARM_JUDGE);
-        g_assert_true(memdedup_rearm_judge(&r, s, 327));
+        g_assert_true(memdedup_rearm_judge(&r, 327));
         r.registered = false;
         memdedup_rearm_set(&r, true, s);
         g_assert_cmpint(r.rearm_tries, ==, tries);
@@ -856,14 +856,14 @@ static void test_rearm(void)
     }
     /* Enough tries: left as it is. */
     g_assert_cmpint(memdedup_rearm_due(&r, s), ==, MEMDEDUP_REARM_JUDGE);
-    g_assert_false(memdedup_rearm_judge(&r, s, 0));
+    g_assert_false(memdedup_rearm_judge(&r, 0));
     g_assert_cmpint(r.rearm, ==, MEMDEDUP_REARM_DONE);
 
     /* Too few duplicates to judge; unregistered by the policy: idle. */
     r = (MemdedupRegion) { .resident = 512, .duplicate = 15,
                            .registered = true };
     memdedup_rearm_due(&r, s);
-    g_assert_false(memdedup_rearm_judge(&r, s + 100, 0));
+    g_assert_false(memdedup_rearm_judge(&r, 0));
     r.registered = false;
     g_assert_cmpint(memdedup_rearm_due(&r, s), ==, MEMDEDUP_REARM_NOTHING);
     g_assert_cmpint(r.rearm, ==, MEMDEDUP_REARM_IDLE);

@@ -129,8 +129,7 @@ uint32_t memdedup_cow_walk(const uint64_t *entries, const bool *nonzero,
     *sharing = 0;
     for (k = 0; k < n; k++) {
         bool present = entries[k] & MEMDEDUP_PM_PRESENT;
-        bool now = present &&
-                   !(entries[k] & (MEMDEDUP_PM_FILE | MEMDEDUP_PM_EXCLUSIVE));
+        bool now = memdedup_pm_shares_frame(entries[k]);
 
         if (present && !now && test_bit(first + k, shared)) {
             broken++;

@@ -387,8 +387,7 @@ typedef enum MemdedupRearmAction {
 #define MEMDEDUP_REARM_MIN_PAGES  16
 
 MemdedupRearmAction memdedup_rearm_due(MemdedupRegion *r, uint64_t scans);
-bool memdedup_rearm_judge(MemdedupRegion *r, uint64_t scans,
-                          uint32_t sharing);
+bool memdedup_rearm_judge(MemdedupRegion *r, uint32_t sharing);
 void memdedup_rearm_set(MemdedupRegion *r, bool off, uint64_t scans);
 
 /* Does @params' policy register memory with KSM at all? */
@@ -629,6 +628,17 @@ bool memdedup_read_meminfo(const char *path, uint64_t *mem_available,
 #define MEMDEDUP_PM_FILE      (1ULL << 61)
 #define MEMDEDUP_PM_EXCLUSIVE (1ULL << 56)
 #define MEMDEDUP_PM_PFN_MASK  ((1ULL << 55) - 1)
+
+/*
+ * Does the anonymous page of pagemap entry @e share its frame (a KSM
+ * page, or one still shared after fork)?  Present and not exclusively
+ * mapped: no privilege needed.
+ */
+static inline bool memdedup_pm_shares_frame(uint64_t e)
+{
+    return (e & MEMDEDUP_PM_PRESENT) &&
+           !(e & (MEMDEDUP_PM_FILE | MEMDEDUP_PM_EXCLUSIVE));
+}
 #define MEMDEDUP_KPF_KSM      21
 #define MEMDEDUP_KPF_ZERO_PAGE 24
 

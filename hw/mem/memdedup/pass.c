@@ -472,7 +472,7 @@ static void memdedup_pass_register(MemdedupPass *pass)
         }
         /* A hinted block waits for a full pass to be judged. */
         if (!qatomic_read(&pb->blk->removed) &&
-            ((memdedup_pass_full(pass)) ||
+            (memdedup_pass_full(pass) ||
              ((pass->partial || pb->apply_only || pass->board_eval) &&
               !pb->hinted))) {
             pass->unregistered |= memdedup_apply_policy(pb->blk, &pb->params,

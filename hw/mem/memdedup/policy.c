@@ -355,8 +355,7 @@ MemdedupRearmAction memdedup_rearm_due(MemdedupRegion *r, uint64_t scans)
            MEMDEDUP_REARM_JUDGE : MEMDEDUP_REARM_NOTHING;
 }
 
-bool memdedup_rearm_judge(MemdedupRegion *r, uint64_t scans,
-                          uint32_t sharing)
+bool memdedup_rearm_judge(MemdedupRegion *r, uint32_t sharing)
 {
     uint32_t expect = r->duplicate + r->cross_vm;
 

@@ -45,13 +45,8 @@ static int64_t memdedup_rearm_sharing(MemdedupEngine *engine,
         return -1;
     }
     for (k = 0; k < pages; k++) {
-        uint64_t e = entries[k];
-
-        if ((e & MEMDEDUP_PM_PRESENT) &&
-            !(e & (MEMDEDUP_PM_FILE | MEMDEDUP_PM_EXCLUSIVE)) &&
-            memdedup_block_fp(blk, first + k) != MEMDEDUP_FP_ZERO) {
-            sharing++;
-        }
+        sharing += memdedup_pm_shares_frame(entries[k]) &&
+                   memdedup_block_fp(blk, first + k) != MEMDEDUP_FP_ZERO;
     }
     return sharing;
 }
@@ -93,7 +88,7 @@ static uint64_t memdedup_rearm_block(MemdedupEngine *engine,
             if (sharing < 0) {
                 return off;
             }
-            if (memdedup_rearm_judge(r, scans, sharing) &&
+            if (memdedup_rearm_judge(r, sharing) &&
                 memdedup_rearm_advise(blk, params, i, false)) {
                 memdedup_rearm_set(r, true, scans);
                 trace_memdedup_rearm_off(blk->id, i, sharing,
