@@ -273,6 +273,8 @@ typedef struct MemdedupRegion {
     uint32_t unique;            /* resident non-zero pages seen once */
     uint32_t volatile_pages;    /* pages whose content changed this pass */
     uint32_t cross_vm;          /* unique here, held by another VM (board) */
+    uint32_t mapped;            /* small pages mapping a frame when it */
+                                /* was last hashed (the residency watch) */
     uint8_t stable_passes;      /* consecutive hashings with no change */
     bool seen_resident;         /* had resident pages in some pass */
     bool registered;            /* currently madvised MERGEABLE */

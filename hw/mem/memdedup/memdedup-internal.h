@@ -397,14 +397,18 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
                           uint64_t *bytes_hashed);
 
 /*
- * How many pages of region @region of @blk are resident now, as
- * memdedup_scan_region would find them (no page is read or faulted
- * in); -1 if the block went or residency cannot be learned.  Scanner
- * threads only.
+ * The residency watch's measure: for each of the @n regions of @blk
+ * from @region, how many small (host) pages of it map a frame, into
+ * @counts, from mincore(2): it walks the page tables alone -- one byte
+ * per page, no PFN, no category, no page read or faulted in -- about
+ * ten times cheaper than PAGEMAP_SCAN's residency (1 GiB resident in
+ * long runs: 0.28 ms against 2.7 ms here).  Unlike hashing, it counts
+ * pages that map the zero page, so it is only ever compared with
+ * itself (MemdedupRegion.mapped).  False if the block went.  Scanner
+ * threads.
  */
-int64_t memdedup_region_resident_now(MemdedupEngine *engine,
-                                     MemdedupBlock *blk, uint64_t region,
-                                     MemdedupScanBuffers *buf);
+bool memdedup_regions_mapped(MemdedupBlock *blk, uint64_t region, uint64_t n,
+                             uint32_t *counts);
 
 /*
  * board.c: the cross-VM fingerprint board (see there).

@@ -452,24 +452,46 @@ static bool memdedup_region_presence(MemdedupEngine *engine,
     return true;
 }
 
-int64_t memdedup_region_resident_now(MemdedupEngine *engine,
-                                     MemdedupBlock *blk, uint64_t region,
-                                     MemdedupScanBuffers *buf)
-{
-    uint64_t first = region * blk->pages_per_region;
-    uint64_t pages = MIN(blk->pages_per_region, blk->nr_pages - first);
-    int64_t resident = 0;
-    uint64_t i;
+/* Small pages per mincore() call of the residency watch's count. */
+#define MEMDEDUP_MINCORE_PAGES 4096
 
-    WITH_RCU_READ_LOCK_GUARD() {
-        if (!memdedup_region_presence(engine, blk, first, pages, buf)) {
-            return -1;
+bool memdedup_regions_mapped(MemdedupBlock *blk, uint64_t region, uint64_t n,
+                             uint32_t *counts)
+{
+    const uint64_t host_page = qemu_real_host_page_size();
+    const uint64_t region_bytes = blk->pages_per_region * blk->page_size;
+    const uint64_t end = MIN((region + n) * region_bytes,
+                             blk->nr_pages * blk->page_size);
+    uint8_t vec[MEMDEDUP_MINCORE_PAGES];
+    uint64_t off = region * region_bytes;
+
+    memset(counts, 0, n * sizeof(*counts));
+    RCU_READ_LOCK_GUARD();
+    if (qatomic_load_acquire(&blk->removed)) {
+        return false;
+    }
+    while (off < end) {
+        uint64_t len = MIN(end - off, MEMDEDUP_MINCORE_PAGES * host_page);
+        uint64_t pages = DIV_ROUND_UP(len, host_page), i = 0;
+
+        if (mincore(blk->host + off, len, vec)) {
+            return false;
         }
+        /* Bit 0 of each byte: the page maps a frame. */
+        while (i < pages) {
+            uint64_t r = (off + i * host_page) / region_bytes;
+            uint64_t stop = MIN(pages,
+                                ((r + 1) * region_bytes - off) / host_page);
+            uint32_t sum = 0;
+
+            for (; i < stop; i++) {
+                sum += vec[i] & 1;
+            }
+            counts[r - region] += sum;
+        }
+        off += len;
     }
-    for (i = 0; i < pages; i++) {
-        resident += buf->present[i];
-    }
-    return resident;
+    return true;
 }
 
 bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
@@ -479,10 +501,18 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
     uint64_t first = region * blk->pages_per_region;
     uint64_t pages = MIN(blk->pages_per_region, blk->nr_pages - first);
     MemdedupRegion *r = &blk->regions[region];
-    uint32_t resident = 0, zero = 0, changed = 0, duplicate = 0;
+    uint32_t resident = 0, zero = 0, changed = 0, duplicate = 0, mapped;
     uint64_t i;
 
     *bytes_hashed = 0;
+    /*
+     * What the residency watch will compare with, taken first: a page
+     * that comes meanwhile is hashed and also shows as moved (hashed
+     * again at worst), never missed.
+     */
+    if (!memdedup_regions_mapped(blk, region, 1, &mapped)) {
+        return false;
+    }
 
     /*
      * Guest memory is only touched inside the RCU read side, and only if
@@ -527,6 +557,7 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
                                MIN(r->cross_vm, resident - zero - duplicate));
     r->seen_resident |= resident > 0;
     r->volatile_pages = changed;
+    r->mapped = mapped;
     return true;
 }
 

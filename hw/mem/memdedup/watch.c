@@ -10,11 +10,11 @@
  * memory is quiet), and a guest that fills its memory -- booting,
  * starting a workload -- would wait that long for its new pages to be
  * registered.  So once a second, between passes, the scanner thread
- * looks at residency alone: how many pages of every region of every
- * block with a policy are resident, as hashing would find them
- * (PAGEMAP_SCAN where the kernel has it: no content read, no page
- * faulted in, no PFN needed), against what the region's last hashing
- * found (MemdedupRegion.resident).  A region whose count moved by
+ * looks at residency alone: how many small pages of every region of
+ * every block with a policy map a frame (mincore: the page tables
+ * alone, no content read, no page faulted in, no PFN needed), against
+ * the same count taken when the region was last hashed
+ * (MemdedupRegion.mapped).  A region whose count moved by
  * 1/MEMDEDUP_WATCH_REGION_DIV of its pages is marked
  * (MemdedupBlock.watched); once the marked regions hold enough of the
  * memory, a partial pass (pass.c) hashes only them -- registering at
@@ -35,12 +35,13 @@
 #include "memdedup-internal.h"
 #include "trace.h"
 
-/* Did the region's residency move enough since it was hashed? */
-static bool memdedup_watch_moved(const MemdedupRegion *r, int64_t now,
-                                 uint64_t pages)
+/* Regions counted at a time (memdedup_regions_mapped). */
+#define MEMDEDUP_WATCH_STRIDE 256
+
+/* Did @now of the region's @pages move enough from @then? */
+static bool memdedup_watch_moved(uint32_t then, uint32_t now, uint64_t pages)
 {
-    uint64_t moved = now > r->resident ? now - r->resident :
-                                         r->resident - now;
+    uint64_t moved = now > then ? now - then : then - now;
 
     return moved && moved * MEMDEDUP_WATCH_REGION_DIV >= pages;
 }
@@ -50,25 +51,31 @@ static bool memdedup_watch_moved(const MemdedupRegion *r, int64_t now,
  * and adds the bytes watched to *@watched.
  */
 static uint64_t memdedup_watch_block(MemdedupEngine *engine,
-                                     MemdedupBlock *blk,
-                                     MemdedupScanBuffers *buf,
-                                     uint64_t *watched)
+                                     MemdedupBlock *blk, uint64_t *watched)
 {
-    uint64_t region, marked = 0;
+    const uint64_t small = blk->page_size / qemu_real_host_page_size();
+    uint32_t counts[MEMDEDUP_WATCH_STRIDE];
+    uint64_t region, marked = 0, i;
 
     bitmap_zero(blk->watched, blk->nr_regions);
-    for (region = 0; region < blk->nr_regions; region++) {
-        uint64_t first = region * blk->pages_per_region;
-        uint64_t pages = MIN(blk->pages_per_region, blk->nr_pages - first);
-        int64_t now = memdedup_region_resident_now(engine, blk, region, buf);
+    for (region = 0; region < blk->nr_regions;
+         region += MEMDEDUP_WATCH_STRIDE) {
+        uint64_t n = MIN(MEMDEDUP_WATCH_STRIDE, blk->nr_regions - region);
 
-        if (now < 0 || qatomic_read(&engine->paused)) {
+        if (!memdedup_regions_mapped(blk, region, n, counts) ||
+            qatomic_read(&engine->paused)) {
             bitmap_zero(blk->watched, blk->nr_regions);
             return 0;
         }
-        if (memdedup_watch_moved(&blk->regions[region], now, pages)) {
-            set_bit(region, blk->watched);
-            marked += pages * blk->page_size;
+        for (i = 0; i < n; i++) {
+            uint64_t first = (region + i) * blk->pages_per_region;
+            uint64_t pages = MIN(blk->pages_per_region, blk->nr_pages - first);
+
+            if (memdedup_watch_moved(blk->regions[region + i].mapped,
+                                     counts[i], pages * small)) {
+                set_bit(region + i, blk->watched);
+                marked += pages * blk->page_size;
+            }
         }
     }
     *watched += blk->size;
@@ -79,8 +86,7 @@ bool memdedup_watch(MemdedupEngine *engine, uint64_t *cpu_ns)
 {
     uint64_t cpu_start = memdedup_thread_cpu_ns();
     g_autofree MemdedupBlock **blocks = NULL;
-    uint64_t marked = 0, watched = 0, max_pages = 0;
-    MemdedupScanBuffers buf;
+    uint64_t marked = 0, watched = 0;
     size_t n = 0, b;
     bool worth;
 
@@ -100,16 +106,13 @@ bool memdedup_watch(MemdedupEngine *engine, uint64_t *cpu_ns)
             if (blk->params.policy != MEMDEDUP_POLICY_OFF) {
                 memdedup_block_ref(blk);
                 blocks[n++] = blk;
-                max_pages = MAX(max_pages, blk->pages_per_region);
             }
         }
     }
-    memdedup_scan_buffers_init(&buf, max_pages);
     for (b = 0; b < n; b++) {
-        marked += memdedup_watch_block(engine, blocks[b], &buf, &watched);
+        marked += memdedup_watch_block(engine, blocks[b], &watched);
         memdedup_block_unref(blocks[b]);
     }
-    memdedup_scan_buffers_free(&buf);
 
     worth = marked && !qatomic_read(&engine->paused) &&
             (marked * MEMDEDUP_WATCH_PASS_DIV >= watched ||
