@@ -351,6 +351,7 @@ typedef struct MemdedupScanBuffers {
     MemdedupFp *fps;            /* new fingerprints of one region */
     MemdedupFp *others;         /* ... of its pages in no dup set */
     uint64_t churn;             /* pages changed, appeared or gone so far */
+    uint64_t rewritten;         /* ... of them changed, resident both times */
     uint64_t reused;            /* regions whose last count still held */
 } MemdedupScanBuffers;
 
@@ -373,7 +374,8 @@ struct MemdedupKernelFeatures *memdedup_features_query(MemdedupEngine *engine);
 /*
  * After a rescan: pages whose fingerprint changed, appeared or went are
  * the pass's churn.  A pass is quiet when its churn is at most this
- * percentage of the resident pages.
+ * percentage of the resident pages -- with the residency watch on, its
+ * rewritten pages alone: pages that came or went are the watch's to see.
  */
 #define MEMDEDUP_QUIET_PERCENT 1
 
@@ -580,6 +582,7 @@ typedef struct MemdedupPass {
     uint64_t next_item;         /* atomic: next region to take */
     uint64_t bytes_hashed;      /* atomic */
     uint64_t churn;             /* atomic: see MemdedupScanBuffers */
+    uint64_t rewritten;         /* atomic: see MemdedupScanBuffers */
     uint64_t reused;            /* atomic: see MemdedupScanBuffers */
     uint64_t scan_rate;         /* bytes per second */
     int64_t start_ns;           /* QEMU_CLOCK_REALTIME */

@@ -129,6 +129,7 @@ static void memdedup_pass_work(MemdedupPass *pass, bool scanner)
         memdedup_throttle(pass);
     }
     qatomic_add(&pass->churn, buf.churn);
+    qatomic_add(&pass->rewritten, buf.rewritten);
     qatomic_add(&pass->reused, buf.reused);
     memdedup_scan_buffers_free(&buf);
     qatomic_add(&pass->cpu_time, memdedup_thread_cpu_ns() - cpu_start);
@@ -490,21 +491,27 @@ static void memdedup_pass_register(MemdedupPass *pass)
 
 /*
  * After a rescan: memory that hardly changes is rescanned less often.
- * Engine lock held.
+ * With the residency watch on, memory that filled or emptied is the
+ * watch's to find within a second: only pages rewritten in place, which
+ * residency cannot show, bring the next full pass closer.  Engine lock
+ * held.
  */
 static void memdedup_pass_schedule_locked(MemdedupPass *pass,
                                           uint64_t resident)
 {
     MemdedupEngine *engine = pass->engine;
+    uint64_t busy = qatomic_read(&engine->residency_watch) ?
+                    pass->rewritten : pass->churn;
 
     if (!engine->rescan_hurry &&
-        pass->churn * 100 <= resident * MEMDEDUP_QUIET_PERCENT) {
+        busy * 100 <= resident * MEMDEDUP_QUIET_PERCENT) {
         engine->rescan_factor = MIN(engine->rescan_factor * 2,
                                     engine->rescan_backoff);
     } else {
         engine->rescan_factor = 1;
     }
-    trace_memdedup_pass_churn(pass->churn, resident, engine->rescan_factor);
+    trace_memdedup_pass_churn(pass->churn, pass->rewritten, resident,
+                              engine->rescan_factor);
 }
 
 /*

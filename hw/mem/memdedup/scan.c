@@ -393,6 +393,7 @@ static void memdedup_judge_region(MemdedupEngine *engine, MemdedupBlock *blk,
         *changed += old != MEMDEDUP_FP_ABSENT && old != fp;
     }
     buf->churn += moved + *changed;
+    buf->rewritten += *changed;
 
     if (placed_same && !moved && !*changed &&
         blk->judged_gen == engine->dupset_gen) {
@@ -455,6 +456,30 @@ static bool memdedup_region_presence(MemdedupEngine *engine,
 /* Small pages per mincore() call of the residency watch's count. */
 #define MEMDEDUP_MINCORE_PAGES 4096
 
+/* Bytes [@from, @to) of mincore's @vec with bit 0 set, eight at a time. */
+static uint32_t memdedup_mincore_count(const uint8_t *vec, uint64_t from,
+                                       uint64_t to)
+{
+    const uint64_t ones = 0x0101010101010101ULL;
+    uint32_t n = 0;
+    uint64_t i = from;
+
+    for (; i < to && (i & 7); i++) {
+        n += vec[i] & 1;
+    }
+    for (; i + 8 <= to; i += 8) {
+        uint64_t w;
+
+        memcpy(&w, vec + i, sizeof(w));
+        /* Each byte is 0 or 1 now: the top byte of the product sums them. */
+        n += ((w & ones) * ones) >> 56;
+    }
+    for (; i < to; i++) {
+        n += vec[i] & 1;
+    }
+    return n;
+}
+
 bool memdedup_regions_mapped(MemdedupBlock *blk, uint64_t region, uint64_t n,
                              uint32_t *counts)
 {
@@ -462,7 +487,8 @@ bool memdedup_regions_mapped(MemdedupBlock *blk, uint64_t region, uint64_t n,
     const uint64_t region_bytes = blk->pages_per_region * blk->page_size;
     const uint64_t end = MIN((region + n) * region_bytes,
                              blk->nr_pages * blk->page_size);
-    uint8_t vec[MEMDEDUP_MINCORE_PAGES];
+    uint64_t words[MEMDEDUP_MINCORE_PAGES / sizeof(uint64_t)];
+    uint8_t *vec = (uint8_t *)words;
     uint64_t off = region * region_bytes;
 
     memset(counts, 0, n * sizeof(*counts));
@@ -482,12 +508,9 @@ bool memdedup_regions_mapped(MemdedupBlock *blk, uint64_t region, uint64_t n,
             uint64_t r = (off + i * host_page) / region_bytes;
             uint64_t stop = MIN(pages,
                                 ((r + 1) * region_bytes - off) / host_page);
-            uint32_t sum = 0;
 
-            for (; i < stop; i++) {
-                sum += vec[i] & 1;
-            }
-            counts[r - region] += sum;
+            counts[r - region] += memdedup_mincore_count(vec, i, stop);
+            i = stop;
         }
         off += len;
     }
@@ -572,6 +595,7 @@ void memdedup_scan_buffers_init(MemdedupScanBuffers *buf, uint64_t pages)
     buf->others = g_new(MemdedupFp, pages);
     buf->nodes = g_new(int8_t, pages);
     buf->churn = 0;
+    buf->rewritten = 0;
     buf->reused = 0;
 }
 
