@@ -20,6 +20,11 @@ cow/kernel-unmerge  ksmd's run=2 unmerges every merged page (no write):
                 no page counted broken, no region off, registration kept
 cow/unprivileged  the same counts with QEMU as nobody (pagemap's
                 exclusive bit needs no privilege)
+cow/merged-kept  pages that stayed merged since the last walk are not
+                read again: at 4 MiB/s (scan-rate), a pass over the
+                merged regions takes less than half as long as the
+                pass that hashes every page (one full pass in four),
+                and both find the same duplicate and zero pages
 cow/properties  bad cow-threshold and cow-backoff values are refused
                 with the property's name and range
 """
@@ -244,6 +249,41 @@ def test_unprivileged(workdir):
             qt.close()
 
 
+def test_merged_kept(workdir):
+    """Merged pages keep their fingerprints but in one full pass in 4."""
+    with borrowed_ksm(run=0, pages_to_scan=4000, sleep_millisecs=10,
+                      use_zero_pages=0) as ksm:
+        vm, qt = start_vm(workdir, "cow-kept")
+        try:
+            run_pass(vm)
+            merge(ksm, vm, ALL_MERGED)      # its pass walks them
+            vm.qmp.cmd("qom-set", path="/objects/engine",
+                       property="scan-rate", value=4 * MiB)
+            kept, rehashed = [], []
+            while not (kept and rehashed):
+                info = run_pass(vm)
+                b = backend(vm, "m0")
+                # Pass N hashes every page when N is a multiple of 4.
+                (rehashed if info["passes-completed"] % 4 == 0 else
+                 kept).append((info["last-pass-duration"] / 1e9,
+                               b["duplicate-pages"], b["zero-pages"],
+                               b["scanned-pages"]))
+            print("  pass with merged pages kept %.2f s, hashing all "
+                  "%.2f s (duplicate, zero, scanned: %r, %r)"
+                  % (kept[-1][0], rehashed[-1][0], kept[-1][1:],
+                     rehashed[-1][1:]))
+            check(kept[-1][0] * 2 < rehashed[-1][0],
+                  "kept %.2f s, all %.2f s" % (kept[-1][0],
+                                               rehashed[-1][0]))
+            check(kept[-1][1:] == rehashed[-1][1:],
+                  "counts differ: %r %r" % (kept[-1], rehashed[-1]))
+            check(rehashed[-1][1] >= 2 * 2 * REGION_PAGES,
+                  "duplicates %r" % (rehashed[-1],))
+        finally:
+            vm.stop()
+            qt.close()
+
+
 def test_properties(workdir):
     vm, qt = start_qtest_vm(workdir, "cow-props", [
         "-machine", "pc,memory-backend=m0,mem-merge=off", "-m", "16M",
@@ -275,4 +315,5 @@ if __name__ == "__main__":
     sys.exit(run_tests([("cow/backoff", test_backoff),
                         ("cow/kernel-unmerge", test_kernel_unmerge),
                         ("cow/unprivileged", test_unprivileged),
+    ("cow/merged-kept", test_merged_kept),
                         ("cow/properties", test_properties)]))

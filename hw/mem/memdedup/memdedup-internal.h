@@ -345,6 +345,7 @@ typedef struct MemdedupScanBuffers {
     uint64_t *entries;          /* pagemap entries of one region */
     void *ranges;               /* PAGEMAP_SCAN's output for one region */
     bool *present;              /* residency of each page of one region */
+    bool *hash;                 /* ... of them, those to hash */
     void **addrs;               /* move_pages arguments, one per page */
     int *status;                /* move_pages results, one per page */
     int8_t *nodes;              /* one region's nodes before placement */
@@ -353,7 +354,14 @@ typedef struct MemdedupScanBuffers {
     uint64_t churn;             /* pages changed, appeared or gone so far */
     uint64_t rewritten;         /* ... of them changed, resident both times */
     uint64_t reused;            /* regions whose last count still held */
+    bool keep_merged;           /* fingerprints of merged pages stand */
 } MemdedupScanBuffers;
+
+/*
+ * A merged page keeps its fingerprint (memdedup_scan_region) but in one
+ * full pass in MEMDEDUP_REHASH_PASSES, which hashes every page.
+ */
+#define MEMDEDUP_REHASH_PASSES 4
 
 /*
  * Learn the zero pages' PFNs, when pagemap shows PFNs, and whether its
@@ -598,6 +606,7 @@ typedef struct MemdedupPass {
     bool summarize;             /* count the regions again */
     bool fps_changed;           /* fingerprints changed: publish them */
     bool board_eval;            /* peers published: judge cross-VM again */
+    bool keep_merged;           /* see MemdedupScanBuffers */
     bool unregistered;          /* unmerged: ksm_stat lags behind */
     MemdedupSummaryStats *summaries;    /* one per block */
     uint64_t registered;        /* bytes, over all blocks */

@@ -92,6 +92,7 @@ static void memdedup_pass_work(MemdedupPass *pass, bool scanner)
     size_t b = 0;
 
     memdedup_scan_buffers_init(&buf, pass->max_region_pages);
+    buf.keep_merged = pass->keep_merged;
     for (;;) {
         uint64_t item = qatomic_fetch_inc(&pass->next_item);
         MemdedupPassBlock *pb;
@@ -283,6 +284,9 @@ static void memdedup_pass_snapshot(MemdedupPass *pass)
     engine->board_dirty = false;
     pass->scan_rate = engine->scan_rate;
     pass->nr_threads = engine->scan_threads;
+    pass->keep_merged = engine->pagemap_fd >= 0 &&
+                        (pass->partial || (engine->passes_completed + 1) %
+                                          MEMDEDUP_REHASH_PASSES);
     /*
      * A partial pass is not shown as scanning (nor its progress): a
      * client that asked for a pass waits for a full one.

@@ -350,12 +350,48 @@ void memdedup_prefetch_next(const MemdedupScanBuffers *buf,
     const uint8_t *next;
     uint64_t off;
 
-    if (i + 1 >= pages || !buf->present[i + 1]) {
+    if (i + 1 >= pages || !buf->hash[i + 1]) {
         return;
     }
     next = base + (i + 1) * page_size;
     for (off = 0; off < MIN(page_size, 4096); off += 64) {
         __builtin_prefetch(next + off);
+    }
+}
+
+/*
+ * Which present pages of region @region of @blk to hash (@buf->hash),
+ * and the fingerprints of the others (@buf->fps).  A page of a
+ * registered region that shares its frame now, and did at the region's
+ * last copy-on-write walk with the content it was hashed with (cow.c:
+ * MemdedupBlock.shared), is still the KSM page it was -- a write would
+ * have given it a frame of its own -- and its fingerprint stands: in a
+ * merged guest, about half of what a pass would read.  A page written,
+ * then merged again with a new content before the next pass, keeps a
+ * stale fingerprint until a full pass hashes everything (one in
+ * MEMDEDUP_REHASH_PASSES): a count off by a page, never a wrong
+ * registration by itself.  Inside the caller's RCU read-side section.
+ */
+static void memdedup_keep_merged(MemdedupEngine *engine, MemdedupBlock *blk,
+                                 uint64_t region, uint64_t pages,
+                                 MemdedupScanBuffers *buf)
+{
+    uint64_t first = region * blk->pages_per_region, i;
+    bool keep = buf->keep_merged && blk->regions[region].registered &&
+                blk->regions[region].shared &&
+                memdedup_cow_read(engine, blk, region, pages, buf->entries);
+
+    for (i = 0; i < pages; i++) {
+        MemdedupFp old = memdedup_block_fp(blk, first + i);
+
+        buf->hash[i] = buf->present[i];
+        if (keep && buf->present[i] &&
+            memdedup_pm_shares_frame(buf->entries[i]) &&
+            test_bit(first + i, blk->shared) &&
+            old != MEMDEDUP_FP_ABSENT && old != MEMDEDUP_FP_ZERO) {
+            buf->fps[i] = old;
+            buf->hash[i] = false;
+        }
     }
 }
 
@@ -525,6 +561,7 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
     uint64_t pages = MIN(blk->pages_per_region, blk->nr_pages - first);
     MemdedupRegion *r = &blk->regions[region];
     uint32_t resident = 0, zero = 0, changed = 0, duplicate = 0, mapped;
+    uint32_t hashed = 0;
     uint64_t i;
 
     *bytes_hashed = 0;
@@ -552,21 +589,23 @@ bool memdedup_scan_region(MemdedupEngine *engine, MemdedupBlock *blk,
         }
         /* The host node of each present page (numa-engine.c). */
         placed_same = memdedup_numa_scan_region(blk, region, base, buf);
-        /* Hash every resident page, loading the next one meanwhile. */
+        memdedup_keep_merged(engine, blk, region, pages, buf);
+        /* Hash every other resident page, loading the next one meanwhile. */
         for (i = 0; i < pages; i++) {
-            if (buf->present[i]) {
+            if (buf->hash[i]) {
                 memdedup_prefetch_next(buf, base, i, pages, blk->page_size);
                 buf->fps[i] = memdedup_page_classify(base + i * blk->page_size,
                                                      blk->page_size,
                                                      engine->seed);
-            } else {
+                hashed++;
+            } else if (!buf->present[i]) {
                 buf->fps[i] = MEMDEDUP_FP_ABSENT;
             }
         }
         memdedup_judge_region(engine, blk, region, pages, buf, placed_same,
                               &resident, &zero, &duplicate, &changed);
     }
-    *bytes_hashed = (uint64_t)resident * blk->page_size;
+    *bytes_hashed = (uint64_t)hashed * blk->page_size;
 
     /* Pages that came or went: not stable, whatever their content. */
     if (resident != r->resident) {
@@ -589,6 +628,7 @@ void memdedup_scan_buffers_init(MemdedupScanBuffers *buf, uint64_t pages)
     buf->entries = g_new(uint64_t, pages);
     buf->ranges = g_new(MemdedupPageRegion, pages);
     buf->present = g_new(bool, pages);
+    buf->hash = g_new(bool, pages);
     buf->addrs = g_new(void *, pages);
     buf->status = g_new(int, pages);
     buf->fps = g_new(MemdedupFp, pages);
@@ -596,6 +636,7 @@ void memdedup_scan_buffers_init(MemdedupScanBuffers *buf, uint64_t pages)
     buf->nodes = g_new(int8_t, pages);
     buf->churn = 0;
     buf->rewritten = 0;
+    buf->keep_merged = false;
     buf->reused = 0;
 }
 
@@ -604,6 +645,7 @@ void memdedup_scan_buffers_free(MemdedupScanBuffers *buf)
     g_free(buf->entries);
     g_free(buf->ranges);
     g_free(buf->present);
+    g_free(buf->hash);
     g_free(buf->addrs);
     g_free(buf->status);
     g_free(buf->fps);
