@@ -473,7 +473,9 @@ static uint64_t next_rescan_interval(QTestState *qts)
  * Quiet passes (at most 1 % of the resident pages changed, appeared or
  * gone) double the wait before the next pass up to rescan-backoff times
  * rescan-interval; a busier pass or a settings change goes back.  The
- * interval is an hour, so that only memdedup-scan runs passes.
+ * interval is an hour, so that only memdedup-scan runs passes.  Without
+ * the residency watch, pages that appeared count as changes; with it,
+ * see test_rescan_backoff_watch.
  */
 static void test_rescan_backoff(void)
 {
@@ -486,7 +488,7 @@ static void test_rescan_backoff(void)
     qts = qtest_initf("-machine pc,memory-backend=m0,mem-merge=off "
                       "-m %lluM "
                       "-object memdedup,id=engine,rescan-interval=3600000,"
-                      "rescan-backoff=4 "
+                      "rescan-backoff=4,residency-watch=off "
                       "-object memory-backend-ksm,id=m0,size=%llu",
                       (unsigned long long)(RAM_SIZE / MiB),
                       (unsigned long long)RAM_SIZE);
@@ -525,6 +527,43 @@ static void test_rescan_backoff(void)
     g_assert_cmpuint(next_rescan_interval(qts), ==, hour);
     run_pass(qts);
     g_assert_cmpuint(next_rescan_interval(qts), ==, hour);
+    qtest_quit(qts);
+}
+
+/*
+ * With the residency watch on (the default), memory that fills is the
+ * watch's: pages that appeared leave a pass quiet, and only pages
+ * rewritten in place (over 1 % of the resident ones) bring the wait
+ * back to rescan-interval.
+ */
+static void test_rescan_backoff_watch(void)
+{
+    g_autoptr(GRand) rand = g_rand_new_with_seed(8);
+    g_autofree uint8_t *buf = g_malloc(4 * REGION);
+    const uint64_t hour = 3600000;
+    QTestState *qts;
+
+    qts = qtest_initf("-machine pc,memory-backend=m0,mem-merge=off "
+                      "-m %lluM "
+                      "-object memdedup,id=engine,rescan-interval=3600000,"
+                      "rescan-backoff=4 "
+                      "-object memory-backend-ksm,id=m0,size=%llu",
+                      (unsigned long long)(RAM_SIZE / MiB),
+                      (unsigned long long)RAM_SIZE);
+    run_pass(qts);
+    fill_pattern(buf, 4 * REGION, rand);
+    qtest_bufwrite(qts, REGION, buf, 4 * REGION);
+    run_pass(qts);
+    /* 2048 pages appeared, none rewritten: quiet all the same. */
+    g_assert_cmpuint(next_rescan_interval(qts), >, hour);
+
+    /* A region rewritten in place: 512 of 2048 pages, over 1 %. */
+    fill_pattern(buf, REGION, rand);
+    qtest_bufwrite(qts, REGION, buf, REGION);
+    run_pass(qts);
+    g_assert_cmpuint(next_rescan_interval(qts), ==, hour);
+    run_pass(qts);
+    g_assert_cmpuint(next_rescan_interval(qts), ==, 2 * hour);
     qtest_quit(qts);
 }
 
@@ -1150,6 +1189,8 @@ int main(int argc, char **argv)
     qtest_add_func("/memdedup/policy-runtime", test_policy_runtime);
     qtest_add_func("/memdedup/content-preserved", test_content_preserved);
     qtest_add_func("/memdedup/rescan-backoff", test_rescan_backoff);
+    qtest_add_func("/memdedup/rescan-backoff-watch",
+                   test_rescan_backoff_watch);
     qtest_add_func("/memdedup/bad-input", test_bad_input);
     qtest_add_func("/memdedup/no-ksm", test_no_ksm);
     qtest_add_func("/memdedup/kernel-features", test_kernel_features);
