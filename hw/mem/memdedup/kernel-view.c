@@ -147,7 +147,7 @@ void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
     bool have_stat = memdedup_read_ksm_stat(&stat) &&
                      stat.merging_pages >= 0;
     int64_t now = qemu_clock_get_ms(QEMU_CLOCK_REALTIME);
-    int64_t block_pages = -1, outside = -1, race = 0, cost_ms;
+    int64_t block_pages = -1, outside = -1, cost_ms;
     uint64_t nr_blocks = 0, cpu0;
     bool same;
 
@@ -171,14 +171,17 @@ void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
                                              &block_pages);
     /*
      * Merged outside the one block: ksm_stat before and after the walk
-     * bracket what smaps saw, so take the middle; a previous read that
-     * found as many (within both reads' uncertainty) makes it usable.
+     * bracket what smaps saw.  Only a walk that ksmd did not race (the
+     * two agree) tells it: ksmd at its fastest merges hundreds of pages
+     * a millisecond, and a raced walk may have seen any count between --
+     * the middle of one was 280 pages off (accounting/attributed, once
+     * the residency watch's partial passes read the view while ksmd
+     * merged).  A previous read that found as many makes it usable.
      */
     if (nr_blocks == 1 && block_pages >= 0 && have_stat &&
-        memdedup_read_ksm_stat(&after) && after.merging_pages >= 0) {
-        race = ABS(after.merging_pages - stat.merging_pages);
-        outside = MAX((stat.merging_pages + after.merging_pages) / 2 -
-                      block_pages, 0);
+        memdedup_read_ksm_stat(&after) &&
+        after.merging_pages == stat.merging_pages) {
+        outside = MAX(stat.merging_pages - block_pages, 0);
     }
     /*
      * Reads that find nothing changed come less often; any change, and
@@ -192,10 +195,8 @@ void memdedup_refresh_kernel_view(MemdedupEngine *engine, bool force)
     engine->view.outside_pages =
         outside >= 0 && engine->view.outside_last >= 0 &&
         ABS(outside - engine->view.outside_last) <=
-            race + engine->view.outside_race + MEMDEDUP_VIEW_OUTSIDE_SLACK ?
-        outside : -1;
+            MEMDEDUP_VIEW_OUTSIDE_SLACK ? outside : -1;
     engine->view.outside_last = outside;
-    engine->view.outside_race = race;
     engine->view.block_pages = nr_blocks == 1 ? block_pages : -1;
     engine->view.derived_merging = -1;
     engine->view.time = now;

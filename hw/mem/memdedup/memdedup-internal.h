@@ -211,8 +211,8 @@ typedef struct MemdedupKernelView {
     int64_t merging_pages;      /* ksm_stat's counts at that read */
     int64_t zero_pages;
     int64_t outside_pages;      /* KSM pages outside the one block, or -1 */
-    int64_t outside_last;       /* as measured at that read, or -1 */
-    int64_t outside_race;       /* ksm_stat moved by this during it */
+    int64_t outside_last;       /* as measured at that read (one ksmd */
+                                /* did not race), or -1 */
     int64_t block_pages;        /* the one block's KSM pages then, or -1 */
     int64_t derived_merging;    /* ksm_stat's at the last derived view */
     int64_t max_age;            /* ms: smaps is read again at this age */
