@@ -470,6 +470,21 @@ static uint64_t next_rescan_interval(QTestState *qts)
 }
 
 /*
+ * A machine whose passes come only through memdedup-scan (the interval
+ * is an hour), rescan-backoff 4, the residency watch @watch.
+ */
+static QTestState *backoff_machine(const char *watch)
+{
+    return qtest_initf("-machine pc,memory-backend=m0,mem-merge=off "
+                       "-m %lluM "
+                       "-object memdedup,id=engine,rescan-interval=3600000,"
+                       "rescan-backoff=4,residency-watch=%s "
+                       "-object memory-backend-ksm,id=m0,size=%llu",
+                       (unsigned long long)(RAM_SIZE / MiB), watch,
+                       (unsigned long long)RAM_SIZE);
+}
+
+/*
  * Quiet passes (at most 1 % of the resident pages changed, appeared or
  * gone) double the wait before the next pass up to rescan-backoff times
  * rescan-interval; a busier pass or a settings change goes back.  The
@@ -485,13 +500,7 @@ static void test_rescan_backoff(void)
     g_autofree char *hmp = NULL;
     QTestState *qts;
 
-    qts = qtest_initf("-machine pc,memory-backend=m0,mem-merge=off "
-                      "-m %lluM "
-                      "-object memdedup,id=engine,rescan-interval=3600000,"
-                      "rescan-backoff=4,residency-watch=off "
-                      "-object memory-backend-ksm,id=m0,size=%llu",
-                      (unsigned long long)(RAM_SIZE / MiB),
-                      (unsigned long long)RAM_SIZE);
+    qts = backoff_machine("off");
     fill_pattern(buf, 4 * REGION, rand);
     qtest_bufwrite(qts, REGION, buf, 4 * REGION);
     run_pass(qts);
@@ -543,13 +552,7 @@ static void test_rescan_backoff_watch(void)
     const uint64_t hour = 3600000;
     QTestState *qts;
 
-    qts = qtest_initf("-machine pc,memory-backend=m0,mem-merge=off "
-                      "-m %lluM "
-                      "-object memdedup,id=engine,rescan-interval=3600000,"
-                      "rescan-backoff=4 "
-                      "-object memory-backend-ksm,id=m0,size=%llu",
-                      (unsigned long long)(RAM_SIZE / MiB),
-                      (unsigned long long)RAM_SIZE);
+    qts = backoff_machine("on");
     run_pass(qts);
     fill_pattern(buf, 4 * REGION, rand);
     qtest_bufwrite(qts, REGION, buf, 4 * REGION);
