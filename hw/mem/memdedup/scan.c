@@ -377,18 +377,23 @@ static void memdedup_keep_merged(MemdedupEngine *engine, MemdedupBlock *blk,
                                  MemdedupScanBuffers *buf)
 {
     uint64_t first = region * blk->pages_per_region, i;
-    bool keep = buf->keep_merged && blk->regions[region].registered &&
-                blk->regions[region].shared &&
-                memdedup_cow_read(engine, blk, region, pages, buf->entries);
 
+    memcpy(buf->hash, buf->present, pages * sizeof(*buf->hash));
+    /* Most regions: unregistered, or nothing merged at the last walk. */
+    if (!buf->keep_merged || !blk->regions[region].registered ||
+        !blk->regions[region].shared ||
+        !memdedup_cow_read(engine, blk, region, pages, buf->entries)) {
+        return;
+    }
     for (i = 0; i < pages; i++) {
-        MemdedupFp old = memdedup_block_fp(blk, first + i);
+        MemdedupFp old;
 
-        buf->hash[i] = buf->present[i];
-        if (keep && buf->present[i] &&
-            memdedup_pm_shares_frame(buf->entries[i]) &&
-            test_bit(first + i, blk->shared) &&
-            old != MEMDEDUP_FP_ABSENT && old != MEMDEDUP_FP_ZERO) {
+        if (!buf->present[i] || !memdedup_pm_shares_frame(buf->entries[i]) ||
+            !test_bit(first + i, blk->shared)) {
+            continue;
+        }
+        old = memdedup_block_fp(blk, first + i);
+        if (old != MEMDEDUP_FP_ABSENT && old != MEMDEDUP_FP_ZERO) {
             buf->fps[i] = old;
             buf->hash[i] = false;
         }
