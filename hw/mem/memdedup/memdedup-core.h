@@ -355,14 +355,18 @@ int64_t memdedup_cow_backoff_ms(uint32_t backoff, uint8_t level);
  * both; copies first seen by ksmd 4, 6 or 7 scans apart (modulo 9)
  * after the older one reached its 9-scan rhythm never are, so they never
  * merge -- about a third of them when one VM registers, or writes, a
- * content long after another.  A region registered with duplicates
- * (duplicate + cross_vm, at least MEMDEDUP_REARM_MIN_PAGES) of which
- * fewer than half share their frame MEMDEDUP_REARM_SCANS full scans after
- * its registration is taken off KSM until ksmd has passed it twice (so
- * that KSM forgets its pages), then registered again: its pages start
- * afresh, in another rhythm.  Each try waits twice as long before its
- * judgement; after MEMDEDUP_REARM_TRIES, the region is left as it is
- * until its duplicates double.
+ * content long after another.  The pages of one region may be split
+ * between two rhythms (ksmd passed the region while it was written), so
+ * that part of it merges and the rest never does.  A registered region
+ * whose duplicates (duplicate + cross_vm) do not share their frame
+ * MEMDEDUP_REARM_SCANS full scans after its registration -- at least
+ * MEMDEDUP_REARM_MIN_PAGES of them, and more than one in
+ * MEMDEDUP_REARM_UNMERGED_PART -- is taken off KSM until ksmd has passed
+ * it twice (so that KSM forgets its pages), then registered again: its
+ * pages start afresh, in another rhythm (as do its twin region's, judged
+ * in the same full scan when the same pass counted both).  Each try
+ * waits twice as long before its judgement; after MEMDEDUP_REARM_TRIES,
+ * the region is left as it is until its duplicates double.
  *
  * The caller reads ksmd's full_scans (@scans) and, per registered
  * region: memdedup_rearm_due says what is due -- a judgement, for which
@@ -387,6 +391,7 @@ typedef enum MemdedupRearmAction {
 #define MEMDEDUP_REARM_GAP_SCANS  2
 #define MEMDEDUP_REARM_TRIES      4
 #define MEMDEDUP_REARM_MIN_PAGES  16
+#define MEMDEDUP_REARM_UNMERGED_PART 16
 
 MemdedupRearmAction memdedup_rearm_due(MemdedupRegion *r, uint64_t scans);
 bool memdedup_rearm_judge(MemdedupRegion *r, uint32_t sharing);

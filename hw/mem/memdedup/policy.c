@@ -358,9 +358,11 @@ MemdedupRearmAction memdedup_rearm_due(MemdedupRegion *r, uint64_t scans)
 bool memdedup_rearm_judge(MemdedupRegion *r, uint32_t sharing)
 {
     uint32_t expect = r->duplicate + r->cross_vm;
+    uint32_t unmerged = expect - MIN(sharing, expect);
 
     r->rearm_expect = expect;
-    if (expect < MEMDEDUP_REARM_MIN_PAGES || (uint64_t)sharing * 2 >= expect ||
+    if (unmerged < MEMDEDUP_REARM_MIN_PAGES ||
+        unmerged <= expect / MEMDEDUP_REARM_UNMERGED_PART ||
         r->rearm_tries >= MEMDEDUP_REARM_TRIES) {
         r->rearm = MEMDEDUP_REARM_DONE;
         return false;
