@@ -591,6 +591,10 @@ def test_libvirt(workdir):
               ("exact" if exact else "upper-bound") and
               total["host-saving"] == host_ksm["pages-sharing"] * PAGE,
               "--json total %r" % total)
+        for member in ("unmerge-refusals", "registration-failures",
+                       "rearmed-regions"):
+            check(total[member] == sum(b[member] for b in backends),
+                  "--json total %s: %r" % (member, total))
 
         # --sort attributed: the largest share first, plain last.
         js = json.loads(stat(lv, "--json", "--sort", "attributed").stdout)
@@ -655,6 +659,15 @@ def test_libvirt(workdir):
               "table: plain is %r" % others.get("plain"))
         for name in doms:
             for bid, b in by_id(queried[name]).items():
+                # Under the table: the backend's figures, with the times
+                # its regions were registered again (ksmd may move it).
+                figures = re.search(r"^%s %s: THP kept .*, registered "
+                                    r"again (\d+) times$" % (
+                                        re.escape(name), re.escape(bid)),
+                                    table, re.M)
+                check(figures and int(figures.group(1)) >=
+                      b["rearmed-regions"], "table %s %s figures" % (
+                          name, bid))
                 cols = rows[name][bid]
                 for col, value in ((0, b["size"]),
                                    (1, b["resident-pages"] * PAGE),

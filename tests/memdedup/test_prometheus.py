@@ -96,9 +96,12 @@ memdedup_host_ksm_pages_sharing memdedup_host_ksm_pages_unshared
 memdedup_host_ksm_pages_volatile memdedup_host_ksm_full_scans_total
 memdedup_host_ksm_pages_to_scan memdedup_host_ksm_sleep_milliseconds
 memdedup_host_ksm_merge_across_nodes""".split()
-COW_FAMILIES = {"cow-broken-pages": ["memdedup_backend_cow_broken_pages",
-                                     "memdedup_backend_cow_broken_pages_total"],
-                "cow-backoff-regions": ["memdedup_backend_cow_backoff_regions"]}
+# Families of backend members an older QEMU does not report.
+OPTIONAL_FAMILIES = {
+    "cow-broken-pages": ["memdedup_backend_cow_broken_pages",
+                         "memdedup_backend_cow_broken_pages_total"],
+    "cow-backoff-regions": ["memdedup_backend_cow_backoff_regions"],
+    "rearmed-regions": ["memdedup_backend_rearmed_regions_total"]}
 
 # query-memdedup backend member, in pages, and the metric in bytes.
 BACKEND_PAGES = {"resident-pages": "resident", "zero-pages": "zero",
@@ -113,7 +116,8 @@ BACKEND_AS_IS = {"size": "size_bytes", "registered-bytes": "registered_bytes",
                  "registration-failures": "registration_failures_total",
                  "cow-broken-pages": "cow_broken_pages",
                  "cow-broken-pages-total": "cow_broken_pages_total",
-                 "cow-backoff-regions": "cow_backoff_regions"}
+                 "cow-backoff-regions": "cow_backoff_regions",
+                 "rearmed-regions": "rearmed_regions_total"}
 BOARD = {"peers": "peers", "rejected-peers": "rejected_peers_total",
          "rejected-updates": "rejected_updates_total",
          "refused-connections": "refused_connections_total"}
@@ -408,7 +412,7 @@ def run_chain(workdir, ksm, lv, procs, ports, t0):
     js = json.loads(lvt.stat(lv, "--json").stdout)
     after = expected_samples(js)
     families = set(FAMILIES)
-    for member, names in COW_FAMILIES.items():
+    for member, names in OPTIONAL_FAMILIES.items():
         if any(member in b for d in js["domains"] if d["memdedup"]
                for b in d["query-memdedup"]["backends"]):
             families.update(names)

@@ -100,6 +100,13 @@ struct backend_stats {
     uint64_t cow_broken_pages_total;
     bool has_cow_backoff;
     uint64_t cow_backoff_regions;
+    /*
+     * Times a region was taken off KSM and registered again because
+     * ksmd's smart scan kept its copies apart (rearmed-regions); an
+     * older QEMU does not report it.
+     */
+    bool has_rearmed;
+    uint64_t rearmed_regions;
 };
 
 /* query-memdedup's board member: the counters of refused peers. */
@@ -271,6 +278,7 @@ static void backend_parse(json_object *b, struct backend_stats *out)
     }
     out->cow_backoff_regions = json_u64(b, "cow-backoff-regions",
                                         &out->has_cow_backoff);
+    out->rearmed_regions = json_u64(b, "rearmed-regions", &out->has_rearmed);
 }
 
 /* The board's counters, if the domain's QEMU has a board. */
@@ -559,6 +567,10 @@ static void print_backend_figures(FILE *out, const struct domain_stats *d,
         fprintf(out, ", COW backoff %" PRIu64 " regions",
                 b->cow_backoff_regions);
     }
+    if (b->has_rearmed) {
+        fprintf(out, ", registered again %" PRIu64 " times",
+                b->rearmed_regions);
+    }
     fputc('\n', out);
 }
 
@@ -704,15 +716,17 @@ static void json_add_ll(json_object *obj, const char *key, long long value)
  * The sums over every backend: attributed-saving (exact only if every
  * backend's is) and the host's saving, pages_sharing in bytes, which the
  * attributed savings of all KSM users on the host add up to; the THP
- * kept, refusals and failures, copy-on-write churn (where any QEMU
- * reports it) and the engines' CPU time in seconds.
+ * kept, refusals and failures, copy-on-write churn and regions
+ * registered again (where any QEMU reports them) and the engines' CPU
+ * time in seconds.
  */
 static json_object *json_total(const struct snapshot *snap)
 {
     json_object *total = json_object_new_object();
     uint64_t attributed = 0, huge = 0, refusals = 0, failures = 0;
-    uint64_t cow = 0, cow_total = 0, backoff = 0, cpu_ns = 0;
+    uint64_t cow = 0, cow_total = 0, backoff = 0, rearmed = 0, cpu_ns = 0;
     bool exact = true, has_cow_broken = false, has_cow_backoff = false;
+    bool has_rearmed = false;
     size_t i, j;
 
     for (i = 0; i < snap->nr_domains; i++) {
@@ -736,6 +750,10 @@ static json_object *json_total(const struct snapshot *snap)
                 has_cow_backoff = true;
                 backoff += b->cow_backoff_regions;
             }
+            if (b->has_rearmed) {
+                has_rearmed = true;
+                rearmed += b->rearmed_regions;
+            }
         }
     }
     json_object_object_add(total, "huge-bytes", json_object_new_int64(huge));
@@ -752,6 +770,10 @@ static json_object *json_total(const struct snapshot *snap)
     if (has_cow_backoff) {
         json_object_object_add(total, "cow-backoff-regions",
                                json_object_new_int64(backoff));
+    }
+    if (has_rearmed) {
+        json_object_object_add(total, "rearmed-regions",
+                               json_object_new_int64(rearmed));
     }
     json_object_object_add(total, "scanner-cpu-seconds",
                            json_object_new_double(cpu_ns / 1e9));
@@ -874,6 +896,7 @@ BACKEND_FIELD(registration_failures)
 BACKEND_FIELD(cow_broken_pages)
 BACKEND_FIELD(cow_broken_pages_total)
 BACKEND_FIELD(cow_backoff_regions)
+BACKEND_FIELD(rearmed_regions)
 
 static uint64_t backend_huge_bytes(const struct backend_stats *b)
 {
@@ -891,6 +914,7 @@ typedef bool (*backend_has)(const struct backend_stats *b);
 BACKEND_HAS(has_kernel_merged)
 BACKEND_HAS(has_cow_broken)
 BACKEND_HAS(has_cow_backoff)
+BACKEND_HAS(has_rearmed)
 
 /* Which board counter a per-domain board metric reports. */
 typedef uint64_t (*board_field)(const struct board_stats *b);
@@ -999,6 +1023,10 @@ static void print_prometheus(FILE *out, const struct snapshot *snap)
           backend_cow_backoff_regions, backend_has_cow_backoff,
           "Regions unregistered for a backoff period because writes kept "
           "breaking their merged pages" },
+        { "memdedup_backend_rearmed_regions_total", "counter",
+          backend_rearmed_regions, backend_has_rearmed,
+          "Times a region was taken off KSM and registered again because "
+          "ksmd's smart scan kept its copies from merging" },
     };
     static const struct {
         const char *name;
