@@ -485,6 +485,22 @@ static QTestState *backoff_machine(const char *watch)
 }
 
 /*
+ * Rewrite the region at REGION in place with new content from @rand
+ * (512 pages changed, over 1 % of what is resident): the wait goes back
+ * to the interval (@hour), then doubles after a quiet pass.
+ */
+static void backoff_rewrite_region(QTestState *qts, uint8_t *buf,
+                                   GRand *rand, uint64_t hour)
+{
+    fill_pattern(buf, REGION, rand);
+    qtest_bufwrite(qts, REGION, buf, REGION);
+    run_pass(qts);
+    g_assert_cmpuint(next_rescan_interval(qts), ==, hour);
+    run_pass(qts);
+    g_assert_cmpuint(next_rescan_interval(qts), ==, 2 * hour);
+}
+
+/*
  * Quiet passes (at most 1 % of the resident pages changed, appeared or
  * gone) double the wait before the next pass up to rescan-backoff times
  * rescan-interval; a busier pass or a settings change goes back.  The
@@ -522,12 +538,7 @@ static void test_rescan_backoff(void)
     g_assert_cmpuint(next_rescan_interval(qts), ==, 4 * hour);
 
     /* A region rewritten: 512 pages changed, over 1 %. */
-    fill_pattern(buf, REGION, rand);
-    qtest_bufwrite(qts, REGION, buf, REGION);
-    run_pass(qts);
-    g_assert_cmpuint(next_rescan_interval(qts), ==, hour);
-    run_pass(qts);
-    g_assert_cmpuint(next_rescan_interval(qts), ==, 2 * hour);
+    backoff_rewrite_region(qts, buf, rand, hour);
 
     /* A settings change goes back to the interval; 1 keeps it fixed. */
     qtest_qmp_assert_success(qts, "{ 'execute': 'qom-set', 'arguments': "
@@ -561,12 +572,7 @@ static void test_rescan_backoff_watch(void)
     g_assert_cmpuint(next_rescan_interval(qts), >, hour);
 
     /* A region rewritten in place: 512 of 2048 pages, over 1 %. */
-    fill_pattern(buf, REGION, rand);
-    qtest_bufwrite(qts, REGION, buf, REGION);
-    run_pass(qts);
-    g_assert_cmpuint(next_rescan_interval(qts), ==, hour);
-    run_pass(qts);
-    g_assert_cmpuint(next_rescan_interval(qts), ==, 2 * hour);
+    backoff_rewrite_region(qts, buf, rand, hour);
     qtest_quit(qts);
 }
 
