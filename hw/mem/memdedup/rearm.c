@@ -90,13 +90,11 @@ static uint64_t memdedup_rearm_block(MemdedupEngine *engine,
             }
             if (!memdedup_rearm_judge(r, sharing)) {
                 trace_memdedup_rearm_kept(blk->id, i, sharing,
-                                          r->duplicate + r->cross_vm,
-                                          r->rearm_tries);
+                                          r->rearm_expect, r->rearm_tries);
             } else if (memdedup_rearm_advise(blk, params, i, false)) {
                 memdedup_rearm_set(r, true, scans);
                 trace_memdedup_rearm_off(blk->id, i, sharing,
-                                         r->duplicate + r->cross_vm,
-                                         r->rearm_tries);
+                                         r->rearm_expect, r->rearm_tries);
                 *changed = true;
                 off++;
             }
